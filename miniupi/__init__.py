@@ -1,0 +1,3 @@
+"""miniupi: a small, readable, distributed payment gateway."""
+
+__version__ = "0.1.0"

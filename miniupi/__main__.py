@@ -1,0 +1,3 @@
+from miniupi.cli import main
+
+raise SystemExit(main())

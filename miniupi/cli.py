@@ -1,0 +1,167 @@
+"""`miniupi`: one command for nodes, the cluster, certificates and customers.
+
+Every failure a user can cause ends in one line on stderr and a non-zero
+exit; tracebacks are for bugs.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from miniupi.config import DEFAULT_CONFIG, ConfigError, load_config
+from miniupi.errors import MiniupiError
+from miniupi.money import BadAmount
+from miniupi.plugin_manager import PluginError
+
+
+def _common(json_output: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", help=f"cluster file (default: $MINIUPI_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--home", help="client home for the session (default: $MINIUPI_HOME or ~/.local/state/miniupi)")
+    if json_output:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="miniupi", description="A small distributed payment gateway.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    plain, with_json = _common(), _common(json_output=True)
+
+    def add(name: str, help: str, json_output: bool = False) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[with_json if json_output else plain])
+
+    p = add("run", "start the whole cluster under supervision")
+    p.add_argument("cluster_file", nargs="?", metavar="CONFIG", help=f"cluster file (default {DEFAULT_CONFIG})")
+    add("status", "show each node of the running cluster", json_output=True)
+    for verb in ("stop", "start", "restart"):
+        add(verb, f"{verb} one node of the running cluster").add_argument("node", metavar="NODE")
+
+    certs = add("certs", "cluster CA and certificates")
+    certs.add_argument("action", choices=["init"])
+    certs.add_argument("--force", action="store_true", help="make a new CA and re-issue every certificate")
+    certs.add_argument("--host", action="append", default=[], help="extra host name or IP for node certificates")
+
+    p = add("bank", "run one bank node in the foreground")
+    p.add_argument("--name", required=True)
+    p.add_argument("--port", type=int)
+    p.add_argument("--log-json", action="store_true", help="structured log lines")
+    p = add("gateway", "run the gateway node in the foreground")
+    p.add_argument("--port", type=int)
+    p.add_argument("--log-json", action="store_true", help="structured log lines")
+
+    p = add("register", "open an account", json_output=True)
+    p.add_argument("account", metavar="USER@BANK")
+    p.add_argument("--initial", default="0", metavar="AMOUNT", help="opening deposit, such as 500.00")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p = add("login", "log in and keep the session key in the client home", json_output=True)
+    p.add_argument("account", metavar="USER@BANK")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add("logout", "revoke the session", json_output=True)
+    add("balance", "your balance", json_output=True)
+    p = add("history", "your applied payments, newest first", json_output=True)
+    p.add_argument("--limit", type=int, default=20)
+    p = add("pay", "pay another account", json_output=True)
+    p.add_argument("to", metavar="TO", help="payee, user@bank")
+    p.add_argument("amount", metavar="AMOUNT", help="such as 125.50")
+    p.add_argument("--id", metavar="UUID", help="transaction id (default: a new UUID4); reuse it to retry safely")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from miniupi import supervision
+    from miniupi.certs import init_certs
+
+    cluster = load_config(args.cluster_file or args.config)
+    written = init_certs(cluster)
+    if written:
+        print(f"made {len(written)} certificate files in {cluster.certs_dir}")
+    supervision.run(cluster)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from miniupi.supervision import Supervisor
+
+    rows = Supervisor(load_config(args.config)).status()
+    if args.json:
+        print(json.dumps([{"name": r.name, "state": r.state, "pid": r.pid, "address": r.address} for r in rows]))
+        return
+    for r in rows:
+        print(f"{r.name:<12} {r.state:<10} pid {r.pid or '-':<8} {r.address}")
+
+
+def cmd_control(args: argparse.Namespace) -> None:
+    from miniupi.supervision import Supervisor
+
+    getattr(Supervisor(load_config(args.config)), args.command)(args.node)
+    print(f"{args.node}: {args.command} done")
+
+
+def cmd_certs(args: argparse.Namespace) -> None:
+    from miniupi.certs import init_certs
+
+    cluster = load_config(args.config)
+    written = init_certs(cluster, force=args.force, extra_hosts=args.host)
+    for path in written:
+        print(path)
+    if not written:
+        print(f"certificates in {cluster.certs_dir} are up to date")
+
+
+def cmd_bank(args: argparse.Namespace) -> None:
+    from miniupi.nodes.bank import run_bank
+
+    asyncio.run(run_bank(load_config(args.config), args.name, args.port, args.log_json))
+
+
+def cmd_gateway(args: argparse.Namespace) -> None:
+    from miniupi.nodes.gateway import run_gateway
+
+    asyncio.run(run_gateway(load_config(args.config), args.port, args.log_json))
+
+
+def cmd_client(args: argparse.Namespace) -> None:
+    from miniupi.client import commands
+
+    getattr(commands, args.command)(load_config(args.config), args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "stop": cmd_control,
+    "start": cmd_control,
+    "restart": cmd_control,
+    "certs": cmd_certs,
+    "bank": cmd_bank,
+    "gateway": cmd_gateway,
+    **{verb: cmd_client for verb in ("register", "login", "logout", "balance", "history", "pay")},
+}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the user (or the world) said no, not that we have a bug."""
+    from miniupi.nodes.server import NodeStartError
+    from miniupi.supervision import SupervisionError
+    from miniupi.tls import CertsMissing
+
+    return (MiniupiError, ConfigError, BadAmount, PluginError, CertsMissing, NodeStartError, SupervisionError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
+        message: Any = getattr(e, "message", None) or str(e)
+        print(f"miniupi: {message}", file=sys.stderr)
+        return 1
+    return 0

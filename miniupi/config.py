@@ -1,0 +1,230 @@
+"""The cluster file: one TOML file that names every node and its plugins.
+
+Loaded into frozen dataclasses and checked once, so that a typo fails at
+start-up with the file, the key and what was expected, not minutes later
+inside a payment. Relative paths are taken from the working directory, as
+in `data_dir = "var/data"` run from the project root.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "config/cluster.toml"
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+RESERVED_NAMES = frozenset({"gateway", "client", "admin", "ca"})
+
+
+class ConfigError(Exception):
+    """The cluster file is missing, unreadable or wrong; the message says where."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node (the gateway or a bank) as the cluster file describes it."""
+
+    name: str
+    role: str  # "gateway" or "bank"
+    host: str
+    port: int
+    storage: str
+    auth: str
+    cluster: ClusterConfig = field(repr=False, compare=False)
+    accounts: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.cluster.data_dir / self.name
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    path: Path
+    name: str
+    data_dir: Path
+    certs_dir: Path
+    currency: str
+    prepare_timeout_s: float
+    call_timeout_s: float
+    session_idle_s: float
+    session_max_s: float
+    plugins: tuple[str, ...]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    gateway: NodeConfig = field(init=False, repr=False, compare=False)
+    banks: dict[str, NodeConfig] = field(init=False, repr=False, compare=False)
+
+    @property
+    def nodes(self) -> list[NodeConfig]:
+        return [self.gateway, *self.banks.values()]
+
+    def node(self, name: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ConfigError(f"{self.path}: no node named {name!r} (have {', '.join(n.name for n in self.nodes)})")
+
+
+class _Section:
+    """Reads one table of the file, remembering which keys were used."""
+
+    def __init__(self, path: Path, where: str, table: Any) -> None:
+        self.path, self.where = path, where
+        if not isinstance(table, dict):
+            raise self.error("", "a table")
+        self.table = table
+        self.used: set[str] = set()
+
+    def error(self, key: str, expected: str) -> ConfigError:
+        name = f"{self.where}.{key}" if key else self.where
+        return ConfigError(f"{self.path}: key '{name}': expected {expected}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., expected: str = "") -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if default is ...:
+                raise ConfigError(f"{self.path}: missing key '{self.where}.{key}' ({expected or _kind_name(kind)})")
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.error(key, expected or _kind_name(kind))
+        if not isinstance(value, kind):
+            raise self.error(key, expected or _kind_name(kind))
+        return value
+
+    def port(self, key: str = "port") -> int:
+        value = self.get(key, int, expected="a port number from 1 to 65535")
+        if not 0 < value < 65536:
+            raise self.error(key, "a port number from 1 to 65535")
+        return value
+
+    def positive(self, key: str, default: float) -> float:
+        value = self.get(key, (int, float), default, expected="a positive number of seconds")
+        if value <= 0:
+            raise self.error(key, "a positive number of seconds")
+        return float(value)
+
+    def done(self) -> None:
+        extra = sorted(set(self.table) - self.used)
+        if extra:
+            raise ConfigError(
+                f"{self.path}: unknown key '{self.where}.{extra[0]}' (known: {', '.join(sorted(self.used))})"
+            )
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> ClusterConfig:
+    """Read and check the cluster file (default: $MINIUPI_CONFIG, then config/cluster.toml)."""
+    path = Path(path or os.environ.get("MINIUPI_CONFIG") or DEFAULT_CONFIG)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: cluster file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
+    """Check a parsed cluster file; `path` is only used in messages."""
+    top = _Section(path, "(top level)", raw)
+    c = _Section(path, "cluster", top.get("cluster", dict, expected="a [cluster] table"))
+    name = c.get("name", str, "miniupi")
+    currency = c.get("currency", str, "INR")
+    if not re.fullmatch(r"[A-Z]{3}", currency):
+        raise c.error("currency", "a three-letter ISO 4217 code such as \"INR\"")
+    cluster = ClusterConfig(
+        path=path.resolve(),
+        name=name,
+        data_dir=Path(c.get("data_dir", str, "var/data")).resolve(),
+        certs_dir=Path(c.get("certs_dir", str, "certs")).resolve(),
+        currency=currency,
+        prepare_timeout_s=c.positive("prepare_timeout_s", 10),
+        call_timeout_s=c.positive("call_timeout_s", 10),
+        session_idle_s=0.0,
+        session_max_s=0.0,
+        plugins=(),
+        raw=raw,
+    )
+    c.done()
+
+    g = _Section(path, "gateway", top.get("gateway", dict, expected="a [gateway] table"))
+    gateway = NodeConfig(
+        name="gateway",
+        role="gateway",
+        host=g.get("host", str, "127.0.0.1"),
+        port=g.port(),
+        storage=g.get("storage", str, "sqlite"),
+        auth=g.get("auth", str, "session"),
+        cluster=cluster,
+    )
+    object.__setattr__(cluster, "session_idle_s", g.positive("session_idle_s", 15 * 60))
+    object.__setattr__(cluster, "session_max_s", g.positive("session_max_s", 24 * 3600))
+    g.done()
+
+    banks_table = _Section(path, "banks", top.get("banks", dict, expected="a [banks.NAME] table per bank"))
+    banks: dict[str, NodeConfig] = {}
+    for bank_name in banks_table.table:
+        if not NAME_RE.match(bank_name) or bank_name in RESERVED_NAMES:
+            raise banks_table.error(
+                bank_name, "a bank name of lower-case letters, digits and _ (not gateway, client, admin or ca)"
+            )
+        b = _Section(path, f"banks.{bank_name}", banks_table.get(bank_name, dict))
+        accounts = b.get("accounts", str, None)
+        banks[bank_name] = NodeConfig(
+            name=bank_name,
+            role="bank",
+            host=b.get("host", str, "127.0.0.1"),
+            port=b.port(),
+            storage=b.get("storage", str, "sqlite"),
+            auth=b.get("auth", str, "session"),
+            cluster=cluster,
+            accounts=Path(accounts).resolve() if accounts else None,
+        )
+        b.done()
+    if not banks:
+        raise banks_table.error("", "at least one [banks.NAME] table")
+
+    p = _Section(path, "plugins", top.get("plugins", dict, {}))
+    load = p.get("load", list, [], expected="a list of module names")
+    if not all(isinstance(m, str) and m for m in load):
+        raise p.error("load", "a list of module names")
+    p.done()
+    top.done()
+
+    ports: dict[tuple[str, int], str] = {}
+    for node in (gateway, *banks.values()):
+        other = ports.setdefault((node.host, node.port), node.name)
+        if other != node.name:
+            raise ConfigError(f"{path}: {node.name} and {other} both use {node.address}")
+    object.__setattr__(cluster, "plugins", tuple(load))
+    object.__setattr__(cluster, "gateway", gateway)
+    object.__setattr__(cluster, "banks", banks)
+    return cluster
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """'alice@bank_a' -> ('alice', 'bank_a'); ValueError names what is wrong."""
+    user, sep, bank = address.partition("@")
+    if not sep or not user or not bank:
+        raise ValueError(f"not an account address (user@bank): {address!r}")
+    if not NAME_RE.match(user):
+        raise ValueError(f"bad user name in {address!r}: use lower-case letters, digits and _")
+    if not NAME_RE.match(bank):
+        raise ValueError(f"bad bank name in {address!r}")
+    return user, bank

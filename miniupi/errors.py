@@ -1,0 +1,70 @@
+"""The small set of errors the domain raises; servicers turn them into statuses.
+
+The domain knows nothing of gRPC: each error names its status code as a
+string, and miniupi/nodes/status.py is the one door where it becomes a
+`context.abort`. The client maps codes back to the same classes.
+"""
+from __future__ import annotations
+
+
+class MiniupiError(Exception):
+    """An answer for the caller: a status code name and a one-line reason."""
+
+    code = "UNKNOWN"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(MiniupiError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(MiniupiError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(MiniupiError):
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(MiniupiError):
+    code = "FAILED_PRECONDITION"
+
+
+class InsufficientFunds(FailedPrecondition):
+    pass
+
+
+class Unauthenticated(MiniupiError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(MiniupiError):
+    code = "PERMISSION_DENIED"
+
+
+class Aborted(MiniupiError):
+    """The payment was decided ABORTED for a reason outside the caller's input
+    (a bank down or too slow). Final for this id: retrying it returns the same."""
+
+    code = "ABORTED"
+
+
+class Unavailable(MiniupiError):
+    """Not decided; the same request may be sent again."""
+
+    code = "UNAVAILABLE"
+
+
+BY_CODE: dict[str, type[MiniupiError]] = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unauthenticated,
+                PermissionDenied, Aborted, Unavailable)
+}
+
+
+def from_code(code: str, message: str) -> MiniupiError:
+    """The error for a status code name, as a client receives it."""
+    return BY_CODE.get(code, MiniupiError)(message)

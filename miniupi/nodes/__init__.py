@@ -1,0 +1,1 @@
+"""The gateway and bank servers: thin gRPC adapters over plain domain objects."""

@@ -1,0 +1,122 @@
+"""The bank node: a gRPC adapter over the Ledger, and its start-up."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import grpc
+from loguru import logger
+
+from miniupi.config import ClusterConfig, ConfigError
+from miniupi.errors import AlreadyExists, InvalidArgument
+from miniupi.logs import setup_node_logging
+from miniupi.nodes.ledger import Ledger, LegSpec
+from miniupi.nodes.server import open_store, serve
+from miniupi.nodes.setup_accounts import read_setup_file
+from miniupi.nodes.status import grpc_errors
+from miniupi.nodes.validate import account_name, txn_id as valid_txn_id
+from miniupi.plugin_manager import make_plugin_manager
+from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
+
+DEFAULT_HISTORY = 50
+MAX_HISTORY = 1000
+
+
+class BankServicer(bank_pb2_grpc.BankServicer):
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def _money(self, minor: int) -> common_pb2.Money:
+        return common_pb2.Money(minor=minor, currency=self.ledger.currency)
+
+    @grpc_errors
+    async def Prepare(self, request: bank_pb2.PrepareRequest, context: grpc.aio.ServicerContext) -> bank_pb2.PrepareReply:
+        legs = [LegSpec(account_name(leg.account), leg.delta_minor, leg.counterparty) for leg in request.legs]
+        vote = await self.ledger.prepare(valid_txn_id(request.txn_id), request.currency, legs)
+        return bank_pb2.PrepareReply(yes=vote.yes, refusal=vote.refusal or "VOTE_REFUSAL_UNSPECIFIED",
+                                     detail=vote.detail)
+
+    @grpc_errors
+    async def Commit(self, request: bank_pb2.DecisionRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecisionReply:
+        return bank_pb2.DecisionReply(known=await self.ledger.commit(valid_txn_id(request.txn_id)))
+
+    @grpc_errors
+    async def Abort(self, request: bank_pb2.DecisionRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecisionReply:
+        return bank_pb2.DecisionReply(known=await self.ledger.abort(valid_txn_id(request.txn_id)))
+
+    @grpc_errors
+    async def OpenAccount(self, request: bank_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:
+        if request.initial.currency and request.initial.currency != self.ledger.currency:
+            raise InvalidArgument(f"bank holds {self.ledger.currency}, not {request.initial.currency}")
+        account = await self.ledger.open_account(account_name(request.account), request.password,
+                                                 request.initial.minor)
+        return bank_pb2.AccountReply(account=account.name, balance=self._money(account.balance),
+                                     held=self._money(0))
+
+    @grpc_errors
+    async def VerifyPassword(self, request: bank_pb2.VerifyPasswordRequest, context: grpc.aio.ServicerContext) -> bank_pb2.VerifyPasswordReply:
+        ok = await self.ledger.check_password(account_name(request.account), request.password)
+        return bank_pb2.VerifyPasswordReply(ok=ok)
+
+    @grpc_errors
+    async def GetAccount(self, request: bank_pb2.AccountRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:
+        account = self.ledger.account(account_name(request.account))
+        return bank_pb2.AccountReply(account=account.name, balance=self._money(account.balance),
+                                     held=self._money(account.held))
+
+    @grpc_errors
+    async def History(self, request: bank_pb2.BankHistoryRequest, context: grpc.aio.ServicerContext) -> bank_pb2.BankHistoryReply:
+        limit = min(request.limit or DEFAULT_HISTORY, MAX_HISTORY)
+        entries = [
+            common_pb2.HistoryEntry(txn_id=txn.txn_id, counterparty=leg.counterparty, delta_minor=leg.delta,
+                                    currency=self.ledger.currency, applied_at=txn.decided_at or 0.0)
+            for txn, leg in self.ledger.history(account_name(request.account), limit)
+        ]
+        return bank_pb2.BankHistoryReply(entries=entries)
+
+
+async def open_setup_accounts(ledger: Ledger, path: Path | None) -> int:
+    """Open the setup file's accounts once; later starts keep the stored state."""
+    if ledger.meta.get("setup_loaded") or path is None:
+        return 0
+    accounts = read_setup_file(path)
+
+    async def open_one(name: str, password: str, balance: int) -> int:
+        try:
+            await ledger.open_account(name, password, balance)
+            return 1
+        except AlreadyExists:  # opened before a crash in the middle of the first load
+            return 0
+
+    opened = sum(await asyncio.gather(*(open_one(a.name, a.password, a.balance) for a in accounts)))
+    await ledger.set_meta("setup_loaded", True)
+    return opened
+
+
+async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, log_json: bool = False) -> None:
+    if name not in cluster.banks:
+        raise ConfigError(f"{cluster.path}: no bank named {name!r} (have {', '.join(cluster.banks)})")
+    node = cluster.banks[name]
+    if port is not None:
+        node = dataclasses.replace(node, port=port)
+    setup_node_logging(node, log_json)
+    pm = make_plugin_manager(cluster.plugins)
+    commit, tables = await open_store(pm, node)
+    hook = pm.hook
+    ledger = Ledger(
+        node.name, cluster.currency, commit, tables,
+        on_vote=lambda txn_id, yes: hook.miniupi_before_vote(node=node, txn_id=txn_id, yes=yes),
+        on_voted=lambda txn_id, yes: hook.miniupi_after_vote(node=node, txn_id=txn_id, yes=yes),
+        on_apply=lambda txn_id, decision: hook.miniupi_before_apply(node=node, txn_id=txn_id, decision=decision),
+    )
+    opened = await open_setup_accounts(ledger, node.accounts)
+    if opened:
+        logger.info("{} opened {} accounts from {}", node.name, opened, node.accounts)
+
+    def add_services(server: grpc.aio.Server) -> list[str]:
+        bank_pb2_grpc.add_BankServicer_to_server(BankServicer(ledger), server)
+        return [bank_pb2.DESCRIPTOR.services_by_name["Bank"].full_name]
+
+    await serve(node, pm, add_services, commit.close)
+

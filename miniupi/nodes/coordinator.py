@@ -1,0 +1,242 @@
+"""The gateway's side of a payment: idempotency by transaction id, then 2PC.
+
+The rules (DESIGN.md section 2): an id is recorded with its payment's
+details before anything is sent; a repeat gets the stored answer or waits
+for the running one; the decision is durable before any bank hears it;
+phase 2 is retried until every bank has acknowledged.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from loguru import logger
+
+from miniupi.errors import (
+    AlreadyExists,
+    Aborted,
+    InsufficientFunds,
+    InvalidArgument,
+    MiniupiError,
+    NotFound,
+    Unavailable,
+    from_code,
+)
+from miniupi.nodes.bank_links import BankLinks
+from miniupi.storage import GroupCommit, Put
+from miniupi.v1 import bank_pb2
+
+INITIATED, COMMITTED, ABORTED = "INITIATED", "COMMITTED", "ABORTED"
+
+
+@dataclass(frozen=True)
+class Payment:
+    txn_id: str
+    payer: str  # user@bank
+    payee: str
+    amount: int
+    currency: str
+
+    @property
+    def details(self) -> tuple[str, str, int, str]:
+        """What must match for a repeated id to be the same payment."""
+        return self.payer, self.payee, self.amount, self.currency
+
+
+@dataclass
+class Txn:
+    payment: Payment
+    state: str
+    code: str = ""  # status code name of a refusal; empty when committed
+    message: str = ""
+    acked: bool = False
+    created_at: float = field(default_factory=time.time)
+    finished: asyncio.Future[None] | None = None
+
+    def record(self) -> dict[str, Any]:
+        p = self.payment
+        return {
+            "payer": p.payer, "payee": p.payee, "amount": p.amount, "currency": p.currency,
+            "state": self.state, "code": self.code, "message": self.message, "acked": self.acked,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_record(cls, txn_id: str, r: dict[str, Any]) -> Txn:
+        payment = Payment(txn_id, r["payer"], r["payee"], r["amount"], r["currency"])
+        return cls(payment, r["state"], r["code"], r["message"], r["acked"], r["created_at"])
+
+    def outcome(self) -> str:
+        """The stored answer: COMMITTED, or raise the stored refusal."""
+        if self.state == COMMITTED:
+            return COMMITTED
+        if self.state == INITIATED:
+            raise Unavailable(f"payment {self.payment.txn_id} is not decided yet; ask again")
+        raise from_code(self.code, self.message)
+
+
+def banks_and_legs(payment: Payment) -> dict[str, list[bank_pb2.Leg]]:
+    """One prepare per bank: a payment inside one bank sends both legs together."""
+    payer_user, payer_bank = payment.payer.split("@")
+    payee_user, payee_bank = payment.payee.split("@")
+    legs: dict[str, list[bank_pb2.Leg]] = {payer_bank: []}
+    legs[payer_bank].append(bank_pb2.Leg(account=payer_user, delta_minor=-payment.amount, counterparty=payment.payee))
+    legs.setdefault(payee_bank, []).append(
+        bank_pb2.Leg(account=payee_user, delta_minor=payment.amount, counterparty=payment.payer))
+    return legs
+
+
+_REFUSALS: dict[int, Callable[[str], MiniupiError]] = {
+    bank_pb2.INSUFFICIENT_FUNDS: InsufficientFunds,
+    bank_pb2.UNKNOWN_ACCOUNT: NotFound,
+    bank_pb2.WRONG_CURRENCY: InvalidArgument,
+    bank_pb2.ALREADY_DECIDED: Aborted,
+}
+
+
+class Coordinator:
+    def __init__(
+        self,
+        links: BankLinks,
+        commit: GroupCommit,
+        tables: dict[str, dict[str, Any]],
+        prepare_timeout_s: float,
+        call_timeout_s: float,
+        on_decision: Callable[[str, str], None] = lambda txn_id, decision: None,
+    ) -> None:
+        self._links, self._commit = links, commit
+        self._prepare_timeout, self._call_timeout = prepare_timeout_s, call_timeout_s
+        self._on_decision = on_decision
+        self.txns: dict[str, Txn] = {
+            txn_id: Txn.from_record(txn_id, r) for txn_id, r in tables.get("txns", {}).items()
+        }
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- recovery -------------------------------------------------------
+
+    async def recover(self) -> tuple[int, int]:
+        """Presumed abort for undecided ids; resend every unacknowledged decision."""
+        undecided = [t for t in self.txns.values() if t.state == INITIATED]
+        for txn in undecided:
+            txn.state, txn.code, txn.message = ABORTED, "ABORTED", "payment aborted: the gateway restarted before deciding"
+        if undecided:
+            await self._commit.write([Put("txns", t.payment.txn_id, t.record()) for t in undecided])
+        pending = [t for t in self.txns.values() if not t.acked]
+        for txn in pending:
+            self._spawn(self._finish_phase_two(txn, first_try_failed=True))
+        return len(undecided), len(pending)
+
+    # -- payments -------------------------------------------------------
+
+    async def pay(self, payment: Payment) -> str:
+        """Run the payment once per id and return COMMITTED, or raise its refusal."""
+        txn = self.txns.get(payment.txn_id)
+        if txn is not None:
+            return await self._repeat(txn, payment)
+        txn = Txn(payment, INITIATED, finished=asyncio.get_running_loop().create_future())
+        self.txns[payment.txn_id] = txn
+        try:
+            await self._commit.write([Put("txns", payment.txn_id, txn.record())])
+        except Exception as e:
+            del self.txns[payment.txn_id]
+            txn.finished.set_result(None)
+            raise Unavailable(f"gateway could not record the payment: {e}") from e
+        try:
+            await self._two_phase(txn)
+        finally:
+            txn.finished.set_result(None)
+        return txn.outcome()
+
+    async def _repeat(self, txn: Txn, payment: Payment) -> str:
+        if txn.payment.details != payment.details:
+            raise AlreadyExists(f"transaction id {payment.txn_id} was already used for a different payment")
+        if txn.state == INITIATED and txn.finished is not None:
+            wait = self._prepare_timeout + self._call_timeout + 1
+            try:
+                await asyncio.wait_for(asyncio.shield(txn.finished), wait)
+            except TimeoutError:
+                raise Unavailable(f"payment {payment.txn_id} is still in progress; ask again") from None
+        await self._commit.barrier()
+        return txn.outcome()
+
+    async def _two_phase(self, txn: Txn) -> None:
+        legs = banks_and_legs(txn.payment)
+        votes = await asyncio.gather(*(self._prepare(txn.payment, bank, bank_legs) for bank, bank_legs in legs.items()))
+        refusal = next((v for v in votes if v is not None), None)
+        if refusal is None:
+            txn.state = COMMITTED
+        else:
+            txn.state, txn.code, txn.message = ABORTED, refusal.code, refusal.message
+        await self._commit.write([Put("txns", txn.payment.txn_id, txn.record())])  # the commit point
+        self._on_decision(txn.payment.txn_id, txn.state)
+        await self._finish_phase_two(txn)
+
+    async def _prepare(self, payment: Payment, bank: str, legs: list[bank_pb2.Leg]) -> MiniupiError | None:
+        """None for a YES vote, else the refusal to give the client."""
+        request = bank_pb2.PrepareRequest(txn_id=payment.txn_id, currency=payment.currency, legs=legs)
+        try:
+            reply = await self._links.stub(bank).Prepare(request, timeout=self._prepare_timeout)
+        except grpc.aio.AioRpcError as e:
+            logger.warning("prepare {} at {} failed: {} {}", payment.txn_id, bank, e.code().name, e.details())
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return Aborted(f"payment aborted: bank {bank} did not answer within {self._prepare_timeout:g}s")
+            return Aborted(f"payment aborted: bank {bank} unavailable")
+        if reply.yes:
+            return None
+        return _REFUSALS.get(reply.refusal, Aborted)(reply.detail or "payment refused")
+
+    # -- phase 2 --------------------------------------------------------
+
+    async def _finish_phase_two(self, txn: Txn, first_try_failed: bool = False) -> None:
+        """Tell every bank the decision; on failure keep trying in the background."""
+        if not first_try_failed and await self._send_decision(txn):
+            self._mark_acked(txn)
+            return
+        if not first_try_failed:
+            self._spawn(self._finish_phase_two(txn, first_try_failed=True))
+            return
+        delay = 0.2
+        while not await self._send_decision(txn):
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 10.0)
+        self._mark_acked(txn)
+
+    async def _send_decision(self, txn: Txn) -> bool:
+        banks = banks_and_legs(txn.payment)
+        request = bank_pb2.DecisionRequest(txn_id=txn.payment.txn_id)
+        calls = [
+            (self._links.stub(b).Commit if txn.state == COMMITTED else self._links.stub(b).Abort)(
+                request, timeout=self._call_timeout)
+            for b in banks
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failed = [(b, r) for b, r in zip(banks, results) if isinstance(r, BaseException)]
+        for bank, error in failed:
+            detail = f"{error.code().name} {error.details()}" if isinstance(error, grpc.aio.AioRpcError) else repr(error)
+            logger.warning("{} of {} at {} not acknowledged: {}", txn.state, txn.payment.txn_id, bank, detail)
+        return not failed
+
+    def _mark_acked(self, txn: Txn) -> None:
+        txn.acked = True
+        # Losing this write only means the decision is sent once more after a restart.
+        self._commit.write_later([Put("txns", txn.payment.txn_id, txn.record())])
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def decision(self, txn_id: str) -> str:
+        """For a bank in doubt. Presumed abort: an id never recorded is ABORTED."""
+        txn = self.txns.get(txn_id)
+        return txn.state if txn is not None else ABORTED
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,0 +1,152 @@
+"""The gateway node: a gRPC adapter over the Coordinator and the session issuer."""
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+from loguru import logger
+
+from miniupi.auth import Authenticator
+from miniupi.caller import SESSION_METADATA_KEY, current_account
+from miniupi.config import ClusterConfig
+from miniupi.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable, from_code
+from miniupi.logs import setup_node_logging
+from miniupi.nodes import validate
+from miniupi.nodes.bank_links import BankLinks
+from miniupi.nodes.coordinator import Coordinator, Payment
+from miniupi.nodes.server import NodeStartError, open_store, serve
+from miniupi.nodes.status import grpc_errors
+from miniupi.plugin_manager import make_plugin_manager
+from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
+
+MAX_PASSWORD = 1024
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, cluster: ClusterConfig, coordinator: Coordinator, links: BankLinks,
+                 sessions: Authenticator) -> None:
+        self.cluster, self.coordinator, self.links, self.sessions = cluster, coordinator, links, sessions
+        self.timeout = cluster.call_timeout_s
+
+    def _bank_of(self, account: str) -> tuple[str, str]:
+        user, bank = validate.address(account)
+        if bank not in self.links:
+            raise NotFound(f"unknown bank {bank} in {account}")
+        return user, bank
+
+    def _own_account(self, requested: str) -> str:
+        """The caller's account, or PERMISSION_DENIED for anyone else's."""
+        mine = current_account.get()
+        if mine is None:
+            raise Unauthenticated("not logged in")
+        if requested and requested != mine:
+            raise PermissionDenied(f"{mine} may not act on {requested}")
+        return mine
+
+    async def _bank_call(self, bank: str, method: str, request: object) -> object:
+        try:
+            return await getattr(self.links.stub(bank), method)(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            code = e.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable(f"bank {bank} unavailable") from None
+            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
+                        grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                raise from_code(code.name, e.details() or code.name) from None
+            raise Unavailable(f"bank {bank} failed: {code.name}") from None
+
+    @grpc_errors
+    async def Register(self, request: gateway_pb2.RegisterRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.RegisterReply:
+        user, bank = self._bank_of(request.account)
+        if not request.password or len(request.password) > MAX_PASSWORD:
+            raise InvalidArgument(f"password must be 1 to {MAX_PASSWORD} characters")
+        if request.initial.minor < 0:
+            raise InvalidArgument("initial deposit must not be negative")
+        if request.initial.currency and request.initial.currency != self.cluster.currency:
+            raise InvalidArgument(f"unknown currency {request.initial.currency[:16]!r}: this cluster uses {self.cluster.currency}")
+        reply = await self._bank_call(bank, "OpenAccount", bank_pb2.OpenAccountRequest(
+            account=user, password=request.password,
+            initial=common_pb2.Money(minor=request.initial.minor, currency=self.cluster.currency)))
+        return gateway_pb2.RegisterReply(account=request.account, balance=reply.balance)
+
+    @grpc_errors
+    async def Login(self, request: gateway_pb2.LoginRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.LoginReply:
+        user, bank = self._bank_of(request.account)
+        if len(request.password) > MAX_PASSWORD:
+            raise Unauthenticated("wrong account or password")
+        reply = await self._bank_call(bank, "VerifyPassword",
+                                      bank_pb2.VerifyPasswordRequest(account=user, password=request.password))
+        if not reply.ok:
+            raise Unauthenticated("wrong account or password")
+        key, expires_at = self.sessions.start(request.account)
+        return gateway_pb2.LoginReply(session_key=key, expires_at=expires_at)
+
+    @grpc_errors
+    async def Logout(self, request: gateway_pb2.LogoutRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.LogoutReply:
+        key = next((v for k, v in context.invocation_metadata() or () if k == SESSION_METADATA_KEY), "")
+        self.sessions.end(key)
+        return gateway_pb2.LogoutReply()
+
+    @grpc_errors
+    async def Balance(self, request: gateway_pb2.BalanceRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.BalanceReply:
+        account = self._own_account(request.account)
+        user, bank = self._bank_of(account)
+        reply = await self._bank_call(bank, "GetAccount", bank_pb2.AccountRequest(account=user))
+        available = common_pb2.Money(minor=reply.balance.minor - reply.held.minor, currency=reply.balance.currency)
+        return gateway_pb2.BalanceReply(account=account, balance=reply.balance, available=available)
+
+    @grpc_errors
+    async def History(self, request: gateway_pb2.HistoryRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.HistoryReply:
+        account = self._own_account(request.account)
+        user, bank = self._bank_of(account)
+        reply = await self._bank_call(bank, "History", bank_pb2.BankHistoryRequest(account=user, limit=request.limit))
+        return gateway_pb2.HistoryReply(entries=reply.entries)
+
+    @grpc_errors
+    async def Pay(self, request: gateway_pb2.PayRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.PayReply:
+        txn_id = validate.txn_id(request.txn_id)
+        payer = self._own_account(request.from_account)
+        self._bank_of(payer)
+        self._bank_of(request.to_account)
+        if request.to_account == payer:
+            raise InvalidArgument("payer and payee are the same account")
+        amount = validate.positive_amount(request.amount.minor, request.amount.currency, self.cluster.currency)
+        payment = Payment(txn_id, payer, request.to_account, amount, self.cluster.currency)
+        state = await self.coordinator.pay(payment)
+        return gateway_pb2.PayReply(txn_id=txn_id, state=common_pb2.TxnState.Value(state))
+
+    @grpc_errors
+    async def GetDecision(self, request: gateway_pb2.GetDecisionRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.GetDecisionReply:
+        state = self.coordinator.decision(validate.txn_id(request.txn_id))
+        return gateway_pb2.GetDecisionReply(state=common_pb2.TxnState.Value(state))
+
+
+async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json: bool = False) -> None:
+    node = cluster.gateway
+    if port is not None:
+        node = dataclasses.replace(node, port=port)
+    setup_node_logging(node, log_json)
+    pm = make_plugin_manager(cluster.plugins)
+    sessions = pm.hook.miniupi_make_authenticator(node=node)
+    if sessions is None:
+        raise NodeStartError(f"{cluster.path}: no auth plugin named {node.auth!r} for the gateway")
+    commit, tables = await open_store(pm, node)
+    links = BankLinks(cluster)
+    coordinator = Coordinator(
+        links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s,
+        on_decision=lambda txn_id, decision: pm.hook.miniupi_after_decision(node=node, txn_id=txn_id, decision=decision),
+    )
+    aborted, resent = await coordinator.recover()
+    if aborted or resent:
+        logger.info("recovery: {} undecided payments aborted, {} decisions being resent", aborted, resent)
+
+    def add_services(server: grpc.aio.Server) -> list[str]:
+        gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(cluster, coordinator, links, sessions), server)
+        return [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name]
+
+    async def on_stop() -> None:
+        await coordinator.close()
+        await links.close()
+        await commit.close()
+
+    await serve(node, pm, add_services, on_stop)

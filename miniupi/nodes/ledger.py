@@ -1,0 +1,250 @@
+"""A bank's accounts and its side of two-phase commit, with no gRPC in sight.
+
+State lives in memory and every change goes through the group commit
+before it is acknowledged, so a reply always describes durable state.
+Holds are derived from prepared debits, never stored on their own, so a
+hold cannot outlive the transaction that placed it.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from miniupi.money import INT64_MAX
+from miniupi.passwords import hash_password, verify_password
+from miniupi.storage import GroupCommit, Put
+
+PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
+
+
+@dataclass
+class Account:
+    name: str
+    balance: int
+    password_hash: str
+    opened_at: float
+    held: int = 0
+    history: list[str] = field(default_factory=list)  # committed txn ids, oldest first
+
+    def record(self) -> dict[str, Any]:
+        return {"balance": self.balance, "password_hash": self.password_hash, "opened_at": self.opened_at}
+
+
+@dataclass(frozen=True)
+class LegSpec:
+    account: str
+    delta: int  # negative: debit under a hold; positive: credit
+    counterparty: str
+
+
+@dataclass
+class BankTxn:
+    txn_id: str
+    state: str
+    legs: tuple[LegSpec, ...]
+    prepared_at: float
+    decided_at: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "legs": [[leg.account, leg.delta, leg.counterparty] for leg in self.legs],
+            "prepared_at": self.prepared_at,
+            "decided_at": self.decided_at,
+        }
+
+
+@dataclass(frozen=True)
+class Vote:
+    yes: bool
+    refusal: str = ""  # INSUFFICIENT_FUNDS, UNKNOWN_ACCOUNT, ALREADY_DECIDED, WRONG_CURRENCY
+    detail: str = ""
+
+
+class Ledger:
+    """Accounts, holds and prepared transactions of one bank."""
+
+    def __init__(
+        self,
+        bank: str,
+        currency: str,
+        commit: GroupCommit,
+        tables: dict[str, dict[str, Any]],
+        on_vote: Callable[[str, bool], None] = lambda txn_id, yes: None,
+        on_voted: Callable[[str, bool], None] = lambda txn_id, yes: None,
+        on_apply: Callable[[str, str], None] = lambda txn_id, decision: None,
+    ) -> None:
+        self.bank, self.currency, self._commit = bank, currency, commit
+        self._on_vote, self._on_voted, self._on_apply = on_vote, on_voted, on_apply
+        self.accounts: dict[str, Account] = {
+            name: Account(name, r["balance"], r["password_hash"], r["opened_at"])
+            for name, r in tables.get("accounts", {}).items()
+        }
+        self.txns: dict[str, BankTxn] = {}
+        for txn_id, r in sorted(tables.get("txns", {}).items(), key=lambda kv: kv[1]["decided_at"] or 0):
+            txn = BankTxn(txn_id, r["state"], tuple(LegSpec(*leg) for leg in r["legs"]), r["prepared_at"],
+                          r["decided_at"])
+            self.txns[txn_id] = txn
+            for leg in txn.legs:
+                if txn.state == PREPARED and leg.delta < 0:
+                    self.accounts[leg.account].held -= leg.delta
+                elif txn.state == COMMITTED:
+                    self.accounts[leg.account].history.append(txn_id)
+        self.meta: dict[str, Any] = dict(tables.get("meta", {}))
+        self._opening: set[str] = set()
+
+    # -- accounts -------------------------------------------------------
+
+    def account(self, name: str) -> Account:
+        try:
+            return self.accounts[name]
+        except KeyError:
+            raise NotFound(f"unknown account {name}@{self.bank}") from None
+
+    async def open_account(self, name: str, password: str, initial: int) -> Account:
+        if initial < 0:
+            raise InvalidArgument("initial deposit must not be negative")
+        if not password:
+            raise InvalidArgument("password must not be empty")
+        if name in self.accounts or name in self._opening:
+            raise AlreadyExists(f"account {name}@{self.bank} already exists")
+        self._opening.add(name)
+        try:
+            password_hash = await asyncio.to_thread(hash_password, password)
+            account = Account(name, initial, password_hash, time.time())
+            deposits = self.meta.get("deposits", 0) + initial
+            await self._commit.write([Put("accounts", name, account.record()), Put("meta", "deposits", deposits)])
+            self.meta["deposits"] = deposits
+            self.accounts[name] = account
+            return account
+        finally:
+            self._opening.discard(name)
+
+    async def check_password(self, name: str, password: str) -> bool:
+        account = self.accounts.get(name)
+        if account is None:
+            # Spend the same time as a real check, so timing does not tell which accounts exist.
+            await asyncio.to_thread(verify_password, _dummy_hash(), password)
+            return False
+        return await asyncio.to_thread(verify_password, account.password_hash, password)
+
+    def history(self, name: str, limit: int) -> list[tuple[BankTxn, LegSpec]]:
+        account = self.account(name)
+        out = []
+        for txn_id in reversed(account.history[-limit:]):
+            txn = self.txns[txn_id]
+            out.extend((txn, leg) for leg in txn.legs if leg.account == name)
+        return out
+
+    async def set_meta(self, key: str, value: Any) -> None:
+        await self._commit.write([Put("meta", key, value)])
+        self.meta[key] = value
+
+    # -- two-phase commit -----------------------------------------------
+
+    async def prepare(self, txn_id: str, currency: str, legs: Sequence[LegSpec]) -> Vote:
+        """Reserve every leg and vote. YES is durable before it is returned."""
+        if not legs:
+            raise InvalidArgument("a prepare needs at least one leg")
+        known = self.txns.get(txn_id)
+        if known is not None:
+            await self._commit.barrier()
+            if known.state == PREPARED:
+                return Vote(True)
+            return Vote(False, "ALREADY_DECIDED", f"transaction {txn_id} is already {known.state.lower()}")
+        vote = self._check(currency, legs)
+        self._on_vote(txn_id, vote.yes)
+        if not vote.yes:
+            return vote
+        txn = BankTxn(txn_id, PREPARED, tuple(legs), time.time())
+        self._hold(txn, +1)
+        self.txns[txn_id] = txn
+        try:
+            await self._commit.write([Put("txns", txn_id, txn.record())])
+        except Exception as e:
+            self._hold(txn, -1)
+            del self.txns[txn_id]
+            raise Unavailable(f"bank {self.bank} could not record its vote: {e}") from e
+        self._on_voted(txn_id, True)
+        return vote
+
+    def _check(self, currency: str, legs: Sequence[LegSpec]) -> Vote:
+        if currency != self.currency:
+            return Vote(False, "WRONG_CURRENCY", f"bank {self.bank} holds {self.currency}, not {currency}")
+        for leg in legs:
+            account = self.accounts.get(leg.account)
+            if account is None:
+                return Vote(False, "UNKNOWN_ACCOUNT", f"unknown account {leg.account}@{self.bank}")
+            if leg.delta == 0:
+                raise InvalidArgument("a leg must move a non-zero amount")
+        debits: dict[str, int] = {}
+        credits: dict[str, int] = {}
+        for leg in legs:
+            side = debits if leg.delta < 0 else credits
+            side[leg.account] = side.get(leg.account, 0) + abs(leg.delta)
+        for name, amount in debits.items():
+            account = self.accounts[name]
+            if account.balance - account.held < amount:
+                return Vote(False, "INSUFFICIENT_FUNDS", "insufficient funds")
+        for name, amount in credits.items():
+            if self.accounts[name].balance + amount > INT64_MAX:
+                return Vote(False, "INSUFFICIENT_FUNDS", f"account {name}@{self.bank} cannot hold that much")
+        return Vote(True)
+
+    def _hold(self, txn: BankTxn, sign: int) -> None:
+        for leg in txn.legs:
+            if leg.delta < 0:
+                self.accounts[leg.account].held += sign * -leg.delta
+
+    async def commit(self, txn_id: str) -> bool:
+        """Apply a prepared transaction once; a repeat is a no-op."""
+        txn = self.txns.get(txn_id)
+        if txn is None:
+            raise FailedPrecondition(f"transaction {txn_id} was never prepared at {self.bank}")
+        if txn.state == ABORTED:
+            raise FailedPrecondition(f"transaction {txn_id} was aborted at {self.bank}")
+        if txn.state == COMMITTED:
+            await self._commit.barrier()
+            return True
+        self._on_apply(txn_id, COMMITTED)
+        self._hold(txn, -1)
+        touched: dict[str, Account] = {}
+        for leg in txn.legs:
+            account = self.accounts[leg.account]
+            account.balance += leg.delta
+            account.history.append(txn_id)
+            touched[account.name] = account
+        txn.state, txn.decided_at = COMMITTED, time.time()
+        puts = [Put("txns", txn_id, txn.record())]
+        puts.extend(Put("accounts", a.name, a.record()) for a in touched.values())
+        await self._commit.write(puts)
+        return True
+
+    async def abort(self, txn_id: str) -> bool:
+        """Release a prepared transaction; an unknown id is remembered as aborted."""
+        txn = self.txns.get(txn_id)
+        if txn is None:
+            txn = BankTxn(txn_id, ABORTED, (), time.time(), time.time())
+            self.txns[txn_id] = txn
+            await self._commit.write([Put("txns", txn_id, txn.record())])
+            return False
+        if txn.state == COMMITTED:
+            raise FailedPrecondition(f"transaction {txn_id} was committed at {self.bank}")
+        if txn.state == ABORTED:
+            await self._commit.barrier()
+            return True
+        self._on_apply(txn_id, ABORTED)
+        self._hold(txn, -1)
+        txn.state, txn.decided_at = ABORTED, time.time()
+        await self._commit.write([Put("txns", txn_id, txn.record())])
+        return True
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password("miniupi-no-such-account")

@@ -1,0 +1,77 @@
+"""What every node does the same way: mTLS, interceptors, health, reflection, shutdown."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+import pluggy
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from loguru import logger
+
+from miniupi.config import NodeConfig
+from miniupi.storage import GroupCommit, Store, StoreDamaged
+from miniupi.tls import server_credentials
+
+MAX_MESSAGE_BYTES = 1 << 20
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class NodeStartError(Exception):
+    """The node cannot start; the message says why in one line."""
+
+
+async def open_store(pm: pluggy.PluginManager, node: NodeConfig) -> tuple[GroupCommit, dict]:
+    """Open the storage plugin the cluster file names for `node` and load its tables."""
+    store: Store | None = pm.hook.miniupi_make_storage(node=node, path=node.data_dir)
+    if store is None:
+        raise NodeStartError(f"{node.cluster.path}: no storage plugin named {node.storage!r} for {node.name}")
+    try:
+        tables = await asyncio.to_thread(store.load)
+    except StoreDamaged as e:
+        raise NodeStartError(f"{node.name}: refusing to start: {e}") from None
+    return GroupCommit(store), tables
+
+
+async def serve(
+    node: NodeConfig,
+    pm: pluggy.PluginManager,
+    add_services: Callable[[grpc.aio.Server], Iterable[str]],
+    on_stop: Callable[[], Awaitable[None]],
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain calls and run `on_stop`."""
+    interceptors = [i for group in pm.hook.miniupi_server_interceptors(node=node) for i in group]
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+    names = list(add_services(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names += [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    try:
+        port = server.add_secure_port(node.address, server_credentials(node.cluster.certs_dir, node.name))
+    except RuntimeError as e:
+        raise NodeStartError(f"{node.name}: cannot listen on {node.address}: {e}") from None
+    address = f"{node.host}:{port}"
+    await server.start()
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    logger.info("{} serving on {} (pid {}, storage {}, auth {})", node.name, address, os.getpid(),
+                node.storage, node.auth)
+    pm.hook.miniupi_node_started(node=node, address=address)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    logger.info("{} stopping", node.name)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=2)
+    await on_stop()

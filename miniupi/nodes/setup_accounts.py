@@ -1,0 +1,52 @@
+"""A bank's setup file: the accounts it opens on its very first start.
+
+    [accounts.alice]
+    balance = "1000.00"
+    password = "..."     # hashed on load; only the hash is stored
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from miniupi.config import NAME_RE, ConfigError
+from miniupi.money import BadAmount, parse_amount
+
+
+@dataclass(frozen=True)
+class SetupAccount:
+    name: str
+    balance: int
+    password: str
+
+
+def read_setup_file(path: Path) -> list[SetupAccount]:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: accounts file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    table = raw.get("accounts")
+    if not isinstance(table, dict) or set(raw) - {"accounts"}:
+        raise ConfigError(f"{path}: expected only [accounts.NAME] tables")
+    out = []
+    for name, entry in table.items():
+        where = f"{path}: key 'accounts.{name}'"
+        if not NAME_RE.match(name):
+            raise ConfigError(f"{where}: expected an account name of lower-case letters, digits and _")
+        if not isinstance(entry, dict) or set(entry) - {"balance", "password"}:
+            raise ConfigError(f"{where}: expected a table with balance and password")
+        password, balance = entry.get("password"), entry.get("balance", "0")
+        if not isinstance(password, str) or not password:
+            raise ConfigError(f"{where}.password: expected a non-empty string")
+        try:
+            minor = parse_amount(balance) if isinstance(balance, str) else None
+        except BadAmount:
+            minor = None
+        if minor is None:
+            raise ConfigError(f"{where}.balance: expected an amount as a string, such as \"1000.00\"")
+        out.append(SetupAccount(name, minor, password))
+    return out

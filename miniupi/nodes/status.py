@@ -1,0 +1,25 @@
+"""The one door where domain errors become gRPC status codes."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from miniupi.errors import MiniupiError
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def grpc_errors(method: Handler) -> Handler:
+    """Wrap a servicer method so a MiniupiError aborts the call with its code."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except MiniupiError as e:
+            await context.abort(grpc.StatusCode[e.code], e.message)
+
+    return wrapper  # type: ignore[return-value]

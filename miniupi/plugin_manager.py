@@ -1,0 +1,41 @@
+"""The one plugin manager: entry points first, then the cluster file's modules.
+
+Our own storage, auth and logging plugins arrive through the `miniupi`
+entry point group like anyone else's; nothing here names them.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Iterable
+
+import pluggy
+
+from miniupi import hookspecs
+
+PROJECT = "miniupi"
+
+
+def make_plugin_manager(extra_modules: Iterable[str] = ()) -> pluggy.PluginManager:
+    """Every installed plugin plus `extra_modules` (the cluster file's [plugins] load)."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.load_setuptools_entrypoints(PROJECT)
+    for name in extra_modules:
+        if pm.has_plugin(name):
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            raise PluginError(f"cannot load plugin module {name!r}: {e}") from None
+        pm.register(module, name)
+    pm.check_pending()
+    if os.environ.get("MINIUPI_TRACE_PLUGINS") == "1":
+        pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
+        pm.enable_tracing()
+    return pm
+
+
+class PluginError(Exception):
+    """A plugin named in the cluster file could not be loaded or found."""

@@ -1,0 +1,1 @@
+"""Default plugins, registered through the `miniupi` entry point group like any other."""

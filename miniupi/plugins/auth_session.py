@@ -1,0 +1,160 @@
+"""Random session keys for customers, certificate identities for nodes.
+
+The gateway hands out a 256-bit random key at login and keeps only its
+SHA-256, so a copy of its memory or disk cannot be replayed as a key.
+Banks serve only the gateway's and the admin's certificates.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from miniupi.caller import SESSION_METADATA_KEY, current_account, current_peer
+from miniupi.config import NodeConfig
+from miniupi.errors import Unauthenticated
+from miniupi.hookspecs import hookimpl
+from miniupi.tls import peer_identity
+
+NAME = "session"
+# Methods that run before anyone has a session.
+GATEWAY_PUBLIC = frozenset({
+    "/miniupi.v1.Gateway/Register",
+    "/miniupi.v1.Gateway/Login",
+})
+# Banks ask the gateway for decisions with their own certificates, not a session.
+GATEWAY_FOR_NODES = frozenset({"/miniupi.v1.Gateway/GetDecision"})
+ALWAYS_OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+BANK_CALLERS = frozenset({"gateway", "admin"})
+
+
+@dataclass
+class _Session:
+    account: str
+    started: float
+    last_used: float
+
+
+class SessionStore:
+    """Sessions with an idle and an absolute expiry, keyed by the key's hash."""
+
+    def __init__(self, idle_s: float, max_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.idle_s, self.max_s, self._clock = idle_s, max_s, clock
+        self._sessions: dict[bytes, _Session] = {}
+
+    @staticmethod
+    def _digest(key: str) -> bytes:
+        return hashlib.sha256(key.encode()).digest()
+
+    def start(self, account: str) -> tuple[str, float]:
+        key = secrets.token_urlsafe(32)
+        now = self._clock()
+        self._sessions[self._digest(key)] = _Session(account, now, now)
+        return key, now + self.max_s
+
+    def resolve(self, key: str) -> str:
+        if not key:
+            raise Unauthenticated("not logged in: no session key")
+        digest = self._digest(key)
+        session = self._sessions.get(digest)
+        now = self._clock()
+        if session is None:
+            raise Unauthenticated("session key not recognised; log in again")
+        if now - session.last_used > self.idle_s or now - session.started > self.max_s:
+            del self._sessions[digest]
+            raise Unauthenticated("session expired; log in again")
+        session.last_used = now
+        return session.account
+
+    def end(self, key: str) -> None:
+        self._sessions.pop(self._digest(key), None)
+
+
+_stores: dict[str, SessionStore] = {}
+
+
+def _store_for(node: NodeConfig) -> SessionStore:
+    if node.name not in _stores:
+        _stores[node.name] = SessionStore(node.cluster.session_idle_s, node.cluster.session_max_s)
+    return _stores[node.name]
+
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+def _wrap(handler: grpc.RpcMethodHandler, check: Callable[[grpc.aio.ServicerContext], Awaitable[Any]]) -> grpc.RpcMethodHandler:
+    """Run `check` inside the call's own task, then the real handler."""
+    inner = handler.unary_unary
+
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await check(context)
+        return await inner(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        guarded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+
+
+class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
+    """Every gateway method but Register and Login needs a live session key."""
+
+    def __init__(self, sessions: SessionStore) -> None:
+        self.sessions = sessions
+
+    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or handler.unary_unary is None or method.startswith(ALWAYS_OPEN_PREFIXES):
+            return handler
+        if method in GATEWAY_PUBLIC or method in GATEWAY_FOR_NODES:
+            return _wrap(handler, _set_peer)
+        key = next((v for k, v in details.invocation_metadata or () if k == SESSION_METADATA_KEY), "")
+
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            await _set_peer(context)
+            try:
+                current_account.set(self.sessions.resolve(key if isinstance(key, str) else ""))
+            except Unauthenticated as e:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, e.message)
+
+        return _wrap(handler, check)
+
+
+async def _set_peer(context: grpc.aio.ServicerContext) -> None:
+    current_peer.set(peer_identity(context))
+
+
+class BankCallerInterceptor(grpc.aio.ServerInterceptor):
+    """A bank answers only the gateway's and the admin's certificates."""
+
+    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or details.method.startswith(ALWAYS_OPEN_PREFIXES):
+            return handler
+
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            peer = peer_identity(context)
+            if peer not in BANK_CALLERS:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"{peer or 'an unknown peer'} may not call a bank; only the gateway may")
+            current_peer.set(peer)
+
+        return _wrap(handler, check)
+
+
+@hookimpl
+def miniupi_make_authenticator(node: NodeConfig) -> SessionStore | None:
+    return _store_for(node) if node.auth == NAME and node.role == "gateway" else None
+
+
+@hookimpl
+def miniupi_server_interceptors(node: NodeConfig) -> list[grpc.aio.ServerInterceptor]:
+    if node.auth != NAME:
+        return []
+    if node.role == "gateway":
+        return [GatewaySessionInterceptor(_store_for(node))]
+    return [BankCallerInterceptor()]

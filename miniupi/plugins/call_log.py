@@ -1,0 +1,72 @@
+"""One log line per call on every node: method, caller, amount, status, latency.
+
+Fields are picked from the request by name, so a password or session key
+can never reach the log: neither is on the list.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from loguru import logger
+
+from miniupi.caller import current_account, current_peer
+from miniupi.config import NodeConfig
+from miniupi.hookspecs import hookimpl
+
+QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def _describe(request: Any) -> str:
+    parts = []
+    for name in ("txn_id", "account", "from_account", "to_account"):
+        value = getattr(request, name, "")
+        if value:
+            parts.append(f"{name}={value[:64]}")
+    amount = getattr(request, "amount", None)
+    if amount is not None and amount.minor:
+        parts.append(f"amount={amount.minor}")
+    return " ".join(parts)
+
+
+class CallLogInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, node: NodeConfig) -> None:
+        self.node = node
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or details.method.startswith(QUIET_PREFIXES):
+            return handler
+        inner, method = handler.unary_unary, details.method.rsplit("/", 1)[-1]
+
+        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return await inner(request, context)
+            except BaseException:
+                code = _code_name(context) or "UNKNOWN"
+                raise
+            finally:
+                ms = (time.perf_counter() - start) * 1000
+                logger.info("{} caller={} user={} {} code={} {:.1f}ms", method, current_peer.get() or "-",
+                            current_account.get() or "-", _describe(request), code, ms)
+
+        return grpc.unary_unary_rpc_method_handler(
+            logged, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str | None:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else None
+
+
+@hookimpl(tryfirst=True)
+def miniupi_server_interceptors(node: NodeConfig) -> list[grpc.aio.ServerInterceptor]:
+    # First, so it is the outermost: calls refused by auth are logged too.
+    return [CallLogInterceptor(node)]

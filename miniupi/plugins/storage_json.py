@@ -1,0 +1,256 @@
+"""A stdlib-only store: a JSON snapshot plus an append-only journal.
+
+Each write batch is one journal line and one fsync, however large the
+state; the snapshot is rewritten only when the journal grows past
+`compact_after` batches. Plain files make the state easy to read by hand.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from miniupi.hookspecs import hookimpl
+from miniupi.storage import Put, StoreDamaged
+
+if TYPE_CHECKING:
+    from miniupi.config import NodeConfig
+
+NAME = "json"
+SNAPSHOT = "snapshot.json"
+JOURNAL = "journal.jsonl"
+
+# Formats and why a crash at any point reloads to the same state.
+#
+# snapshot.json is {"seq": S, "tables": {table: {key: value}}}: every batch
+# numbered up to S. A journal line is [n, [[table, key, value], ...]]\n,
+# batch n, with null for a delete; line numbers are consecutive. Loading
+# replays only lines with n > S and refuses a gap after S.
+#
+# A batch is acknowledged only after its line, newline included, is
+# fsync'd. So a last line without its newline, or not parseable, is a
+# batch whose write never returned: it is dropped and truncated away so
+# the next append starts on a clean line. Anywhere else it is damage.
+#
+# Compaction: (1) write snapshot.json.tmp and fsync it, (2) os.replace it
+# onto snapshot.json and fsync the directory, (3) truncate the journal and
+# fsync it. A crash before (2) leaves the old snapshot and the full journal
+# (the stray .tmp is never read). Between (2) and (3) it leaves the new
+# snapshot, or the old one if the rename was not yet durable, and the full
+# journal; the new snapshot's S covers every journal line, so all are
+# skipped. After (3) the journal is empty. The truncation is durable before
+# line S + 1 is appended, so old and new lines never mix. (Replaying old
+# lines would even be harmless, as puts are idempotent, but the numbers
+# also catch lost or misordered lines.) Compaction runs before a batch is
+# appended, so a failed compaction fails a write that changed nothing.
+
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# fdatasync skips the timestamp-only inode flush that fsync adds on every
+# append; the new length, which an append changes, is still made durable.
+_sync_data = getattr(os, "fdatasync", os.fsync)
+
+Ops = list[tuple[str, str, str | None]]  # (table, key, encoded value or None to delete)
+
+
+class JsonStore:
+    """A Store in directory `directory`; see miniupi.storage.Store."""
+
+    def __init__(self, directory: Path, compact_after: int = 10_000) -> None:
+        if compact_after < 1:
+            raise ValueError("compact_after must be at least 1")
+        self.directory = Path(directory)
+        self.snapshot_file = self.directory / SNAPSHOT
+        self.journal_file = self.directory / JOURNAL
+        self._compact_after = compact_after
+        # Values are kept JSON-encoded: callers may mutate the objects they
+        # wrote, and a snapshot must hold what was written, not what is now.
+        self._tables: dict[str, dict[str, str]] = {}
+        self._seq = 0  # number of the last batch applied
+        self._journal_lines = 0
+        self._journal_size = 0
+        self._unusable: str | None = None
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._fd = os.open(self.journal_file, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self._seq = self._read_snapshot()
+            self._replay_journal(self._seq)
+            _fsync_dir(self.directory)  # the journal's directory entry may be new
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        self._check_usable()
+        return {t: {k: json.loads(v) for k, v in rows.items()} for t, rows in self._tables.items()}
+
+    def write(self, batch: Sequence[Put]) -> None:
+        self._check_usable()
+        ops: Ops = []
+        for table, key, value in batch:
+            if not isinstance(table, str) or not isinstance(key, str):
+                raise TypeError(f"table and key must be str, got {table!r}, {key!r}")
+            ops.append((table, key, None if value is None else _encode(value)))
+        if not ops:
+            return
+        if self._journal_lines >= self._compact_after:
+            self._compact()
+        seq = self._seq + 1
+        body = ",".join(f"[{_encode(t)},{_encode(k)},{'null' if v is None else v}]" for t, k, v in ops)
+        self._append(f"[{seq},[{body}]]\n".encode())
+        self._seq = seq
+        self._journal_lines += 1
+        self._apply(ops)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._unusable = "store is closed"
+
+    def _check_usable(self) -> None:
+        if self._unusable is not None:
+            raise RuntimeError(f"{self.journal_file}: {self._unusable}")
+
+    def _apply(self, ops: Ops) -> None:
+        tables = self._tables
+        for table, key, value in ops:
+            if value is not None:
+                tables.setdefault(table, {})[key] = value
+            elif (rows := tables.get(table)) is not None:
+                rows.pop(key, None)
+                if not rows:
+                    del tables[table]
+
+    def _read_snapshot(self) -> int:
+        """Load snapshot.json into memory and return its batch number (0 if none yet)."""
+        try:
+            raw = self.snapshot_file.read_bytes()
+        except FileNotFoundError:
+            return 0
+        try:
+            snapshot = json.loads(raw)
+            seq, tables = snapshot["seq"], snapshot["tables"]
+            ok = _is_seq(seq) and isinstance(tables, dict)
+            ok = ok and all(
+                isinstance(rows, dict) and None not in rows.values() for rows in tables.values()
+            )
+        except (ValueError, TypeError, KeyError):
+            ok = False
+        if not ok:
+            raise StoreDamaged(f"{self.snapshot_file}: not a snapshot this store wrote")
+        self._tables = {t: {k: _encode(v) for k, v in rows.items()} for t, rows in tables.items() if rows}
+        return seq
+
+    def _replay_journal(self, snapshot_seq: int) -> None:
+        data = self.journal_file.read_bytes()
+        lines = data.split(b"\n")
+        torn = lines.pop()  # b"" when the file ends with a newline
+        good_size = 0
+        previous: int | None = None
+        for number, line in enumerate(lines, 1):
+            where = f"{self.journal_file}: line {number}"
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if number == len(lines) and not torn:
+                    break  # torn last line: see the comment at the top
+                raise StoreDamaged(f"{where} is not JSON") from None
+            if not _is_entry(entry):
+                raise StoreDamaged(f"{where} is not a batch this store wrote")
+            seq, puts = entry
+            if previous is not None and seq != previous + 1:
+                raise StoreDamaged(f"{where} is batch {seq}, expected {previous + 1}")
+            if previous is None and seq > snapshot_seq + 1:
+                raise StoreDamaged(
+                    f"{where} is batch {seq} but {self.snapshot_file} holds only up to {snapshot_seq}"
+                )
+            previous = seq
+            if seq > snapshot_seq:
+                self._apply([(t, k, None if v is None else _encode(v)) for t, k, v in puts])
+                self._seq = seq
+            good_size += len(line) + 1
+            self._journal_lines += 1
+        if good_size < len(data):
+            os.ftruncate(self._fd, good_size)
+            os.fsync(self._fd)
+        self._journal_size = good_size
+
+    def _append(self, data: bytes) -> None:
+        try:
+            _write_all(self._fd, data)
+            _sync_data(self._fd)
+        except BaseException:
+            # Cut off whatever part of the line got in, so the next append
+            # does not glue onto it and turn a failed write into damage.
+            try:
+                os.ftruncate(self._fd, self._journal_size)
+                os.fsync(self._fd)
+            except OSError as e:
+                self._unusable = f"journal may hold a partial line (truncate failed: {e}); reopen the store"
+            raise
+        self._journal_size += len(data)
+
+    def _compact(self) -> None:
+        """Fold the journal into a new snapshot; the order is argued at the top."""
+        tmp = self.directory / (SNAPSHOT + ".tmp")
+        tables = ",".join(
+            f"{_encode(t)}:{{{','.join(f'{_encode(k)}:{v}' for k, v in rows.items())}}}"
+            for t, rows in self._tables.items()
+        )
+        text = f'{{"seq":{self._seq},"tables":{{{tables}}}}}'.encode()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # a leftover from a crash; O_EXCL below then makes it 0600
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _write_all(fd, text)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.snapshot_file)
+        _fsync_dir(self.directory)
+        os.ftruncate(self._fd, 0)
+        self._journal_size = 0
+        os.fsync(self._fd)
+        self._journal_lines = 0
+
+
+def _is_seq(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 2
+        and _is_seq(entry[0])
+        and isinstance(entry[1], list)
+        and all(
+            isinstance(put, list) and len(put) == 3 and isinstance(put[0], str) and isinstance(put[1], str)
+            for put in entry[1]
+        )
+    )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@hookimpl
+def miniupi_make_storage(node: NodeConfig, path: Path) -> JsonStore | None:
+    if node.storage != NAME:
+        return None
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return JsonStore(path)

@@ -1,0 +1,110 @@
+"""The default store: one SQLite file in WAL mode, a row per key.
+
+SQLite gives atomic, fsync'd transactions and a self-check on open for
+free; the node still keeps its state in memory, so the file is only
+written in batches and read once at start.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from miniupi.hookspecs import hookimpl
+from miniupi.storage import Put, StoreDamaged
+
+if TYPE_CHECKING:
+    from miniupi.config import NodeConfig
+
+NAME = "sqlite"
+FILE_NAME = "store.sqlite3"
+
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    tbl TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (tbl, key)
+) WITHOUT ROWID
+"""
+
+
+class SqliteStore:
+    """A Store in one SQLite file; see miniupi.storage.Store."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = Path(file)
+        # Create the file ourselves so it is 0600 whatever the umask; SQLite
+        # gives its -wal and -shm files the database file's mode.
+        os.close(os.open(self.file, os.O_WRONLY | os.O_CREAT, 0o600))
+        # The connection is made here but used from GroupCommit's writer
+        # thread; the store never uses it from two threads at once.
+        conn = sqlite3.connect(self.file, isolation_level=None, check_same_thread=False)
+        try:
+            check = conn.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                raise StoreDamaged(f"{self.file}: SQLite quick_check failed: {check[0][0]}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # durable when COMMIT returns
+            conn.execute(_SCHEMA)
+        except sqlite3.OperationalError:
+            conn.close()
+            raise  # locked, unreadable, out of space: a problem, but not damage
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise StoreDamaged(f"{self.file}: not a usable SQLite database: {e}") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        tables: dict[str, dict[str, Any]] = {}
+        for tbl, key, value in self._conn.execute("SELECT tbl, key, value FROM kv"):
+            try:
+                tables.setdefault(tbl, {})[key] = json.loads(value)
+            except ValueError:
+                raise StoreDamaged(f"{self.file}: value of {tbl}/{key} is not JSON") from None
+        return tables
+
+    def write(self, batch: Sequence[Put]) -> None:
+        # Collapse to the last write per key so upserts and deletes can go
+        # down as two order-free executemany calls; encode everything first
+        # so a bad value fails before the transaction starts.
+        last: dict[tuple[str, str], Any] = {}
+        for table, key, value in batch:
+            if not isinstance(table, str) or not isinstance(key, str):
+                raise TypeError(f"table and key must be str, got {table!r}, {key!r}")
+            last[table, key] = value
+        if not last:
+            return
+        upserts = [(t, k, _encode(v)) for (t, k), v in last.items() if v is not None]
+        deletes = [tk for tk, v in last.items() if v is None]
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if upserts:
+                conn.executemany("INSERT OR REPLACE INTO kv (tbl, key, value) VALUES (?, ?, ?)", upserts)
+            if deletes:
+                conn.executemany("DELETE FROM kv WHERE tbl = ? AND key = ?", deletes)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@hookimpl
+def miniupi_make_storage(node: NodeConfig, path: Path) -> SqliteStore | None:
+    if node.storage != NAME:
+        return None
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return SqliteStore(path / FILE_NAME)

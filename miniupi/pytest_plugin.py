@@ -1,0 +1,42 @@
+"""pytest fixtures for booting miniupi clusters (installed as a `pytest11` plugin)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from miniupi.testing import LocalCluster
+
+
+@pytest.fixture
+def miniupi_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LocalCluster]]:
+    """Boot clusters for one test; every one is stopped at teardown.
+
+    Call it with a cluster spec, as a dict or the path of a TOML file, and
+    optionally the accounts each bank opens at first start::
+
+        def test_pay(miniupi_cluster):
+            cluster = miniupi_cluster({"cluster": {}, "gateway": {},
+                                       "banks": {"bank_a": {}, "bank_b": {"storage": "json"}}},
+                                      accounts={"bank_a": {"alice": ("100.00", "pw")}})
+            with cluster.client() as c:
+                c.login("alice@bank_a", "pw")
+
+    Ports, data_dir and certs_dir are filled in (free ports on 127.0.0.1,
+    a temporary directory). The cluster runs through `miniupi run`, under
+    supervisord; `cluster.stop_node`, `start_node`, `restart_node` and
+    `kill_node` control single nodes, and `cluster.cli(...)` runs the
+    command line against it. With no spec, a gateway and two banks.
+    """
+    started: list[LocalCluster] = []
+
+    def boot(spec: dict[str, Any] | str | Path | None = None, **kwargs: Any) -> LocalCluster:
+        cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), spec, **kwargs)
+        started.append(cluster)
+        return cluster.start()
+
+    yield boot
+    for cluster in started:
+        cluster.stop()

@@ -1,0 +1,101 @@
+"""What a storage plugin provides, and the group commit that feeds it.
+
+A store is a small durable key-value log: named tables of JSON values,
+loaded whole at start and written in atomic, fsync'd batches. Nodes keep
+their working state in memory and use the store only to survive a crash,
+which keeps every storage plugin small and the hot path free of queries.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple, Protocol
+
+
+class Put(NamedTuple):
+    """Set table[key] = value; a value of None deletes the key."""
+
+    table: str
+    key: str
+    value: Any
+
+
+class StoreDamaged(Exception):
+    """The files on disk are not a state this store ever wrote; refuse to serve."""
+
+
+class Store(Protocol):
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Every table as last written: {table: {key: value}}."""
+
+    def write(self, batch: Sequence[Put]) -> None:
+        """Apply the whole batch atomically and durably, or raise and apply none."""
+
+    def close(self) -> None:
+        """Release files; later calls are errors."""
+
+
+class GroupCommit:
+    """Makes many concurrent writers share one durable write (and one fsync).
+
+    Writers await `write`; while one batch is being written in the writer
+    thread, the next ones pile up and go down together. Order is kept: a
+    batch is durable only after every batch submitted before it.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: list[tuple[Sequence[Put], asyncio.Future[None] | None]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, batch: Sequence[Put]) -> None:
+        """Return once `batch` (and everything before it) is durable."""
+        future = asyncio.get_running_loop().create_future()
+        self._submit(batch, future)
+        await future
+
+    async def barrier(self) -> None:
+        """Return once everything submitted so far is durable.
+
+        A repeated request must not be answered from memory before the
+        write that first changed that memory has reached the disk.
+        """
+        await self.write(())
+
+    def write_later(self, batch: Sequence[Put]) -> None:
+        """Queue `batch` without waiting; it still goes down in order."""
+        self._submit(batch, None)
+
+    def _submit(self, batch: Sequence[Put], future: asyncio.Future[None] | None) -> None:
+        self._pending.append((batch, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            taken, self._pending = self._pending, []
+            puts = [put for batch, _ in taken for put in batch]
+            try:
+                if puts:
+                    await loop.run_in_executor(self._executor, self._store.write, puts)
+            except BaseException as e:  # every waiter must learn of the failure
+                for _, future in taken:
+                    if future is not None and not future.done():
+                        future.set_exception(e)
+                if not isinstance(e, Exception):
+                    raise
+            else:
+                for _, future in taken:
+                    if future is not None and not future.done():
+                        future.set_result(None)
+
+    async def close(self) -> None:
+        """Write what is queued, then close the store."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._store.close)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,340 @@
+"""Run the whole cluster under supervisord, and talk to it afterwards.
+
+`miniupi run` writes a supervisord config for the topology and execs
+supervisord in the foreground, so one Ctrl-C (or SIGTERM) reaches one
+process that stops every node and leaves nothing behind, and a node that
+dies is restarted. The `Supervisor` client drives that supervisord over
+XML-RPC on a unix socket for `status`, `start`, `stop` and `restart`.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import shlex
+import sys
+import tempfile
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
+
+from miniupi.config import ClusterConfig, NodeConfig
+
+# sun_path is 108 bytes with the NUL on Linux, 104 on macOS; stay under both.
+MAX_SOCKET_PATH = 100
+# A stop may legitimately take stopwaitsecs (10 s) before SIGKILL lands.
+RPC_TIMEOUT_S = 60.0
+# All nodes in one group: on shutdown supervisord signals a whole group at
+# once but waits a poll tick (~1 s) between groups, so one group per node
+# made Ctrl-C take a second per node. supervisorctl names are GROUP:NODE.
+GROUP = "miniupi"
+
+
+class SupervisionError(Exception):
+    """Something about the supervised cluster went wrong; the message says what."""
+
+
+class SupervisorUnavailable(SupervisionError):
+    """No supervisord answers on the cluster's socket."""
+
+
+class SupervisorShuttingDown(SupervisorUnavailable):
+    """supervisord still holds the socket but is stopping the nodes and exiting."""
+
+
+class ClusterRunning(SupervisionError):
+    """`run` was asked for while a supervisord already serves this cluster."""
+
+
+class SupervisorFault(SupervisionError):
+    """supervisord refused a request; `code` is one of supervisor.xmlrpc.Faults."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node as supervisord sees it."""
+
+    name: str
+    state: str  # supervisor's state name: RUNNING, STOPPED, STARTING, BACKOFF, FATAL, ...
+    pid: int | None
+    address: str
+    description: str  # supervisor's own line, e.g. "pid 123, uptime 0:01:02" or "Not started"
+
+
+# --- the config file ---------------------------------------------------------
+
+
+def node_command(cluster: ClusterConfig, node: NodeConfig) -> list[str]:
+    """The argv that runs one node; the node re-reads the same cluster file."""
+    base = [sys.executable, "-m", "miniupi"]
+    config = ["--config", str(cluster.path)]
+    if node.role == "gateway":
+        return [*base, "gateway", *config]
+    return [*base, "bank", "--name", node.name, *config]
+
+
+def conf_path(cluster: ClusterConfig) -> Path:
+    return cluster.data_dir / "supervisord.conf"
+
+
+def socket_path(cluster: ClusterConfig) -> Path:
+    """data_dir/supervisor.sock, or a short name in the temp dir if that is too long to bind."""
+    path = cluster.data_dir / "supervisor.sock"
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        return path
+    # Deterministic, so control commands find the socket run() chose.
+    digest = hashlib.sha256(os.fsencode(cluster.data_dir)).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"miniupi-{os.getuid()}-{digest}.sock"
+
+
+def supervisord_argv(cluster: ClusterConfig) -> list[str]:
+    """How to start supervisord for this cluster (run() execs it, tests Popen it)."""
+    return [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf_path(cluster))]
+
+
+_INLINE_COMMENT = re.compile(r"(^|\s)[;#]")
+
+
+def _ini(value: str | Path) -> str:
+    """Make a value safe for supervisor's ini parser, or refuse it.
+
+    Supervisor %-expands every value, and its parser treats ';' or '#' after
+    whitespace as a comment even inside quotes; there is no escape for that.
+    """
+    text = str(value)
+    if "\n" in text or "\r" in text or text != text.strip() or _INLINE_COMMENT.search(text):
+        raise SupervisionError(
+            f"cannot write {text!r} into supervisord.conf: it has a newline, surrounding spaces, "
+            "or ';'/'#' after a space; use a simpler path"
+        )
+    return text.replace("%", "%%")
+
+
+def write_supervisord_conf(cluster: ClusterConfig) -> Path:
+    """Write data_dir/supervisord.conf for the cluster's topology and return its path."""
+    data_dir = cluster.data_dir
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sock = socket_path(cluster)
+    lines = [
+        "; Written by `miniupi run`; rewritten on every run, so edit the cluster file instead.",
+        "[supervisord]",
+        "nodaemon = true",
+        f"logfile = {_ini(data_dir / 'supervisord.log')}",
+        f"pidfile = {_ini(data_dir / 'supervisord.pid')}",
+        f"childlogdir = {_ini(data_dir)}",
+        "loglevel = warn",
+        "",
+        "[unix_http_server]",
+        f"file = {_ini(sock)}",
+        "chmod = 0700",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl = {_ini('unix://' + str(sock))}",
+    ]
+    lines += ["", f"[group:{GROUP}]", f"programs = {','.join(n.name for n in cluster.nodes)}"]
+    cwd = Path.cwd()
+    for node in cluster.nodes:
+        lines += [
+            "",
+            f"[program:{node.name}]",
+            f"command = {_ini(shlex.join(node_command(cluster, node)))}",
+            f"directory = {_ini(cwd)}",
+            # Banks are spawned first and the gateway is signalled first.
+            f"priority = {200 if node.role == 'gateway' else 100}",
+            "autostart = true",
+            "autorestart = true",
+            "startsecs = 1",
+            "startretries = 1000",
+            "stopsignal = TERM",
+            "stopwaitsecs = 10",
+            "stopasgroup = true",
+            "killasgroup = true",
+            "redirect_stderr = true",
+            "stdout_logfile = /dev/stdout",
+            "stdout_logfile_maxbytes = 0",
+            'environment = PYTHONUNBUFFERED="1"',
+        ]
+    path = conf_path(cluster)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# --- the control client ------------------------------------------------------
+
+
+class _TimedConnection(UnixStreamHTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(RPC_TIMEOUT_S)  # a wedged supervisord must not hang the CLI
+
+
+class _Transport(SupervisorTransport):
+    def __init__(self, sock: Path) -> None:
+        super().__init__(None, None, "unix://" + str(sock))
+
+        def connect() -> http.client.HTTPConnection:
+            conn = _TimedConnection("localhost")
+            conn.socketfile = str(sock)
+            return conn
+
+        self._get_connection = connect
+
+
+class Supervisor:
+    """A client for the supervisord that `miniupi run` started for a cluster."""
+
+    def __init__(self, cluster: ClusterConfig) -> None:
+        self.cluster = cluster
+        self.socket = socket_path(cluster)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        # A fresh connection per call: supervisord may have restarted in between.
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=_Transport(self.socket))
+        try:
+            return getattr(proxy.supervisor, method)(*args)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise SupervisorUnavailable(
+                f"cluster not running (no supervisor at {self.socket}); "
+                f"start it with: miniupi run {self.cluster.path}"
+            ) from None
+        except (OSError, http.client.HTTPException) as e:
+            raise SupervisorUnavailable(f"cannot talk to the supervisor at {self.socket}: {e}") from None
+        except xmlrpc.client.Fault as e:
+            if e.faultCode == Faults.SHUTDOWN_STATE:
+                raise SupervisorShuttingDown(f"the supervisor at {self.socket} is shutting down") from None
+            target = f" {args[0]}" if args else ""
+            raise SupervisorFault(f"supervisor refused {method}{target}: {e.faultString}", e.faultCode) from None
+        finally:
+            proxy("close")()
+
+    def _namespec(self, name: str) -> str:
+        names = [n.name for n in self.cluster.nodes]
+        if name not in names:
+            raise ValueError(f"no node named {name!r} (known nodes: {', '.join(names)})")
+        return f"{GROUP}:{name}"
+
+    def _control(self, method: str, name: str, harmless: int) -> None:
+        try:
+            self._call(method, self._namespec(name), True)
+        except SupervisorFault as e:
+            if e.code == harmless:
+                return
+            if e.code == Faults.BAD_NAME:
+                raise self._unknown_to_supervisor(name) from None
+            if e.code in (Faults.SPAWN_ERROR, Faults.ABNORMAL_TERMINATION):
+                raise SupervisionError(
+                    f"{name} did not stay up; its log is in the terminal running `miniupi run`"
+                ) from None
+            raise
+
+    @staticmethod
+    def _unknown_to_supervisor(name: str) -> ValueError:
+        return ValueError(
+            f"supervisor does not run node {name!r}: the cluster file changed since "
+            "`miniupi run`; restart the cluster to pick it up"
+        )
+
+    def start(self, name: str) -> None:
+        """Start a node and wait until it is RUNNING; a running node is left alone."""
+        self._control("startProcess", name, Faults.ALREADY_STARTED)
+
+    def stop(self, name: str) -> None:
+        """Stop a node and wait until it has exited; a stopped node is left alone."""
+        self._control("stopProcess", name, Faults.NOT_RUNNING)
+
+    def restart(self, name: str) -> None:
+        self.stop(name)
+        self.start(name)
+
+    def status(self) -> list[NodeStatus]:
+        """Every node supervisord runs, in cluster-file order."""
+        order = {n.name: i for i, n in enumerate(self.cluster.nodes)}
+        addresses = {n.name: n.address for n in self.cluster.nodes}
+        infos = sorted(self._call("getAllProcessInfo"), key=lambda i: (order.get(i["name"], len(order)), i["name"]))
+        return [
+            NodeStatus(
+                name=i["name"],
+                state=i["statename"],
+                pid=i["pid"] or None,
+                address=addresses.get(i["name"], "?"),
+                description=i["description"],
+            )
+            for i in infos
+        ]
+
+    def pid(self, name: str) -> int | None:
+        try:
+            info = self._call("getProcessInfo", self._namespec(name))
+        except SupervisorFault as e:
+            if e.code == Faults.BAD_NAME:
+                raise self._unknown_to_supervisor(name) from None
+            raise
+        return info["pid"] or None
+
+    def supervisord_pid(self) -> int:
+        return int(self._call("getPID"))
+
+    def is_running(self) -> bool:
+        """Whether a supervisord holds the socket (one that is shutting down still does)."""
+        try:
+            self._call("getState")
+        except SupervisorShuttingDown:
+            return True
+        except SupervisorUnavailable:
+            return False
+        return True
+
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Stop every node and supervisord itself, waiting (bounded) until it is gone."""
+        self._call("shutdown")
+        deadline = time.monotonic() + timeout_s
+        while self.is_running():
+            if time.monotonic() > deadline:
+                raise SupervisionError(f"supervisor at {self.socket} still running after {timeout_s:.0f} s")
+            time.sleep(0.1)
+
+
+# --- run ---------------------------------------------------------------------
+
+
+def _clear_stale_socket(cluster: ClusterConfig) -> None:
+    sock = socket_path(cluster)
+    if not os.path.lexists(sock):
+        return
+    sup = Supervisor(cluster)
+    try:
+        pid = sup.supervisord_pid()
+    except SupervisorShuttingDown:
+        raise ClusterRunning("cluster is still shutting down; try again in a few seconds") from None
+    except SupervisorUnavailable:
+        sock.unlink(missing_ok=True)  # left by a supervisord that was killed
+        return
+    raise ClusterRunning(f"cluster already running (pid {pid}); stop it with Ctrl-C in its terminal or kill {pid}")
+
+
+def run(cluster: ClusterConfig) -> NoReturn:
+    """Replace this process with supervisord running every node of the cluster."""
+    _clear_stale_socket(cluster)
+    write_supervisord_conf(cluster)
+    width = max(len(n.name) for n in cluster.nodes)
+    for node in cluster.nodes:
+        print(f"{node.name:<{width}}  {node.address}")
+    print(f"logs below; Ctrl-C stops everything (data in {cluster.data_dir})", flush=True)
+    argv = supervisord_argv(cluster)
+    # exec, not spawn: Ctrl-C and SIGTERM then reach supervisord directly.
+    os.execv(argv[0], argv)
+    raise AssertionError("unreachable")  # os.execv only returns by raising

@@ -1,0 +1,168 @@
+"""Boot a whole cluster from TOML for tests, through the same path as `miniupi run`.
+
+`LocalCluster` fills in free ports and a private data and certs directory,
+writes the cluster file, starts `miniupi run` as a child process and waits
+until every node answers the health service over mTLS.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import tomli_w
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from miniupi.client.api import Client
+from miniupi.config import ClusterConfig, load_config
+from miniupi.supervision import Supervisor
+from miniupi.tls import channel_credentials
+
+DEFAULT_SPEC: dict[str, Any] = {
+    "cluster": {"name": "test", "prepare_timeout_s": 3, "call_timeout_s": 3},
+    "gateway": {"storage": "sqlite"},
+    "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
+}
+# user -> (balance, password) per bank
+Accounts = Mapping[str, Mapping[str, tuple[str, str]]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_serving(cluster: ClusterConfig, address: str, timeout: float = 1.0) -> bool:
+    """True if the node at `address` answers SERVING over mTLS (as the admin)."""
+    creds = channel_credentials(cluster.certs_dir, "admin")
+    with grpc.secure_channel(address, creds) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class LocalCluster:
+    """A cluster in `root`: start(), clients, node controls, stop()."""
+
+    def __init__(self, root: Path, spec: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+                 accounts: Accounts | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if isinstance(spec, (str, os.PathLike)):
+            with open(spec, "rb") as f:
+                spec = tomllib.load(f)
+        self.spec = copy.deepcopy(dict(spec or DEFAULT_SPEC))
+        self._fill_in(accounts or {})
+        self.config_path = self.root / "cluster.toml"
+        self.config_path.write_text(tomli_w.dumps(self.spec))
+        self.config = load_config(self.config_path)
+        self.supervisor = Supervisor(self.config)
+        self.log_path = self.root / "cluster.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _fill_in(self, accounts: Accounts) -> None:
+        cluster = self.spec.setdefault("cluster", {})
+        cluster["data_dir"] = str(self.root / "data")
+        cluster["certs_dir"] = str(self.root / "certs")
+        self.spec.setdefault("gateway", {}).setdefault("port", free_port())
+        for name, bank in self.spec.setdefault("banks", {}).items():
+            bank.setdefault("port", free_port())
+            if name in accounts:
+                path = self.root / f"accounts_{name}.toml"
+                path.write_text(tomli_w.dumps(
+                    {"accounts": {user: {"balance": bal, "password": pw} for user, (bal, pw) in accounts[name].items()}}))
+                bank["accounts"] = str(path)
+            elif "accounts" in bank:
+                bank["accounts"] = str(Path(bank["accounts"]).resolve())
+
+    # -- whole cluster --------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> LocalCluster:
+        log = open(self.log_path, "ab")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "miniupi", "run", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
+        )
+        log.close()
+        self.wait_ready(timeout=timeout)
+        return self
+
+    def wait_ready(self, *nodes: str, timeout: float = 30.0) -> None:
+        """Wait until every named node (default: all) answers its health check."""
+        names = list(nodes) or [n.name for n in self.config.nodes]
+        deadline = time.monotonic() + timeout
+        pending = set(names)
+        while pending:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise RuntimeError(f"miniupi run exited with {self._proc.returncode}; see {self.log_path}:\n"
+                                   + self.log_path.read_text()[-3000:])
+            pending = {n for n in pending if not is_serving(self.config, self.config.node(n).address, 0.5)}
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"nodes not ready after {timeout}s: {sorted(pending)}; see {self.log_path}")
+            if pending:
+                time.sleep(0.05)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to supervisord, as Ctrl-C would; every node goes with it."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        self._proc = None
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- one node -------------------------------------------------------
+
+    def stop_node(self, name: str) -> None:
+        self.supervisor.stop(name)
+
+    def start_node(self, name: str, timeout: float = 30.0) -> None:
+        self.supervisor.start(name)
+        self.wait_ready(name, timeout=timeout)
+
+    def restart_node(self, name: str, timeout: float = 30.0) -> None:
+        self.supervisor.restart(name)
+        self.wait_ready(name, timeout=timeout)
+
+    def kill_node(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Send `sig` to the node's process (supervisord restarts it after a kill); returns the pid."""
+        pid = self.supervisor.pid(name)
+        if pid is None:
+            raise RuntimeError(f"{name} is not running")
+        os.kill(pid, sig)
+        return pid
+
+    # -- clients --------------------------------------------------------
+
+    def client(self, identity: str = "client", **kwargs: Any) -> Client:
+        return Client(self.config, identity=identity, **kwargs)
+
+    def cli(self, *args: str, input: str | None = None, home: Path | None = None,
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run `miniupi ARGS` as a user would, against this cluster."""
+        env = {**os.environ, "MINIUPI_CONFIG": str(self.config_path),
+               "MINIUPI_HOME": str(home or self.root / "home")}
+        return subprocess.run([sys.executable, "-m", "miniupi", *args], input=input, capture_output=True,
+                              text=True, env=env, timeout=timeout, cwd=self.root)

@@ -1,0 +1,63 @@
+"""gRPC credentials from the certs dir, and who is on the other end.
+
+Every link is mutual TLS under the one cluster CA: servers demand a client
+certificate, clients check the server's against the CA and the dialled host.
+Files are read on each call rather than cached, so certificates re-made by
+`miniupi certs init --force` are picked up by the next channel or server.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from miniupi.certs import CA_CERT
+
+
+class CertsMissing(Exception):
+    """A certificate or key file this process needs is not in the certs dir."""
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CertsMissing(
+            f"{path}: not found; run `miniupi certs init` to make the cluster certificates"
+        ) from None
+
+
+def load_identity(certs_dir: Path, name: str) -> tuple[bytes, bytes, bytes]:
+    """(CA cert, NAME key, NAME cert) as PEM bytes; CertsMissing names the first absent file."""
+    certs_dir = Path(certs_dir)
+    return _read(certs_dir / CA_CERT), _read(certs_dir / f"{name}.key"), _read(certs_dir / f"{name}.pem")
+
+
+def server_credentials(certs_dir: Path, name: str) -> grpc.ServerCredentials:
+    """Serve as `name`, and refuse any client without a certificate from the cluster CA."""
+    ca, key, cert = load_identity(certs_dir, name)
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
+def channel_credentials(certs_dir: Path, name: str) -> grpc.ChannelCredentials:
+    """Dial as `name`, trusting only servers whose certificate comes from the cluster CA."""
+    ca, key, cert = load_identity(certs_dir, name)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def _first(auth: dict[str, list[bytes]], key: str) -> str | None:
+    values = auth.get(key) or []
+    if not values:
+        return None
+    value = values[0]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def peer_identity(context: Any) -> str | None:
+    """The caller's identity: the first SAN of its certificate (our leaves put the name there), else its CN.
+
+    None when the call did not come over mutual TLS.
+    """
+    auth = context.auth_context() or {}
+    return _first(auth, "x509_subject_alternative_name") or _first(auth, "x509_common_name")

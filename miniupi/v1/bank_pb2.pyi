@@ -1,0 +1,118 @@
+from miniupi.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class VoteRefusal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VOTE_REFUSAL_UNSPECIFIED: _ClassVar[VoteRefusal]
+    INSUFFICIENT_FUNDS: _ClassVar[VoteRefusal]
+    UNKNOWN_ACCOUNT: _ClassVar[VoteRefusal]
+    ALREADY_DECIDED: _ClassVar[VoteRefusal]
+    WRONG_CURRENCY: _ClassVar[VoteRefusal]
+VOTE_REFUSAL_UNSPECIFIED: VoteRefusal
+INSUFFICIENT_FUNDS: VoteRefusal
+UNKNOWN_ACCOUNT: VoteRefusal
+ALREADY_DECIDED: VoteRefusal
+WRONG_CURRENCY: VoteRefusal
+
+class Leg(_message.Message):
+    __slots__ = ("account", "delta_minor", "counterparty")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_MINOR_FIELD_NUMBER: _ClassVar[int]
+    COUNTERPARTY_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    delta_minor: int
+    counterparty: str
+    def __init__(self, account: _Optional[str] = ..., delta_minor: _Optional[int] = ..., counterparty: _Optional[str] = ...) -> None: ...
+
+class PrepareRequest(_message.Message):
+    __slots__ = ("txn_id", "currency", "legs")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    LEGS_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    currency: str
+    legs: _containers.RepeatedCompositeFieldContainer[Leg]
+    def __init__(self, txn_id: _Optional[str] = ..., currency: _Optional[str] = ..., legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ...) -> None: ...
+
+class PrepareReply(_message.Message):
+    __slots__ = ("yes", "refusal", "detail")
+    YES_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    yes: bool
+    refusal: VoteRefusal
+    detail: str
+    def __init__(self, yes: _Optional[bool] = ..., refusal: _Optional[_Union[VoteRefusal, str]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class DecisionRequest(_message.Message):
+    __slots__ = ("txn_id",)
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    def __init__(self, txn_id: _Optional[str] = ...) -> None: ...
+
+class DecisionReply(_message.Message):
+    __slots__ = ("known",)
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+
+class OpenAccountRequest(_message.Message):
+    __slots__ = ("account", "password", "initial")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    password: str
+    initial: _common_pb2.Money
+    def __init__(self, account: _Optional[str] = ..., password: _Optional[str] = ..., initial: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
+
+class VerifyPasswordRequest(_message.Message):
+    __slots__ = ("account", "password")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    password: str
+    def __init__(self, account: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class VerifyPasswordReply(_message.Message):
+    __slots__ = ("ok",)
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    def __init__(self, ok: _Optional[bool] = ...) -> None: ...
+
+class AccountRequest(_message.Message):
+    __slots__ = ("account",)
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    def __init__(self, account: _Optional[str] = ...) -> None: ...
+
+class AccountReply(_message.Message):
+    __slots__ = ("account", "balance", "held")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    balance: _common_pb2.Money
+    held: _common_pb2.Money
+    def __init__(self, account: _Optional[str] = ..., balance: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., held: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
+
+class BankHistoryRequest(_message.Message):
+    __slots__ = ("account", "limit")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    limit: int
+    def __init__(self, account: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class BankHistoryReply(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[_common_pb2.HistoryEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[_common_pb2.HistoryEntry, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,353 @@
+"""Cluster certificates on disk, and mutual TLS over real gRPC connections."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from miniupi.certs import cert_pem, identities, init_certs, issue_cert, key_pem, make_ca
+from miniupi.config import ClusterConfig, parse_config
+from miniupi.tls import CertsMissing, channel_credentials, peer_identity, server_credentials
+
+TIMEOUT = 5.0
+NAMES = ["gateway", "bank_a", "bank_b", "client", "admin"]
+
+
+def make_cluster(certs_dir: Path) -> ClusterConfig:
+    raw = {
+        "cluster": {"certs_dir": str(certs_dir)},
+        "gateway": {"host": "gw.example.test", "port": 7000},
+        "banks": {"bank_a": {"host": "10.1.2.3", "port": 7001}, "bank_b": {"port": 7002}},
+    }
+    return parse_config(raw, Path("test.toml"))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> ClusterConfig:
+    return make_cluster(tmp_path / "certs")
+
+
+def all_files(certs_dir: Path) -> set[Path]:
+    return {certs_dir / "ca.pem", certs_dir / "ca.key"} | {
+        certs_dir / f"{n}.{ext}" for n in NAMES for ext in ("pem", "key")
+    }
+
+
+def snapshot(certs_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in certs_dir.iterdir()}
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def sans(cert: x509.Certificate) -> list[x509.GeneralName]:
+    return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+
+
+# --- files on disk -----------------------------------------------------------------------------
+
+
+def test_identities_are_nodes_then_tools(cluster: ClusterConfig) -> None:
+    assert identities(cluster) == NAMES
+
+
+def test_init_creates_every_file_with_private_modes(cluster: ClusterConfig) -> None:
+    written = init_certs(cluster)
+    d = cluster.certs_dir
+    assert set(written) == all_files(d) and len(written) == len(all_files(d))
+    assert {p.name for p in d.iterdir()} == {p.name for p in all_files(d)}  # no stray temp files
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    for path in d.glob("*.key"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_existing_dir_is_tightened_to_0700(cluster: ClusterConfig) -> None:
+    cluster.certs_dir.mkdir(mode=0o755)
+    cluster.certs_dir.chmod(0o755)
+    init_certs(cluster)
+    assert stat.S_IMODE(cluster.certs_dir.stat().st_mode) == 0o700
+
+
+def test_second_call_writes_nothing(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    before = snapshot(cluster.certs_dir)
+    assert init_certs(cluster) == []
+    assert snapshot(cluster.certs_dir) == before
+
+
+def test_deleting_one_leaf_recreates_only_it(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    d = cluster.certs_dir
+    before = snapshot(d)
+    (d / "bank_a.pem").unlink()
+    assert sorted(init_certs(cluster)) == sorted([d / "bank_a.pem", d / "bank_a.key"])
+    after = snapshot(d)
+    assert after["bank_a.key"] != before["bank_a.key"]  # a new key to go with the new certificate
+    assert {k: v for k, v in after.items() if not k.startswith("bank_a.")} == {
+        k: v for k, v in before.items() if not k.startswith("bank_a.")
+    }
+
+
+def test_force_recreates_everything(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    before = snapshot(cluster.certs_dir)
+    assert set(init_certs(cluster, force=True)) == all_files(cluster.certs_dir)
+    after = snapshot(cluster.certs_dir)
+    assert all(after[name] != before[name] for name in before)
+
+
+def test_new_ca_reissues_every_leaf(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    d = cluster.certs_dir
+    (d / "ca.key").unlink()
+    assert set(init_certs(cluster)) == all_files(d)
+    ca = load_cert(d / "ca.pem")
+    for name in NAMES:
+        load_cert(d / f"{name}.pem").verify_directly_issued_by(ca)
+
+
+def test_leaf_from_another_ca_is_reissued(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    d = cluster.certs_dir
+    other_ca, other_key = make_ca("intruder CA")
+    pem, key = issue_cert(other_ca, other_key, "client", ["localhost", "127.0.0.1", "::1"])
+    (d / "client.pem").write_bytes(pem)
+    (d / "client.key").write_bytes(key)
+    assert sorted(init_certs(cluster)) == sorted([d / "client.pem", d / "client.key"])
+    load_cert(d / "client.pem").verify_directly_issued_by(load_cert(d / "ca.pem"))
+
+
+def test_leaf_with_mismatched_key_is_reissued(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    d = cluster.certs_dir
+    (d / "admin.key").write_bytes((d / "client.key").read_bytes())
+    assert sorted(init_certs(cluster)) == sorted([d / "admin.pem", d / "admin.key"])
+
+
+def test_new_extra_host_reissues_leaves(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    written = init_certs(cluster, extra_hosts=["node.example.test"])
+    assert set(written) == all_files(cluster.certs_dir) - {cluster.certs_dir / "ca.pem", cluster.certs_dir / "ca.key"}
+    assert x509.DNSName("node.example.test") in sans(load_cert(cluster.certs_dir / "gateway.pem"))
+
+
+def test_ca_is_a_ca(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    ca = load_cert(cluster.certs_dir / "ca.pem")
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.key_cert_sign and usage.crl_sign
+    assert ca.not_valid_after_utc - ca.not_valid_before_utc > dt.timedelta(days=9 * 365)
+    ca.verify_directly_issued_by(ca)
+
+
+def test_leaves_are_signed_by_the_ca_and_name_their_identity_first(cluster: ClusterConfig) -> None:
+    init_certs(cluster, extra_hosts=["extra.example.test", "192.0.2.7"])
+    d = cluster.certs_dir
+    ca = load_cert(d / "ca.pem")
+    ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    for name in NAMES:
+        cert = load_cert(d / f"{name}.pem")
+        cert.verify_directly_issued_by(ca)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == name
+        names = sans(cert)
+        assert names[0] == x509.DNSName(name)
+        for expected in (
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+            x509.DNSName("extra.example.test"),
+            x509.IPAddress(ipaddress.ip_address("192.0.2.7")),
+        ):
+            assert expected in names, (name, expected)
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+        assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        assert aki.key_identifier == ca_ski
+        assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+        assert cert.public_key().curve.name == "secp256r1"
+        key = serialization.load_pem_private_key((d / f"{name}.key").read_bytes(), password=None)
+        assert key.public_key() == cert.public_key()
+    assert x509.DNSName("gw.example.test") in sans(load_cert(d / "gateway.pem"))
+    assert x509.IPAddress(ipaddress.ip_address("10.1.2.3")) in sans(load_cert(d / "bank_a.pem"))
+    assert x509.IPAddress(ipaddress.ip_address("10.1.2.3")) not in sans(load_cert(d / "bank_b.pem"))
+
+
+def test_missing_files_raise_certs_missing(tmp_path: Path) -> None:
+    with pytest.raises(CertsMissing, match=r"ca\.pem.*miniupi certs init"):
+        server_credentials(tmp_path, "gateway")
+    init_certs(make_cluster(tmp_path))
+    (tmp_path / "client.key").unlink()
+    with pytest.raises(CertsMissing, match=r"client\.key.*miniupi certs init"):
+        channel_credentials(tmp_path, "client")
+
+
+class FakeContext:
+    def __init__(self, auth: dict[str, list[bytes]]) -> None:
+        self.auth = auth
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self.auth
+
+
+def test_peer_identity_falls_back_to_common_name() -> None:
+    assert peer_identity(FakeContext({"x509_common_name": [b"bank_a"]})) == "bank_a"
+    assert peer_identity(FakeContext({})) is None
+
+
+def test_peer_identity_prefers_first_san_over_common_name() -> None:
+    auth = {"x509_subject_alternative_name": [b"bank_a", b"localhost"], "x509_common_name": [b"other"]}
+    assert peer_identity(FakeContext(auth)) == "bank_a"
+
+
+# --- mutual TLS over real connections ----------------------------------------------------------
+
+
+class RecordingHealth(health.aio.HealthServicer):
+    """The standard health service, noting who called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callers: list[str | None] = []
+        self.auth: list[dict[str, list[bytes]]] = []
+
+    async def Check(self, request, context):  # type: ignore[no-untyped-def]
+        self.callers.append(peer_identity(context))
+        self.auth.append(context.auth_context())
+        return await super().Check(request, context)
+
+
+@contextlib.asynccontextmanager
+async def serving(creds: grpc.ServerCredentials) -> AsyncIterator[tuple[int, RecordingHealth]]:
+    server = grpc.aio.server()
+    servicer = RecordingHealth()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    await server.start()
+    try:
+        yield port, servicer
+    finally:
+        await server.stop(None)
+
+
+async def check(port: int, creds: grpc.ChannelCredentials, options: list | None = None) -> int:
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+        return reply.status
+
+
+def refused(server_creds: grpc.ServerCredentials, client_creds: grpc.ChannelCredentials) -> None:
+    """The call fails at the TLS handshake: UNAVAILABLE, and the service never runs."""
+
+    async def go() -> None:
+        async with serving(server_creds) as (port, servicer):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await check(port, client_creds)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+            assert servicer.callers == []
+
+    asyncio.run(go())
+
+
+def ca_pem(certs_dir: Path) -> bytes:
+    return (certs_dir / "ca.pem").read_bytes()
+
+
+def client_with(certs_dir: Path, cert: bytes, key: bytes) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(root_certificates=ca_pem(certs_dir), private_key=key, certificate_chain=cert)
+
+
+def load_ca(certs_dir: Path):  # type: ignore[no-untyped-def]
+    key = serialization.load_pem_private_key((certs_dir / "ca.key").read_bytes(), password=None)
+    return load_cert(certs_dir / "ca.pem"), key
+
+
+def test_mtls_client_is_served_and_identified(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    d = cluster.certs_dir
+
+    async def go() -> None:
+        async with serving(server_credentials(d, "bank_a")) as (port, servicer):
+            assert await check(port, channel_credentials(d, "client")) == health_pb2.HealthCheckResponse.SERVING
+            assert servicer.callers == ["client"]
+            # The key names peer_identity relies on, as grpc really fills them in.
+            auth = servicer.auth[0]
+            assert auth["x509_subject_alternative_name"][:3] == [b"client", b"localhost", b"127.0.0.1"]
+            assert auth["x509_common_name"] == [b"client"]
+            assert auth["transport_security_type"] == [b"ssl"]
+
+    asyncio.run(go())
+
+
+def test_client_without_certificate_is_refused(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    d = cluster.certs_dir
+    refused(server_credentials(d, "gateway"), grpc.ssl_channel_credentials(root_certificates=ca_pem(d)))
+
+
+def test_client_from_another_ca_is_refused(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    d = cluster.certs_dir
+    other_ca, other_key = make_ca("intruder CA")
+    cert, key = issue_cert(other_ca, other_key, "client", ["localhost", "127.0.0.1"])
+    refused(server_credentials(d, "gateway"), client_with(d, cert, key))
+
+
+def test_expired_client_is_refused(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    d = cluster.certs_dir
+    now = dt.datetime.now(dt.timezone.utc)
+    cert, key = issue_cert(*load_ca(d), "client", ["localhost"], now - dt.timedelta(days=30), now - dt.timedelta(days=1))
+    refused(server_credentials(d, "gateway"), client_with(d, cert, key))
+
+
+def test_not_yet_valid_client_is_refused(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    d = cluster.certs_dir
+    now = dt.datetime.now(dt.timezone.utc)
+    cert, key = issue_cert(*load_ca(d), "client", ["localhost"], now + dt.timedelta(days=1), now + dt.timedelta(days=30))
+    refused(server_credentials(d, "gateway"), client_with(d, cert, key))
+
+
+def test_server_with_wrong_name_is_refused_by_client(cluster: ClusterConfig) -> None:
+    init_certs(cluster)
+    d = cluster.certs_dir
+    cert, key = issue_cert(*load_ca(d), "elsewhere.invalid", [])
+    server_creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca_pem(d), require_client_auth=True)
+    refused(server_creds, channel_credentials(d, "client"))
+
+    # The same certificate is accepted when the client expects that name: only the name was wrong.
+    async def go() -> None:
+        async with serving(server_creds) as (port, servicer):
+            options = [("grpc.ssl_target_name_override", "elsewhere.invalid")]
+            assert await check(port, channel_credentials(d, "client"), options) == health_pb2.HealthCheckResponse.SERVING
+            assert servicer.callers == ["client"]
+
+    asyncio.run(go())
+
+
+def test_issue_cert_round_trips_through_pem() -> None:
+    ca, ca_key = make_ca("test CA")
+    cert_bytes, key_bytes = issue_cert(ca, ca_key, "bank_a", ["127.0.0.1", "localhost", "127.0.0.1"])
+    cert = x509.load_pem_x509_certificate(cert_bytes)
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(cert_pem(ca)))
+    assert sans(cert) == [
+        x509.DNSName("bank_a"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+    ]
+    assert key_pem(serialization.load_pem_private_key(key_bytes, password=None)) == key_bytes

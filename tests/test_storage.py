@@ -1,0 +1,408 @@
+"""The storage plugins and GroupCommit, against real files."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from miniupi.config import ClusterConfig, parse_config
+from miniupi.plugin_manager import make_plugin_manager
+from miniupi.plugins import storage_json, storage_sqlite
+from miniupi.plugins.storage_json import JsonStore
+from miniupi.plugins.storage_sqlite import SqliteStore
+from miniupi.storage import GroupCommit, Put, Store, StoreDamaged
+
+Opener = Callable[[Path], Store]
+
+
+def open_sqlite(path: Path) -> SqliteStore:
+    return SqliteStore(path / "store.sqlite3")
+
+
+def open_json(path: Path) -> JsonStore:
+    return JsonStore(path)
+
+
+@pytest.fixture(params=[open_sqlite, open_json], ids=["sqlite", "json"])
+def open_store(request: pytest.FixtureRequest) -> Opener:
+    return request.param
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """A permissive umask, so only the code's own modes can make files private."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def reopened(open_store: Opener, path: Path) -> dict[str, dict[str, Any]]:
+    store = open_store(path)
+    try:
+        return store.load()
+    finally:
+        store.close()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def cluster(tmp_path: Path) -> ClusterConfig:
+    raw = {
+        "cluster": {"data_dir": str(tmp_path / "data")},
+        "gateway": {"port": 1},  # storage defaults to "sqlite"
+        "banks": {"b": {"port": 2, "storage": "json"}},
+    }
+    return parse_config(raw, tmp_path / "c.toml")
+
+
+# --- both stores -------------------------------------------------------------
+
+
+def test_round_trip_across_reopen(open_store: Opener, tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    assert store.load() == {}
+    store.write([Put("acct", "alice", {"paise": 500, "name": "Ålice ₹"}), Put("acct", "bob", [1, 2])])
+    store.write([Put("acct", "bob", None), Put("acct", "carol", 7), Put("txn", "t1", "PREPARED")])
+    # Within one batch the last write to a key wins, in either direction.
+    store.write([Put("txn", "t2", "x"), Put("txn", "t2", None), Put("txn", "t3", None), Put("txn", "t3", True)])
+    store.write([Put("gone", "k", 1)])
+    store.write([Put("gone", "k", None), Put("acct", "nobody", None)])
+    expected = {
+        "acct": {"alice": {"paise": 500, "name": "Ålice ₹"}, "carol": 7},
+        "txn": {"t1": "PREPARED", "t3": True},
+    }
+    assert store.load() == expected
+    store.close()
+    assert reopened(open_store, tmp_path) == expected
+
+
+def test_empty_batch_is_a_no_op(open_store: Opener, tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.write([Put("t", "k", 1)])
+    store.write([])
+    store.close()
+    assert reopened(open_store, tmp_path) == {"t": {"k": 1}}
+
+
+@pytest.mark.parametrize("bad", [object(), float("nan"), {"nested": {1, 2}}], ids=["object", "nan", "set"])
+def test_a_batch_with_an_unencodable_value_applies_nothing(open_store: Opener, tmp_path: Path, bad: Any) -> None:
+    store = open_store(tmp_path)
+    store.write([Put("t", "keep", 1)])
+    with pytest.raises((TypeError, ValueError)):
+        store.write([Put("t", "keep", None), Put("t", "new", 2), Put("t", "bad", bad)])
+    assert store.load() == {"t": {"keep": 1}}
+    store.write([Put("t", "after", 3)])  # the store is still usable
+    store.close()
+    assert reopened(open_store, tmp_path) == {"t": {"keep": 1, "after": 3}}
+
+
+def test_keys_must_be_strings(open_store: Opener, tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    with pytest.raises(TypeError):
+        store.write([Put("t", "ok", 1), Put("t", 5, 1)])  # type: ignore[arg-type]
+    store.close()
+    assert reopened(open_store, tmp_path) == {}
+
+
+# --- SQLite ------------------------------------------------------------------
+
+
+def test_sqlite_garbage_file_is_damage(tmp_path: Path) -> None:
+    file = tmp_path / "store.sqlite3"
+    file.write_bytes(b"this is not a database\n" * 200)
+    with pytest.raises(StoreDamaged, match=str(file)):
+        SqliteStore(file)
+
+
+def test_sqlite_corrupt_pages_are_damage(tmp_path: Path) -> None:
+    file = tmp_path / "store.sqlite3"
+    store = SqliteStore(file)
+    store.write([Put("t", f"k{i}", "x" * 200) for i in range(300)])
+    store.close()
+    data = bytearray(file.read_bytes())
+    assert len(data) > 8192, "need pages beyond the header page to corrupt"
+    data[4096:] = b"\xff" * (len(data) - 4096)  # keep the header, ruin every b-tree page after it
+    file.write_bytes(bytes(data))
+    with pytest.raises(StoreDamaged, match=str(file)):
+        SqliteStore(file)
+
+
+def test_sqlite_files_are_private(tmp_path: Path, umask_022: None) -> None:
+    store = open_sqlite(tmp_path)
+    store.write([Put("t", "k", 1)])
+    try:
+        for name in ("store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm"):
+            assert mode(tmp_path / name) == 0o600, name
+    finally:
+        store.close()
+
+
+# --- JSON --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b'[3,[["t","c",', b'[3,[["t","c",3]]]', b'{"half": \n'],
+    ids=["cut-mid-line", "no-newline", "invalid-last-line"],
+)
+def test_json_torn_last_line_is_dropped(tmp_path: Path, tail: bytes) -> None:
+    store = open_json(tmp_path)
+    store.write([Put("t", "a", 1)])
+    store.write([Put("t", "b", 2)])
+    store.close()
+    journal = tmp_path / storage_json.JOURNAL
+    good = journal.read_bytes()
+    with open(journal, "ab") as f:
+        f.write(tail)
+
+    store = open_json(tmp_path)
+    assert store.load() == {"t": {"a": 1, "b": 2}}
+    assert journal.read_bytes() == good  # cut away, so the next line starts clean
+    store.write([Put("t", "c", 3)])
+    store.close()
+    assert reopened(open_json, tmp_path) == {"t": {"a": 1, "b": 2, "c": 3}}
+
+
+def test_json_garbage_before_the_last_line_is_damage(tmp_path: Path) -> None:
+    store = open_json(tmp_path)
+    for i in range(3):
+        store.write([Put("t", str(i), i)])
+    store.close()
+    journal = tmp_path / storage_json.JOURNAL
+    lines = journal.read_bytes().split(b"\n")
+    lines[1] = b"garbage"
+    journal.write_bytes(b"\n".join(lines))
+    with pytest.raises(StoreDamaged, match=str(journal)):
+        open_json(tmp_path)
+
+
+def test_json_lost_journal_line_is_damage(tmp_path: Path) -> None:
+    store = open_json(tmp_path)
+    for i in range(3):
+        store.write([Put("t", str(i), i)])
+    store.close()
+    journal = tmp_path / storage_json.JOURNAL
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0] + lines[2])
+    with pytest.raises(StoreDamaged, match="expected 2"):
+        open_json(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"seq": 1}', b'{"seq": 1, "tables": {"t": 5}}'])
+def test_json_unreadable_snapshot_is_damage(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / storage_json.SNAPSHOT).write_bytes(content)
+    with pytest.raises(StoreDamaged, match=str(tmp_path / storage_json.SNAPSHOT)):
+        open_json(tmp_path)
+
+
+def test_json_compaction_keeps_state_and_rewrites_snapshot_rarely(tmp_path: Path) -> None:
+    snapshot = tmp_path / storage_json.SNAPSHOT
+    journal = tmp_path / storage_json.JOURNAL
+    store = JsonStore(tmp_path, compact_after=3)
+    model: dict[str, dict[str, Any]] = {}
+    snapshots: list[int] = []  # inode after each write: os.replace makes a new one
+    for i in range(1, 11):
+        puts = [Put("t", f"k{i}", i), Put("u", "count", i)]
+        if i % 4 == 0:
+            puts.append(Put("t", f"k{i - 1}", None))
+        store.write(puts)
+        for table, key, value in puts:
+            if value is None:
+                model[table].pop(key)
+            else:
+                model.setdefault(table, {})[key] = value
+        assert store.load() == model
+        assert len(journal.read_bytes().splitlines()) <= 3
+        snapshots.append(snapshot.stat().st_ino if snapshot.exists() else 0)
+    store.close()
+    # Compacted before writes 4, 7 and 10 only.
+    changed_at = [i + 1 for i in range(1, 10) if snapshots[i] != snapshots[i - 1]]
+    assert changed_at == [4, 7, 10]
+    assert json.loads(snapshot.read_bytes())["seq"] == 9
+    assert reopened(open_json, tmp_path) == model
+    assert mode(snapshot) == 0o600
+
+
+@pytest.mark.parametrize("crash_in", ["replace", "ftruncate"])
+def test_json_crash_during_compaction_reloads_same_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_in: str
+) -> None:
+    store = JsonStore(tmp_path, compact_after=2)
+    store.write([Put("t", "a", 1)])
+    store.write([Put("t", "a", 2), Put("t", "b", 1)])
+
+    class Crash(Exception):
+        pass
+
+    def crash(*args: object) -> None:
+        raise Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(os, crash_in, crash)
+        with pytest.raises(Crash):
+            store.write([Put("t", "b", None)])  # compaction runs first, and fails
+    store.close()
+    if crash_in == "ftruncate":  # the new snapshot is in place over the full journal
+        assert json.loads((tmp_path / storage_json.SNAPSHOT).read_bytes())["seq"] == 2
+        assert len((tmp_path / storage_json.JOURNAL).read_bytes().splitlines()) == 2
+    else:
+        assert not (tmp_path / storage_json.SNAPSHOT).exists()
+
+    store = JsonStore(tmp_path, compact_after=2)
+    assert store.load() == {"t": {"a": 2, "b": 1}}
+    store.write([Put("t", "b", None)])
+    store.write([Put("t", "c", 3)])
+    store.close()
+    assert reopened(open_json, tmp_path) == {"t": {"a": 2, "c": 3}}
+
+
+def test_json_missing_snapshot_after_compaction_is_damage(tmp_path: Path) -> None:
+    store = JsonStore(tmp_path, compact_after=1)
+    store.write([Put("t", "a", 1)])
+    store.write([Put("t", "b", 2)])  # compacts batch 1 away, journal starts at 2
+    store.close()
+    (tmp_path / storage_json.SNAPSHOT).unlink()
+    with pytest.raises(StoreDamaged, match="holds only up to 0"):
+        open_json(tmp_path)
+
+
+def test_json_snapshot_holds_what_was_written_not_later_mutations(tmp_path: Path) -> None:
+    store = JsonStore(tmp_path, compact_after=1)
+    value = {"paise": 100}
+    store.write([Put("acct", "alice", value)])
+    value["paise"] = 999_999  # changed in memory, never written
+    store.write([Put("acct", "bob", 1)])  # compacts alice into the snapshot
+    assert store.load()["acct"]["alice"] == {"paise": 100}
+    store.close()
+    assert reopened(open_json, tmp_path) == {"acct": {"alice": {"paise": 100}, "bob": 1}}
+
+
+def test_json_files_are_private(tmp_path: Path, umask_022: None) -> None:
+    directory = tmp_path / "store"
+    store = JsonStore(directory, compact_after=1)
+    store.write([Put("t", "a", 1)])
+    store.write([Put("t", "b", 2)])
+    store.close()
+    assert mode(directory) == 0o700
+    assert mode(directory / storage_json.JOURNAL) == 0o600
+    assert mode(directory / storage_json.SNAPSHOT) == 0o600
+
+
+# --- hooks -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("plugin", "store_type", "own"),
+    [(storage_sqlite, SqliteStore, "gateway"), (storage_json, JsonStore, "b")],
+    ids=["sqlite", "json"],
+)
+def test_hookimpl_answers_only_for_its_own_name(
+    tmp_path: Path, umask_022: None, plugin: Any, store_type: type, own: str
+) -> None:
+    nodes = cluster(tmp_path)
+    for node in nodes.nodes:
+        path = tmp_path / "stores" / node.name
+        store = plugin.miniupi_make_storage(node=node, path=path)
+        if node.name == own:
+            assert isinstance(store, store_type)
+            assert mode(path) == 0o700
+            store.write([Put("t", "k", 1)])
+            store.close()
+        else:
+            assert store is None
+            assert not path.exists()
+
+
+def test_default_plugins_come_through_the_entry_points(tmp_path: Path) -> None:
+    nodes = cluster(tmp_path)
+    hook = make_plugin_manager().hook.miniupi_make_storage
+    sqlite = hook(node=nodes.gateway, path=tmp_path / "gateway")
+    json_store = hook(node=nodes.banks["b"], path=tmp_path / "b")
+    try:
+        assert isinstance(sqlite, SqliteStore)
+        assert isinstance(json_store, JsonStore)
+    finally:
+        sqlite.close()
+        json_store.close()
+    assert hook(node=replace(nodes.banks["b"], storage="nope"), path=tmp_path / "nope") is None
+
+
+# --- GroupCommit -------------------------------------------------------------
+
+
+class GatedStore:
+    """Counts write calls; holds the first in the writer thread until released,
+    and fails the first one when asked."""
+
+    def __init__(self, inner: Store, fail_first: bool = False) -> None:
+        self.inner = inner
+        self.fail_first = fail_first
+        self.calls: list[int] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        return self.inner.load()
+
+    def write(self, batch: Sequence[Put]) -> None:
+        self.calls.append(len(batch))
+        self.entered.set()
+        assert self.release.wait(5), "test never released the writer"
+        if self.fail_first and len(self.calls) == 1:
+            raise OSError("disk full")
+        self.inner.write(batch)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_group_commit_shares_writes_and_keeps_order(open_store: Opener, tmp_path: Path) -> None:
+    store = GatedStore(open_store(tmp_path))
+    writers = 50
+
+    async def main() -> None:
+        gc = GroupCommit(store)
+        first = asyncio.create_task(gc.write([Put("t", "first", 0)]))
+        await asyncio.to_thread(store.entered.wait, 5)  # first batch is in the writer thread
+        rest = [
+            asyncio.create_task(gc.write([Put("t", f"k{i}", i), Put("t", "last", i)])) for i in range(writers)
+        ]
+        await asyncio.sleep(0)  # every writer queues behind the first batch
+        store.release.set()
+        await asyncio.gather(first, *rest)
+        await gc.close()
+
+    asyncio.run(main())
+    assert len(store.calls) < writers + 1
+    assert sum(store.calls) == 1 + 2 * writers
+    expected = {"first": 0, "last": writers - 1, **{f"k{i}": i for i in range(writers)}}
+    assert reopened(open_store, tmp_path) == {"t": expected}
+
+
+def test_group_commit_failure_reaches_every_waiter(open_store: Opener, tmp_path: Path) -> None:
+    store = GatedStore(open_store(tmp_path), fail_first=True)
+    store.release.set()
+
+    async def main() -> list[BaseException | None]:
+        gc = GroupCommit(store)
+        results = await asyncio.gather(
+            *(gc.write([Put("t", f"lost{i}", i)]) for i in range(10)), return_exceptions=True
+        )
+        await gc.write([Put("t", "kept", 1)])  # a later batch still goes down
+        await gc.close()
+        return results
+
+    results = asyncio.run(main())
+    assert store.calls == [10, 1]
+    assert all(isinstance(r, OSError) and str(r) == "disk full" for r in results)
+    assert reopened(open_store, tmp_path) == {"t": {"kept": 1}}
