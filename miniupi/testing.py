@@ -22,6 +22,7 @@ import grpc
 import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from miniupi.certs import init_certs
 from miniupi.client.api import Client
 from miniupi.config import ClusterConfig, load_config
 from miniupi.supervision import Supervisor
@@ -90,6 +91,7 @@ class LocalCluster:
     # -- whole cluster --------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> LocalCluster:
+        init_certs(self.config)  # `miniupi run` would make them too, but the health checks need them first
         log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "miniupi", "run", str(self.config_path)],

@@ -34,19 +34,21 @@ def read_setup_file(path: Path) -> list[SetupAccount]:
         raise ConfigError(f"{path}: expected only [accounts.NAME] tables")
     out = []
     for name, entry in table.items():
-        where = f"{path}: key 'accounts.{name}'"
+        def error(key: str, expected: str) -> ConfigError:
+            return ConfigError(f"{path}: key 'accounts.{name}{key}': expected {expected}")
+
         if not NAME_RE.match(name):
-            raise ConfigError(f"{where}: expected an account name of lower-case letters, digits and _")
+            raise error("", "an account name of lower-case letters, digits and _")
         if not isinstance(entry, dict) or set(entry) - {"balance", "password"}:
-            raise ConfigError(f"{where}: expected a table with balance and password")
+            raise error("", "a table with balance and password")
         password, balance = entry.get("password"), entry.get("balance", "0")
         if not isinstance(password, str) or not password:
-            raise ConfigError(f"{where}.password: expected a non-empty string")
+            raise error(".password", "a non-empty string")
         try:
             minor = parse_amount(balance) if isinstance(balance, str) else None
         except BadAmount:
             minor = None
         if minor is None:
-            raise ConfigError(f"{where}.balance: expected an amount as a string, such as \"1000.00\"")
+            raise error(".balance", 'an amount as a string, such as "1000.00"')
         out.append(SetupAccount(name, minor, password))
     return out
