@@ -15,3 +15,6 @@ current_account: ContextVar[str | None] = ContextVar("miniupi_current_account", 
 current_peer: ContextVar[str | None] = ContextVar("miniupi_current_peer", default=None)
 
 SESSION_METADATA_KEY = "miniupi-session"
+
+# The certificate identity that holds the operator role.
+ADMIN = "admin"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -20,6 +21,7 @@ from miniupi.plugin_manager import make_plugin_manager
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 
 DEFAULT_HISTORY = 50
+AUDIT_CHUNK = 2000
 MAX_HISTORY = 1000
 
 
@@ -74,6 +76,23 @@ class BankServicer(bank_pb2_grpc.BankServicer):
             for txn, leg in self.ledger.history(account_name(request.account), limit)
         ]
         return bank_pb2.BankHistoryReply(entries=entries)
+
+    async def Audit(self, request: bank_pb2.AuditRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bank_pb2.BankAuditChunk]:
+        # Copy first: the chunks go out over many awaits while payments go on.
+        accounts = [(a.name, a.balance, a.held) for a in self.ledger.accounts.values()]
+        txns = [(t.txn_id, t.state, t.legs) for t in self.ledger.txns.values()]
+        first = bank_pb2.BankAuditChunk(deposits_minor=self.ledger.meta.get("deposits", 0),
+                                        currency=self.ledger.currency)
+        yield first
+        for batch in (accounts[i:i + AUDIT_CHUNK] for i in range(0, len(accounts), AUDIT_CHUNK)):
+            yield bank_pb2.BankAuditChunk(accounts=[
+                bank_pb2.AccountState(account=n, balance_minor=b, held_minor=h) for n, b, h in batch])
+        for batch in (txns[i:i + AUDIT_CHUNK] for i in range(0, len(txns), AUDIT_CHUNK)):
+            yield bank_pb2.BankAuditChunk(txns=[
+                bank_pb2.BankTxn(txn_id=i, state=st, legs=[
+                    bank_pb2.Leg(account=leg.account, delta_minor=leg.delta, counterparty=leg.counterparty)
+                    for leg in legs])
+                for i, st, legs in batch])
 
 
 async def open_setup_accounts(ledger: Ledger, path: Path | None) -> int:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 
 import grpc
 from loguru import logger
 
 from miniupi.auth import Authenticator
-from miniupi.caller import SESSION_METADATA_KEY, current_account
+from miniupi.caller import ADMIN, SESSION_METADATA_KEY, current_account, current_peer
 from miniupi.config import ClusterConfig
 from miniupi.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable, from_code
 from miniupi.logs import setup_node_logging
@@ -35,7 +36,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return user, bank
 
     def _own_account(self, requested: str) -> str:
-        """The caller's account, or PERMISSION_DENIED for anyone else's."""
+        """The caller's account, or PERMISSION_DENIED for anyone else's; the admin may name any."""
+        if current_peer.get() == ADMIN:
+            if not requested:
+                raise InvalidArgument("the admin must name an account")
+            return requested
         mine = current_account.get()
         if mine is None:
             raise Unauthenticated("not logged in")
@@ -114,6 +119,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         payment = Payment(txn_id, payer, request.to_account, amount, self.cluster.currency)
         state = await self.coordinator.pay(payment)
         return gateway_pb2.PayReply(txn_id=txn_id, state=common_pb2.TxnState.Value(state))
+
+    async def ListTransactions(self, request: gateway_pb2.ListTransactionsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[gateway_pb2.TransactionChunk]:
+        if current_peer.get() != ADMIN:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the admin may list transactions")
+        txns = list(self.coordinator.txns.values())
+        for batch in (txns[i:i + 2000] for i in range(0, len(txns), 2000)):
+            yield gateway_pb2.TransactionChunk(txns=[
+                gateway_pb2.GatewayTxn(
+                    txn_id=t.payment.txn_id, from_account=t.payment.payer, to_account=t.payment.payee,
+                    amount=common_pb2.Money(minor=t.payment.amount, currency=t.payment.currency),
+                    state=common_pb2.TxnState.Value(t.state), acknowledged=t.acked, refusal_code=t.code)
+                for t in batch])
 
     @grpc_errors
     async def GetDecision(self, request: gateway_pb2.GetDecisionRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.GetDecisionReply:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from miniupi.caller import SESSION_METADATA_KEY, current_account, current_peer
+from miniupi.caller import ADMIN, SESSION_METADATA_KEY, current_account, current_peer
 from miniupi.config import NodeConfig
 from miniupi.errors import Unauthenticated
+from miniupi.handlers import wrap_handler
 from miniupi.hookspecs import hookimpl
 from miniupi.tls import peer_identity
 
@@ -30,7 +32,7 @@ GATEWAY_PUBLIC = frozenset({
 # Banks ask the gateway for decisions with their own certificates, not a session.
 GATEWAY_FOR_NODES = frozenset({"/miniupi.v1.Gateway/GetDecision"})
 ALWAYS_OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-BANK_CALLERS = frozenset({"gateway", "admin"})
+BANK_CALLERS = frozenset({"gateway", ADMIN})
 
 
 @dataclass
@@ -87,45 +89,55 @@ def _store_for(node: NodeConfig) -> SessionStore:
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
-def _wrap(handler: grpc.RpcMethodHandler, check: Callable[[grpc.aio.ServicerContext], Awaitable[Any]]) -> grpc.RpcMethodHandler:
-    """Run `check` inside the call's own task, then the real handler."""
-    inner = handler.unary_unary
+def _checked(handler: grpc.RpcMethodHandler, check: Callable[[grpc.aio.ServicerContext], Awaitable[Any]]) -> grpc.RpcMethodHandler:
+    """The handler, run only after `check` passes (it aborts the call otherwise)."""
 
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    @asynccontextmanager
+    async def around(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         await check(context)
-        return await inner(request, context)
+        yield
 
-    return grpc.unary_unary_rpc_method_handler(
-        guarded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    return wrap_handler(handler, around)
 
 
 class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
     """Every gateway method but Register and Login needs a live session key."""
 
-    def __init__(self, sessions: SessionStore) -> None:
-        self.sessions = sessions
+    def __init__(self, sessions: SessionStore, banks: frozenset[str]) -> None:
+        self.sessions, self.banks = sessions, banks
 
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         method = details.method
-        if handler is None or handler.unary_unary is None or method.startswith(ALWAYS_OPEN_PREFIXES):
+        if handler is None or method.startswith(ALWAYS_OPEN_PREFIXES):
             return handler
-        if method in GATEWAY_PUBLIC or method in GATEWAY_FOR_NODES:
-            return _wrap(handler, _set_peer)
+        if method in GATEWAY_PUBLIC:
+            return _checked(handler, _set_peer)
+        if method in GATEWAY_FOR_NODES:
+            return _checked(handler, self._bank_or_admin)
         key = next((v for k, v in details.invocation_metadata or () if k == SESSION_METADATA_KEY), "")
 
         async def check(context: grpc.aio.ServicerContext) -> None:
-            await _set_peer(context)
+            if await _set_peer(context) == ADMIN:
+                return  # the admin certificate is the admin's credential; no session needed
             try:
                 current_account.set(self.sessions.resolve(key if isinstance(key, str) else ""))
             except Unauthenticated as e:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, e.message)
 
-        return _wrap(handler, check)
+        return _checked(handler, check)
 
 
-async def _set_peer(context: grpc.aio.ServicerContext) -> None:
-    current_peer.set(peer_identity(context))
+    async def _bank_or_admin(self, context: grpc.aio.ServicerContext) -> None:
+        peer = await _set_peer(context)
+        if peer != ADMIN and peer not in self.banks:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer or 'an unknown peer'} is not a bank")
+
+
+async def _set_peer(context: grpc.aio.ServicerContext) -> str | None:
+    peer = peer_identity(context)
+    current_peer.set(peer)
+    return peer
 
 
 class BankCallerInterceptor(grpc.aio.ServerInterceptor):
@@ -133,7 +145,7 @@ class BankCallerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None or details.method.startswith(ALWAYS_OPEN_PREFIXES):
+        if handler is None or details.method.startswith(ALWAYS_OPEN_PREFIXES):
             return handler
 
         async def check(context: grpc.aio.ServicerContext) -> None:
@@ -143,7 +155,7 @@ class BankCallerInterceptor(grpc.aio.ServerInterceptor):
                                     f"{peer or 'an unknown peer'} may not call a bank; only the gateway may")
             current_peer.set(peer)
 
-        return _wrap(handler, check)
+        return _checked(handler, check)
 
 
 @hookimpl
@@ -156,5 +168,5 @@ def miniupi_server_interceptors(node: NodeConfig) -> list[grpc.aio.ServerInterce
     if node.auth != NAME:
         return []
     if node.role == "gateway":
-        return [GatewaySessionInterceptor(_store_for(node))]
+        return [GatewaySessionInterceptor(_store_for(node), frozenset(node.cluster.banks))]
     return [BankCallerInterceptor()]

@@ -6,7 +6,8 @@ can never reach the log: neither is on the list.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -14,6 +15,7 @@ from loguru import logger
 
 from miniupi.caller import current_account, current_peer
 from miniupi.config import NodeConfig
+from miniupi.handlers import wrap_handler
 from miniupi.hookspecs import hookimpl
 
 QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -40,15 +42,16 @@ class CallLogInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None or details.method.startswith(QUIET_PREFIXES):
+        if handler is None or details.method.startswith(QUIET_PREFIXES):
             return handler
-        inner, method = handler.unary_unary, details.method.rsplit("/", 1)[-1]
+        method = details.method.rsplit("/", 1)[-1]
 
-        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        @asynccontextmanager
+        async def logged(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
             start = time.perf_counter()
             code = "OK"
             try:
-                return await inner(request, context)
+                yield
             except BaseException:
                 code = _code_name(context) or "UNKNOWN"
                 raise
@@ -57,8 +60,7 @@ class CallLogInterceptor(grpc.aio.ServerInterceptor):
                 logger.info("{} caller={} user={} {} code={} {:.1f}ms", method, current_peer.get() or "-",
                             current_account.get() or "-", _describe(request), code, ms)
 
-        return grpc.unary_unary_rpc_method_handler(
-            logged, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+        return wrap_handler(handler, logged)
 
 
 def _code_name(context: grpc.aio.ServicerContext) -> str | None:

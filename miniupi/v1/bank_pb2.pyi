@@ -116,3 +116,39 @@ class BankHistoryReply(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[_common_pb2.HistoryEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[_common_pb2.HistoryEntry, _Mapping]]] = ...) -> None: ...
+
+class AuditRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AccountState(_message.Message):
+    __slots__ = ("account", "balance_minor", "held_minor")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_MINOR_FIELD_NUMBER: _ClassVar[int]
+    HELD_MINOR_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    balance_minor: int
+    held_minor: int
+    def __init__(self, account: _Optional[str] = ..., balance_minor: _Optional[int] = ..., held_minor: _Optional[int] = ...) -> None: ...
+
+class BankTxn(_message.Message):
+    __slots__ = ("txn_id", "state", "legs")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LEGS_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    state: str
+    legs: _containers.RepeatedCompositeFieldContainer[Leg]
+    def __init__(self, txn_id: _Optional[str] = ..., state: _Optional[str] = ..., legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ...) -> None: ...
+
+class BankAuditChunk(_message.Message):
+    __slots__ = ("accounts", "txns", "deposits_minor", "currency")
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    TXNS_FIELD_NUMBER: _ClassVar[int]
+    DEPOSITS_MINOR_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    accounts: _containers.RepeatedCompositeFieldContainer[AccountState]
+    txns: _containers.RepeatedCompositeFieldContainer[BankTxn]
+    deposits_minor: int
+    currency: str
+    def __init__(self, accounts: _Optional[_Iterable[_Union[AccountState, _Mapping]]] = ..., txns: _Optional[_Iterable[_Union[BankTxn, _Mapping]]] = ..., deposits_minor: _Optional[int] = ..., currency: _Optional[str] = ...) -> None: ...

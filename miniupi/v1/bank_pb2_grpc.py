@@ -69,6 +69,11 @@ class BankStub:
                 request_serializer=miniupi_dot_v1_dot_bank__pb2.BankHistoryRequest.SerializeToString,
                 response_deserializer=miniupi_dot_v1_dot_bank__pb2.BankHistoryReply.FromString,
                 _registered_method=True)
+        self.Audit = channel.unary_stream(
+                '/miniupi.v1.Bank/Audit',
+                request_serializer=miniupi_dot_v1_dot_bank__pb2.AuditRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_bank__pb2.BankAuditChunk.FromString,
+                _registered_method=True)
 
 
 class BankServicer:
@@ -126,6 +131,14 @@ class BankServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Audit(self, request, context):
+        """Every account and every transaction this bank knows, in chunks, for
+        `miniupi audit`. Gateway and admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BankServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +176,11 @@ def add_BankServicer_to_server(servicer, server):
                     servicer.History,
                     request_deserializer=miniupi_dot_v1_dot_bank__pb2.BankHistoryRequest.FromString,
                     response_serializer=miniupi_dot_v1_dot_bank__pb2.BankHistoryReply.SerializeToString,
+            ),
+            'Audit': grpc.unary_stream_rpc_method_handler(
+                    servicer.Audit,
+                    request_deserializer=miniupi_dot_v1_dot_bank__pb2.AuditRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_bank__pb2.BankAuditChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +372,33 @@ class Bank:
             '/miniupi.v1.Bank/History',
             miniupi_dot_v1_dot_bank__pb2.BankHistoryRequest.SerializeToString,
             miniupi_dot_v1_dot_bank__pb2.BankHistoryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Audit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/miniupi.v1.Bank/Audit',
+            miniupi_dot_v1_dot_bank__pb2.AuditRequest.SerializeToString,
+            miniupi_dot_v1_dot_bank__pb2.BankAuditChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -110,3 +110,31 @@ class GetDecisionReply(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     state: _common_pb2.TxnState
     def __init__(self, state: _Optional[_Union[_common_pb2.TxnState, str]] = ...) -> None: ...
+
+class ListTransactionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GatewayTxn(_message.Message):
+    __slots__ = ("txn_id", "from_account", "to_account", "amount", "state", "acknowledged", "refusal_code")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    TO_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_CODE_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    from_account: str
+    to_account: str
+    amount: _common_pb2.Money
+    state: _common_pb2.TxnState
+    acknowledged: bool
+    refusal_code: str
+    def __init__(self, txn_id: _Optional[str] = ..., from_account: _Optional[str] = ..., to_account: _Optional[str] = ..., amount: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., state: _Optional[_Union[_common_pb2.TxnState, str]] = ..., acknowledged: _Optional[bool] = ..., refusal_code: _Optional[str] = ...) -> None: ...
+
+class TransactionChunk(_message.Message):
+    __slots__ = ("txns",)
+    TXNS_FIELD_NUMBER: _ClassVar[int]
+    txns: _containers.RepeatedCompositeFieldContainer[GatewayTxn]
+    def __init__(self, txns: _Optional[_Iterable[_Union[GatewayTxn, _Mapping]]] = ...) -> None: ...

@@ -69,6 +69,11 @@ class GatewayStub:
                 request_serializer=miniupi_dot_v1_dot_gateway__pb2.GetDecisionRequest.SerializeToString,
                 response_deserializer=miniupi_dot_v1_dot_gateway__pb2.GetDecisionReply.FromString,
                 _registered_method=True)
+        self.ListTransactions = channel.unary_stream(
+                '/miniupi.v1.Gateway/ListTransactions',
+                request_serializer=miniupi_dot_v1_dot_gateway__pb2.ListTransactionsRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_gateway__pb2.TransactionChunk.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -126,6 +131,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTransactions(self, request, context):
+        """Every transaction the gateway recorded, in chunks, for `miniupi audit`.
+        Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +176,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.GetDecision,
                     request_deserializer=miniupi_dot_v1_dot_gateway__pb2.GetDecisionRequest.FromString,
                     response_serializer=miniupi_dot_v1_dot_gateway__pb2.GetDecisionReply.SerializeToString,
+            ),
+            'ListTransactions': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListTransactions,
+                    request_deserializer=miniupi_dot_v1_dot_gateway__pb2.ListTransactionsRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_gateway__pb2.TransactionChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +372,33 @@ class Gateway:
             '/miniupi.v1.Gateway/GetDecision',
             miniupi_dot_v1_dot_gateway__pb2.GetDecisionRequest.SerializeToString,
             miniupi_dot_v1_dot_gateway__pb2.GetDecisionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/miniupi.v1.Gateway/ListTransactions',
+            miniupi_dot_v1_dot_gateway__pb2.ListTransactionsRequest.SerializeToString,
+            miniupi_dot_v1_dot_gateway__pb2.TransactionChunk.FromString,
             options,
             channel_credentials,
             insecure,

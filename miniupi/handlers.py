@@ -1,0 +1,42 @@
+"""Running plugin code around a gRPC call, inside the call's own task.
+
+grpc.aio interceptors see only the method name and metadata; to check a
+peer certificate, time a call or learn its status they must wrap the
+handler itself. `wrap_handler` does that once for unary and
+server-streaming methods, so plugins write only what happens around.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import grpc
+
+Around = Callable[[Any, grpc.aio.ServicerContext], AbstractAsyncContextManager[Any]]
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
+    """The same method, with every call run inside `around(request, context)`."""
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with around(request, context):
+                return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+    if handler.unary_stream is not None:
+        inner_stream = handler.unary_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with around(request, context):
+                async for reply in inner_stream(request, context):
+                    yield reply
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+    raise TypeError("miniupi serves only unary and server-streaming methods")
