@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--force", action="store_true", help="make a new CA and re-issue every certificate")
     certs.add_argument("--host", action="append", default=[], help="extra host name or IP for node certificates")
 
+    p = add("audit", "check every invariant across all nodes (admin)", json_output=True)
+    p.add_argument("--wait", type=float, default=30.0, metavar="S",
+                   help="seconds to let in-flight payments settle before judging (default 30)")
+
     p = add("bank", "run one bank node in the foreground")
     p.add_argument("--name", required=True)
     p.add_argument("--port", type=int)
@@ -112,6 +116,25 @@ def cmd_certs(args: argparse.Namespace) -> None:
         print(f"certificates in {cluster.certs_dir} are up to date")
 
 
+def cmd_audit(args: argparse.Namespace) -> None:
+    from miniupi.audit import audit
+    from miniupi.money import format_amount
+
+    cluster = load_config(args.config)
+    report = asyncio.run(audit(cluster, args.wait))
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print(f"{report.banks} banks, {report.accounts} accounts, total {format_amount(report.total)} "
+              f"{cluster.currency} (deposits {format_amount(report.deposits)}); "
+              f"{report.committed} committed, {report.aborted} aborted, {len(report.in_doubt)} in doubt")
+        for violation in report.violations:
+            print(f"VIOLATION: {violation}")
+        print("audit ok: every invariant holds" if report.ok else f"audit FAILED: {len(report.violations)} violations")
+    if not report.ok:
+        raise SystemExit(1)
+
+
 def cmd_bank(args: argparse.Namespace) -> None:
     from miniupi.nodes.bank import run_bank
 
@@ -137,6 +160,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "start": cmd_control,
     "restart": cmd_control,
     "certs": cmd_certs,
+    "audit": cmd_audit,
     "bank": cmd_bank,
     "gateway": cmd_gateway,
     **{verb: cmd_client for verb in ("register", "login", "logout", "balance", "history", "pay")},

@@ -49,24 +49,49 @@ def miniupi_node_started(node: NodeConfig, address: str) -> None:
     """The node serves on `address`."""
 
 
-@hookspec
-def miniupi_before_vote(node: NodeConfig, txn_id: str, yes: bool) -> None:
-    """A bank has decided its vote and is about to make it durable.
-
-    Raise or exit to inject a fault before the vote is recorded.
-    """
+# Two-phase commit, step by step. Observers watch these; fault-injection
+# plugins raise, sleep or exit in them to crash a node at an exact point.
+# Gateway side:
 
 
 @hookspec
-def miniupi_after_vote(node: NodeConfig, txn_id: str, yes: bool) -> None:
-    """A bank's vote is durable and about to be sent."""
+def miniupi_before_prepare(node: NodeConfig, txn_id: str) -> None:
+    """The gateway recorded the payment as INITIATED and is about to send the prepares."""
+
+
+@hookspec
+def miniupi_before_decision(node: NodeConfig, txn_id: str, decision: str) -> None:
+    """Every vote is in; the decision is not yet durable (a crash here means presumed abort)."""
 
 
 @hookspec
 def miniupi_after_decision(node: NodeConfig, txn_id: str, decision: str) -> None:
-    """The gateway has made `decision` (COMMITTED or ABORTED) durable, before phase 2."""
+    """The decision (COMMITTED or ABORTED) is durable; no bank has been told yet."""
+
+
+@hookspec
+def miniupi_after_decision_sent(node: NodeConfig, txn_id: str, bank: str, decision: str) -> None:
+    """`bank` acknowledged the decision; other banks may not have yet."""
+
+
+# Bank side:
+
+
+@hookspec
+def miniupi_before_vote(node: NodeConfig, txn_id: str, yes: bool) -> None:
+    """The bank has decided its vote; a YES is not yet durable."""
+
+
+@hookspec
+def miniupi_after_vote(node: NodeConfig, txn_id: str, yes: bool) -> None:
+    """A YES vote is durable and about to be sent."""
 
 
 @hookspec
 def miniupi_before_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
-    """A bank is about to apply `decision` to a transaction it prepared."""
+    """The bank is about to apply a decision to a transaction it prepared."""
+
+
+@hookspec
+def miniupi_after_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
+    """The decision is applied and durable; the acknowledgement is about to be sent."""

@@ -9,10 +9,12 @@ import importlib
 import os
 import sys
 from collections.abc import Iterable
+from typing import Any, Protocol
 
 import pluggy
 
 from miniupi import hookspecs
+from miniupi.config import NodeConfig
 
 PROJECT = "miniupi"
 
@@ -35,6 +37,21 @@ def make_plugin_manager(extra_modules: Iterable[str] = ()) -> pluggy.PluginManag
         pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
         pm.enable_tracing()
     return pm
+
+
+class Fire(Protocol):
+    """Announces a step of 2PC by its hook name without the miniupi_ prefix."""
+
+    def __call__(self, point: str, **details: Any) -> None: ...
+
+
+def hook_firer(pm: pluggy.PluginManager, node: NodeConfig) -> Fire:
+    """fire("after_vote", txn_id=...) calls hook miniupi_after_vote(node=node, txn_id=...)."""
+
+    def fire(point: str, **details: Any) -> None:
+        getattr(pm.hook, f"miniupi_{point}")(node=node, **details)
+
+    return fire
 
 
 class PluginError(Exception):

@@ -12,12 +12,13 @@ from loguru import logger
 from miniupi.config import ClusterConfig, ConfigError
 from miniupi.errors import AlreadyExists, InvalidArgument
 from miniupi.logs import setup_node_logging
+from miniupi.nodes.in_doubt import resolve_in_doubt
 from miniupi.nodes.ledger import Ledger, LegSpec
 from miniupi.nodes.server import open_store, serve
 from miniupi.nodes.setup_accounts import read_setup_file
 from miniupi.nodes.status import grpc_errors
 from miniupi.nodes.validate import account_name, txn_id as valid_txn_id
-from miniupi.plugin_manager import make_plugin_manager
+from miniupi.plugin_manager import hook_firer, make_plugin_manager
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 
 DEFAULT_HISTORY = 50
@@ -79,14 +80,15 @@ class BankServicer(bank_pb2_grpc.BankServicer):
 
     async def Audit(self, request: bank_pb2.AuditRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bank_pb2.BankAuditChunk]:
         # Copy first: the chunks go out over many awaits while payments go on.
-        accounts = [(a.name, a.balance, a.held) for a in self.ledger.accounts.values()]
+        accounts = [(a.name, a.balance, a.held, a.opening) for a in self.ledger.accounts.values()]
         txns = [(t.txn_id, t.state, t.legs) for t in self.ledger.txns.values()]
         first = bank_pb2.BankAuditChunk(deposits_minor=self.ledger.meta.get("deposits", 0),
                                         currency=self.ledger.currency)
         yield first
         for batch in (accounts[i:i + AUDIT_CHUNK] for i in range(0, len(accounts), AUDIT_CHUNK)):
             yield bank_pb2.BankAuditChunk(accounts=[
-                bank_pb2.AccountState(account=n, balance_minor=b, held_minor=h) for n, b, h in batch])
+                bank_pb2.AccountState(account=n, balance_minor=b, held_minor=h, opening_minor=o)
+                for n, b, h, o in batch])
         for batch in (txns[i:i + AUDIT_CHUNK] for i in range(0, len(txns), AUDIT_CHUNK)):
             yield bank_pb2.BankAuditChunk(txns=[
                 bank_pb2.BankTxn(txn_id=i, state=st, legs=[
@@ -122,13 +124,7 @@ async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, l
     setup_node_logging(node, log_json)
     pm = make_plugin_manager(cluster.plugins)
     commit, tables = await open_store(pm, node)
-    hook = pm.hook
-    ledger = Ledger(
-        node.name, cluster.currency, commit, tables,
-        on_vote=lambda txn_id, yes: hook.miniupi_before_vote(node=node, txn_id=txn_id, yes=yes),
-        on_voted=lambda txn_id, yes: hook.miniupi_after_vote(node=node, txn_id=txn_id, yes=yes),
-        on_apply=lambda txn_id, decision: hook.miniupi_before_apply(node=node, txn_id=txn_id, decision=decision),
-    )
+    ledger = Ledger(node.name, cluster.currency, commit, tables, fire=hook_firer(pm, node))
     opened = await open_setup_accounts(ledger, node.accounts)
     if opened:
         logger.info("{} opened {} accounts from {}", node.name, opened, node.accounts)
@@ -137,5 +133,12 @@ async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, l
         bank_pb2_grpc.add_BankServicer_to_server(BankServicer(ledger), server)
         return [bank_pb2.DESCRIPTOR.services_by_name["Bank"].full_name]
 
-    await serve(node, pm, add_services, commit.close)
+    resolver = asyncio.create_task(resolve_in_doubt(ledger, node))
+
+    async def on_stop() -> None:
+        resolver.cancel()
+        await asyncio.gather(resolver, return_exceptions=True)
+        await commit.close()
+
+    await serve(node, pm, add_services, on_stop)
 

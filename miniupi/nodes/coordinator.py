@@ -28,6 +28,7 @@ from miniupi.errors import (
     from_code,
 )
 from miniupi.nodes.bank_links import BankLinks
+from miniupi.plugin_manager import Fire
 from miniupi.storage import GroupCommit, Put
 from miniupi.v1 import bank_pb2
 
@@ -107,11 +108,11 @@ class Coordinator:
         tables: dict[str, dict[str, Any]],
         prepare_timeout_s: float,
         call_timeout_s: float,
-        on_decision: Callable[[str, str], None] = lambda txn_id, decision: None,
+        fire: Fire = lambda point, **details: None,
     ) -> None:
         self._links, self._commit = links, commit
         self._prepare_timeout, self._call_timeout = prepare_timeout_s, call_timeout_s
-        self._on_decision = on_decision
+        self._fire = fire
         self.txns: dict[str, Txn] = {
             txn_id: Txn.from_record(txn_id, r) for txn_id, r in tables.get("txns", {}).items()
         }
@@ -146,6 +147,7 @@ class Coordinator:
             del self.txns[payment.txn_id]
             txn.finished.set_result(None)
             raise Unavailable(f"gateway could not record the payment: {e}") from e
+        self._fire("before_prepare", txn_id=payment.txn_id)
         try:
             await self._two_phase(txn)
         finally:
@@ -168,12 +170,14 @@ class Coordinator:
         legs = banks_and_legs(txn.payment)
         votes = await asyncio.gather(*(self._prepare(txn.payment, bank, bank_legs) for bank, bank_legs in legs.items()))
         refusal = next((v for v in votes if v is not None), None)
+        decision = COMMITTED if refusal is None else ABORTED
+        self._fire("before_decision", txn_id=txn.payment.txn_id, decision=decision)
         if refusal is None:
             txn.state = COMMITTED
         else:
             txn.state, txn.code, txn.message = ABORTED, refusal.code, refusal.message
         await self._commit.write([Put("txns", txn.payment.txn_id, txn.record())])  # the commit point
-        self._on_decision(txn.payment.txn_id, txn.state)
+        self._fire("after_decision", txn_id=txn.payment.txn_id, decision=txn.state)
         await self._finish_phase_two(txn)
 
     async def _prepare(self, payment: Payment, bank: str, legs: list[bank_pb2.Leg]) -> MiniupiError | None:
@@ -216,6 +220,9 @@ class Coordinator:
         ]
         results = await asyncio.gather(*calls, return_exceptions=True)
         failed = [(b, r) for b, r in zip(banks, results) if isinstance(r, BaseException)]
+        for bank, result in zip(banks, results):
+            if not isinstance(result, BaseException):
+                self._fire("after_decision_sent", txn_id=txn.payment.txn_id, bank=bank, decision=txn.state)
         for bank, error in failed:
             detail = f"{error.code().name} {error.details()}" if isinstance(error, grpc.aio.AioRpcError) else repr(error)
             logger.warning("{} of {} at {} not acknowledged: {}", txn.state, txn.payment.txn_id, bank, detail)

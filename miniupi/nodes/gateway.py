@@ -17,7 +17,7 @@ from miniupi.nodes.bank_links import BankLinks
 from miniupi.nodes.coordinator import Coordinator, Payment
 from miniupi.nodes.server import NodeStartError, open_store, serve
 from miniupi.nodes.status import grpc_errors
-from miniupi.plugin_manager import make_plugin_manager
+from miniupi.plugin_manager import hook_firer, make_plugin_manager
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 MAX_PASSWORD = 1024
@@ -151,7 +151,7 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
     links = BankLinks(cluster)
     coordinator = Coordinator(
         links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s,
-        on_decision=lambda txn_id, decision: pm.hook.miniupi_after_decision(node=node, txn_id=txn_id, decision=decision),
+        fire=hook_firer(pm, node),
     )
     aborted, resent = await coordinator.recover()
     if aborted or resent:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from miniupi.money import INT64_MAX
+from miniupi.plugin_manager import Fire
 from miniupi.passwords import hash_password, verify_password
 from miniupi.storage import GroupCommit, Put
 
@@ -28,11 +29,13 @@ class Account:
     balance: int
     password_hash: str
     opened_at: float
+    opening: int
     held: int = 0
     history: list[str] = field(default_factory=list)  # committed txn ids, oldest first
 
     def record(self) -> dict[str, Any]:
-        return {"balance": self.balance, "password_hash": self.password_hash, "opened_at": self.opened_at}
+        return {"balance": self.balance, "password_hash": self.password_hash, "opened_at": self.opened_at,
+                "opening": self.opening}
 
 
 @dataclass(frozen=True)
@@ -75,21 +78,21 @@ class Ledger:
         currency: str,
         commit: GroupCommit,
         tables: dict[str, dict[str, Any]],
-        on_vote: Callable[[str, bool], None] = lambda txn_id, yes: None,
-        on_voted: Callable[[str, bool], None] = lambda txn_id, yes: None,
-        on_apply: Callable[[str, str], None] = lambda txn_id, decision: None,
+        fire: Fire = lambda point, **details: None,
     ) -> None:
-        self.bank, self.currency, self._commit = bank, currency, commit
-        self._on_vote, self._on_voted, self._on_apply = on_vote, on_voted, on_apply
+        self.bank, self.currency, self._commit, self._fire = bank, currency, commit, fire
         self.accounts: dict[str, Account] = {
-            name: Account(name, r["balance"], r["password_hash"], r["opened_at"])
+            name: Account(name, r["balance"], r["password_hash"], r["opened_at"], r["opening"])
             for name, r in tables.get("accounts", {}).items()
         }
         self.txns: dict[str, BankTxn] = {}
+        self.prepared: set[str] = set()  # voted YES, decision not yet known
         for txn_id, r in sorted(tables.get("txns", {}).items(), key=lambda kv: kv[1]["decided_at"] or 0):
             txn = BankTxn(txn_id, r["state"], tuple(LegSpec(*leg) for leg in r["legs"]), r["prepared_at"],
                           r["decided_at"])
             self.txns[txn_id] = txn
+            if txn.state == PREPARED:
+                self.prepared.add(txn_id)
             for leg in txn.legs:
                 if txn.state == PREPARED and leg.delta < 0:
                     self.accounts[leg.account].held -= leg.delta
@@ -116,7 +119,7 @@ class Ledger:
         self._opening.add(name)
         try:
             password_hash = await asyncio.to_thread(hash_password, password)
-            account = Account(name, initial, password_hash, time.time())
+            account = Account(name, initial, password_hash, time.time(), initial)
             deposits = self.meta.get("deposits", 0) + initial
             await self._commit.write([Put("accounts", name, account.record()), Put("meta", "deposits", deposits)])
             self.meta["deposits"] = deposits
@@ -158,19 +161,21 @@ class Ledger:
                 return Vote(True)
             return Vote(False, "ALREADY_DECIDED", f"transaction {txn_id} is already {known.state.lower()}")
         vote = self._check(currency, legs)
-        self._on_vote(txn_id, vote.yes)
+        self._fire("before_vote", txn_id=txn_id, yes=vote.yes)
         if not vote.yes:
             return vote
         txn = BankTxn(txn_id, PREPARED, tuple(legs), time.time())
         self._hold(txn, +1)
         self.txns[txn_id] = txn
+        self.prepared.add(txn_id)
         try:
             await self._commit.write([Put("txns", txn_id, txn.record())])
         except Exception as e:
             self._hold(txn, -1)
             del self.txns[txn_id]
+            self.prepared.discard(txn_id)
             raise Unavailable(f"bank {self.bank} could not record its vote: {e}") from e
-        self._on_voted(txn_id, True)
+        self._fire("after_vote", txn_id=txn_id, yes=True)
         return vote
 
     def _check(self, currency: str, legs: Sequence[LegSpec]) -> Vote:
@@ -211,8 +216,9 @@ class Ledger:
         if txn.state == COMMITTED:
             await self._commit.barrier()
             return True
-        self._on_apply(txn_id, COMMITTED)
+        self._fire("before_apply", txn_id=txn_id, decision=COMMITTED)
         self._hold(txn, -1)
+        self.prepared.discard(txn_id)
         touched: dict[str, Account] = {}
         for leg in txn.legs:
             account = self.accounts[leg.account]
@@ -223,6 +229,7 @@ class Ledger:
         puts = [Put("txns", txn_id, txn.record())]
         puts.extend(Put("accounts", a.name, a.record()) for a in touched.values())
         await self._commit.write(puts)
+        self._fire("after_apply", txn_id=txn_id, decision=COMMITTED)
         return True
 
     async def abort(self, txn_id: str) -> bool:
@@ -238,10 +245,12 @@ class Ledger:
         if txn.state == ABORTED:
             await self._commit.barrier()
             return True
-        self._on_apply(txn_id, ABORTED)
+        self._fire("before_apply", txn_id=txn_id, decision=ABORTED)
         self._hold(txn, -1)
+        self.prepared.discard(txn_id)
         txn.state, txn.decided_at = ABORTED, time.time()
         await self._commit.write([Put("txns", txn_id, txn.record())])
+        self._fire("after_apply", txn_id=txn_id, decision=ABORTED)
         return True
 
 

@@ -122,14 +122,16 @@ class AuditRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AccountState(_message.Message):
-    __slots__ = ("account", "balance_minor", "held_minor")
+    __slots__ = ("account", "balance_minor", "held_minor", "opening_minor")
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     BALANCE_MINOR_FIELD_NUMBER: _ClassVar[int]
     HELD_MINOR_FIELD_NUMBER: _ClassVar[int]
+    OPENING_MINOR_FIELD_NUMBER: _ClassVar[int]
     account: str
     balance_minor: int
     held_minor: int
-    def __init__(self, account: _Optional[str] = ..., balance_minor: _Optional[int] = ..., held_minor: _Optional[int] = ...) -> None: ...
+    opening_minor: int
+    def __init__(self, account: _Optional[str] = ..., balance_minor: _Optional[int] = ..., held_minor: _Optional[int] = ..., opening_minor: _Optional[int] = ...) -> None: ...
 
 class BankTxn(_message.Message):
     __slots__ = ("txn_id", "state", "legs")

@@ -1,0 +1,173 @@
+"""`miniupi audit`: read every node and check the invariants of DESIGN.md section 2.
+
+The checker is a plain function over what the nodes reported, so the same
+code serves the command line, the benchmark and the chaos test's final
+verdict. Transactions still being decided count as "in doubt"; once all
+nodes are up they must settle, so `audit` waits (bounded) before it judges.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import grpc
+
+from miniupi.config import ClusterConfig
+from miniupi.errors import Unavailable
+from miniupi.tls import channel_credentials
+from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
+
+PREPARED, COMMITTED, ABORTED, INITIATED = "PREPARED", "COMMITTED", "ABORTED", "INITIATED"
+
+
+@dataclass
+class BankView:
+    name: str
+    deposits: int = 0
+    accounts: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (balance, held, opening)
+    txns: dict[str, tuple[str, list[tuple[str, int]]]] = field(default_factory=dict)  # id -> (state, [(acct, delta)])
+
+
+@dataclass(frozen=True)
+class GatewayTxnView:
+    payer: str
+    payee: str
+    amount: int
+    state: str
+    acked: bool
+
+
+@dataclass
+class AuditReport:
+    banks: int = 0
+    accounts: int = 0
+    total: int = 0
+    deposits: int = 0
+    committed: int = 0
+    aborted: int = 0
+    in_doubt: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "banks": self.banks, "accounts": self.accounts, "total_minor": self.total,
+                "deposits_minor": self.deposits, "committed": self.committed, "aborted": self.aborted,
+                "in_doubt": len(self.in_doubt), "violations": self.violations}
+
+
+def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bool = True) -> AuditReport:
+    """Every invariant over one reading of the cluster; `settled` makes in-doubt a violation."""
+    r = AuditReport(banks=len(banks))
+    bad = r.violations.append
+    by_bank = {b.name: b for b in banks}
+    for bank in banks:
+        committed_sum: dict[str, int] = defaultdict(int)
+        prepared_holds: dict[str, int] = defaultdict(int)
+        for txn_id, (state, legs) in bank.txns.items():
+            for account, delta in legs:
+                if state == COMMITTED:
+                    committed_sum[account] += delta
+                elif state == PREPARED and delta < 0:
+                    prepared_holds[account] -= delta
+            if state == PREPARED:
+                r.in_doubt.append(f"{txn_id} prepared at {bank.name}")
+            g = gateway.get(txn_id)
+            if state == COMMITTED and (g is None or g.state != COMMITTED):
+                if not settled and (g is None or g.state == INITIATED):
+                    # Read after the gateway: decided in between. The settled re-read judges it.
+                    r.in_doubt.append(f"{txn_id} committed at {bank.name}, not yet seen decided")
+                else:
+                    bad(f"{txn_id} committed at {bank.name} but the gateway decided {g.state if g else 'nothing'}")
+        r.deposits += bank.deposits
+        for name, (balance, held, opening) in bank.accounts.items():
+            r.accounts += 1
+            r.total += balance
+            where = f"{name}@{bank.name}"
+            if balance < 0:
+                bad(f"{where} has a negative balance {balance}")
+            if held != prepared_holds.get(name, 0):
+                bad(f"{where} holds {held} but its prepared debits add up to {prepared_holds.get(name, 0)}")
+            if held > balance:
+                bad(f"{where} holds {held}, more than its balance {balance}")
+            if balance != opening + committed_sum.get(name, 0):
+                bad(f"{where} balance {balance} is not its opening {opening} plus its committed payments "
+                    f"{committed_sum.get(name, 0)}: a payment was lost or applied twice")
+        for name in set(committed_sum) | set(prepared_holds):
+            if name not in bank.accounts:
+                bad(f"{bank.name} has transactions for unknown account {name}")
+    for txn_id, g in gateway.items():
+        if g.state == COMMITTED:
+            r.committed += 1
+        elif g.state == ABORTED:
+            r.aborted += 1
+        else:
+            r.in_doubt.append(f"{txn_id} undecided at the gateway")
+        if g.state == COMMITTED and not g.acked:
+            r.in_doubt.append(f"{txn_id} committed, not yet acknowledged by every bank")
+        for account in {g.payer, g.payee}:
+            bank_name = account.split("@")[1]
+            bank = by_bank.get(bank_name)
+            state = bank.txns.get(txn_id, ("", []))[0] if bank else ""
+            if g.state == COMMITTED and state not in (COMMITTED, PREPARED):
+                bad(f"{txn_id} committed at the gateway but {state.lower() or 'unknown'} at {bank_name}")
+            if g.state != COMMITTED and state == COMMITTED:
+                bad(f"{txn_id} is {g.state.lower()} at the gateway but committed at {bank_name}")
+    if r.total != r.deposits:
+        # While a payment is committed on one bank and not yet on the other, money is in transit.
+        if settled or not r.in_doubt:
+            bad(f"total money {r.total} differs from total deposits {r.deposits}")
+    if settled:
+        r.violations.extend(f"in doubt with every node up: {d}" for d in r.in_doubt)
+    return r
+
+
+async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[dict[str, GatewayTxnView], list[BankView]]:
+    """Read the gateway and every bank, as the admin."""
+    creds = channel_credentials(cluster.certs_dir, "admin")
+
+    async def read_bank(name: str) -> BankView:
+        view = BankView(name)
+        async with grpc.aio.secure_channel(cluster.banks[name].address, creds) as channel:
+            try:
+                async for chunk in bank_pb2_grpc.BankStub(channel).Audit(bank_pb2.AuditRequest(), timeout=timeout):
+                    view.deposits += chunk.deposits_minor
+                    for a in chunk.accounts:
+                        view.accounts[a.account] = (a.balance_minor, a.held_minor, a.opening_minor)
+                    for t in chunk.txns:
+                        view.txns[t.txn_id] = (t.state, [(leg.account, leg.delta_minor) for leg in t.legs])
+            except grpc.aio.AioRpcError as e:
+                raise Unavailable(f"cannot audit {name}: {e.code().name} {e.details()}") from None
+        return view
+
+    async def read_gateway() -> dict[str, GatewayTxnView]:
+        out: dict[str, GatewayTxnView] = {}
+        async with grpc.aio.secure_channel(cluster.gateway.address, creds) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            try:
+                async for chunk in stub.ListTransactions(gateway_pb2.ListTransactionsRequest(), timeout=timeout):
+                    for t in chunk.txns:
+                        out[t.txn_id] = GatewayTxnView(t.from_account, t.to_account, t.amount.minor,
+                                                       common_pb2.TxnState.Name(t.state), t.acknowledged)
+            except grpc.aio.AioRpcError as e:
+                raise Unavailable(f"cannot audit the gateway: {e.code().name} {e.details()}") from None
+        return out
+
+    # The gateway first: a bank commit it does not know yet would look like a violation.
+    gateway = await read_gateway()
+    banks = await asyncio.gather(*(read_bank(name) for name in cluster.banks))
+    return gateway, list(banks)
+
+
+async def audit(cluster: ClusterConfig, settle_s: float = 30.0) -> AuditReport:
+    """Wait up to `settle_s` for in-doubt transactions to settle, then judge."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        report = check(*await collect(cluster), settled=False)
+        if not report.in_doubt or time.monotonic() >= deadline:
+            return check(*await collect(cluster), settled=True) if report.in_doubt else report
+        await asyncio.sleep(0.5)
