@@ -56,6 +56,9 @@ class ClusterConfig:
     call_timeout_s: float
     session_idle_s: float
     session_max_s: float
+    login_attempts: int
+    login_lockout_s: float
+    log_json: bool
     plugins: tuple[str, ...]
     raw: dict[str, Any] = field(repr=False, compare=False)
     gateway: NodeConfig = field(init=False, repr=False, compare=False)
@@ -158,9 +161,14 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         call_timeout_s=c.positive("call_timeout_s", 10),
         session_idle_s=0.0,
         session_max_s=0.0,
+        login_attempts=c.get("login_attempts", int, 5, expected="a whole number of attempts, at least 1"),
+        login_lockout_s=c.positive("login_lockout_s", 300),
+        log_json=c.get("log_json", bool, False, expected="true or false"),
         plugins=(),
         raw=raw,
     )
+    if cluster.login_attempts < 1:
+        raise c.error("login_attempts", "a whole number of attempts, at least 1")
     c.done()
 
     g = _Section(path, "gateway", top.get("gateway", dict, expected="a [gateway] table"))

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from miniupi.caller import SESSION_METADATA_KEY
+from miniupi.caller import ADMIN, SESSION_METADATA_KEY
 from miniupi.config import ClusterConfig
 from miniupi.errors import MiniupiError, Unauthenticated, Unavailable, from_code
 from miniupi.tls import channel_credentials
@@ -67,8 +67,7 @@ def as_error(e: grpc.aio.AioRpcError) -> MiniupiError:
 class AsyncClient:
     def __init__(self, cluster: ClusterConfig, *, session: Session | None = None, identity: str = "client",
                  timeout: float | None = None) -> None:
-        self.cluster = cluster
-        self.session = session
+        self.cluster, self.session, self.identity = cluster, session, identity
         self.timeout = timeout if timeout is not None else cluster.prepare_timeout_s + cluster.call_timeout_s + 5
         creds = channel_credentials(cluster.certs_dir, identity)
         self._channel = grpc.aio.secure_channel(cluster.gateway.address, creds)
@@ -76,10 +75,10 @@ class AsyncClient:
 
     async def _call(self, method: str, request: Any, authed: bool = True) -> Any:
         metadata = None
-        if authed:
-            if self.session is None:
-                raise Unauthenticated("not logged in; run: miniupi login USER@BANK")
+        if authed and self.session is not None:
             metadata = ((SESSION_METADATA_KEY, self.session.key),)
+        elif authed and self.identity != ADMIN:  # the admin's certificate is its credential
+            raise Unauthenticated("not logged in; run: miniupi login USER@BANK")
         try:
             return await getattr(self._stub, method)(request, timeout=self.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as e:

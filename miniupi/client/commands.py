@@ -74,9 +74,16 @@ def logout(cluster: ClusterConfig, args: argparse.Namespace) -> None:
     emit(args, {"logged_out": True}, "logged out")
 
 
+def _reader(cluster: ClusterConfig, args: argparse.Namespace) -> Client:
+    """The admin certificate for --admin ACCOUNT, else the customer's own session."""
+    if args.admin:
+        return Client(cluster, identity="admin")
+    return _client(cluster, args)
+
+
 def balance(cluster: ClusterConfig, args: argparse.Namespace) -> None:
-    with _client(cluster, args) as c:
-        b = c.balance()
+    with _reader(cluster, args) as c:
+        b = c.balance(args.admin or "")
     emit(args, {"account": b.account, "balance": format_amount(b.balance), "available": format_amount(b.available),
                 "currency": b.currency},
          f"{b.account}: {format_amount(b.balance)} {b.currency}"
@@ -84,8 +91,8 @@ def balance(cluster: ClusterConfig, args: argparse.Namespace) -> None:
 
 
 def history(cluster: ClusterConfig, args: argparse.Namespace) -> None:
-    with _client(cluster, args) as c:
-        items = c.history(limit=args.limit)
+    with _reader(cluster, args) as c:
+        items = c.history(args.admin or "", limit=args.limit)
     if args.json:
         print(json.dumps([{"txn_id": i.txn_id, "counterparty": i.counterparty, "amount": format_amount(i.delta),
                            "currency": i.currency, "applied_at": i.applied_at} for i in items]))

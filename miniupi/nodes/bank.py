@@ -16,12 +16,14 @@ from miniupi.nodes.in_doubt import resolve_in_doubt
 from miniupi.nodes.ledger import Ledger, LegSpec
 from miniupi.nodes.server import open_store, serve
 from miniupi.nodes.setup_accounts import read_setup_file
-from miniupi.nodes.status import grpc_errors
+from miniupi.nodes.status import grpc_errors, refuse_unknown_fields
 from miniupi.nodes.validate import account_name, txn_id as valid_txn_id
 from miniupi.plugin_manager import hook_firer, make_plugin_manager
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 
 DEFAULT_HISTORY = 50
+MAX_PASSWORD = 1024
+MAX_LEGS = 16
 AUDIT_CHUNK = 2000
 MAX_HISTORY = 1000
 
@@ -35,7 +37,9 @@ class BankServicer(bank_pb2_grpc.BankServicer):
 
     @grpc_errors
     async def Prepare(self, request: bank_pb2.PrepareRequest, context: grpc.aio.ServicerContext) -> bank_pb2.PrepareReply:
-        legs = [LegSpec(account_name(leg.account), leg.delta_minor, leg.counterparty) for leg in request.legs]
+        if len(request.legs) > MAX_LEGS:
+            raise InvalidArgument(f"at most {MAX_LEGS} legs in one prepare")
+        legs = [LegSpec(account_name(leg.account), leg.delta_minor, leg.counterparty[:80]) for leg in request.legs]
         vote = await self.ledger.prepare(valid_txn_id(request.txn_id), request.currency, legs)
         return bank_pb2.PrepareReply(yes=vote.yes, refusal=vote.refusal or "VOTE_REFUSAL_UNSPECIFIED",
                                      detail=vote.detail)
@@ -52,6 +56,8 @@ class BankServicer(bank_pb2_grpc.BankServicer):
     async def OpenAccount(self, request: bank_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:
         if request.initial.currency and request.initial.currency != self.ledger.currency:
             raise InvalidArgument(f"bank holds {self.ledger.currency}, not {request.initial.currency}")
+        if not 0 < len(request.password) <= MAX_PASSWORD:
+            raise InvalidArgument(f"password must be 1 to {MAX_PASSWORD} characters")
         account = await self.ledger.open_account(account_name(request.account), request.password,
                                                  request.initial.minor)
         return bank_pb2.AccountReply(account=account.name, balance=self._money(account.balance),
@@ -59,8 +65,10 @@ class BankServicer(bank_pb2_grpc.BankServicer):
 
     @grpc_errors
     async def VerifyPassword(self, request: bank_pb2.VerifyPasswordRequest, context: grpc.aio.ServicerContext) -> bank_pb2.VerifyPasswordReply:
-        ok = await self.ledger.check_password(account_name(request.account), request.password)
-        return bank_pb2.VerifyPasswordReply(ok=ok)
+        if len(request.password) > MAX_PASSWORD:
+            return bank_pb2.VerifyPasswordReply(ok=False)
+        ok, locked_for = await self.ledger.check_password(account_name(request.account), request.password)
+        return bank_pb2.VerifyPasswordReply(ok=ok, locked_for_s=locked_for)
 
     @grpc_errors
     async def GetAccount(self, request: bank_pb2.AccountRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:
@@ -79,6 +87,7 @@ class BankServicer(bank_pb2_grpc.BankServicer):
         return bank_pb2.BankHistoryReply(entries=entries)
 
     async def Audit(self, request: bank_pb2.AuditRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bank_pb2.BankAuditChunk]:
+        await refuse_unknown_fields(request, context)
         # Copy first: the chunks go out over many awaits while payments go on.
         accounts = [(a.name, a.balance, a.held, a.opening) for a in self.ledger.accounts.values()]
         txns = [(t.txn_id, t.state, t.legs) for t in self.ledger.txns.values()]
@@ -121,10 +130,11 @@ async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, l
     node = cluster.banks[name]
     if port is not None:
         node = dataclasses.replace(node, port=port)
-    setup_node_logging(node, log_json)
+    setup_node_logging(node, log_json or cluster.log_json)
     pm = make_plugin_manager(cluster.plugins)
     commit, tables = await open_store(pm, node)
-    ledger = Ledger(node.name, cluster.currency, commit, tables, fire=hook_firer(pm, node))
+    ledger = Ledger(node.name, cluster.currency, commit, tables, fire=hook_firer(pm, node),
+                    login_attempts=cluster.login_attempts, login_lockout_s=cluster.login_lockout_s)
     opened = await open_setup_accounts(ledger, node.accounts)
     if opened:
         logger.info("{} opened {} accounts from {}", node.name, opened, node.accounts)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,7 +17,7 @@ from miniupi.nodes import validate
 from miniupi.nodes.bank_links import BankLinks
 from miniupi.nodes.coordinator import Coordinator, Payment
 from miniupi.nodes.server import NodeStartError, open_store, serve
-from miniupi.nodes.status import grpc_errors
+from miniupi.nodes.status import grpc_errors, refuse_unknown_fields
 from miniupi.plugin_manager import hook_firer, make_plugin_manager
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -35,12 +36,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise NotFound(f"unknown bank {bank} in {account}")
         return user, bank
 
-    def _own_account(self, requested: str) -> str:
-        """The caller's account, or PERMISSION_DENIED for anyone else's; the admin may name any."""
+    def _readable_account(self, requested: str) -> str:
+        """The account to read: the admin may name any, a customer only their own."""
         if current_peer.get() == ADMIN:
             if not requested:
                 raise InvalidArgument("the admin must name an account")
             return requested
+        return self._own_account(requested)
+
+    def _own_account(self, requested: str) -> str:
+        """The caller's account, or PERMISSION_DENIED for anyone else's."""
+        if current_peer.get() == ADMIN:
+            raise PermissionDenied("the admin may read accounts, not move money")
         mine = current_account.get()
         if mine is None:
             raise Unauthenticated("not logged in")
@@ -81,6 +88,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise Unauthenticated("wrong account or password")
         reply = await self._bank_call(bank, "VerifyPassword",
                                       bank_pb2.VerifyPasswordRequest(account=user, password=request.password))
+        if reply.locked_for_s > 0:
+            raise PermissionDenied(f"account {request.account} is locked after repeated failed logins; "
+                                   f"try again in {math.ceil(reply.locked_for_s)} s")
         if not reply.ok:
             raise Unauthenticated("wrong account or password")
         key, expires_at = self.sessions.start(request.account)
@@ -94,7 +104,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     @grpc_errors
     async def Balance(self, request: gateway_pb2.BalanceRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.BalanceReply:
-        account = self._own_account(request.account)
+        account = self._readable_account(request.account)
         user, bank = self._bank_of(account)
         reply = await self._bank_call(bank, "GetAccount", bank_pb2.AccountRequest(account=user))
         available = common_pb2.Money(minor=reply.balance.minor - reply.held.minor, currency=reply.balance.currency)
@@ -102,7 +112,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     @grpc_errors
     async def History(self, request: gateway_pb2.HistoryRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.HistoryReply:
-        account = self._own_account(request.account)
+        account = self._readable_account(request.account)
         user, bank = self._bank_of(account)
         reply = await self._bank_call(bank, "History", bank_pb2.BankHistoryRequest(account=user, limit=request.limit))
         return gateway_pb2.HistoryReply(entries=reply.entries)
@@ -123,6 +133,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def ListTransactions(self, request: gateway_pb2.ListTransactionsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[gateway_pb2.TransactionChunk]:
         if current_peer.get() != ADMIN:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the admin may list transactions")
+        await refuse_unknown_fields(request, context)
         txns = list(self.coordinator.txns.values())
         for batch in (txns[i:i + 2000] for i in range(0, len(txns), 2000)):
             yield gateway_pb2.TransactionChunk(txns=[
@@ -142,7 +153,7 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
     node = cluster.gateway
     if port is not None:
         node = dataclasses.replace(node, port=port)
-    setup_node_logging(node, log_json)
+    setup_node_logging(node, log_json or cluster.log_json)
     pm = make_plugin_manager(cluster.plugins)
     sessions = pm.hook.miniupi_make_authenticator(node=node)
     if sessions is None:

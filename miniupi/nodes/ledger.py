@@ -17,7 +17,7 @@ from typing import Any
 from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from miniupi.money import INT64_MAX
 from miniupi.plugin_manager import Fire
-from miniupi.passwords import hash_password, verify_password
+from miniupi.passwords import hash_password, needs_rehash, verify_password
 from miniupi.storage import GroupCommit, Put
 
 PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
@@ -30,12 +30,14 @@ class Account:
     password_hash: str
     opened_at: float
     opening: int
+    failed_logins: int = 0
+    locked_until: float = 0.0
     held: int = 0
     history: list[str] = field(default_factory=list)  # committed txn ids, oldest first
 
     def record(self) -> dict[str, Any]:
         return {"balance": self.balance, "password_hash": self.password_hash, "opened_at": self.opened_at,
-                "opening": self.opening}
+                "opening": self.opening, "failed_logins": self.failed_logins, "locked_until": self.locked_until}
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,14 @@ class Ledger:
         commit: GroupCommit,
         tables: dict[str, dict[str, Any]],
         fire: Fire = lambda point, **details: None,
+        login_attempts: int = 5,
+        login_lockout_s: float = 300.0,
     ) -> None:
         self.bank, self.currency, self._commit, self._fire = bank, currency, commit, fire
+        self.login_attempts, self.login_lockout_s = login_attempts, login_lockout_s
         self.accounts: dict[str, Account] = {
-            name: Account(name, r["balance"], r["password_hash"], r["opened_at"], r["opening"])
+            name: Account(name, r["balance"], r["password_hash"], r["opened_at"], r["opening"],
+                          r.get("failed_logins", 0), r.get("locked_until", 0.0))
             for name, r in tables.get("accounts", {}).items()
         }
         self.txns: dict[str, BankTxn] = {}
@@ -128,13 +134,36 @@ class Ledger:
         finally:
             self._opening.discard(name)
 
-    async def check_password(self, name: str, password: str) -> bool:
+    async def check_password(self, name: str, password: str) -> tuple[bool, float]:
+        """(password right, seconds the account stays locked). A locked account is not checked.
+
+        Failures are counted durably, so restarting the bank does not reset
+        a lock; a success with outdated hash parameters rehashes the password.
+        """
         account = self.accounts.get(name)
         if account is None:
             # Spend the same time as a real check, so timing does not tell which accounts exist.
             await asyncio.to_thread(verify_password, _dummy_hash(), password)
-            return False
-        return await asyncio.to_thread(verify_password, account.password_hash, password)
+            return False, 0.0
+        now = time.time()
+        if account.locked_until > now:
+            return False, account.locked_until - now
+        if await asyncio.to_thread(verify_password, account.password_hash, password):
+            changed = account.failed_logins != 0
+            account.failed_logins = 0
+            if needs_rehash(account.password_hash):
+                account.password_hash = await asyncio.to_thread(hash_password, password)
+                changed = True
+            if changed:
+                await self._commit.write([Put("accounts", name, account.record())])
+            return True, 0.0
+        account.failed_logins += 1
+        locked_for = 0.0
+        if account.failed_logins >= self.login_attempts:
+            account.failed_logins, account.locked_until = 0, now + self.login_lockout_s
+            locked_for = self.login_lockout_s
+        await self._commit.write([Put("accounts", name, account.record())])
+        return False, locked_for
 
     def history(self, name: str, limit: int) -> list[tuple[BankTxn, LegSpec]]:
         account = self.account(name)

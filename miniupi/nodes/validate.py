@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import uuid
 
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+
 from miniupi.config import NAME_RE, split_address
 from miniupi.errors import InvalidArgument
 
@@ -42,3 +45,17 @@ def positive_amount(minor: int, currency: str, expected_currency: str) -> int:
     if minor <= 0:
         raise InvalidArgument("amount must be positive")
     return minor
+
+
+def no_unknown_fields(message: Message, path: str = "") -> None:
+    """Refuse fields this version does not know: money must never move on a half-understood request."""
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        numbers = ", ".join(str(f.field_number) for f in unknown)
+        raise InvalidArgument(f"unknown field {numbers} in {path or message.DESCRIPTOR.name}")
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        children = value if field.is_repeated else [value]
+        for child in children:
+            no_unknown_fields(child, f"{path or message.DESCRIPTOR.name}.{field.name}")

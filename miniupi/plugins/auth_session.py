@@ -1,12 +1,15 @@
 """Random session keys for customers, certificate identities for nodes.
 
-The gateway hands out a 256-bit random key at login and keeps only its
-SHA-256, so a copy of its memory or disk cannot be replayed as a key.
+The gateway hands out a key with a 256-bit random secret at login and
+keeps only the secret's SHA-256, so a copy of its memory cannot be
+replayed as a key. Sessions live in memory: a gateway restart ends them
+all, cleanly (UNAUTHENTICATED, log in again), never half-valid.
 Banks serve only the gateway's and the admin's certificates.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,44 +40,55 @@ BANK_CALLERS = frozenset({"gateway", ADMIN})
 
 @dataclass
 class _Session:
+    secret_hash: bytes
     account: str
     started: float
     last_used: float
 
 
 class SessionStore:
-    """Sessions with an idle and an absolute expiry, keyed by the key's hash."""
+    """Sessions with an idle and an absolute expiry.
+
+    A key is "ID.SECRET": the ID finds the session, and the SECRET's
+    SHA-256 is compared in constant time, so neither a lookup's timing nor a
+    copy of this table gives anyone a usable key.
+    """
 
     def __init__(self, idle_s: float, max_s: float, clock: Callable[[], float] = time.time) -> None:
         self.idle_s, self.max_s, self._clock = idle_s, max_s, clock
-        self._sessions: dict[bytes, _Session] = {}
-
-    @staticmethod
-    def _digest(key: str) -> bytes:
-        return hashlib.sha256(key.encode()).digest()
+        self._sessions: dict[str, _Session] = {}
 
     def start(self, account: str) -> tuple[str, float]:
-        key = secrets.token_urlsafe(32)
+        session_id, secret = secrets.token_hex(16), secrets.token_urlsafe(32)
         now = self._clock()
-        self._sessions[self._digest(key)] = _Session(account, now, now)
-        return key, now + self.max_s
+        self._sessions[session_id] = _Session(hashlib.sha256(secret.encode()).digest(), account, now, now)
+        return f"{session_id}.{secret}", now + self.max_s
+
+    def _find(self, key: str) -> tuple[str, _Session] | None:
+        session_id, _, secret = key.partition(".")
+        session = self._sessions.get(session_id)
+        if session is None or not hmac.compare_digest(session.secret_hash, hashlib.sha256(secret.encode()).digest()):
+            return None
+        return session_id, session
 
     def resolve(self, key: str) -> str:
         if not key:
             raise Unauthenticated("not logged in: no session key")
-        digest = self._digest(key)
-        session = self._sessions.get(digest)
-        now = self._clock()
-        if session is None:
+        found = self._find(key)
+        if found is None:
             raise Unauthenticated("session key not recognised; log in again")
+        session_id, session = found
+        now = self._clock()
         if now - session.last_used > self.idle_s or now - session.started > self.max_s:
-            del self._sessions[digest]
+            del self._sessions[session_id]
             raise Unauthenticated("session expired; log in again")
         session.last_used = now
         return session.account
 
     def end(self, key: str) -> None:
-        self._sessions.pop(self._digest(key), None)
+        found = self._find(key)
+        if found is not None:
+            del self._sessions[found[0]]
 
 
 _stores: dict[str, SessionStore] = {}

@@ -21,16 +21,16 @@ from miniupi.hookspecs import hookimpl
 QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
-def _describe(request: Any) -> str:
-    parts = []
+def _fields(request: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
     for name in ("txn_id", "account", "from_account", "to_account"):
         value = getattr(request, name, "")
         if value:
-            parts.append(f"{name}={value[:64]}")
+            fields[name] = value[:64]
     amount = getattr(request, "amount", None)
     if amount is not None and amount.minor:
-        parts.append(f"amount={amount.minor}")
-    return " ".join(parts)
+        fields["amount"] = amount.minor
+    return fields
 
 
 class CallLogInterceptor(grpc.aio.ServerInterceptor):
@@ -56,9 +56,10 @@ class CallLogInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_name(context) or "UNKNOWN"
                 raise
             finally:
-                ms = (time.perf_counter() - start) * 1000
-                logger.info("{} caller={} user={} {} code={} {:.1f}ms", method, current_peer.get() or "-",
-                            current_account.get() or "-", _describe(request), code, ms)
+                fields = {"method": method, "caller": current_peer.get() or "-",
+                          "user": current_account.get() or "-", **_fields(request), "code": code,
+                          "ms": round((time.perf_counter() - start) * 1000, 2)}
+                logger.bind(**fields).info(" ".join(f"{k}={v}" for k, v in fields.items()))
 
         return wrap_handler(handler, logged)
 

@@ -82,10 +82,12 @@ class VerifyPasswordRequest(_message.Message):
     def __init__(self, account: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
 
 class VerifyPasswordReply(_message.Message):
-    __slots__ = ("ok",)
+    __slots__ = ("ok", "locked_for_s")
     OK_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_FOR_S_FIELD_NUMBER: _ClassVar[int]
     ok: bool
-    def __init__(self, ok: _Optional[bool] = ...) -> None: ...
+    locked_for_s: float
+    def __init__(self, ok: _Optional[bool] = ..., locked_for_s: _Optional[float] = ...) -> None: ...
 
 class AccountRequest(_message.Message):
     __slots__ = ("account",)
