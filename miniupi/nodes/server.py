@@ -30,12 +30,15 @@ class NodeStartError(Exception):
 
 async def open_store(pm: pluggy.PluginManager, node: NodeConfig) -> tuple[GroupCommit, dict]:
     """Open the storage plugin the cluster file names for `node` and load its tables."""
-    store: Store | None = pm.hook.miniupi_make_storage(node=node, path=node.data_dir)
-    if store is None:
-        raise NodeStartError(f"{node.cluster.path}: no storage plugin named {node.storage!r} for {node.name}")
+    store: Store | None = None
     try:
+        store = pm.hook.miniupi_make_storage(node=node, path=node.data_dir)
+        if store is None:
+            raise NodeStartError(f"{node.cluster.path}: no storage plugin named {node.storage!r} for {node.name}")
         tables = await asyncio.to_thread(store.load)
-    except StoreDamaged as e:
+    except StoreDamaged as e:  # opening checks the files too, not only load()
+        if store is not None:
+            store.close()
         raise NodeStartError(f"{node.name}: refusing to start: {e}") from None
     return GroupCommit(store), tables
 
