@@ -33,8 +33,11 @@ class FailedPrecondition(MiniupiError):
     code = "FAILED_PRECONDITION"
 
 
+INSUFFICIENT_FUNDS = "insufficient funds"
+
+
 class InsufficientFunds(FailedPrecondition):
-    pass
+    """Always worded starting with INSUFFICIENT_FUNDS, which is how a client tells it apart."""
 
 
 class Unauthenticated(MiniupiError):
@@ -67,4 +70,6 @@ BY_CODE: dict[str, type[MiniupiError]] = {
 
 def from_code(code: str, message: str) -> MiniupiError:
     """The error for a status code name, as a client receives it."""
+    if code == InsufficientFunds.code and message.startswith(INSUFFICIENT_FUNDS):
+        return InsufficientFunds(message)
     return BY_CODE.get(code, MiniupiError)(message)

@@ -39,6 +39,10 @@ class SupervisionError(Exception):
     """Something about the supervised cluster went wrong; the message says what."""
 
 
+class UnknownNode(SupervisionError, ValueError):
+    """The cluster has no node of that name."""
+
+
 class SupervisorUnavailable(SupervisionError):
     """No supervisord answers on the cluster's socket."""
 
@@ -224,7 +228,7 @@ class Supervisor:
     def _namespec(self, name: str) -> str:
         names = [n.name for n in self.cluster.nodes]
         if name not in names:
-            raise ValueError(f"no node named {name!r} (known nodes: {', '.join(names)})")
+            raise UnknownNode(f"no node named {name!r} (known nodes: {', '.join(names)})")
         return f"{GROUP}:{name}"
 
     def _control(self, method: str, name: str, harmless: int) -> None:
@@ -242,8 +246,8 @@ class Supervisor:
             raise
 
     @staticmethod
-    def _unknown_to_supervisor(name: str) -> ValueError:
-        return ValueError(
+    def _unknown_to_supervisor(name: str) -> UnknownNode:
+        return UnknownNode(
             f"supervisor does not run node {name!r}: the cluster file changed since "
             "`miniupi run`; restart the cluster to pick it up"
         )

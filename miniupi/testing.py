@@ -98,7 +98,11 @@ class LocalCluster:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
         )
         log.close()
-        self.wait_ready(timeout=timeout)
+        try:
+            self.wait_ready(timeout=timeout)
+        except BaseException:
+            self.stop()  # never leave supervisord and its nodes behind a failed start
+            raise
         return self
 
     def wait_ready(self, *nodes: str, timeout: float = 30.0) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from miniupi.errors import INSUFFICIENT_FUNDS, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from miniupi.money import INT64_MAX
 from miniupi.plugin_manager import Fire
 from miniupi.passwords import hash_password, needs_rehash, verify_password
@@ -224,7 +224,7 @@ class Ledger:
         for name, amount in debits.items():
             account = self.accounts[name]
             if account.balance - account.held < amount:
-                return Vote(False, "INSUFFICIENT_FUNDS", "insufficient funds")
+                return Vote(False, "INSUFFICIENT_FUNDS", INSUFFICIENT_FUNDS)
         for name, amount in credits.items():
             if self.accounts[name].balance + amount > INT64_MAX:
                 return Vote(False, "INSUFFICIENT_FUNDS", f"account {name}@{self.bank} cannot hold that much")

@@ -1,0 +1,69 @@
+"""Shared helpers for the cluster tests: booting, fresh accounts, bounded waits.
+
+Every test here talks real gRPC over real mTLS to real node processes started
+by `miniupi run` under supervisord; nothing is mocked.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from miniupi.client.api import Client
+from miniupi.testing import Accounts, LocalCluster
+
+T = TypeVar("T")
+PASSWORD = "pw-for-tests"
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, spec: Mapping[str, Any] | None = None,
+                    accounts: Accounts | None = None) -> Iterator[LocalCluster]:
+    """A LocalCluster for a whole module (boot costs ~1.5 s), stopped at the end."""
+    with LocalCluster(root, spec, accounts=accounts) as cluster:
+        yield cluster
+
+
+def unique_name(prefix: str = "u") -> str:
+    """A fresh account name (lower-case letters, digits, _; at most 32 chars)."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def wait_for(what: str, probe: Callable[[], T], timeout_s: float = 15.0, interval_s: float = 0.1) -> T:
+    """Poll until probe() is truthy; fail naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@pytest.fixture
+def new_user(cluster: LocalCluster) -> Iterator[Callable[..., Client]]:
+    """Register a fresh account and hand back a Client logged in as it.
+
+    Needs a `cluster` fixture in the test module. `client.session.account` is
+    the new address (user@bank).
+    """
+    clients: list[Client] = []
+
+    def make(bank: str = "bank_a", initial: int = 0, password: str = PASSWORD) -> Client:
+        account = f"{unique_name()}@{bank}"
+        client = cluster.client()
+        clients.append(client)
+        client.register(account, password, initial)
+        client.login(account, password)
+        return client
+
+    yield make
+    for client in clients:
+        with contextlib.suppress(Exception):
+            client.close()
