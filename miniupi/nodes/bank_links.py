@@ -1,4 +1,10 @@
-"""The gateway's long-lived mTLS channels to every bank, one per bank."""
+"""The gateway's long-lived mTLS channels to every bank, one per bank.
+
+Calls on them wait for the channel to be ready (bounded by each call's
+timeout) rather than failing at once: a bank that was just restarted is
+reached as soon as it listens, not after the channel's reconnect backoff,
+and a bank that stays down costs a payment its prepare timeout, no more.
+"""
 from __future__ import annotations
 
 import grpc
@@ -13,7 +19,7 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     # A restarted bank should be found again quickly, not after minutes of backoff.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
 
 

@@ -184,7 +184,7 @@ class Coordinator:
         """None for a YES vote, else the refusal to give the client."""
         request = bank_pb2.PrepareRequest(txn_id=payment.txn_id, currency=payment.currency, legs=legs)
         try:
-            reply = await self._links.stub(bank).Prepare(request, timeout=self._prepare_timeout)
+            reply = await self._links.stub(bank).Prepare(request, timeout=self._prepare_timeout, wait_for_ready=True)
         except grpc.aio.AioRpcError as e:
             logger.warning("prepare {} at {} failed: {} {}", payment.txn_id, bank, e.code().name, e.details())
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -215,7 +215,7 @@ class Coordinator:
         request = bank_pb2.DecisionRequest(txn_id=txn.payment.txn_id)
         calls = [
             (self._links.stub(b).Commit if txn.state == COMMITTED else self._links.stub(b).Abort)(
-                request, timeout=self._call_timeout)
+                request, timeout=self._call_timeout, wait_for_ready=True)
             for b in banks
         ]
         results = await asyncio.gather(*calls, return_exceptions=True)

@@ -57,7 +57,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def _bank_call(self, bank: str, method: str, request: object) -> object:
         try:
-            return await getattr(self.links.stub(bank), method)(request, timeout=self.timeout)
+            return await getattr(self.links.stub(bank), method)(request, timeout=self.timeout, wait_for_ready=True)
         except grpc.aio.AioRpcError as e:
             code = e.code()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

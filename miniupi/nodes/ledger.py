@@ -186,8 +186,10 @@ class Ledger:
         known = self.txns.get(txn_id)
         if known is not None:
             await self._commit.barrier()
-            if known.state == PREPARED:
+            if known.state == PREPARED and known.legs == tuple(legs):
                 return Vote(True)
+            if known.state == PREPARED:
+                return Vote(False, "ALREADY_DECIDED", f"transaction {txn_id} is prepared here with other legs")
             return Vote(False, "ALREADY_DECIDED", f"transaction {txn_id} is already {known.state.lower()}")
         vote = self._check(currency, legs)
         self._fire("before_vote", txn_id=txn_id, yes=vote.yes)

@@ -1,0 +1,135 @@
+"""The bank's ledger as a plain object over a real store: 2PC rules without gRPC."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from miniupi.errors import AlreadyExists, FailedPrecondition
+from miniupi.nodes.ledger import Ledger, LegSpec
+from miniupi.plugins.storage_json import JsonStore
+from miniupi.storage import GroupCommit
+
+
+def _open(path: Path, **kwargs: object) -> tuple[Ledger, GroupCommit]:
+    store = JsonStore(path)
+    commit = GroupCommit(store)
+    return Ledger("bank_a", "INR", commit, store.load(), **kwargs), commit
+
+
+def _debit(amount: int) -> tuple[LegSpec, ...]:
+    return (LegSpec("alice", -amount, "bob@bank_b"),)
+
+
+def run(coro):  # one event loop per test, as the node has one
+    return asyncio.run(coro)
+
+
+def test_prepare_holds_commit_applies_and_a_repeat_changes_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ledger, commit = _open(tmp_path)
+        await ledger.open_account("alice", "pw", 1000)
+        txn = str(uuid.uuid4())
+        assert (await ledger.prepare(txn, "INR", _debit(300))).yes
+        assert (ledger.accounts["alice"].balance, ledger.accounts["alice"].held) == (1000, 300)
+        assert (await ledger.prepare(txn, "INR", _debit(300))).yes  # a resent prepare: same vote
+        assert ledger.accounts["alice"].held == 300
+        await ledger.commit(txn)
+        await ledger.commit(txn)
+        assert (ledger.accounts["alice"].balance, ledger.accounts["alice"].held) == (700, 0)
+        await commit.close()
+
+    run(scenario())
+
+
+def test_the_available_balance_bounds_concurrent_holds(tmp_path: Path) -> None:
+    async def scenario() -> list[bool]:
+        ledger, commit = _open(tmp_path)
+        await ledger.open_account("alice", "pw", 1000)
+        votes = await asyncio.gather(*(ledger.prepare(str(uuid.uuid4()), "INR", _debit(300)) for _ in range(5)))
+        await commit.close()
+        return [v.yes for v in votes]
+
+    assert sorted(run(scenario())) == [False, False, True, True, True]
+
+
+def test_abort_releases_the_hold_and_an_unknown_abort_refuses_a_later_prepare(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ledger, commit = _open(tmp_path)
+        await ledger.open_account("alice", "pw", 1000)
+        txn, late = str(uuid.uuid4()), str(uuid.uuid4())
+        await ledger.prepare(txn, "INR", _debit(400))
+        await ledger.abort(txn)
+        assert ledger.accounts["alice"].held == 0
+        with pytest.raises(FailedPrecondition):
+            await ledger.commit(txn)
+        assert not await ledger.abort(late)  # unknown id: remembered as aborted
+        vote = await ledger.prepare(late, "INR", _debit(1))
+        assert not vote.yes and vote.refusal == "ALREADY_DECIDED"
+        await commit.close()
+
+    run(scenario())
+
+
+def test_a_reused_id_with_other_legs_is_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ledger, commit = _open(tmp_path)
+        await ledger.open_account("alice", "pw", 1000)
+        txn = str(uuid.uuid4())
+        await ledger.prepare(txn, "INR", _debit(100))
+        vote = await ledger.prepare(txn, "INR", _debit(900))
+        assert not vote.yes and ledger.accounts["alice"].held == 100
+        await commit.close()
+
+    run(scenario())
+
+
+def test_prepared_transactions_and_holds_survive_a_reopen(tmp_path: Path) -> None:
+    txn, done = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def before() -> None:
+        ledger, commit = _open(tmp_path)
+        await ledger.open_account("alice", "pw", 1000)
+        await ledger.prepare(done, "INR", _debit(100))
+        await ledger.commit(done)
+        await ledger.prepare(txn, "INR", _debit(250))
+        await commit.close()
+
+    async def after() -> None:
+        ledger, commit = _open(tmp_path)
+        alice = ledger.accounts["alice"]
+        assert (alice.balance, alice.held, ledger.prepared) == (900, 250, {txn})
+        assert [t.txn_id for t, _ in ledger.history("alice", 10)] == [done]
+        await ledger.commit(txn)
+        assert (alice.balance, alice.held) == (650, 0)
+        with pytest.raises(AlreadyExists):
+            await ledger.open_account("alice", "pw", 5)
+        await commit.close()
+
+    run(before())
+    run(after())
+
+
+def test_failed_logins_lock_the_account_durably(tmp_path: Path) -> None:
+    async def fail_until_locked() -> list[tuple[bool, float]]:
+        ledger, commit = _open(tmp_path, login_attempts=3, login_lockout_s=60)
+        await ledger.open_account("alice", "right", 0)
+        results = [await ledger.check_password("alice", "wrong") for _ in range(3)]
+        results.append(await ledger.check_password("alice", "right"))
+        await commit.close()
+        return results
+
+    async def after_restart() -> tuple[bool, float]:
+        ledger, commit = _open(tmp_path, login_attempts=3, login_lockout_s=60)
+        result = await ledger.check_password("alice", "right")
+        await commit.close()
+        return result
+
+    results = run(fail_until_locked())
+    assert results[:2] == [(False, 0.0), (False, 0.0)]
+    assert results[2][0] is False and results[2][1] == 60
+    assert results[3][0] is False and 0 < results[3][1] <= 60  # locked: even the right password waits
+    ok, locked_for = run(after_restart())
+    assert not ok and locked_for > 0
