@@ -10,7 +10,8 @@ import grpc
 from loguru import logger
 
 from miniupi.config import ClusterConfig, ConfigError
-from miniupi.errors import AlreadyExists, InvalidArgument
+from miniupi.caller import ADMIN, current_peer
+from miniupi.errors import AlreadyExists, InvalidArgument, PermissionDenied
 from miniupi.logs import setup_node_logging
 from miniupi.nodes.in_doubt import resolve_in_doubt
 from miniupi.nodes.ledger import Ledger, LegSpec
@@ -62,6 +63,18 @@ class BankServicer(bank_pb2_grpc.BankServicer):
                                                  request.initial.minor)
         return bank_pb2.AccountReply(account=account.name, balance=self._money(account.balance),
                                      held=self._money(0))
+
+    @grpc_errors
+    async def OpenAccounts(self, request: bank_pb2.OpenAccountsRequest, context: grpc.aio.ServicerContext) -> bank_pb2.OpenAccountsReply:
+        if current_peer.get() != ADMIN:
+            raise PermissionDenied("only the admin may open accounts in bulk")
+        if not request.password_hash.startswith("$argon2id$"):
+            raise InvalidArgument("password_hash must be an argon2id hash")
+        if request.initial.currency and request.initial.currency != self.ledger.currency:
+            raise InvalidArgument(f"bank holds {self.ledger.currency}, not {request.initial.currency}")
+        names = [account_name(n) for n in request.accounts]
+        opened = await self.ledger.open_accounts(names, request.password_hash, request.initial.minor)
+        return bank_pb2.OpenAccountsReply(opened=opened)
 
     @grpc_errors
     async def VerifyPassword(self, request: bank_pb2.VerifyPasswordRequest, context: grpc.aio.ServicerContext) -> bank_pb2.VerifyPasswordReply:

@@ -21,6 +21,7 @@ from miniupi.passwords import hash_password, needs_rehash, verify_password
 from miniupi.storage import GroupCommit, Put
 
 PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
+BULK_CHUNK = 5000
 
 
 @dataclass
@@ -125,14 +126,39 @@ class Ledger:
         self._opening.add(name)
         try:
             password_hash = await asyncio.to_thread(hash_password, password)
-            account = Account(name, initial, password_hash, time.time(), initial)
-            deposits = self.meta.get("deposits", 0) + initial
-            await self._commit.write([Put("accounts", name, account.record()), Put("meta", "deposits", deposits)])
-            self.meta["deposits"] = deposits
-            self.accounts[name] = account
-            return account
         finally:
             self._opening.discard(name)
+        if name in self.accounts:
+            raise AlreadyExists(f"account {name}@{self.bank} already exists")
+        account = Account(name, initial, password_hash, time.time(), initial)
+        await self._add_accounts([account])
+        return account
+
+    async def open_accounts(self, names: Sequence[str], password_hash: str, initial: int) -> int:
+        """The bulk path: many accounts sharing one password hash; existing names are skipped."""
+        if initial < 0:
+            raise InvalidArgument("initial deposit must not be negative")
+        now = time.time()
+        fresh = [Account(n, initial, password_hash, now, initial)
+                 for n in dict.fromkeys(names) if n not in self.accounts and n not in self._opening]
+        for i in range(0, len(fresh), BULK_CHUNK):
+            await self._add_accounts(fresh[i:i + BULK_CHUNK])
+        return len(fresh)
+
+    async def _add_accounts(self, accounts: Sequence[Account]) -> None:
+        # Memory first, so concurrent openings add up their deposits instead of overwriting them.
+        for account in accounts:
+            self.accounts[account.name] = account
+        deposits = self.meta.get("deposits", 0) + sum(a.opening for a in accounts)
+        self.meta["deposits"] = deposits
+        puts = [Put("accounts", a.name, a.record()) for a in accounts]
+        try:
+            await self._commit.write([*puts, Put("meta", "deposits", deposits)])
+        except Exception:
+            for account in accounts:
+                del self.accounts[account.name]
+            self.meta["deposits"] -= sum(a.opening for a in accounts)
+            raise
 
     async def check_password(self, name: str, password: str) -> tuple[bool, float]:
         """(password right, seconds the account stays locked). A locked account is not checked.

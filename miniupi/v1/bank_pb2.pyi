@@ -73,6 +73,22 @@ class OpenAccountRequest(_message.Message):
     initial: _common_pb2.Money
     def __init__(self, account: _Optional[str] = ..., password: _Optional[str] = ..., initial: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
 
+class OpenAccountsRequest(_message.Message):
+    __slots__ = ("accounts", "password_hash", "initial")
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_HASH_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_FIELD_NUMBER: _ClassVar[int]
+    accounts: _containers.RepeatedScalarFieldContainer[str]
+    password_hash: str
+    initial: _common_pb2.Money
+    def __init__(self, accounts: _Optional[_Iterable[str]] = ..., password_hash: _Optional[str] = ..., initial: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
+
+class OpenAccountsReply(_message.Message):
+    __slots__ = ("opened",)
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    opened: int
+    def __init__(self, opened: _Optional[int] = ...) -> None: ...
+
 class VerifyPasswordRequest(_message.Message):
     __slots__ = ("account", "password")
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class BankStub:
                 request_serializer=miniupi_dot_v1_dot_bank__pb2.OpenAccountRequest.SerializeToString,
                 response_deserializer=miniupi_dot_v1_dot_bank__pb2.AccountReply.FromString,
                 _registered_method=True)
+        self.OpenAccounts = channel.unary_unary(
+                '/miniupi.v1.Bank/OpenAccounts',
+                request_serializer=miniupi_dot_v1_dot_bank__pb2.OpenAccountsRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_bank__pb2.OpenAccountsReply.FromString,
+                _registered_method=True)
         self.VerifyPassword = channel.unary_unary(
                 '/miniupi.v1.Bank/VerifyPassword',
                 request_serializer=miniupi_dot_v1_dot_bank__pb2.VerifyPasswordRequest.SerializeToString,
@@ -110,6 +115,14 @@ class BankServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenAccounts(self, request, context):
+        """Open many accounts that share one already-hashed password: the bulk
+        path for setting up benchmarks and migrations. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def VerifyPassword(self, request, context):
         """Check a password against the account's stored hash.
         """
@@ -161,6 +174,11 @@ def add_BankServicer_to_server(servicer, server):
                     servicer.OpenAccount,
                     request_deserializer=miniupi_dot_v1_dot_bank__pb2.OpenAccountRequest.FromString,
                     response_serializer=miniupi_dot_v1_dot_bank__pb2.AccountReply.SerializeToString,
+            ),
+            'OpenAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenAccounts,
+                    request_deserializer=miniupi_dot_v1_dot_bank__pb2.OpenAccountsRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_bank__pb2.OpenAccountsReply.SerializeToString,
             ),
             'VerifyPassword': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyPassword,
@@ -291,6 +309,33 @@ class Bank:
             '/miniupi.v1.Bank/OpenAccount',
             miniupi_dot_v1_dot_bank__pb2.OpenAccountRequest.SerializeToString,
             miniupi_dot_v1_dot_bank__pb2.AccountReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Bank/OpenAccounts',
+            miniupi_dot_v1_dot_bank__pb2.OpenAccountsRequest.SerializeToString,
+            miniupi_dot_v1_dot_bank__pb2.OpenAccountsReply.FromString,
             options,
             channel_credentials,
             insecure,

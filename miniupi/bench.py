@@ -1,0 +1,292 @@
+"""`miniupi bench`: a load test of cross-bank payments, with latency percentiles.
+
+Closed loop (`--concurrency C --payments N`): C payers each pay as soon as
+their last payment returned. Open loop (`--rate R --duration S`): payment i
+is due at start + i/R whatever happened before, and its latency is counted
+from that due time, so queueing inside the system is not hidden.
+
+Without --config it boots a throw-away cluster (same path as `miniupi run`);
+with --config it drives the running cluster that file describes. Accounts
+are opened through the banks' bulk path with one shared password hash, so
+setting up 100,000 accounts costs one argon2 hash, not 100,000.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from miniupi.config import ClusterConfig
+from miniupi.errors import MiniupiError
+
+PASSWORD = "bench-password"
+PAYMENT_MINOR = 1  # one paisa: payers never run dry, whatever N is
+OPENING_MINOR = 10**12
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What one load process does; picklable for the worker processes."""
+
+    config_path: str
+    payers: tuple[str, ...]  # user@bank, one session each
+    payees: dict[str, tuple[str, ...]]  # bank -> accounts there
+    payments: int  # closed loop: how many; open loop: 0
+    rate: float  # open loop: payments per second; closed loop: 0
+    duration: float
+    seed: int
+
+
+@dataclass
+class Result:
+    ok: int
+    failed: int
+    latencies_ms: list[float]
+    elapsed_s: float
+    errors: dict[str, int]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def summary(results: Sequence[Result], elapsed_s: float) -> dict[str, Any]:
+    lat = sorted(x for r in results for x in r.latencies_ms)
+    ok, failed = sum(r.ok for r in results), sum(r.failed for r in results)
+    return {
+        "payments": ok + failed,
+        "ok": ok,
+        "failed": failed,
+        "throughput_per_s": round(ok / elapsed_s, 1) if elapsed_s else 0.0,
+        "latency_ms": {name: round(percentile(lat, q), 2)
+                       for name, q in (("p50", .5), ("p90", .9), ("p99", .99), ("p999", .999), ("max", 1.0))},
+    }
+
+
+# -- the load process -----------------------------------------------------
+
+
+async def _drive(plan: LoadPlan, progress: Any) -> Result:
+    from miniupi.client.api import AsyncClient
+    from miniupi.config import load_config
+
+    cluster = load_config(plan.config_path)
+    rng = random.Random(plan.seed)
+    clients = [AsyncClient(cluster) for _ in plan.payers]
+    await asyncio.gather(*(c.login(p, PASSWORD) for c, p in zip(clients, plan.payers)))
+    other_banks = {p: [b for b in plan.payees if b != p.split("@")[1]] for p in plan.payers}
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    ok = 0
+
+    async def pay_once(client: AsyncClient, payer: str, due: float) -> None:
+        nonlocal ok
+        bank = rng.choice(other_banks[payer])
+        payee = f"{rng.choice(plan.payees[bank])}@{bank}"
+        try:
+            await client.pay(payee, PAYMENT_MINOR)
+        except MiniupiError as e:
+            errors[e.code] = errors.get(e.code, 0) + 1
+        else:
+            ok += 1
+            latencies.append((time.perf_counter() - due) * 1000)
+        progress.value += 1
+
+    start = time.perf_counter()
+    if plan.rate <= 0:
+        remaining = [plan.payments]
+
+        async def worker(client: AsyncClient, payer: str) -> None:
+            while remaining[0] > 0:
+                remaining[0] -= 1
+                await pay_once(client, payer, time.perf_counter())
+
+        await asyncio.gather(*(worker(c, p) for c, p in zip(clients, plan.payers)))
+    else:
+        total = int(plan.rate * plan.duration)
+        tasks: set[asyncio.Task[None]] = set()
+        for i in range(total):
+            due = start + i / plan.rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            k = i % len(clients)
+            task = asyncio.create_task(pay_once(clients[k], plan.payers[k], due))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    await asyncio.gather(*(c.close() for c in clients))
+    return Result(ok, sum(errors.values()), latencies, elapsed, errors)
+
+
+def _load_process(plan: LoadPlan, progress: Any, out: Any) -> None:
+    out.put(asdict(asyncio.run(_drive(plan, progress))))
+
+
+# -- set-up ---------------------------------------------------------------
+
+
+async def open_bench_accounts(cluster: ClusterConfig, per_bank: int) -> dict[str, tuple[str, ...]]:
+    """Open a{0..per_bank-1} at every bank through the admin's bulk path."""
+    from miniupi.passwords import hash_password
+    from miniupi.tls import channel_credentials
+    from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
+
+    password_hash = await asyncio.to_thread(hash_password, PASSWORD)
+    names = tuple(f"a{i}" for i in range(per_bank))
+    creds = channel_credentials(cluster.certs_dir, "admin")
+    for bank, node in cluster.banks.items():
+        async with grpc.aio.secure_channel(node.address, creds) as channel:
+            stub = bank_pb2_grpc.BankStub(channel)
+            for i in range(0, len(names), 5000):
+                await stub.OpenAccounts(bank_pb2.OpenAccountsRequest(
+                    accounts=names[i:i + 5000], password_hash=password_hash,
+                    initial=common_pb2.Money(minor=OPENING_MINOR, currency=cluster.currency)), timeout=120)
+    return {bank: names for bank in cluster.banks}
+
+
+def bench_spec(banks: int, storage: str) -> dict[str, Any]:
+    return {
+        "cluster": {"name": "bench"},
+        "gateway": {"storage": storage},
+        "banks": {f"bank_{i}": {"storage": storage} for i in range(banks)},
+    }
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    config: str | None
+    banks: int
+    storage: str
+    accounts: int
+    concurrency: int
+    payments: int
+    rate: float
+    duration: float
+    processes: int
+    seed: int
+    audit: bool
+
+
+def run_bench(opts: BenchOptions, json_output: bool) -> dict[str, Any]:
+    """Set up, drive the load with a progress bar, print the table, audit."""
+    from miniupi.config import load_config
+    from miniupi.testing import LocalCluster
+
+    local: LocalCluster | None = None
+    if opts.config:
+        cluster = load_config(opts.config)
+    else:
+        root = Path(tempfile.mkdtemp(prefix="miniupi-bench-"))
+        local = LocalCluster(root, bench_spec(opts.banks, opts.storage)).start()
+        cluster = local.config
+    try:
+        say = (lambda *a: print(*a, file=sys.stderr)) if json_output else print
+        say(f"bench: seed {opts.seed}; {len(cluster.banks)} banks, {opts.accounts} accounts each, "
+            f"concurrency {opts.concurrency}, {opts.processes} load process(es)")
+        t = time.perf_counter()
+        payees = asyncio.run(open_bench_accounts(cluster, opts.accounts))
+        say(f"bench: opened {opts.accounts * len(cluster.banks)} accounts in {time.perf_counter() - t:.1f}s")
+        result = _run_load(cluster, payees, opts, show_progress=True)
+        if opts.audit:
+            from miniupi.audit import audit
+
+            report = asyncio.run(audit(cluster, settle_s=60))
+            result["audit_ok"] = report.ok
+            result["audit_violations"] = report.violations[:20]
+        if json_output:
+            print(json.dumps(result))
+        else:
+            print_table(result)
+        return result
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def _run_load(cluster: ClusterConfig, payees: dict[str, tuple[str, ...]], opts: BenchOptions,
+              show_progress: bool) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    banks = list(cluster.banks)
+    payers = [f"{payees[banks[i % len(banks)]][i // len(banks) % opts.accounts]}@{banks[i % len(banks)]}"
+              for i in range(opts.concurrency)]
+    ctx = mp.get_context("spawn")
+    progress = [ctx.Value("q", 0, lock=False) for _ in range(opts.processes)]
+    out = ctx.Queue()
+    plans = []
+    for k in range(opts.processes):
+        mine = tuple(payers[k::opts.processes])
+        share = opts.payments // opts.processes + (1 if k < opts.payments % opts.processes else 0)
+        plans.append(LoadPlan(str(cluster.path), mine, payees, share, opts.rate / opts.processes,
+                              opts.duration, opts.seed + k))
+    total = opts.payments if opts.rate <= 0 else int(opts.rate * opts.duration)
+    procs = [ctx.Process(target=_load_process, args=(plan, progress[k], out), daemon=True)
+             for k, plan in enumerate(plans)]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    results: list[Result] = []
+    with tqdm(total=total, unit="pay", disable=not show_progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        while len(results) < len(procs):
+            done = sum(v.value for v in progress)
+            bar.update(done - bar.n)
+            while not out.empty():
+                results.append(Result(**out.get()))
+            if any(p.exitcode not in (None, 0) for p in procs):
+                raise MiniupiError(f"a load process failed (exit {[p.exitcode for p in procs]})")
+            time.sleep(0.2)
+        bar.update(sum(v.value for v in progress) - bar.n)
+    for p in procs:
+        p.join(10)
+    elapsed = max(r.elapsed_s for r in results) if results else time.perf_counter() - start
+    result = summary(results, elapsed)
+    errors: dict[str, int] = {}
+    for r in results:
+        for code, n in r.errors.items():
+            errors[code] = errors.get(code, 0) + n
+    result["errors"] = errors
+    result["seed"] = opts.seed
+    result["command"] = " ".join(["miniupi", *sys.argv[1:]]) if sys.argv and "bench" in sys.argv else ""
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    lat = result["latency_ms"]
+    rows = [
+        ("payments", f"{result['payments']}"),
+        ("ok / failed", f"{result['ok']} / {result['failed']}"),
+        ("throughput", f"{result['throughput_per_s']:.1f} payments/s"),
+        ("latency p50", f"{lat['p50']:.2f} ms"),
+        ("latency p90", f"{lat['p90']:.2f} ms"),
+        ("latency p99", f"{lat['p99']:.2f} ms"),
+        ("latency p99.9", f"{lat['p999']:.2f} ms"),
+        ("latency max", f"{lat['max']:.2f} ms"),
+    ]
+    if result.get("errors"):
+        rows.append(("errors", ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items()))))
+    if "audit_ok" in result:
+        rows.append(("audit", "every invariant held" if result["audit_ok"] else
+                     "VIOLATIONS: " + "; ".join(result["audit_violations"])))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def default_seed() -> int:
+    return int.from_bytes(os.urandom(4), "big")
