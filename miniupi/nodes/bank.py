@@ -11,7 +11,7 @@ from loguru import logger
 
 from miniupi.config import ClusterConfig, ConfigError
 from miniupi.caller import ADMIN, current_peer
-from miniupi.errors import AlreadyExists, InvalidArgument, PermissionDenied
+from miniupi.errors import AlreadyExists, InvalidArgument, MiniupiError, PermissionDenied
 from miniupi.logs import setup_node_logging
 from miniupi.nodes.in_doubt import resolve_in_doubt
 from miniupi.nodes.ledger import Ledger, LegSpec
@@ -36,8 +36,7 @@ class BankServicer(bank_pb2_grpc.BankServicer):
     def _money(self, minor: int) -> common_pb2.Money:
         return common_pb2.Money(minor=minor, currency=self.ledger.currency)
 
-    @grpc_errors
-    async def Prepare(self, request: bank_pb2.PrepareRequest, context: grpc.aio.ServicerContext) -> bank_pb2.PrepareReply:
+    async def _vote(self, request: bank_pb2.PrepareRequest) -> bank_pb2.PrepareReply:
         if len(request.legs) > MAX_LEGS:
             raise InvalidArgument(f"at most {MAX_LEGS} legs in one prepare")
         legs = [LegSpec(account_name(leg.account), leg.delta_minor, leg.counterparty[:80]) for leg in request.legs]
@@ -45,13 +44,48 @@ class BankServicer(bank_pb2_grpc.BankServicer):
         return bank_pb2.PrepareReply(yes=vote.yes, refusal=vote.refusal or "VOTE_REFUSAL_UNSPECIFIED",
                                      detail=vote.detail)
 
+    async def _decide(self, txn_id: str, commit: bool) -> bool:
+        txn_id = valid_txn_id(txn_id)
+        return await (self.ledger.commit(txn_id) if commit else self.ledger.abort(txn_id))
+
+    @grpc_errors
+    async def Prepare(self, request: bank_pb2.PrepareRequest, context: grpc.aio.ServicerContext) -> bank_pb2.PrepareReply:
+        return await self._vote(request)
+
     @grpc_errors
     async def Commit(self, request: bank_pb2.DecisionRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecisionReply:
-        return bank_pb2.DecisionReply(known=await self.ledger.commit(valid_txn_id(request.txn_id)))
+        return bank_pb2.DecisionReply(known=await self._decide(request.txn_id, commit=True))
 
     @grpc_errors
     async def Abort(self, request: bank_pb2.DecisionRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecisionReply:
-        return bank_pb2.DecisionReply(known=await self.ledger.abort(valid_txn_id(request.txn_id)))
+        return bank_pb2.DecisionReply(known=await self._decide(request.txn_id, commit=False))
+
+    @grpc_errors
+    async def PrepareMany(self, request: bank_pb2.PrepareManyRequest, context: grpc.aio.ServicerContext) -> bank_pb2.PrepareManyReply:
+        # Concurrent, so every vote of the batch shares one group-committed write.
+        results = await asyncio.gather(*(self._vote(p) for p in request.prepares), return_exceptions=True)
+        votes = []
+        for result in results:
+            if isinstance(result, MiniupiError):
+                result = bank_pb2.PrepareReply(yes=False, refusal=bank_pb2.INVALID_REQUEST, detail=result.message)
+            elif isinstance(result, BaseException):
+                raise result
+            votes.append(result)
+        return bank_pb2.PrepareManyReply(votes=votes)
+
+    @grpc_errors
+    async def DecideMany(self, request: bank_pb2.DecideManyRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecideManyReply:
+        results = await asyncio.gather(*(self._decide(d.txn_id, d.commit) for d in request.decisions),
+                                       return_exceptions=True)
+        outcomes = []
+        for result in results:
+            if isinstance(result, MiniupiError):
+                outcomes.append(bank_pb2.DecisionOutcome(applied=False, error=result.message))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                outcomes.append(bank_pb2.DecisionOutcome(applied=True, known=result))
+        return bank_pb2.DecideManyReply(outcomes=outcomes)
 
     @grpc_errors
     async def OpenAccount(self, request: bank_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:

@@ -184,7 +184,7 @@ class Coordinator:
         """None for a YES vote, else the refusal to give the client."""
         request = bank_pb2.PrepareRequest(txn_id=payment.txn_id, currency=payment.currency, legs=legs)
         try:
-            reply = await self._links.stub(bank).Prepare(request, timeout=self._prepare_timeout, wait_for_ready=True)
+            reply = await self._links.prepare(bank, request)
         except grpc.aio.AioRpcError as e:
             logger.warning("prepare {} at {} failed: {} {}", payment.txn_id, bank, e.code().name, e.details())
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -211,22 +211,20 @@ class Coordinator:
         self._mark_acked(txn)
 
     async def _send_decision(self, txn: Txn) -> bool:
-        banks = banks_and_legs(txn.payment)
-        request = bank_pb2.DecisionRequest(txn_id=txn.payment.txn_id)
-        calls = [
-            (self._links.stub(b).Commit if txn.state == COMMITTED else self._links.stub(b).Abort)(
-                request, timeout=self._call_timeout, wait_for_ready=True)
-            for b in banks
-        ]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        failed = [(b, r) for b, r in zip(banks, results) if isinstance(r, BaseException)]
+        banks = list(banks_and_legs(txn.payment))
+        commit = txn.state == COMMITTED
+        results = await asyncio.gather(*(self._links.decide(b, txn.payment.txn_id, commit) for b in banks),
+                                       return_exceptions=True)
+        acked = True
         for bank, result in zip(banks, results):
-            if not isinstance(result, BaseException):
+            if isinstance(result, BaseException) or not result.applied:
+                acked = False
+                detail = (f"{result.code().name} {result.details()}" if isinstance(result, grpc.aio.AioRpcError)
+                          else result.error if isinstance(result, bank_pb2.DecisionOutcome) else repr(result))
+                logger.warning("{} of {} at {} not acknowledged: {}", txn.state, txn.payment.txn_id, bank, detail)
+            else:
                 self._fire("after_decision_sent", txn_id=txn.payment.txn_id, bank=bank, decision=txn.state)
-        for bank, error in failed:
-            detail = f"{error.code().name} {error.details()}" if isinstance(error, grpc.aio.AioRpcError) else repr(error)
-            logger.warning("{} of {} at {} not acknowledged: {}", txn.state, txn.payment.txn_id, bank, detail)
-        return not failed
+        return acked
 
     def _mark_acked(self, txn: Txn) -> None:
         txn.acked = True

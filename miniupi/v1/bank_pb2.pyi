@@ -15,11 +15,13 @@ class VoteRefusal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNKNOWN_ACCOUNT: _ClassVar[VoteRefusal]
     ALREADY_DECIDED: _ClassVar[VoteRefusal]
     WRONG_CURRENCY: _ClassVar[VoteRefusal]
+    INVALID_REQUEST: _ClassVar[VoteRefusal]
 VOTE_REFUSAL_UNSPECIFIED: VoteRefusal
 INSUFFICIENT_FUNDS: VoteRefusal
 UNKNOWN_ACCOUNT: VoteRefusal
 ALREADY_DECIDED: VoteRefusal
 WRONG_CURRENCY: VoteRefusal
+INVALID_REQUEST: VoteRefusal
 
 class Leg(_message.Message):
     __slots__ = ("account", "delta_minor", "counterparty")
@@ -50,6 +52,48 @@ class PrepareReply(_message.Message):
     refusal: VoteRefusal
     detail: str
     def __init__(self, yes: _Optional[bool] = ..., refusal: _Optional[_Union[VoteRefusal, str]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class PrepareManyRequest(_message.Message):
+    __slots__ = ("prepares",)
+    PREPARES_FIELD_NUMBER: _ClassVar[int]
+    prepares: _containers.RepeatedCompositeFieldContainer[PrepareRequest]
+    def __init__(self, prepares: _Optional[_Iterable[_Union[PrepareRequest, _Mapping]]] = ...) -> None: ...
+
+class PrepareManyReply(_message.Message):
+    __slots__ = ("votes",)
+    VOTES_FIELD_NUMBER: _ClassVar[int]
+    votes: _containers.RepeatedCompositeFieldContainer[PrepareReply]
+    def __init__(self, votes: _Optional[_Iterable[_Union[PrepareReply, _Mapping]]] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("txn_id", "commit")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    commit: bool
+    def __init__(self, txn_id: _Optional[str] = ..., commit: _Optional[bool] = ...) -> None: ...
+
+class DecideManyRequest(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
+
+class DecisionOutcome(_message.Message):
+    __slots__ = ("applied", "known", "error")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    known: bool
+    error: str
+    def __init__(self, applied: _Optional[bool] = ..., known: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class DecideManyReply(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[DecisionOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[DecisionOutcome, _Mapping]]] = ...) -> None: ...
 
 class DecisionRequest(_message.Message):
     __slots__ = ("txn_id",)

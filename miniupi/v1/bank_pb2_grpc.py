@@ -49,6 +49,16 @@ class BankStub:
                 request_serializer=miniupi_dot_v1_dot_bank__pb2.DecisionRequest.SerializeToString,
                 response_deserializer=miniupi_dot_v1_dot_bank__pb2.DecisionReply.FromString,
                 _registered_method=True)
+        self.PrepareMany = channel.unary_unary(
+                '/miniupi.v1.Bank/PrepareMany',
+                request_serializer=miniupi_dot_v1_dot_bank__pb2.PrepareManyRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_bank__pb2.PrepareManyReply.FromString,
+                _registered_method=True)
+        self.DecideMany = channel.unary_unary(
+                '/miniupi.v1.Bank/DecideMany',
+                request_serializer=miniupi_dot_v1_dot_bank__pb2.DecideManyRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_bank__pb2.DecideManyReply.FromString,
+                _registered_method=True)
         self.OpenAccount = channel.unary_unary(
                 '/miniupi.v1.Bank/OpenAccount',
                 request_serializer=miniupi_dot_v1_dot_bank__pb2.OpenAccountRequest.SerializeToString,
@@ -103,6 +113,21 @@ class BankServicer:
     def Abort(self, request, context):
         """Phase 2: release a prepared transaction. Idempotent; an abort for an
         unknown id succeeds and makes a later prepare of that id vote no.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareMany(self, request, context):
+        """Phase 1 for many transactions in one call: the gateway's fast path.
+        Replies come in request order; each vote is durable as for Prepare.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideMany(self, request, context):
+        """Phase 2 for many transactions in one call, each as Commit or Abort.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +194,16 @@ def add_BankServicer_to_server(servicer, server):
                     servicer.Abort,
                     request_deserializer=miniupi_dot_v1_dot_bank__pb2.DecisionRequest.FromString,
                     response_serializer=miniupi_dot_v1_dot_bank__pb2.DecisionReply.SerializeToString,
+            ),
+            'PrepareMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareMany,
+                    request_deserializer=miniupi_dot_v1_dot_bank__pb2.PrepareManyRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_bank__pb2.PrepareManyReply.SerializeToString,
+            ),
+            'DecideMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideMany,
+                    request_deserializer=miniupi_dot_v1_dot_bank__pb2.DecideManyRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_bank__pb2.DecideManyReply.SerializeToString,
             ),
             'OpenAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenAccount,
@@ -282,6 +317,60 @@ class Bank:
             '/miniupi.v1.Bank/Abort',
             miniupi_dot_v1_dot_bank__pb2.DecisionRequest.SerializeToString,
             miniupi_dot_v1_dot_bank__pb2.DecisionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Bank/PrepareMany',
+            miniupi_dot_v1_dot_bank__pb2.PrepareManyRequest.SerializeToString,
+            miniupi_dot_v1_dot_bank__pb2.PrepareManyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Bank/DecideMany',
+            miniupi_dot_v1_dot_bank__pb2.DecideManyRequest.SerializeToString,
+            miniupi_dot_v1_dot_bank__pb2.DecideManyReply.FromString,
             options,
             channel_credentials,
             insecure,
