@@ -17,20 +17,26 @@ Result = TypeVar("Result")
 
 class Batcher(Generic[Item, Result]):
     def __init__(self, send: Callable[[list[Item]], Awaitable[Sequence[Result]]], max_batch: int = 512,
-                 max_in_flight: int = 2) -> None:
+                 max_in_flight: int = 1) -> None:
         self._send, self._max_batch, self._max_in_flight = send, max_batch, max_in_flight
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._in_flight = 0
+        self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> Result:
         """The result for `item`, or the exception its batch call raised."""
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
         self._pending.append((item, future))
-        self._launch()
+        if not self._scheduled:
+            # Launch on the next turn of the loop, so that items submitted in this turn go together.
+            self._scheduled = True
+            loop.call_soon(self._launch)
         return await future
 
     def _launch(self) -> None:
+        self._scheduled = False
         while self._pending and self._in_flight < self._max_in_flight:
             batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
             self._in_flight += 1

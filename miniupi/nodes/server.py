@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from loguru import logger
 
 from miniupi.config import NodeConfig
+from miniupi.logs import flush_logs_periodically
 from miniupi.storage import GroupCommit, Store, StoreDamaged
 from miniupi.tls import server_credentials
 
@@ -69,6 +70,7 @@ async def serve(
                 node.storage, node.auth)
     pm.hook.miniupi_node_started(node=node, address=address)
 
+    flusher = asyncio.create_task(flush_logs_periodically())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -78,3 +80,6 @@ async def serve(
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=2)
     await on_stop()
+    flusher.cancel()
+    await asyncio.gather(flusher, return_exceptions=True)
+    await logger.complete()
