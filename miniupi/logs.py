@@ -41,10 +41,18 @@ class _BatchedStdout:
 
 _stdout = _BatchedStdout()
 atexit.register(_stdout.flush)
+_json_lines = False
+
+
+def structured_logs() -> bool:
+    """True when log lines are JSON, so extra fields are worth binding to records."""
+    return _json_lines
 
 
 def setup_node_logging(node: NodeConfig, json_lines: bool = False) -> None:
     """Send this node's records to stdout (supervisord shows them) and to data_dir/NAME.log."""
+    global _json_lines
+    _json_lines = json_lines
     # Everything a node creates (logs, stores) is its owner's alone: 0600 files, 0700 directories.
     os.umask(0o077)
     logger.remove()
