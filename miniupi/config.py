@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG = "config/cluster.toml"
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# \Z, not $: "$" would also accept a name ending in a newline.
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 RESERVED_NAMES = frozenset({"gateway", "client", "admin", "ca"})
 
 

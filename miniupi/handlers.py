@@ -16,6 +16,35 @@ import grpc
 Around = Callable[[Any, grpc.aio.ServicerContext], AbstractAsyncContextManager[Any]]
 
 
+class Malformed:
+    """Stands in for a request whose bytes are not the method's message.
+
+    gRPC would answer a failed parse with UNKNOWN; a caller's bad bytes are
+    their mistake, so the wrapped handler answers INVALID_ARGUMENT instead.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as e:
+            return Malformed(e)
+
+    return parse
+
+
+async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, Malformed):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message")
+
+
 def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
     """The same method, with every call run inside `around(request, context)`."""
     if handler.unary_unary is not None:
@@ -23,20 +52,22 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with around(request, context):
+                await _refuse_malformed(request, context)
                 return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=handler.request_deserializer,
+            unary, request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer)
     if handler.unary_stream is not None:
         inner_stream = handler.unary_stream
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with around(request, context):
+                await _refuse_malformed(request, context)
                 async for reply in inner_stream(request, context):
                     yield reply
 
         return grpc.unary_stream_rpc_method_handler(
-            stream, request_deserializer=handler.request_deserializer,
+            stream, request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer)
     raise TypeError("miniupi serves only unary and server-streaming methods")

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
+from miniupi.certs import write_file
 from miniupi.config import ClusterConfig, NodeConfig
 
 # sun_path is 108 bytes with the NUL on Linux, 104 on macOS; stay under both.
@@ -136,6 +137,7 @@ def write_supervisord_conf(cluster: ClusterConfig) -> Path:
         f"pidfile = {_ini(data_dir / 'supervisord.pid')}",
         f"childlogdir = {_ini(data_dir)}",
         "loglevel = warn",
+        "umask = 077",
         "",
         "[unix_http_server]",
         f"file = {_ini(sock)}",
@@ -171,9 +173,7 @@ def write_supervisord_conf(cluster: ClusterConfig) -> Path:
             'environment = PYTHONUNBUFFERED="1"',
         ]
     path = conf_path(cluster)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_file(path, ("\n".join(lines) + "\n").encode(), 0o600)
     return path
 
 
@@ -340,5 +340,7 @@ def run(cluster: ClusterConfig) -> NoReturn:
     print(f"logs below; Ctrl-C stops everything (data in {cluster.data_dir})", flush=True)
     argv = supervisord_argv(cluster)
     # exec, not spawn: Ctrl-C and SIGTERM then reach supervisord directly.
+    # supervisord applies its own umask only when it daemonizes: set it here, for its log and pid files.
+    os.umask(0o077)
     os.execv(argv[0], argv)
     raise AssertionError("unreachable")  # os.execv only returns by raising

@@ -147,9 +147,11 @@ class Ledger:
 
     async def _add_accounts(self, accounts: Sequence[Account]) -> None:
         # Memory first, so concurrent openings add up their deposits instead of overwriting them.
+        deposits = self.meta.get("deposits", 0) + sum(a.opening for a in accounts)
+        if deposits > INT64_MAX:
+            raise FailedPrecondition(f"bank {self.bank} cannot hold that much money")
         for account in accounts:
             self.accounts[account.name] = account
-        deposits = self.meta.get("deposits", 0) + sum(a.opening for a in accounts)
         self.meta["deposits"] = deposits
         puts = [Put("accounts", a.name, a.record()) for a in accounts]
         try:

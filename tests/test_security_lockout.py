@@ -1,0 +1,144 @@
+"""Security, password guessing: an account locks after `login_attempts` failed logins in a row.
+
+While locked, Login says so (PERMISSION_DENIED, "locked ... try again in N s")
+and does not even check the password, so the right one is refused too and a
+guesser learns nothing. The lock lasts `login_lockout_s`; the count and the
+lock are stored with the account, so restarting the bank resets neither.
+Both stores are covered: bank_a is SQLite, bank_b is JSON.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from miniupi.errors import MiniupiError, PermissionDenied, Unauthenticated
+from miniupi.testing import LocalCluster
+
+pytestmark = pytest.mark.timeout(120)
+
+ATTEMPTS = 3
+SHORT_LOCK_S = 3.0
+LONG_LOCK_S = 120.0
+PASSWORD = "right-password"
+BANKS = ["bank_a", "bank_b"]
+
+
+def spec(lockout_s: float) -> dict:
+    return {
+        "cluster": {"name": "sec-lockout", "prepare_timeout_s": 2, "call_timeout_s": 2,
+                    "login_attempts": ATTEMPTS, "login_lockout_s": lockout_s},
+        "gateway": {"storage": "sqlite"},
+        "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
+    }
+
+
+@pytest.fixture(scope="module")
+def short_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path_factory.mktemp("sec_lock_short"), spec(SHORT_LOCK_S)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def long_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Locks that outlast any restart, so a test about restarts cannot pass by the lock running out."""
+    with LocalCluster(tmp_path_factory.mktemp("sec_lock_long"), spec(LONG_LOCK_S)) as c:
+        yield c
+
+
+def new_account(cluster: LocalCluster, bank: str) -> str:
+    account = f"guessed_{uuid.uuid4().hex[:10]}@{bank}"
+    with cluster.client() as c:
+        c.register(account, PASSWORD, 10_00)
+    return account
+
+
+def try_login(cluster: LocalCluster, account: str, password: str) -> MiniupiError | None:
+    """None if the login worked, else the refusal."""
+    with cluster.client() as c:
+        try:
+            c.login(account, password)
+        except MiniupiError as e:
+            return e
+    return None
+
+
+def assert_locked(refusal: MiniupiError | None) -> None:
+    assert isinstance(refusal, PermissionDenied), refusal
+    assert "locked" in refusal.message and "try again in" in refusal.message
+
+
+def lock(cluster: LocalCluster, account: str) -> float:
+    """Fail `ATTEMPTS` logins; the last one locks. Returns when the lock started."""
+    for _ in range(ATTEMPTS - 1):
+        refusal = try_login(cluster, account, "wrong")
+        assert isinstance(refusal, Unauthenticated) and "wrong account or password" in refusal.message, refusal
+    locked_at = time.monotonic()
+    assert_locked(try_login(cluster, account, "wrong"))
+    return locked_at
+
+
+def test_failed_logins_lock_the_account_even_against_the_right_password_until_the_lock_expires(
+        short_lock: LocalCluster) -> None:
+    cluster = short_lock
+    accounts = [new_account(cluster, bank) for bank in BANKS]
+    locked_at = {account: lock(cluster, account) for account in accounts}
+
+    for account in accounts:
+        assert_locked(try_login(cluster, account, PASSWORD))
+        # Guessing on while locked neither gets in nor makes the lock longer.
+        for _ in range(ATTEMPTS + 1):
+            assert_locked(try_login(cluster, account, "wrong again"))
+
+    time.sleep(max(0.0, max(locked_at.values()) + SHORT_LOCK_S + 0.2 - time.monotonic()))
+
+    for account in accounts:
+        # The count starts afresh: one wrong password is just that, not another lock.
+        assert isinstance(try_login(cluster, account, "wrong"), Unauthenticated)
+        assert try_login(cluster, account, PASSWORD) is None
+
+
+def test_command_line_login_says_the_account_is_locked(short_lock: LocalCluster) -> None:
+    cluster = short_lock
+    account = new_account(cluster, "bank_b")
+    lock(cluster, account)
+    done = cluster.cli("login", account, "--password-stdin", input=PASSWORD + "\n",
+                       home=cluster.root / f"home_{uuid.uuid4().hex[:6]}")
+    assert done.returncode != 0
+    assert "locked" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("bank", BANKS)
+def test_a_good_login_resets_the_count(long_lock: LocalCluster, bank: str) -> None:
+    cluster = long_lock
+    account = new_account(cluster, bank)
+    for _ in range(2):
+        for _ in range(ATTEMPTS - 1):
+            assert isinstance(try_login(cluster, account, "wrong"), Unauthenticated)
+        assert try_login(cluster, account, PASSWORD) is None
+
+
+@pytest.mark.parametrize("bank", BANKS)
+def test_lock_is_per_account(long_lock: LocalCluster, bank: str) -> None:
+    cluster = long_lock
+    victim, neighbour = new_account(cluster, bank), new_account(cluster, bank)
+    lock(cluster, victim)
+    assert try_login(cluster, neighbour, PASSWORD) is None
+    assert_locked(try_login(cluster, victim, PASSWORD))
+
+
+@pytest.mark.parametrize("bank", BANKS)
+def test_lock_and_failure_count_survive_a_bank_restart(long_lock: LocalCluster, bank: str) -> None:
+    cluster = long_lock
+    locked, counting = new_account(cluster, bank), new_account(cluster, bank)
+    lock(cluster, locked)
+    for _ in range(ATTEMPTS - 1):  # one short of the lock
+        assert isinstance(try_login(cluster, counting, "wrong"), Unauthenticated)
+
+    cluster.restart_node(bank)
+
+    assert_locked(try_login(cluster, locked, PASSWORD))
+    assert_locked(try_login(cluster, counting, "wrong"))  # the earlier failures still counted
+    assert_locked(try_login(cluster, counting, PASSWORD))
