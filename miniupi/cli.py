@@ -50,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=30.0, metavar="S",
                    help="seconds to let in-flight payments settle before judging (default 30)")
 
+    p = add("bench", "load test: cross-bank payments with latency percentiles", json_output=True)
+    p.add_argument("--banks", type=int, default=2, help="banks in the throw-away cluster (default 2)")
+    p.add_argument("--storage", default="sqlite", help="storage plugin of every node (default sqlite)")
+    p.add_argument("--accounts", type=int, default=1000, help="accounts opened per bank (default 1000)")
+    p.add_argument("--concurrency", type=int, default=64, help="payers paying at once (default 64)")
+    p.add_argument("--payments", type=int, default=10000, help="closed loop: how many payments (default 10000)")
+    p.add_argument("--rate", type=float, default=0.0, help="open loop: payments per second")
+    p.add_argument("--duration", type=float, default=10.0, help="open loop: seconds (default 10)")
+    p.add_argument("--processes", type=int, default=1, help="load processes (default 1)")
+    p.add_argument("--seed", type=int, help="random seed (printed; default random)")
+    p.add_argument("--no-audit", action="store_true", help="skip the invariant check at the end")
+
     p = add("bank", "run one bank node in the foreground")
     p.add_argument("--name", required=True)
     p.add_argument("--port", type=int)
@@ -75,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("to", metavar="TO", help="payee, user@bank")
     p.add_argument("amount", metavar="AMOUNT", help="such as 125.50")
     p.add_argument("--id", metavar="UUID", help="transaction id (default: a new UUID4); reuse it to retry safely")
+    p = add("queue", "payments waiting in the outbox, with attempts and next attempt time", json_output=True)
+    p.add_argument("--all", action="store_true", help="also the latest done and failed payments")
+    p.add_argument("--limit", type=int, default=50, help="with --all: how many")
+    add("sync", "send the queued payments now and report each result", json_output=True)
+    p = add("client", "interactive client (REPL) that sends queued payments in the background")
+    p.add_argument("--retry-base", type=float, metavar="S", help="first retry wait (default $MINIUPI_RETRY_BASE_S or 5)")
+    p.add_argument("--retry-cap", type=float, metavar="S", help="longest retry wait (default $MINIUPI_RETRY_CAP_S or 300)")
     return parser
 
 
@@ -137,6 +156,22 @@ def cmd_audit(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from miniupi.bench import BenchOptions, default_seed, run_bench
+
+    if min(args.banks, args.accounts, args.concurrency, args.processes) < 1 or args.payments < 0:
+        raise BadAmount("--banks, --accounts, --concurrency and --processes must be at least 1")
+    if args.banks < 2:
+        raise BadAmount("--banks must be at least 2: the benchmark pays across banks")
+    result = run_bench(BenchOptions(
+        config=args.config, banks=args.banks, storage=args.storage, accounts=args.accounts,
+        concurrency=args.concurrency, payments=args.payments, rate=args.rate, duration=args.duration,
+        processes=args.processes, seed=args.seed if args.seed is not None else default_seed(),
+        audit=not args.no_audit), args.json)
+    if result.get("audit_ok") is False:
+        raise SystemExit(1)
+
+
 def cmd_bank(args: argparse.Namespace) -> None:
     from miniupi.nodes.bank import run_bank
 
@@ -163,9 +198,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "restart": cmd_control,
     "certs": cmd_certs,
     "audit": cmd_audit,
+    "bench": cmd_bench,
     "bank": cmd_bank,
     "gateway": cmd_gateway,
-    **{verb: cmd_client for verb in ("register", "login", "logout", "balance", "history", "pay")},
+    **{verb: cmd_client for verb in ("register", "login", "logout", "balance", "history", "pay",
+                                     "queue", "sync", "client")},
 }
 
 

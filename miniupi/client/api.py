@@ -2,22 +2,35 @@
 
 AsyncClient is the real one; Client runs it on a private event loop for
 programs and tests that are not asynchronous.
+
+`pay` sends one request and raises what the gateway says. Given an outbox
+(outbox.py), the client also takes payments that must survive being
+offline: `submit` writes the payment to the outbox, durably, then sends the
+payer's queue in order; `sync` sends what is queued; `deliver_forever` is
+the background task that retries with backoff (sync.py).
 """
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from miniupi.caller import ADMIN, SESSION_METADATA_KEY
-from miniupi.config import ClusterConfig
-from miniupi.errors import MiniupiError, Unauthenticated, Unavailable, from_code
+from miniupi.config import ClusterConfig, split_address
+from miniupi.errors import InvalidArgument, MiniupiError, NotFound, Unauthenticated, Unavailable, from_code
 from miniupi.tls import channel_credentials
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+if TYPE_CHECKING:
+    from miniupi.client.backoff import RetryPolicy
+    from miniupi.client.outbox import Outbox, OutboxEntry
+    from miniupi.client.sync import Courier, SyncReport
 
 T = TypeVar("T")
 # Our own nodes word UNAVAILABLE this way; anything else is the transport.
@@ -54,24 +67,72 @@ class PayResult:
     state: str
 
 
+UNREACHABLE, NO_ANSWER = "gateway unreachable", "gateway did not answer in time"
+
+
 def as_error(e: grpc.aio.AioRpcError) -> MiniupiError:
     """A status from the wire as the domain error it stands for."""
     code, details = e.code(), e.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE and not details.startswith(_SERVER_UNAVAILABLE_PREFIXES):
-        return Unavailable("gateway unreachable")
+        return Unavailable(UNREACHABLE)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return Unavailable("gateway did not answer in time")
+        return Unavailable(NO_ANSWER)
     return from_code(code.name, details or code.name.lower())
+
+
+def is_transport_failure(error: BaseException | None) -> bool:
+    """True when the gateway was not reached or did not answer, as opposed to answering UNAVAILABLE itself."""
+    return isinstance(error, Unavailable) and error.message in (UNREACHABLE, NO_ANSWER)
+
+
+def check_txn_id(value: str) -> str:
+    """The gateway's rule, checked before a payment is queued: a lower-case hyphenated UUID."""
+    try:
+        parsed = uuid.UUID(value)
+    except (ValueError, TypeError):
+        raise InvalidArgument(f"transaction id is not a UUID: {value[:64]!r}") from None
+    if str(parsed) != value:
+        raise InvalidArgument(f"transaction id must be a lower-case hyphenated UUID: {value[:64]!r}")
+    return value
 
 
 class AsyncClient:
     def __init__(self, cluster: ClusterConfig, *, session: Session | None = None, identity: str = "client",
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, outbox: Outbox | str | os.PathLike[str] | None = None,
+                 retry: RetryPolicy | None = None, rng: random.Random | None = None) -> None:
+        """`outbox` (an Outbox or the path of its file) enables enqueue, submit, sync and
+        deliver_forever; `retry` and `rng` set their backoff (default: RetryPolicy.from_env())."""
         self.cluster, self.session, self.identity = cluster, session, identity
         self.timeout = timeout if timeout is not None else cluster.prepare_timeout_s + cluster.call_timeout_s + 5
-        creds = channel_credentials(cluster.certs_dir, identity)
-        self._channel = grpc.aio.secure_channel(cluster.gateway.address, creds)
+        self._creds = channel_credentials(cluster.certs_dir, identity)
+        self._retired: set[asyncio.Future[None]] = set()
+        self._connect()
+        self._courier: Courier | None = None
+        self._wake = asyncio.Event()
+        if outbox is not None:
+            from miniupi.client.backoff import RetryPolicy
+            from miniupi.client.outbox import Outbox
+            from miniupi.client.sync import Courier
+
+            box = outbox if isinstance(outbox, Outbox) else Outbox(outbox)
+            self._courier = Courier(box, retry or RetryPolicy.from_env(), rng)
+
+    def _connect(self, redial: bool = False) -> None:
+        # A redial gets a private subchannel pool: it must really dial again, not inherit the
+        # shared connection's reconnect backoff (up to two minutes after a long outage).
+        options = (("grpc.use_local_subchannel_pool", 1),) if redial else ()
+        self._channel = grpc.aio.secure_channel(self.cluster.gateway.address, self._creds, options=options)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+
+    def _redial_if_failed(self) -> None:
+        """After a transport failure a channel fails calls at once until its own backoff ends;
+        our retries keep their own schedule, so each one gets a channel that dials now."""
+        if self._channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            # Closed in the background, once any call still on it is over, so it stops redialling too.
+            closing = asyncio.ensure_future(self._channel.close(grace=self.timeout))
+            self._retired.add(closing)
+            closing.add_done_callback(self._retired.discard)
+            self._connect(redial=True)
 
     async def _call(self, method: str, request: Any, authed: bool = True) -> Any:
         metadata = None
@@ -79,6 +140,7 @@ class AsyncClient:
             metadata = ((SESSION_METADATA_KEY, self.session.key),)
         elif authed and self.identity != ADMIN:  # the admin's certificate is its credential
             raise Unauthenticated("not logged in; run: miniupi login USER@BANK")
+        self._redial_if_failed()
         try:
             return await getattr(self._stub, method)(request, timeout=self.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as e:
@@ -116,8 +178,91 @@ class AsyncClient:
             amount=common_pb2.Money(minor=amount, currency=self.cluster.currency)))
         return PayResult(reply.txn_id, common_pb2.TxnState.Name(reply.state))
 
+    # -- the outbox ---------------------------------------------------------
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._need_courier().outbox
+
+    def _need_courier(self) -> Courier:
+        if self._courier is None:
+            raise InvalidArgument("this client has no outbox; pass outbox= to use it")
+        return self._courier
+
+    def enqueue(self, to: str, amount: int, *, txn_id: str | None = None) -> OutboxEntry:
+        """Check the payment and write it to the outbox as queued, durably; nothing is sent.
+
+        Bad input is refused here, before it is queued, so a payment taken
+        offline cannot wait hours to be told it was malformed. The same id
+        for the same payment returns the entry it already has.
+        """
+        if self.session is None:
+            raise Unauthenticated("not logged in; run: miniupi login USER@BANK")
+        payer = self.session.account
+        txn_id = check_txn_id(txn_id) if txn_id is not None else str(uuid.uuid4())
+        try:
+            _, bank = split_address(to)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        if bank not in self.cluster.banks:
+            raise NotFound(f"unknown bank {bank} in {to}")
+        if to == payer:
+            raise InvalidArgument("payer and payee are the same account")
+        if amount <= 0:
+            raise InvalidArgument("amount must be positive")
+        courier = self._need_courier()
+        entry = courier.outbox.add(txn_id, payer, to, amount, self.cluster.currency)
+        self._wake.set()
+        return entry
+
+    async def submit(self, to: str, amount: int, *, txn_id: str | None = None, wait_s: float | None = None
+                     ) -> OutboxEntry:
+        """Queue the payment durably, then send the payer's queue in order, this one included.
+
+        Returns the entry as it then stands: done (entry.result), failed
+        (entry.error, the gateway's refusal), or still queued (entry.last_error
+        says why: gateway unreachable, session expired, ...). Never raises for
+        a refusal or an unreachable gateway; the outbox holds the answer.
+        """
+        entry = self.enqueue(to, amount, txn_id=txn_id)
+        if entry.pending:
+            await self.sync(wait_s=wait_s)
+        found = self.outbox.get(entry.txn_id)
+        assert found is not None
+        return found
+
+    async def sync(self, *, due_only: bool = False, wait_s: float | None = None,
+                   on_finished: Callable[[OutboxEntry], None] | None = None) -> SyncReport:
+        """Send the logged-in payer's queued payments now, in order; see SyncReport.
+
+        With due_only, only when the first one's retry time has come.
+        wait_s bounds the wait for a flush running elsewhere (default: this client's timeout).
+        """
+        courier = self._need_courier()
+        return await courier.flush(self, due_only=due_only, wait_s=self.timeout if wait_s is None else wait_s,
+                                   on_finished=on_finished)
+
+    def queued(self, payer: str | None = None) -> list[OutboxEntry]:
+        """Payments waiting in the outbox, oldest first (of one payer, or everyone's)."""
+        return self.outbox.pending(payer)
+
+    async def deliver_forever(self, *, on_finished: Callable[[OutboxEntry], None] | None = None,
+                              on_stuck: Callable[[MiniupiError, int], None] | None = None) -> None:
+        """The background sender: retries queued payments on their backoff schedule until cancelled.
+
+            task = asyncio.create_task(client.deliver_forever(on_finished=print))
+        """
+        await self._need_courier().deliver_forever(self, self._wake, on_finished=on_finished, on_stuck=on_stuck)
+
+    def wake_outbox(self) -> None:
+        """Have deliver_forever look at the outbox now (after a login, say)."""
+        self._wake.set()
+
     async def close(self) -> None:
         await self._channel.close()
+        await asyncio.gather(*self._retired, return_exceptions=True)
+        if self._courier is not None:
+            self._courier.outbox.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -165,6 +310,23 @@ class Client:
 
     def pay(self, to: str, amount: int, *, txn_id: str | None = None, from_account: str | None = None) -> PayResult:
         return self._run(self._async.pay, to, amount, txn_id=txn_id, from_account=from_account)
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._async.outbox
+
+    def enqueue(self, to: str, amount: int, *, txn_id: str | None = None) -> OutboxEntry:
+        return self._async.enqueue(to, amount, txn_id=txn_id)
+
+    def submit(self, to: str, amount: int, *, txn_id: str | None = None, wait_s: float | None = None) -> OutboxEntry:
+        return self._run(self._async.submit, to, amount, txn_id=txn_id, wait_s=wait_s)
+
+    def sync(self, *, due_only: bool = False, wait_s: float | None = None,
+             on_finished: Callable[[OutboxEntry], None] | None = None) -> SyncReport:
+        return self._run(self._async.sync, due_only=due_only, wait_s=wait_s, on_finished=on_finished)
+
+    def queued(self, payer: str | None = None) -> list[OutboxEntry]:
+        return self._async.queued(payer)
 
     def close(self) -> None:
         self._run(self._async.close)

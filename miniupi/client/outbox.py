@@ -1,0 +1,271 @@
+"""The client's outbox: every payment is written here, durably, before it is sent.
+
+One SQLite file in the client home (0600, WAL, synchronous=FULL). A row is
+keyed by its transaction id and belongs to its payer; `seq` keeps the order
+the payments were taken in. The states:
+
+    queued  --claim-->  sending  --final answer-->  done (result) | failed (code, reason)
+       ^                   |
+       +--- no answer -----+   (transport failure, session expired, interrupted)
+
+A row left in `sending` by a process that died is pending all the same: the
+next flush sends it again with the same id, and the gateway's idempotency
+turns that resend into the stored result. That is what makes a payment
+happen exactly once however often it is sent.
+
+Every send is also logged in `attempts`, with its start, end, outcome and
+the time of the retry it scheduled, for `miniupi queue` and for tests.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from miniupi.errors import AlreadyExists, MiniupiError, from_code
+
+OUTBOX_FILE = "outbox.sqlite3"
+QUEUED, SENDING, DONE, FAILED = "queued", "sending", "done", "failed"
+PENDING = (QUEUED, SENDING)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS payments (
+    txn_id          TEXT PRIMARY KEY,
+    seq             INTEGER NOT NULL UNIQUE,
+    payer           TEXT NOT NULL,
+    payee           TEXT NOT NULL,
+    amount          INTEGER NOT NULL,
+    currency        TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('queued', 'sending', 'done', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,  -- sends so far
+    failures        INTEGER NOT NULL DEFAULT 0,  -- transport failures in a row: the backoff exponent
+    created_at      REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT NOT NULL DEFAULT '',    -- why it is still queued
+    result          TEXT NOT NULL DEFAULT '',    -- the gateway's state when done (COMMITTED)
+    error_code      TEXT NOT NULL DEFAULT '',    -- the refusal's status code when failed
+    error           TEXT NOT NULL DEFAULT '',    -- the refusal's reason when failed
+    finished_at     REAL
+);
+CREATE INDEX IF NOT EXISTS payments_pending ON payments (payer, seq) WHERE state IN ('queued', 'sending');
+CREATE TABLE IF NOT EXISTS attempts (
+    txn_id     TEXT NOT NULL,
+    n          INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at   REAL,
+    outcome    TEXT NOT NULL,                    -- sending, done, failed, unreachable, unauthenticated, interrupted
+    detail     TEXT NOT NULL DEFAULT '',
+    retry_at   REAL,                             -- the next attempt this one scheduled, if any
+    PRIMARY KEY (txn_id, n)
+);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    txn_id: str
+    seq: int
+    payer: str
+    payee: str
+    amount: int  # minor units
+    currency: str
+    state: str
+    attempts: int
+    failures: int
+    created_at: float
+    next_attempt_at: float
+    last_error: str
+    result: str
+    error_code: str
+    error_message: str
+    finished_at: float | None
+
+    @property
+    def pending(self) -> bool:
+        return self.state in PENDING
+
+    @property
+    def error(self) -> MiniupiError | None:
+        """The gateway's refusal, as the exception the client library would raise."""
+        return from_code(self.error_code, self.error_message) if self.state == FAILED else None
+
+    def same_payment(self, payer: str, payee: str, amount: int, currency: str) -> bool:
+        return (self.payer, self.payee, self.amount, self.currency) == (payer, payee, amount, currency)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    txn_id: str
+    n: int
+    started_at: float
+    ended_at: float | None
+    outcome: str
+    detail: str
+    retry_at: float | None
+
+
+_COLUMNS = ("txn_id, seq, payer, payee, amount, currency, state, attempts, failures, created_at, "
+            "next_attempt_at, last_error, result, error_code, error, finished_at")
+
+
+class Outbox:
+    """The outbox file. Plain blocking SQLite: each write is a short local fsync."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            # Made 0600 before SQLite opens it; its -wal and -shm files copy these permissions.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(self.path, 0o600)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        with self._transaction() as db:
+            for statement in _statements(_SCHEMA):
+                db.execute(statement)
+
+    @classmethod
+    def in_home(cls, home: Path) -> Outbox:
+        return cls(home / OUTBOX_FILE)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic, durable write; IMMEDIATE so two processes never interleave."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- reading ----------------------------------------------------------
+
+    def _rows(self, where: str, args: tuple[object, ...] = ()) -> list[OutboxEntry]:
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM payments {where}", args).fetchall()
+        return [OutboxEntry(*row) for row in rows]
+
+    def get(self, txn_id: str) -> OutboxEntry | None:
+        found = self._rows("WHERE txn_id = ?", (txn_id,))
+        return found[0] if found else None
+
+    def pending(self, payer: str | None = None) -> list[OutboxEntry]:
+        """Queued and sending payments in the order they were taken (of one payer, or all)."""
+        if payer is None:
+            return self._rows("WHERE state IN ('queued', 'sending') ORDER BY seq")
+        return self._rows("WHERE payer = ? AND state IN ('queued', 'sending') ORDER BY seq", (payer,))
+
+    def head(self, payer: str) -> OutboxEntry | None:
+        """The payer's oldest pending payment: the only one that may be sent next."""
+        found = self._rows("WHERE payer = ? AND state IN ('queued', 'sending') ORDER BY seq LIMIT 1", (payer,))
+        return found[0] if found else None
+
+    def recent(self, limit: int = 50) -> list[OutboxEntry]:
+        """Every state, newest last: the pending ones and what finished lately."""
+        return list(reversed(self._rows("ORDER BY seq DESC LIMIT ?", (limit,))))
+
+    def attempts(self, txn_id: str) -> list[Attempt]:
+        rows = self._db.execute(
+            "SELECT txn_id, n, started_at, ended_at, outcome, detail, retry_at FROM attempts "
+            "WHERE txn_id = ? ORDER BY n", (txn_id,)).fetchall()
+        return [Attempt(*row) for row in rows]
+
+    # -- writing ----------------------------------------------------------
+
+    def add(self, txn_id: str, payer: str, payee: str, amount: int, currency: str,
+            now: float | None = None) -> OutboxEntry:
+        """Queue a payment, durably. The same id for the same payment returns the row it already has."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            existing = self.get(txn_id)
+            if existing is not None:
+                if not existing.same_payment(payer, payee, amount, currency):
+                    raise AlreadyExists(f"transaction id {txn_id} was already used for a different payment")
+                return existing
+            db.execute(
+                "INSERT INTO payments (txn_id, seq, payer, payee, amount, currency, state, created_at, next_attempt_at)"
+                " VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM payments), ?, ?, ?, ?, 'queued', ?, ?)",
+                (txn_id, payer, payee, amount, currency, now, now))
+        entry = self.get(txn_id)
+        assert entry is not None
+        return entry
+
+    def claim(self, txn_id: str, now: float | None = None) -> int:
+        """Mark the payment as being sent; returns this attempt's number (1, 2, ...)."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            (n,) = db.execute("SELECT attempts + 1 FROM payments WHERE txn_id = ? AND state IN ('queued', 'sending')",
+                              (txn_id,)).fetchone() or (None,)
+            if n is None:
+                raise KeyError(f"{txn_id} is not pending in the outbox")
+            db.execute("UPDATE payments SET state = 'sending', attempts = ? WHERE txn_id = ?", (n, txn_id))
+            db.execute("INSERT INTO attempts (txn_id, n, started_at, outcome) VALUES (?, ?, ?, 'sending')",
+                       (txn_id, n, now))
+        return n
+
+    def finish_done(self, txn_id: str, n: int, result: str, now: float | None = None) -> OutboxEntry:
+        """The gateway's final answer was yes: keep its result."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            db.execute("UPDATE payments SET state = 'done', result = ?, last_error = '', finished_at = ? "
+                       "WHERE txn_id = ?", (result, now, txn_id))
+            self._end_attempt(db, txn_id, n, now, "done", result, None)
+        return self._must_get(txn_id)
+
+    def finish_failed(self, txn_id: str, n: int, code: str, message: str, now: float | None = None) -> OutboxEntry:
+        """The gateway's final answer was a refusal: keep it, never send again."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            db.execute("UPDATE payments SET state = 'failed', error_code = ?, error = ?, last_error = '', "
+                       "finished_at = ? WHERE txn_id = ?", (code, message, now, txn_id))
+            self._end_attempt(db, txn_id, n, now, "failed", f"{code}: {message}", None)
+        return self._must_get(txn_id)
+
+    def requeue(self, txn_id: str, n: int, outcome: str, reason: str, retry_at: float,
+                transport_failure: bool, now: float | None = None) -> OutboxEntry:
+        """No final answer: back to queued, to be sent again from `retry_at`.
+
+        A transport failure counts towards the backoff. The payer's later
+        payments wait at least as long, for the same reason, since they may
+        only go after this one.
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            db.execute("UPDATE payments SET state = 'queued', last_error = ?, next_attempt_at = ?, "
+                       "failures = failures + ? WHERE txn_id = ?", (reason, retry_at, int(transport_failure), txn_id))
+            db.execute("UPDATE payments SET next_attempt_at = MAX(next_attempt_at, ?), last_error = ? "
+                       "WHERE state IN ('queued', 'sending') AND txn_id != ? AND "
+                       "payer = (SELECT payer FROM payments WHERE txn_id = ?)",
+                       (retry_at, reason, txn_id, txn_id))
+            self._end_attempt(db, txn_id, n, now, outcome, reason, retry_at)
+        return self._must_get(txn_id)
+
+    def note(self, payer: str, reason: str) -> None:
+        """Say why the payer's queue is waiting when no attempt could be made (no valid session)."""
+        with self._transaction() as db:
+            db.execute("UPDATE payments SET last_error = ? WHERE payer = ? AND state IN ('queued', 'sending')",
+                       (reason, payer))
+
+    @staticmethod
+    def _end_attempt(db: sqlite3.Connection, txn_id: str, n: int, now: float, outcome: str, detail: str,
+                     retry_at: float | None) -> None:
+        db.execute("UPDATE attempts SET ended_at = ?, outcome = ?, detail = ?, retry_at = ? WHERE txn_id = ? AND n = ?",
+                   (now, outcome, detail, retry_at, txn_id, n))
+
+    def _must_get(self, txn_id: str) -> OutboxEntry:
+        entry = self.get(txn_id)
+        if entry is None:
+            raise KeyError(f"{txn_id} is not in the outbox")
+        return entry
+
+
+def _statements(script: str) -> list[str]:
+    """The schema's statements one by one (executescript would commit on its own)."""
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,0 +1,143 @@
+"""`miniupi client` driven through a pseudo-terminal, as a person at a keyboard would use it.
+
+pexpect gives the REPL a real terminal: the password prompt turns echo
+off, Ctrl-C and Ctrl-D arrive as the terminal's signals and end-of-file.
+The retry base is small so that the background sender acts within the test.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from miniupi.testing import LocalCluster
+from conftest import PASSWORD, running_cluster, unique_name
+
+pytestmark = pytest.mark.timeout(120)
+
+SPEC = {
+    "cluster": {"name": "repl", "prepare_timeout_s": 3, "call_timeout_s": 3},
+    "gateway": {"storage": "sqlite"},
+    "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
+}
+TXN = r"\(txn ([0-9a-f-]{36})\)"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with running_cluster(tmp_path_factory.mktemp("repl"), SPEC) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def gateway_up_afterwards(cluster: LocalCluster) -> Iterator[None]:
+    yield
+    cluster.start_node("gateway")
+
+
+def open_account(cluster: LocalCluster, bank: str, initial: int) -> str:
+    account = f"{unique_name()}@{bank}"
+    with cluster.client() as c:
+        c.register(account, PASSWORD, initial)
+    return account
+
+
+def spawn(cluster: LocalCluster, home: Path, transcript: Path) -> pexpect.spawn:
+    env = {**os.environ, "MINIUPI_CONFIG": str(cluster.config_path), "MINIUPI_HOME": str(home),
+           "MINIUPI_RETRY_BASE_S": "0.2", "MINIUPI_RETRY_CAP_S": "1"}
+    repl = pexpect.spawn(sys.executable, ["-m", "miniupi", "client"], env=env, cwd=str(cluster.root),
+                         encoding="utf-8", timeout=20, dimensions=(40, 200))
+    repl.logfile_read = transcript.open("w")  # kept in tmp_path for a failing test's reader
+    return repl
+
+
+def log_in(repl: pexpect.spawn, account: str) -> None:
+    repl.sendline(f"login {account}")
+    repl.expect_exact("password: ")
+    repl.sendline(PASSWORD)
+    repl.expect_exact(f"logged in as {account}")
+    assert PASSWORD not in repl.before + repl.after  # echo was off
+
+
+def test_repl_pays_queues_while_the_gateway_is_down_and_announces_the_completion(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    payer, payee = open_account(cluster, "bank_a", 100_00), open_account(cluster, "bank_b", 0)
+    repl = spawn(cluster, tmp_path / "home", tmp_path / "transcript.txt")
+    try:
+        repl.expect_exact("type help")
+        repl.expect_exact("miniupi> ")
+        log_in(repl, payer)
+        repl.expect_exact(f"{payer}> ")
+
+        repl.sendline("balance")
+        repl.expect_exact(f"{payer}: 100.00 INR")
+        repl.sendline(f"pay {payee} 10")
+        repl.expect(rf"paid 10\.00 INR to {payee} {TXN}")
+        repl.sendline("balance")
+        repl.expect_exact(f"{payer}: 90.00 INR")
+        repl.expect_exact(f"{payer}> ")
+
+        cluster.stop_node("gateway")
+        repl.sendline(f"pay {payee} 2.50")
+        repl.expect_exact("queued: gateway unreachable, will retry")
+        repl.expect_exact(f"{payer} [1 queued]> ")
+        repl.sendline("queue")
+        repl.expect(rf"queued +2\.50 INR  {payer} -> {payee}  attempts \d+  next .*txn ([0-9a-f-]{{36}})")
+        queued_id = repl.match.group(1)
+
+        # Ctrl-C at the prompt drops the half-typed line and keeps the REPL.
+        repl.send("pay someone@bank_b 99")
+        repl.sendintr()
+        repl.expect_exact(f"{payer} [1 queued]> ")
+        repl.sendline("help")
+        repl.expect_exact("sync ")
+        repl.expect_exact(f"{payer} [1 queued]> ")
+
+        cluster.start_node("gateway")
+        # The restart ended the session at the gateway: the REPL asks for a new login, then sends.
+        if repl.expect([r"sent from the queue: ", r"waiting: .*type: login"]) == 1:
+            log_in(repl, payer)
+            repl.expect_exact("sent from the queue: ")
+        repl.expect(rf"paid 2\.50 INR to {payee} {TXN}")
+        assert repl.match.group(1) == queued_id
+        repl.sendline("balance")
+        repl.expect_exact(f"{payer}: 87.50 INR")
+        repl.expect_exact(f"{payer}> ")  # nothing queued any more
+
+        repl.sendeof()
+        repl.expect_exact("bye")
+        repl.expect(pexpect.EOF)
+    finally:
+        repl.close(force=True)
+    assert repl.exitstatus == 0
+    assert "Traceback" not in (tmp_path / "transcript.txt").read_text()
+    with cluster.client() as c:
+        c.login(payee, PASSWORD)
+        assert c.balance().balance == 12_50
+        assert [i.delta for i in c.history()] == [2_50, 10_00]
+
+
+def test_repl_explains_mistakes_and_quits_on_quit(cluster: LocalCluster, tmp_path: Path) -> None:
+    repl = spawn(cluster, tmp_path / "home", tmp_path / "transcript.txt")
+    try:
+        repl.expect_exact("miniupi> ")
+        repl.sendline("balance")
+        repl.expect_exact("error: not logged in; type: login USER@BANK")
+        repl.sendline("frobnicate")
+        repl.expect_exact("unknown command 'frobnicate'; type help for the list")
+        repl.sendline("pay")
+        repl.expect_exact("error: usage: pay TO AMOUNT [--id UUID]")
+        repl.sendline("queue")
+        repl.expect_exact("no queued payments")
+        repl.sendline("quit")
+        repl.expect_exact("bye")
+        repl.expect(pexpect.EOF)
+    finally:
+        repl.close(force=True)
+    assert repl.exitstatus == 0
+    assert not re.search("Traceback", (tmp_path / "transcript.txt").read_text())
