@@ -116,7 +116,10 @@ def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bo
             if g.state == COMMITTED and state not in (COMMITTED, PREPARED):
                 bad(f"{txn_id} committed at the gateway but {state.lower() or 'unknown'} at {bank_name}")
             if g.state != COMMITTED and state == COMMITTED:
-                bad(f"{txn_id} is {g.state.lower()} at the gateway but committed at {bank_name}")
+                if not settled and g.state == INITIATED:
+                    r.in_doubt.append(f"{txn_id} committed at {bank_name}, not yet seen decided")
+                else:
+                    bad(f"{txn_id} is {g.state.lower()} at the gateway but committed at {bank_name}")
     if r.total != r.deposits:
         # While a payment is committed on one bank and not yet on the other, money is in transit.
         if settled or not r.in_doubt:

@@ -77,6 +77,8 @@ def as_error(e: grpc.aio.AioRpcError) -> MiniupiError:
         return Unavailable(UNREACHABLE)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return Unavailable(NO_ANSWER)
+    if code == grpc.StatusCode.CANCELLED:  # the gateway went away mid-call: nothing was decided for us
+        return Unavailable(UNREACHABLE)
     return from_code(code.name, details or code.name.lower())
 
 

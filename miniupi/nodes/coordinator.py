@@ -8,6 +8,7 @@ phase 2 is retried until every bank has acknowledged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -172,11 +173,17 @@ class Coordinator:
         refusal = next((v for v in votes if v is not None), None)
         decision = COMMITTED if refusal is None else ABORTED
         self._fire("before_decision", txn_id=txn.payment.txn_id, decision=decision)
-        if refusal is None:
-            txn.state = COMMITTED
-        else:
-            txn.state, txn.code, txn.message = ABORTED, refusal.code, refusal.message
-        await self._commit.write([Put("txns", txn.payment.txn_id, txn.record())])  # the commit point
+        code, message = (refusal.code, refusal.message) if refusal else ("", "")
+        decided = dataclasses.replace(txn, state=decision, code=code, message=message)
+        try:
+            await self._commit.write([Put("txns", txn.payment.txn_id, decided.record())])  # the commit point
+        except Exception as e:
+            # Nobody may hear a decision the disk does not hold: the payment stays undecided here
+            # (banks asking are told INITIATED) and a restart of the gateway presumes abort.
+            logger.critical("decision for {} could not be made durable ({!r}); restart the gateway", txn.payment.txn_id, e)
+            raise Unavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
+        # Only now, with the decision on disk, may GetDecision or a repeated id see it.
+        txn.state, txn.code, txn.message = decision, code, message
         self._fire("after_decision", txn_id=txn.payment.txn_id, decision=txn.state)
         await self._finish_phase_two(txn)
 

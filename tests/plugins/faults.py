@@ -8,17 +8,26 @@ tests/plugins on PYTHONPATH). A test arms a fault by writing
     {"node": "gateway", "point": "after_decision", "decision": "COMMITTED", "action": "kill"}
     {"node": "bank_b", "point": "before_vote", "action": "sleep", "seconds": 5}
 
-`point` is a hook name without `miniupi_`; `decision`, `bank`, `txn_id`
-narrow the match. Each entry fires once: it is removed from the file before
-it acts, so the node supervisord restarts runs normally. "kill" is SIGKILL
-to itself: no cleanup, no flush, exactly like `kill -9` at that line.
+`point` is a hook name without `miniupi_`; `decision`, `bank`, `txn_id`,
+`yes` narrow the match. Each entry fires once: it is removed from the file
+before it acts, so the node supervisord restarts runs normally. "kill" is
+SIGKILL to itself: no cleanup, no flush, exactly like `kill -9` at that line.
+
+Every node of a cluster shares the one file, so the read-remove-write is
+done under an exclusive lock (`faults.lock`): two nodes hitting their
+faults at once must not put back an entry the other just took. Each fault
+that fires is appended to `faults_fired.jsonl` before it acts, so a test
+can tell a crash that happened from one that was armed and never reached.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,38 +37,91 @@ from miniupi.config import NodeConfig
 
 hookimpl = pluggy.HookimplMarker("miniupi")
 FILE = "faults.json"
+LOCK = "faults.lock"
+FIRED = "faults_fired.jsonl"
 
 
-def arm(data_dir: Path, *faults: dict[str, Any]) -> None:
-    """Write the faults for the running cluster to pick up."""
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    with open(data_dir / LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel even when the holder is SIGKILLed
+        yield
+
+
+def _write(data_dir: Path, faults: list[dict[str, Any]]) -> None:
+    if not faults:
+        # No file, not an empty one: every hook call then costs one stat instead of a lock and a read.
+        (data_dir / FILE).unlink(missing_ok=True)
+        return
     tmp = data_dir / (FILE + ".tmp")
-    tmp.write_text(json.dumps(list(faults)))
+    tmp.write_text(json.dumps(faults))
     os.replace(tmp, data_dir / FILE)
 
 
-def armed(data_dir: Path) -> list[dict[str, Any]]:
+def _read(data_dir: Path) -> list[dict[str, Any]]:
     try:
         return json.loads((data_dir / FILE).read_text())
     except FileNotFoundError:
         return []
 
 
+def arm(data_dir: Path, *faults: dict[str, Any]) -> None:
+    """Write the faults for the running cluster to pick up (replacing any still armed)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(data_dir):
+        _write(data_dir, list(faults))
+
+
+def disarm(data_dir: Path) -> list[dict[str, Any]]:
+    """Remove every armed fault; returns the ones that never fired."""
+    with _locked(data_dir):
+        left = _read(data_dir)
+        _write(data_dir, [])
+    return left
+
+
+def armed(data_dir: Path) -> list[dict[str, Any]]:
+    with _locked(data_dir):
+        return _read(data_dir)
+
+
+def fired(data_dir: Path) -> list[dict[str, Any]]:
+    """Every fault that fired so far, oldest first, with the node's pid and the hook's details."""
+    try:
+        lines = (data_dir / FIRED).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _take(node: NodeConfig, point: str, details: dict[str, Any]) -> dict[str, Any] | None:
+    """Remove and return the first armed fault matching this step, if any."""
+    data_dir = node.cluster.data_dir
+    with _locked(data_dir):
+        faults = _read(data_dir)
+        for i, fault in enumerate(faults):
+            if fault.get("node") != node.name or fault.get("point") != point:
+                continue
+            if any(key in fault and fault[key] != value for key, value in details.items()):
+                continue
+            _write(data_dir, faults[:i] + faults[i + 1:])
+            with open(data_dir / FIRED, "a") as log:
+                # No fsync needed: the page cache outlives a SIGKILL of this process.
+                log.write(json.dumps({**fault, "pid": os.getpid(), "at": time.time(), "details": details}) + "\n")
+            return fault
+    return None
+
+
 def _maybe_fault(node: NodeConfig, point: str, **details: Any) -> None:
-    path = node.cluster.data_dir / FILE
-    if not path.exists():
+    if not (node.cluster.data_dir / FILE).exists():
         return
-    faults = armed(node.cluster.data_dir)
-    for i, fault in enumerate(faults):
-        if fault.get("node") != node.name or fault.get("point") != point:
-            continue
-        if any(key in fault and fault[key] != value for key, value in details.items()):
-            continue
-        arm(node.cluster.data_dir, *(faults[:i] + faults[i + 1:]))
-        if fault["action"] == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif fault["action"] == "sleep":
-            time.sleep(fault["seconds"])  # blocks the whole node, like a stalled process
+    fault = _take(node, point, details)
+    if fault is None:
         return
+    if fault["action"] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault["action"] == "sleep":
+        time.sleep(fault["seconds"])  # blocks the whole node, like a stalled process
 
 
 @hookimpl
