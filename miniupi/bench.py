@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import os
 import random
@@ -58,9 +59,10 @@ class Result:
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest rank: the smallest value with at least q of all values at or below it."""
     if not sorted_values:
         return 0.0
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
     return sorted_values[index]
 
 
