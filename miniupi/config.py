@@ -132,16 +132,20 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 def load_config(path: str | os.PathLike[str] | None = None) -> ClusterConfig:
     """Read and check the cluster file (default: $MINIUPI_CONFIG, then config/cluster.toml)."""
     path = Path(path or os.environ.get("MINIUPI_CONFIG") or DEFAULT_CONFIG)
+    return parse_config(read_toml(path, "cluster file"), path)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables, or a one-line ConfigError naming the file."""
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: cluster file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    return parse_config(raw, path)
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:

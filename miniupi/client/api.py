@@ -24,6 +24,7 @@ import grpc
 from miniupi.caller import ADMIN, SESSION_METADATA_KEY
 from miniupi.config import ClusterConfig, split_address
 from miniupi.errors import InvalidArgument, MiniupiError, NotFound, Unauthenticated, Unavailable, from_code
+from miniupi.nodes import validate
 from miniupi.tls import channel_credentials
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -85,17 +86,6 @@ def as_error(e: grpc.aio.AioRpcError) -> MiniupiError:
 def is_transport_failure(error: BaseException | None) -> bool:
     """True when the gateway was not reached or did not answer, as opposed to answering UNAVAILABLE itself."""
     return isinstance(error, Unavailable) and error.message in (UNREACHABLE, NO_ANSWER)
-
-
-def check_txn_id(value: str) -> str:
-    """The gateway's rule, checked before a payment is queued: a lower-case hyphenated UUID."""
-    try:
-        parsed = uuid.UUID(value)
-    except (ValueError, TypeError):
-        raise InvalidArgument(f"transaction id is not a UUID: {value[:64]!r}") from None
-    if str(parsed) != value:
-        raise InvalidArgument(f"transaction id must be a lower-case hyphenated UUID: {value[:64]!r}")
-    return value
 
 
 class AsyncClient:
@@ -201,7 +191,8 @@ class AsyncClient:
         if self.session is None:
             raise Unauthenticated("not logged in; run: miniupi login USER@BANK")
         payer = self.session.account
-        txn_id = check_txn_id(txn_id) if txn_id is not None else str(uuid.uuid4())
+        # The gateway's own rule, checked before the payment is queued.
+        txn_id = validate.txn_id(txn_id) if txn_id is not None else str(uuid.uuid4())
         try:
             _, bank = split_address(to)
         except ValueError as e:

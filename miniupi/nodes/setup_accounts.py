@@ -6,11 +6,10 @@
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from miniupi.config import NAME_RE, ConfigError
+from miniupi.config import NAME_RE, ConfigError, read_toml
 from miniupi.money import BadAmount, parse_amount
 
 
@@ -22,13 +21,7 @@ class SetupAccount:
 
 
 def read_setup_file(path: Path) -> list[SetupAccount]:
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: accounts file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    raw = read_toml(path, "accounts file")
     table = raw.get("accounts")
     if not isinstance(table, dict) or set(raw) - {"accounts"}:
         raise ConfigError(f"{path}: expected only [accounts.NAME] tables")
