@@ -11,6 +11,7 @@ and a bank that stays down costs a payment its prepare timeout, no more.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -29,6 +30,16 @@ CHANNEL_OPTIONS = [
 ]
 
 
+def _batched(call: Callable[..., Awaitable[Any]], request: Callable[[list[Any]], Any],
+             results: Callable[[Any], Sequence[Any]], timeout: float) -> Batcher[Any, Any]:
+    """A Batcher whose batches go out as one `call(request(items))`, answered by `results(reply)`."""
+
+    async def send(items: list[Any]) -> Sequence[Any]:
+        return results(await call(request(items), timeout=timeout, wait_for_ready=True))
+
+    return Batcher(send)
+
+
 class BankLinks:
     def __init__(self, cluster: ClusterConfig, identity: str = "gateway") -> None:
         creds = channel_credentials(cluster.certs_dir, identity)
@@ -37,28 +48,14 @@ class BankLinks:
             for name, node in cluster.banks.items()
         }
         self._stubs = {name: bank_pb2_grpc.BankStub(ch) for name, ch in self._channels.items()}
-        self._prepares = {name: Batcher(self._prepare_many(stub, cluster.prepare_timeout_s))
-                          for name, stub in self._stubs.items()}
-        self._decisions = {name: Batcher(self._decide_many(stub, cluster.call_timeout_s))
-                           for name, stub in self._stubs.items()}
-
-    @staticmethod
-    def _prepare_many(stub: bank_pb2_grpc.BankStub, timeout: float) -> Callable[
-            [list[bank_pb2.PrepareRequest]], Awaitable[Sequence[bank_pb2.PrepareReply]]]:
-        async def send(prepares: list[bank_pb2.PrepareRequest]) -> Sequence[bank_pb2.PrepareReply]:
-            reply = await stub.PrepareMany(bank_pb2.PrepareManyRequest(prepares=prepares), timeout=timeout,
-                                           wait_for_ready=True)
-            return reply.votes
-        return send
-
-    @staticmethod
-    def _decide_many(stub: bank_pb2_grpc.BankStub, timeout: float) -> Callable[
-            [list[bank_pb2.Decision]], Awaitable[Sequence[bank_pb2.DecisionOutcome]]]:
-        async def send(decisions: list[bank_pb2.Decision]) -> Sequence[bank_pb2.DecisionOutcome]:
-            reply = await stub.DecideMany(bank_pb2.DecideManyRequest(decisions=decisions), timeout=timeout,
-                                          wait_for_ready=True)
-            return reply.outcomes
-        return send
+        self._prepares = {
+            name: _batched(stub.PrepareMany, lambda items: bank_pb2.PrepareManyRequest(prepares=items),
+                           lambda reply: reply.votes, cluster.prepare_timeout_s)
+            for name, stub in self._stubs.items()}
+        self._decisions = {
+            name: _batched(stub.DecideMany, lambda items: bank_pb2.DecideManyRequest(decisions=items),
+                           lambda reply: reply.outcomes, cluster.call_timeout_s)
+            for name, stub in self._stubs.items()}
 
     async def prepare(self, bank: str, request: bank_pb2.PrepareRequest) -> bank_pb2.PrepareReply:
         """The bank's vote, sent in a batch with other payments' prepares to that bank."""
