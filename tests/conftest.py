@@ -46,6 +46,27 @@ def wait_for(what: str, probe: Callable[[], T], timeout_s: float = 15.0, interva
         time.sleep(interval_s)
 
 
+def open_account(cluster: LocalCluster, bank: str, initial: int) -> str:
+    """Register a fresh account with PASSWORD and `initial` minor units; returns user@bank."""
+    account = f"{unique_name()}@{bank}"
+    with cluster.client() as c:
+        c.register(account, PASSWORD, initial)
+    return account
+
+
+def cli_ok(cluster: LocalCluster, *args: str, home: Path, input: str | None = None) -> str:
+    """Run the command line; it must succeed without a traceback. Returns stdout."""
+    r = cluster.cli(*args, input=input, home=home)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stdout
+
+
+def cli_login(cluster: LocalCluster, account: str, home: Path) -> None:
+    assert f"logged in as {account}" in cli_ok(cluster, "login", account, "--password-stdin", home=home,
+                                               input=PASSWORD + "\n")
+
+
 @pytest.fixture
 def new_user(cluster: LocalCluster) -> Iterator[Callable[..., Client]]:
     """Register a fresh account and hand back a Client logged in as it.

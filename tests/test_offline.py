@@ -21,7 +21,8 @@ import pytest
 
 from miniupi.client.api import AsyncClient
 from miniupi.testing import LocalCluster
-from conftest import PASSWORD, running_cluster, unique_name, wait_for
+from conftest import PASSWORD, open_account, running_cluster, wait_for
+from conftest import cli_login as login, cli_ok as ok
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,25 +49,6 @@ def gateway_up_afterwards(cluster: LocalCluster) -> Iterator[None]:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
-
-
-def ok(cluster: LocalCluster, *args: str, home: Path, input: str | None = None) -> str:
-    r = cluster.cli(*args, input=input, home=home)
-    assert r.returncode == 0, (args, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    return r.stdout
-
-
-def open_account(cluster: LocalCluster, bank: str, initial: int) -> str:
-    account = f"{unique_name()}@{bank}"
-    with cluster.client() as c:
-        c.register(account, PASSWORD, initial)
-    return account
-
-
-def login(cluster: LocalCluster, account: str, home: Path) -> None:
-    assert f"logged in as {account}" in ok(cluster, "login", account, "--password-stdin", home=home,
-                                           input=PASSWORD + "\n")
 
 
 def money(cluster: LocalCluster, account: str) -> tuple[int, int]:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from miniupi.testing import LocalCluster
-from conftest import PASSWORD, running_cluster, unique_name, wait_for
+from conftest import PASSWORD, open_account, running_cluster, wait_for
+from conftest import cli_login as login, cli_ok as ok
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,23 +35,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         mp.setenv("PYTHONPATH", str(PLUGIN_DIR))
         with running_cluster(tmp_path_factory.mktemp("crash"), SPEC) as c:
             yield c
-
-
-def ok(cluster: LocalCluster, *args: str, home: Path, input: str | None = None) -> str:
-    r = cluster.cli(*args, input=input, home=home)
-    assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r.stdout
-
-
-def open_account(cluster: LocalCluster, bank: str, initial: int) -> str:
-    account = f"{unique_name()}@{bank}"
-    with cluster.client() as c:
-        c.register(account, PASSWORD, initial)
-    return account
-
-
-def login(cluster: LocalCluster, account: str, home: Path) -> None:
-    ok(cluster, "login", account, "--password-stdin", home=home, input=PASSWORD + "\n")
 
 
 def view(cluster: LocalCluster, account: str) -> tuple[int, int, list[str]]:

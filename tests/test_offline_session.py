@@ -15,7 +15,7 @@ import pytest
 
 from miniupi.client.home import load_session
 from miniupi.testing import LocalCluster
-from conftest import PASSWORD, running_cluster, unique_name, wait_for
+from conftest import PASSWORD, open_account, running_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,13 +31,6 @@ SPEC = {
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with running_cluster(tmp_path_factory.mktemp("sessions"), SPEC) as c:
         yield c
-
-
-def open_account(cluster: LocalCluster, bank: str, initial: int) -> str:
-    account = f"{unique_name()}@{bank}"
-    with cluster.client() as c:
-        c.register(account, PASSWORD, initial)
-    return account
 
 
 def outbox_states(home: Path) -> list[tuple[str, int]]:

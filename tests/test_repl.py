@@ -16,7 +16,7 @@ import pexpect
 import pytest
 
 from miniupi.testing import LocalCluster
-from conftest import PASSWORD, running_cluster, unique_name
+from conftest import PASSWORD, open_account, running_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,13 +38,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def gateway_up_afterwards(cluster: LocalCluster) -> Iterator[None]:
     yield
     cluster.start_node("gateway")
-
-
-def open_account(cluster: LocalCluster, bank: str, initial: int) -> str:
-    account = f"{unique_name()}@{bank}"
-    with cluster.client() as c:
-        c.register(account, PASSWORD, initial)
-    return account
 
 
 def spawn(cluster: LocalCluster, home: Path, transcript: Path) -> pexpect.spawn:
