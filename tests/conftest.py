@@ -46,6 +46,18 @@ def wait_for(what: str, probe: Callable[[], T], timeout_s: float = 15.0, interva
         time.sleep(interval_s)
 
 
+def me(client: Client) -> str:
+    """The address (user@bank) the client is logged in as."""
+    assert client.session is not None
+    return client.session.account
+
+
+def money(client: Client) -> tuple[int, int]:
+    """(balance, available) of the client's own account."""
+    b = client.balance()
+    return b.balance, b.available
+
+
 def open_account(cluster: LocalCluster, bank: str, initial: int) -> str:
     """Register a fresh account with PASSWORD and `initial` minor units; returns user@bank."""
     account = f"{unique_name()}@{bank}"

@@ -16,7 +16,7 @@ import pytest
 from miniupi.client.api import Client
 from miniupi.errors import AlreadyExists, Aborted, FailedPrecondition, MiniupiError, Unavailable
 from miniupi.testing import LocalCluster
-from conftest import PASSWORD, running_cluster, wait_for
+from conftest import PASSWORD, me, money, running_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,16 +49,6 @@ def all_nodes_up_afterwards(cluster: LocalCluster) -> Iterator[None]:
             with contextlib.suppress(ProcessLookupError):
                 cluster.kill_node(node.name, signal.SIGCONT)
         cluster.start_node(node.name)
-
-
-def me(client: Client) -> str:
-    assert client.session is not None
-    return client.session.account
-
-
-def money(client: Client) -> tuple[int, int]:
-    b = client.balance()
-    return b.balance, b.available
 
 
 def snapshot(client: Client) -> tuple[int, int, list[tuple[str, str, int, str, float]]]:

@@ -28,7 +28,7 @@ from miniupi.errors import (
 from miniupi.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from conftest import PASSWORD, running_cluster, unique_name
+from conftest import PASSWORD, me, money, running_cluster, unique_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,17 +43,6 @@ SPEC = {
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with running_cluster(tmp_path_factory.mktemp("payments"), SPEC) as c:
         yield c
-
-
-def me(client: Client) -> str:
-    assert client.session is not None
-    return client.session.account
-
-
-def money(client: Client) -> tuple[int, int]:
-    """(balance, available) of the client's own account."""
-    b = client.balance()
-    return b.balance, b.available
 
 
 def assert_insufficient_funds(error: MiniupiError) -> None:

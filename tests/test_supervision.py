@@ -14,10 +14,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from supervisor.options import ServerOptions
@@ -25,8 +23,8 @@ from supervisor.options import ServerOptions
 from miniupi import supervision
 from miniupi.config import ClusterConfig, parse_config
 from miniupi.supervision import ClusterRunning, Supervisor, SupervisorUnavailable
+from conftest import wait_for
 
-T = TypeVar("T")
 
 # Exits by itself once orphaned (checked every second), so a test that dies
 # half-way leaks nothing for long, yet a supervisord that forgot to stop its
@@ -38,18 +36,6 @@ while os.getppid() == parent:
     time.sleep(1)
 """
 NODES = ["gateway", "bank_a", "bank_b"]
-
-
-def wait_for(what: str, probe: Callable[[], T], timeout_s: float = 10.0) -> T:
-    """Poll until probe() is truthy; fail with `what` after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def alive(pid: int) -> bool:
@@ -87,7 +73,8 @@ def supervised(cluster: ClusterConfig, monkeypatch: pytest.MonkeyPatch) -> Itera
     proc = subprocess.Popen(supervision.supervisord_argv(cluster), stdout=out, stderr=subprocess.STDOUT)
     sup = Supervisor(cluster)
     try:
-        wait_for("every node RUNNING", lambda: sup.is_running() and all(s.state == "RUNNING" for s in sup.status()))
+        wait_for("every node RUNNING", lambda: sup.is_running() and all(s.state == "RUNNING" for s in sup.status()),
+                 timeout_s=10)
         yield proc, sup
     finally:
         # SIGKILL, not SIGTERM: a clean shutdown costs supervisord ~2 s of poll
@@ -189,7 +176,7 @@ def test_a_killed_node_is_restarted(supervised: tuple[subprocess.Popen, Supervis
         status = {s.name: s for s in sup.status()}["gateway"]
         return status.state == "RUNNING" and status.pid not in (None, old)
 
-    wait_for("the gateway to be restarted", restarted)
+    wait_for("the gateway to be restarted", restarted, timeout_s=10)
     assert alive(sup.pid("gateway") or 0)
 
 
