@@ -8,6 +8,9 @@ from __future__ import annotations
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+# Longer passwords are refused before hashing: argon2 would take them, at a cost an attacker chooses.
+MAX_PASSWORD = 1024
+
 # OWASP Password Storage Cheat Sheet: argon2id, m=19 MiB, t=2, p=1.
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 

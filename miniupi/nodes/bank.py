@@ -14,6 +14,7 @@ from miniupi.caller import ADMIN, current_peer
 from miniupi.errors import AlreadyExists, InvalidArgument, MiniupiError, PermissionDenied
 from miniupi.logs import setup_node_logging
 from miniupi.nodes.in_doubt import resolve_in_doubt
+from miniupi.passwords import MAX_PASSWORD
 from miniupi.nodes.ledger import Ledger, LegSpec
 from miniupi.nodes.server import open_store, serve
 from miniupi.nodes.setup_accounts import read_setup_file
@@ -23,7 +24,6 @@ from miniupi.plugin_manager import hook_firer, make_plugin_manager
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 
 DEFAULT_HISTORY = 50
-MAX_PASSWORD = 1024
 MAX_LEGS = 16
 AUDIT_CHUNK = 2000
 MAX_HISTORY = 1000

@@ -16,12 +16,12 @@ from miniupi.logs import setup_node_logging
 from miniupi.nodes import validate
 from miniupi.nodes.bank_links import BankLinks
 from miniupi.nodes.coordinator import Coordinator, Payment
+from miniupi.passwords import MAX_PASSWORD
 from miniupi.nodes.server import NodeStartError, open_store, serve
 from miniupi.nodes.status import grpc_errors, refuse_unknown_fields
 from miniupi.plugin_manager import hook_firer, make_plugin_manager
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
-MAX_PASSWORD = 1024
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
