@@ -10,6 +10,7 @@ and a bank that stays down costs a payment its prepare timeout, no more.
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -57,17 +58,17 @@ class BankLinks:
                            lambda reply: reply.outcomes, cluster.call_timeout_s)
             for name, stub in self._stubs.items()}
 
-    async def prepare(self, bank: str, request: bank_pb2.PrepareRequest) -> bank_pb2.PrepareReply:
+    def prepare(self, bank: str, request: bank_pb2.PrepareRequest) -> asyncio.Future[bank_pb2.PrepareReply]:
         """The bank's vote, sent in a batch with other payments' prepares to that bank."""
         if bank not in self._prepares:
             raise NotFound(f"unknown bank {bank}")
-        return await self._prepares[bank].submit(request)
+        return self._prepares[bank].submit(request)
 
-    async def decide(self, bank: str, txn_id: str, commit: bool) -> bank_pb2.DecisionOutcome:
+    def decide(self, bank: str, txn_id: str, commit: bool) -> asyncio.Future[bank_pb2.DecisionOutcome]:
         """Phase 2 for one transaction at one bank, batched like `prepare`."""
         if bank not in self._decisions:
             raise NotFound(f"unknown bank {bank}")
-        return await self._decisions[bank].submit(bank_pb2.Decision(txn_id=txn_id, commit=commit))
+        return self._decisions[bank].submit(bank_pb2.Decision(txn_id=txn_id, commit=commit))
 
     def __contains__(self, bank: str) -> bool:
         return bank in self._stubs

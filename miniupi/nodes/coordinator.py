@@ -168,8 +168,11 @@ class Coordinator:
         return txn.outcome()
 
     async def _two_phase(self, txn: Txn) -> None:
-        legs = banks_and_legs(txn.payment)
-        votes = await asyncio.gather(*(self._prepare(txn.payment, bank, bank_legs) for bank, bank_legs in legs.items()))
+        p = txn.payment
+        sent = [(bank, self._links.prepare(bank, bank_pb2.PrepareRequest(txn_id=p.txn_id, currency=p.currency,
+                                                                         legs=bank_legs)))
+                for bank, bank_legs in banks_and_legs(p).items()]  # all banks at once, then collect
+        votes = [await self._vote(p.txn_id, bank, reply) for bank, reply in sent]
         refusal = next((v for v in votes if v is not None), None)
         decision = COMMITTED if refusal is None else ABORTED
         self._fire("before_decision", txn_id=txn.payment.txn_id, decision=decision)
@@ -187,13 +190,12 @@ class Coordinator:
         self._fire("after_decision", txn_id=txn.payment.txn_id, decision=txn.state)
         await self._finish_phase_two(txn)
 
-    async def _prepare(self, payment: Payment, bank: str, legs: list[bank_pb2.Leg]) -> MiniupiError | None:
+    async def _vote(self, txn_id: str, bank: str, pending: asyncio.Future[bank_pb2.PrepareReply]) -> MiniupiError | None:
         """None for a YES vote, else the refusal to give the client."""
-        request = bank_pb2.PrepareRequest(txn_id=payment.txn_id, currency=payment.currency, legs=legs)
         try:
-            reply = await self._links.prepare(bank, request)
+            reply = await pending
         except grpc.aio.AioRpcError as e:
-            logger.warning("prepare {} at {} failed: {} {}", payment.txn_id, bank, e.code().name, e.details())
+            logger.warning("prepare {} at {} failed: {} {}", txn_id, bank, e.code().name, e.details())
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return Aborted(f"payment aborted: bank {bank} did not answer within {self._prepare_timeout:g}s")
             return Aborted(f"payment aborted: bank {bank} unavailable")
@@ -220,10 +222,13 @@ class Coordinator:
     async def _send_decision(self, txn: Txn) -> bool:
         banks = list(banks_and_legs(txn.payment))
         commit = txn.state == COMMITTED
-        results = await asyncio.gather(*(self._links.decide(b, txn.payment.txn_id, commit) for b in banks),
-                                       return_exceptions=True)
+        sent = [self._links.decide(b, txn.payment.txn_id, commit) for b in banks]
         acked = True
-        for bank, result in zip(banks, results):
+        for bank, reply in zip(banks, sent):
+            try:
+                result: bank_pb2.DecisionOutcome | BaseException = await reply
+            except Exception as e:
+                result = e
             if isinstance(result, BaseException) or not result.applied:
                 acked = False
                 detail = (f"{result.code().name} {result.details()}" if isinstance(result, grpc.aio.AioRpcError)
