@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,6 +45,21 @@ async def open_store(pm: pluggy.PluginManager, node: NodeConfig) -> tuple[GroupC
     return GroupCommit(store), tables
 
 
+def quiet_garbage_collector() -> None:
+    """Keep the cyclic collector off the hot path.
+
+    A node holds its whole state in memory, loaded at start and growing
+    with every payment; the collector's passes over those long-lived
+    objects cost the gateway about a tenth of its CPU under load. What
+    is loaded by now lives as long as the node, so it is frozen out of
+    every pass, and young objects are collected less often. Reference
+    counting still frees everything acyclic at once.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 50)
+
+
 async def serve(
     node: NodeConfig,
     pm: pluggy.PluginManager,
@@ -63,6 +79,7 @@ async def serve(
     except RuntimeError as e:
         raise NodeStartError(f"{node.name}: cannot listen on {node.address}: {e}") from None
     address = f"{node.host}:{port}"
+    quiet_garbage_collector()
     await server.start()
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
