@@ -19,6 +19,7 @@ from miniupi.config import NodeConfig
 
 FLUSH_EVERY_S = 0.2
 WARNING_NO = 30
+ROTATE_AT_BYTES = 50 * 1000 * 1000
 
 
 class _BatchedStdout:
@@ -37,6 +38,28 @@ class _BatchedStdout:
             data, self._parts = "".join(self._parts), []
             sys.stdout.write(data)
             sys.stdout.flush()
+
+
+class _SizeRotation:
+    """Rotate the log file past `limit` bytes, counting them instead of asking the file.
+
+    loguru's own size rotation seeks the file before every line, which
+    flushes its buffer: one write and one lseek per line, a third of a
+    bank's CPU per call under load.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size: int | None = None
+
+    def __call__(self, message: str, file: Any) -> bool:
+        if self.size is None:  # the file as opened, which may hold lines from before a restart
+            self.size = file.seek(0, os.SEEK_END)
+        self.size += len(message)
+        if self.size > self.limit:
+            self.size = len(message)  # the line goes to the new file
+            return True
+        return False
 
 
 _stdout = _BatchedStdout()
@@ -61,7 +84,7 @@ def setup_node_logging(node: NodeConfig, json_lines: bool = False) -> None:
     logger.add(_stdout, format=fmt, serialize=json_lines, backtrace=False, diagnose=False)
     node.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     logger.add(node.data_dir / f"{node.name}.log", format=fmt, serialize=json_lines, buffering=1 << 16,
-               rotation="50 MB", retention=5, backtrace=False, diagnose=False)
+               rotation=_SizeRotation(ROTATE_AT_BYTES), retention=5, backtrace=False, diagnose=False)
 
 
 async def flush_logs_periodically() -> None:
