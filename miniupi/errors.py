@@ -6,6 +6,8 @@ string, and miniupi/nodes/status.py is the one door where it becomes a
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
 
 class MiniupiError(Exception):
     """An answer for the caller: a status code name and a one-line reason."""
@@ -73,3 +75,13 @@ def from_code(code: str, message: str) -> MiniupiError:
     if code == InsufficientFunds.code and message.startswith(INSUFFICIENT_FUNDS):
         return InsufficientFunds(message)
     return BY_CODE.get(code, MiniupiError)(message)
+
+
+Result = TypeVar("Result")
+
+
+def unwrap(result: Result | MiniupiError) -> Result:
+    """One item of a batch answer: its value, or raise the error that refused it alone."""
+    if isinstance(result, MiniupiError):
+        raise result
+    return result

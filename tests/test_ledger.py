@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from miniupi.errors import AlreadyExists, FailedPrecondition
+from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from miniupi.nodes.ledger import Ledger, LegSpec
 from miniupi.plugins.storage_json import JsonStore
 from miniupi.storage import GroupCommit
@@ -110,6 +110,35 @@ def test_prepared_transactions_and_holds_survive_a_reopen(tmp_path: Path) -> Non
 
     run(before())
     run(after())
+
+
+def test_a_batch_is_decided_item_by_item_with_one_durable_write(tmp_path: Path) -> None:
+    """PrepareMany and DecideMany: one refused item leaves the others alone, and the batch shares one write."""
+    async def scenario() -> None:
+        ledger, commit = _open(tmp_path)
+        await ledger.open_account("alice", "pw", 1000)
+        writes: list[int] = []
+        store_write = ledger._commit._store.write
+        ledger._commit._store.write = lambda puts: (writes.append(len(puts)), store_write(puts))[1]
+        a, b, c, d = (str(uuid.uuid4()) for _ in range(4))
+        votes = await ledger.prepare_many([(a, "INR", _debit(600)), (b, "INR", ()), (c, "INR", _debit(600)),
+                                           (d, "INR", _debit(300)), (a, "INR", _debit(600))])
+        assert votes[0].yes
+        assert isinstance(votes[1], InvalidArgument)  # no legs: refused alone
+        assert (votes[2].yes, votes[2].refusal) == (False, "INSUFFICIENT_FUNDS")  # a's hold counts already
+        assert votes[3].yes and votes[4].yes  # a repeat of a in the same batch: the same vote
+        assert writes == [2]
+        results = await ledger.decide_many([(a, True), (d, False), (c, True), (str(uuid.uuid4()), False)])
+        assert results[:2] == [True, True] and isinstance(results[2], FailedPrecondition) and results[3] is False
+        assert writes == [2, 4]  # a and alice's account, d, and the remembered unknown abort
+        alice = ledger.account("alice")
+        assert (alice.balance, alice.held, ledger.prepared) == (400, 0, set())
+        await commit.close()
+        reopened, commit = _open(tmp_path)
+        assert reopened.account("alice").balance == 400 and reopened.txns[d].state == "ABORTED"
+        await commit.close()
+
+    run(scenario())
 
 
 def test_failed_logins_lock_the_account_durably(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -11,7 +11,7 @@ from loguru import logger
 
 from miniupi.config import ClusterConfig, ConfigError
 from miniupi.caller import ADMIN, current_peer
-from miniupi.errors import AlreadyExists, InvalidArgument, MiniupiError, PermissionDenied
+from miniupi.errors import AlreadyExists, InvalidArgument, MiniupiError, PermissionDenied, unwrap
 from miniupi.logs import setup_node_logging
 from miniupi.nodes.in_doubt import resolve_in_doubt
 from miniupi.passwords import MAX_PASSWORD
@@ -36,56 +36,58 @@ class BankServicer(bank_pb2_grpc.BankServicer):
     def _money(self, minor: int) -> common_pb2.Money:
         return common_pb2.Money(minor=minor, currency=self.ledger.currency)
 
-    async def _vote(self, request: bank_pb2.PrepareRequest) -> bank_pb2.PrepareReply:
-        if len(request.legs) > MAX_LEGS:
-            raise InvalidArgument(f"at most {MAX_LEGS} legs in one prepare")
-        legs = [LegSpec(account_name(leg.account), leg.delta_minor, leg.counterparty[:80]) for leg in request.legs]
-        vote = await self.ledger.prepare(valid_txn_id(request.txn_id), request.currency, legs)
-        return bank_pb2.PrepareReply(yes=vote.yes, refusal=vote.refusal or "VOTE_REFUSAL_UNSPECIFIED",
-                                     detail=vote.detail)
+    async def _votes(self, requests: Sequence[bank_pb2.PrepareRequest]) -> list[bank_pb2.PrepareReply | MiniupiError]:
+        """One vote per request, all made durable by one write; a malformed item is refused alone."""
+        out: list[bank_pb2.PrepareReply | MiniupiError | None] = [None] * len(requests)
+        valid, where = [], []
+        for i, request in enumerate(requests):
+            try:
+                valid.append(_prepare_spec(request))
+                where.append(i)
+            except MiniupiError as e:
+                out[i] = e
+        for i, vote in zip(where, await self.ledger.prepare_many(valid)):
+            out[i] = vote if isinstance(vote, MiniupiError) else bank_pb2.PrepareReply(
+                yes=vote.yes, refusal=vote.refusal or "VOTE_REFUSAL_UNSPECIFIED", detail=vote.detail)
+        return out  # type: ignore[return-value]
 
-    async def _decide(self, txn_id: str, commit: bool) -> bool:
-        txn_id = valid_txn_id(txn_id)
-        return await (self.ledger.commit(txn_id) if commit else self.ledger.abort(txn_id))
+    async def _decisions(self, decisions: Sequence[tuple[str, bool]]) -> list[bool | MiniupiError]:
+        out: list[bool | MiniupiError | None] = [None] * len(decisions)
+        valid, where = [], []
+        for i, (txn_id, commit) in enumerate(decisions):
+            try:
+                valid.append((valid_txn_id(txn_id), commit))
+                where.append(i)
+            except MiniupiError as e:
+                out[i] = e
+        for i, result in zip(where, await self.ledger.decide_many(valid)):
+            out[i] = result
+        return out  # type: ignore[return-value]
 
     @grpc_errors
     async def Prepare(self, request: bank_pb2.PrepareRequest, context: grpc.aio.ServicerContext) -> bank_pb2.PrepareReply:
-        return await self._vote(request)
+        return unwrap((await self._votes([request]))[0])
 
     @grpc_errors
     async def Commit(self, request: bank_pb2.DecisionRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecisionReply:
-        return bank_pb2.DecisionReply(known=await self._decide(request.txn_id, commit=True))
+        return bank_pb2.DecisionReply(known=unwrap((await self._decisions([(request.txn_id, True)]))[0]))
 
     @grpc_errors
     async def Abort(self, request: bank_pb2.DecisionRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecisionReply:
-        return bank_pb2.DecisionReply(known=await self._decide(request.txn_id, commit=False))
+        return bank_pb2.DecisionReply(known=unwrap((await self._decisions([(request.txn_id, False)]))[0]))
 
     @grpc_errors
     async def PrepareMany(self, request: bank_pb2.PrepareManyRequest, context: grpc.aio.ServicerContext) -> bank_pb2.PrepareManyReply:
-        # Concurrent, so every vote of the batch shares one group-committed write.
-        results = await asyncio.gather(*(self._vote(p) for p in request.prepares), return_exceptions=True)
-        votes = []
-        for result in results:
-            if isinstance(result, MiniupiError):
-                result = bank_pb2.PrepareReply(yes=False, refusal=bank_pb2.INVALID_REQUEST, detail=result.message)
-            elif isinstance(result, BaseException):
-                raise result
-            votes.append(result)
+        votes = [bank_pb2.PrepareReply(yes=False, refusal=bank_pb2.INVALID_REQUEST, detail=v.message)
+                 if isinstance(v, MiniupiError) else v for v in await self._votes(request.prepares)]
         return bank_pb2.PrepareManyReply(votes=votes)
 
     @grpc_errors
     async def DecideMany(self, request: bank_pb2.DecideManyRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecideManyReply:
-        results = await asyncio.gather(*(self._decide(d.txn_id, d.commit) for d in request.decisions),
-                                       return_exceptions=True)
-        outcomes = []
-        for result in results:
-            if isinstance(result, MiniupiError):
-                outcomes.append(bank_pb2.DecisionOutcome(applied=False, error=result.message))
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                outcomes.append(bank_pb2.DecisionOutcome(applied=True, known=result))
-        return bank_pb2.DecideManyReply(outcomes=outcomes)
+        results = await self._decisions([(d.txn_id, d.commit) for d in request.decisions])
+        return bank_pb2.DecideManyReply(outcomes=[
+            bank_pb2.DecisionOutcome(applied=False, error=r.message) if isinstance(r, MiniupiError)
+            else bank_pb2.DecisionOutcome(applied=True, known=r) for r in results])
 
     @grpc_errors
     async def OpenAccount(self, request: bank_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:
@@ -151,6 +153,13 @@ class BankServicer(bank_pb2_grpc.BankServicer):
                     bank_pb2.Leg(account=leg.account, delta_minor=leg.delta, counterparty=leg.counterparty)
                     for leg in legs])
                 for i, st, legs in batch])
+
+
+def _prepare_spec(request: bank_pb2.PrepareRequest) -> tuple[str, str, list[LegSpec]]:
+    if len(request.legs) > MAX_LEGS:
+        raise InvalidArgument(f"at most {MAX_LEGS} legs in one prepare")
+    legs = [LegSpec(account_name(leg.account), leg.delta_minor, leg.counterparty[:80]) for leg in request.legs]
+    return valid_txn_id(request.txn_id), request.currency, legs
 
 
 async def open_setup_accounts(ledger: Ledger, path: Path | None) -> int:

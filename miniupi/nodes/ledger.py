@@ -14,7 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from miniupi.errors import INSUFFICIENT_FUNDS, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from miniupi.errors import (
+    INSUFFICIENT_FUNDS,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    MiniupiError,
+    NotFound,
+    Unavailable,
+    unwrap,
+)
 from miniupi.money import INT64_MAX
 from miniupi.plugin_manager import Fire
 from miniupi.passwords import hash_password, needs_rehash, verify_password
@@ -209,11 +218,39 @@ class Ledger:
 
     async def prepare(self, txn_id: str, currency: str, legs: Sequence[LegSpec]) -> Vote:
         """Reserve every leg and vote. YES is durable before it is returned."""
+        return unwrap((await self.prepare_many([(txn_id, currency, legs)]))[0])
+
+    async def prepare_many(self, prepares: Sequence[tuple[str, str, Sequence[LegSpec]]]) -> list[Vote | MiniupiError]:
+        """Vote on a batch with one durable write: a Vote, or the error that refused that item.
+
+        A repeated id gets its first answer; that answer is durable too,
+        because the batch's write comes after everything written before.
+        """
+        results: list[Vote | MiniupiError] = []
+        fresh: list[BankTxn] = []
+        for txn_id, currency, legs in prepares:
+            try:
+                results.append(self._reserve(txn_id, currency, legs, fresh))
+            except MiniupiError as e:
+                results.append(e)
+        try:
+            await self._commit.write([Put("txns", t.txn_id, t.record()) for t in fresh])
+        except Exception as e:
+            for txn in fresh:
+                self._hold(txn, -1)
+                del self.txns[txn.txn_id]
+                self.prepared.discard(txn.txn_id)
+            failed = Unavailable(f"bank {self.bank} could not record its vote: {e}")
+            return [failed] * len(results)
+        for txn in fresh:
+            self._fire("after_vote", txn_id=txn.txn_id, yes=True)
+        return results
+
+    def _reserve(self, txn_id: str, currency: str, legs: Sequence[LegSpec], fresh: list[BankTxn]) -> Vote:
         if not legs:
             raise InvalidArgument("a prepare needs at least one leg")
         known = self.txns.get(txn_id)
         if known is not None:
-            await self._commit.barrier()
             if known.state == PREPARED and known.legs == tuple(legs):
                 return Vote(True)
             if known.state == PREPARED:
@@ -227,14 +264,7 @@ class Ledger:
         self._hold(txn, +1)
         self.txns[txn_id] = txn
         self.prepared.add(txn_id)
-        try:
-            await self._commit.write([Put("txns", txn_id, txn.record())])
-        except Exception as e:
-            self._hold(txn, -1)
-            del self.txns[txn_id]
-            self.prepared.discard(txn_id)
-            raise Unavailable(f"bank {self.bank} could not record its vote: {e}") from e
-        self._fire("after_vote", txn_id=txn_id, yes=True)
+        fresh.append(txn)
         return vote
 
     def _check(self, currency: str, legs: Sequence[LegSpec]) -> Vote:
@@ -267,49 +297,63 @@ class Ledger:
 
     async def commit(self, txn_id: str) -> bool:
         """Apply a prepared transaction once; a repeat is a no-op."""
-        txn = self.txns.get(txn_id)
-        if txn is None:
-            raise FailedPrecondition(f"transaction {txn_id} was never prepared at {self.bank}")
-        if txn.state == ABORTED:
-            raise FailedPrecondition(f"transaction {txn_id} was aborted at {self.bank}")
-        if txn.state == COMMITTED:
-            await self._commit.barrier()
-            return True
-        self._fire("before_apply", txn_id=txn_id, decision=COMMITTED)
-        self._hold(txn, -1)
-        self.prepared.discard(txn_id)
-        touched: dict[str, Account] = {}
-        for leg in txn.legs:
-            account = self.accounts[leg.account]
-            account.balance += leg.delta
-            account.history.append(txn_id)
-            touched[account.name] = account
-        txn.state, txn.decided_at = COMMITTED, time.time()
-        puts = [Put("txns", txn_id, txn.record())]
-        puts.extend(Put("accounts", a.name, a.record()) for a in touched.values())
-        await self._commit.write(puts)
-        self._fire("after_apply", txn_id=txn_id, decision=COMMITTED)
-        return True
+        return unwrap((await self.decide_many([(txn_id, True)]))[0])
 
     async def abort(self, txn_id: str) -> bool:
-        """Release a prepared transaction; an unknown id is remembered as aborted."""
+        """Release a prepared transaction; an unknown id is remembered as aborted (returns False)."""
+        return unwrap((await self.decide_many([(txn_id, False)]))[0])
+
+    async def decide_many(self, decisions: Sequence[tuple[str, bool]]) -> list[bool | MiniupiError]:
+        """Apply a batch of (txn_id, commit) with one durable write.
+
+        Each result is whether the id was known, or the error that refused
+        that decision (a commit of an aborted id, for instance).
+        """
+        results: list[bool | MiniupiError] = []
+        puts: list[Put] = []
+        applied: list[BankTxn] = []
+        for txn_id, commit in decisions:
+            try:
+                results.append(self._apply(txn_id, commit, puts, applied))
+            except MiniupiError as e:
+                results.append(e)
+        try:
+            await self._commit.write(puts)
+        except Exception as e:
+            failed = Unavailable(f"bank {self.bank} could not record the decision: {e}")
+            return [failed] * len(results)
+        for txn in applied:
+            self._fire("after_apply", txn_id=txn.txn_id, decision=txn.state)
+        return results
+
+    def _apply(self, txn_id: str, commit: bool, puts: list[Put], applied: list[BankTxn]) -> bool:
         txn = self.txns.get(txn_id)
+        decision = COMMITTED if commit else ABORTED
         if txn is None:
+            if commit:
+                raise FailedPrecondition(f"transaction {txn_id} was never prepared at {self.bank}")
             txn = BankTxn(txn_id, ABORTED, (), time.time(), time.time())
             self.txns[txn_id] = txn
-            await self._commit.write([Put("txns", txn_id, txn.record())])
+            puts.append(Put("txns", txn_id, txn.record()))
             return False
-        if txn.state == COMMITTED:
-            raise FailedPrecondition(f"transaction {txn_id} was committed at {self.bank}")
-        if txn.state == ABORTED:
-            await self._commit.barrier()
-            return True
-        self._fire("before_apply", txn_id=txn_id, decision=ABORTED)
+        if txn.state == decision:
+            return True  # a repeat: the batch's write is its barrier
+        if txn.state != PREPARED:
+            raise FailedPrecondition(f"transaction {txn_id} was {txn.state.lower()} at {self.bank}")
+        self._fire("before_apply", txn_id=txn_id, decision=decision)
         self._hold(txn, -1)
         self.prepared.discard(txn_id)
-        txn.state, txn.decided_at = ABORTED, time.time()
-        await self._commit.write([Put("txns", txn_id, txn.record())])
-        self._fire("after_apply", txn_id=txn_id, decision=ABORTED)
+        txn.state, txn.decided_at = decision, time.time()
+        puts.append(Put("txns", txn_id, txn.record()))
+        if commit:
+            touched: dict[str, Account] = {}
+            for leg in txn.legs:
+                account = self.accounts[leg.account]
+                account.balance += leg.delta
+                account.history.append(txn_id)
+                touched[account.name] = account
+            puts.extend(Put("accounts", a.name, a.record()) for a in touched.values())
+        applied.append(txn)
         return True
 
 
