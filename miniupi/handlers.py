@@ -4,10 +4,16 @@ grpc.aio interceptors see only the method name and metadata; to check a
 peer certificate, time a call or learn its status they must wrap the
 handler itself. `wrap_handler` does that once for unary and
 server-streaming methods, so plugins write only what happens around.
+
+Interceptors run for every call, so the wrapping is remembered: the
+same handler and the same `around` give back the same wrapped handler,
+and an interceptor that keeps one `around` per method pays for the
+wrapping once per method, not once per call.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -45,6 +51,33 @@ async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> 
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message")
 
 
+class CheckFirst:
+    """An `around` that only awaits `check(context)` before the call; the check aborts to refuse."""
+
+    __slots__ = ("check",)
+
+    def __init__(self, check: Callable[[grpc.aio.ServicerContext], Awaitable[Any]]) -> None:
+        self.check = check
+
+    def __call__(self, request: Any, context: grpc.aio.ServicerContext) -> _Checking:
+        return _Checking(self.check, context)
+
+
+class _Checking:
+    __slots__ = ("check", "context")
+
+    def __init__(self, check: Callable[[grpc.aio.ServicerContext], Awaitable[Any]],
+                 context: grpc.aio.ServicerContext) -> None:
+        self.check, self.context = check, context
+
+    async def __aenter__(self) -> None:
+        await self.check(self.context)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
 def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
     """The same method, with every call run inside `around(request, context)`."""
     if handler.unary_unary is not None:

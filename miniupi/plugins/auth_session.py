@@ -12,8 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ import grpc
 from miniupi.caller import ADMIN, SESSION_METADATA_KEY, current_account, current_peer
 from miniupi.config import NodeConfig
 from miniupi.errors import Unauthenticated
-from miniupi.handlers import wrap_handler
+from miniupi.handlers import CheckFirst, wrap_handler
 from miniupi.hookspecs import hookimpl
 from miniupi.tls import peer_identity
 
@@ -104,22 +103,14 @@ def _store_for(node: NodeConfig) -> SessionStore:
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
-def _checked(handler: grpc.RpcMethodHandler, check: Callable[[grpc.aio.ServicerContext], Awaitable[Any]]) -> grpc.RpcMethodHandler:
-    """The handler, run only after `check` passes (it aborts the call otherwise)."""
-
-    @asynccontextmanager
-    async def around(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        await check(context)
-        yield
-
-    return wrap_handler(handler, around)
-
-
 class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
     """Every gateway method but Register and Login needs a live session key."""
 
     def __init__(self, sessions: SessionStore, banks: frozenset[str]) -> None:
         self.sessions, self.banks = sessions, banks
+        # One `around` each, made once, so wrap_handler's cache serves every call.
+        self._public, self._for_nodes = CheckFirst(_set_peer), CheckFirst(self._bank_or_admin)
+        self._for_customers = CheckFirst(self._session)
 
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -127,21 +118,19 @@ class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(ALWAYS_OPEN_PREFIXES):
             return handler
         if method in GATEWAY_PUBLIC:
-            return _checked(handler, _set_peer)
+            return wrap_handler(handler, self._public)
         if method in GATEWAY_FOR_NODES:
-            return _checked(handler, self._bank_or_admin)
-        key = next((v for k, v in details.invocation_metadata or () if k == SESSION_METADATA_KEY), "")
+            return wrap_handler(handler, self._for_nodes)
+        return wrap_handler(handler, self._for_customers)
 
-        async def check(context: grpc.aio.ServicerContext) -> None:
-            if await _set_peer(context) == ADMIN:
-                return  # the admin certificate is the admin's credential; no session needed
-            try:
-                current_account.set(self.sessions.resolve(key if isinstance(key, str) else ""))
-            except Unauthenticated as e:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, e.message)
-
-        return _checked(handler, check)
-
+    async def _session(self, context: grpc.aio.ServicerContext) -> None:
+        if await _set_peer(context) == ADMIN:
+            return  # the admin certificate is the admin's credential; no session needed
+        key = next((v for k, v in context.invocation_metadata() or () if k == SESSION_METADATA_KEY), "")
+        try:
+            current_account.set(self.sessions.resolve(key if isinstance(key, str) else ""))
+        except Unauthenticated as e:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, e.message)
 
     async def _bank_or_admin(self, context: grpc.aio.ServicerContext) -> None:
         peer = await _set_peer(context)
@@ -162,23 +151,31 @@ class BankCallerInterceptor(grpc.aio.ServerInterceptor):
     gateway: move money (2PC calls), open single accounts or guess passwords.
     """
 
+    def __init__(self) -> None:
+        self._gateway_only, self._admin_reads = CheckFirst(_only_gateway), CheckFirst(_gateway_or_admin)
+
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         method = details.method
         if handler is None or method.startswith(ALWAYS_OPEN_PREFIXES):
             return handler
+        return wrap_handler(handler, self._admin_reads if method in BANK_ADMIN_METHODS else self._gateway_only)
 
-        async def check(context: grpc.aio.ServicerContext) -> None:
-            peer = peer_identity(context)
-            current_peer.set(peer)  # first, so a refused call is logged with its caller
-            if peer == GATEWAY or (peer == ADMIN and method in BANK_ADMIN_METHODS):
-                return
-            if peer == ADMIN:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the admin may only read a bank")
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"{peer or 'an unknown peer'} may not call a bank; only the gateway may")
 
-        return _checked(handler, check)
+async def _only_gateway(context: grpc.aio.ServicerContext) -> None:
+    peer = await _set_peer(context)  # first, so a refused call is logged with its caller
+    if peer == ADMIN:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the admin may only read a bank")
+    if peer != GATEWAY:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{peer or 'an unknown peer'} may not call a bank; only the gateway may")
+
+
+async def _gateway_or_admin(context: grpc.aio.ServicerContext) -> None:
+    peer = await _set_peer(context)
+    if peer not in (GATEWAY, ADMIN):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{peer or 'an unknown peer'} may not call a bank; only the gateway may")
 
 
 @hookimpl

@@ -6,8 +6,7 @@ can never reach the log: neither is on the list.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -41,6 +40,7 @@ def _fields(request: Any) -> dict[str, Any]:
 class CallLogInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, node: NodeConfig) -> None:
         self.node = node
+        self._arounds: dict[str, _LogCalls] = {}
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
@@ -49,26 +49,42 @@ class CallLogInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(QUIET_PREFIXES):
             return handler
-        method = details.method.rsplit("/", 1)[-1]
+        around = self._arounds.get(details.method)
+        if around is None:  # one per method, so wrap_handler's cache serves every later call
+            around = self._arounds[details.method] = _LogCalls(details.method.rsplit("/", 1)[-1])
+        return wrap_handler(handler, around)
 
-        @asynccontextmanager
-        async def logged(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-            start = time.perf_counter()
-            code = "OK"
-            try:
-                yield
-            except BaseException:
-                code = _code_name(context) or "UNKNOWN"
-                raise
-            finally:
-                fields = {"method": method, "caller": current_peer.get() or "-",
-                          "user": current_account.get() or "-", **_fields(request), "code": code,
-                          "ms": round((time.perf_counter() - start) * 1000, 2)}
-                # bind() costs as much as the line itself; only JSON lines need the fields apart.
-                log = logger.bind(**fields) if structured_logs() else logger
-                log.info(" ".join(f"{k}={v}" for k, v in fields.items()))
 
-        return wrap_handler(handler, logged)
+class _LogCalls:
+    __slots__ = ("method",)
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def __call__(self, request: Any, context: grpc.aio.ServicerContext) -> _LoggedCall:
+        return _LoggedCall(self.method, request, context)
+
+
+class _LoggedCall:
+    """Times one call and logs its line on the way out, whatever the outcome."""
+
+    __slots__ = ("method", "request", "context", "start")
+
+    def __init__(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+        self.method, self.request, self.context = method, request, context
+        self.start = time.perf_counter()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        code = "OK" if exc_type is None else _code_name(self.context) or "UNKNOWN"
+        fields = {"method": self.method, "caller": current_peer.get() or "-",
+                  "user": current_account.get() or "-", **_fields(self.request), "code": code,
+                  "ms": round((time.perf_counter() - self.start) * 1000, 2)}
+        # bind() costs as much as the line itself; only JSON lines need the fields apart.
+        log = logger.bind(**fields) if structured_logs() else logger
+        log.info(" ".join(f"{k}={v}" for k, v in fields.items()))
 
 
 def _code_name(context: grpc.aio.ServicerContext) -> str | None:
