@@ -1,11 +1,20 @@
-"""The node log file: rotated by size without asking the file before every line."""
+"""Node logs: the call log's lines, and the file rotated by size without asking the file per line."""
 from __future__ import annotations
 
+import copy
+import json
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from loguru import logger
 
+from miniupi.errors import InsufficientFunds
 from miniupi.logs import _SizeRotation
+from miniupi.testing import DEFAULT_SPEC, LocalCluster
+from conftest import PASSWORD, open_account, running_cluster, wait_for
 
 
 def test_the_log_rotates_past_its_size_and_keeps_every_line(tmp_path: Path) -> None:
@@ -22,3 +31,61 @@ def test_the_log_rotates_past_its_size_and_keeps_every_line(tmp_path: Path) -> N
     lines = [line for f in files for line in f.read_text().splitlines()]
     assert sorted(line[:7] for line in lines if line.startswith("line")) == [f"line {i:02d}" for i in range(40)]
     assert all(f.stat().st_size <= 400 for f in files)
+
+
+# -- the call log, as a running node writes it --------------------------------------------------
+
+@pytest.fixture(scope="module", params=["text", "json"])
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    spec = copy.deepcopy(DEFAULT_SPEC)
+    spec["cluster"]["log_json"] = request.param == "json"
+    with running_cluster(tmp_path_factory.mktemp(f"logs-{request.param}"), spec) as c:
+        yield c
+
+
+def _call_lines(cluster: LocalCluster, node: str, needle: str) -> list[dict[str, str]]:
+    """The node's call-log lines containing needle, as their key=value fields (text or JSON lines alike).
+
+    The file is buffered while the node runs, so its stdout (cluster.log) is read too; a line
+    found in both counts once.
+    """
+    path = cluster.config.node(node).data_dir / f"{node}.log"
+    raw = (path.read_text().splitlines() if path.exists() else []) + cluster.log_path.read_text().splitlines()
+    out = []
+    for line in dict.fromkeys(line for line in raw if needle in line):
+        if line.startswith("{"):
+            record = json.loads(line)["record"]
+            if record["extra"]["node"] == node:
+                out.append({k: str(v) for k, v in record["extra"].items() if k != "node"})
+            continue
+        stamp, level, node_name, text = line[:23], line[24:31], *line[32:].split(" ", 1)
+        if node_name != node:
+            continue
+        time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")  # the same layout as every other line
+        assert level == "INFO   ", line
+        out.append(dict(kv.split("=", 1) for kv in text.split(" ")))
+    return out
+
+
+def test_every_call_is_logged_once_with_its_caller_amount_status_and_latency(cluster: LocalCluster) -> None:
+    payer, payee = open_account(cluster, "bank_a", 5_00), open_account(cluster, "bank_b", 0)
+    paid, refused = str(uuid.uuid4()), str(uuid.uuid4())
+    with cluster.client() as c:
+        c.login(payer, PASSWORD)
+        c.pay(payee, 2_00, txn_id=paid)
+        with pytest.raises(InsufficientFunds):
+            c.pay(payee, 9_00, txn_id=refused)
+
+    def logged() -> list[dict[str, str]]:
+        return _call_lines(cluster, "gateway", paid) + _call_lines(cluster, "gateway", refused)
+
+    lines = wait_for("both Pay lines in the gateway's log file", lambda: len(logged()) == 2 and logged())
+    ok, no = sorted(lines, key=lambda f: f["txn_id"] != paid)
+    assert {k: ok[k] for k in ("method", "caller", "user", "amount", "code")} == \
+        {"method": "Pay", "caller": "client", "user": payer, "amount": "200", "code": "OK"}
+    assert {k: no[k] for k in ("method", "amount", "code")} == \
+        {"method": "Pay", "amount": "900", "code": "FAILED_PRECONDITION"}
+    assert float(ok["ms"]) > 0 and float(no["ms"]) > 0
+    # Banks are called in batches, which name no one transaction.
+    batches = _call_lines(cluster, "bank_a", "DecideAndPrepare")
+    assert batches and {(f["method"], f["caller"], f["code"]) for f in batches} == {("DecideAndPrepare", "gateway", "OK")}

@@ -10,12 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from loguru import logger
 
 from miniupi.caller import current_account, current_peer
 from miniupi.config import NodeConfig
 from miniupi.handlers import wrap_handler
-from miniupi.logs import structured_logs
+from miniupi.logs import log_call
 from miniupi.hookspecs import hookimpl
 
 QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -79,12 +78,9 @@ class _LoggedCall:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         code = "OK" if exc_type is None else _code_name(self.context) or "UNKNOWN"
-        fields = {"method": self.method, "caller": current_peer.get() or "-",
+        log_call({"method": self.method, "caller": current_peer.get() or "-",
                   "user": current_account.get() or "-", **_fields(self.request), "code": code,
-                  "ms": round((time.perf_counter() - self.start) * 1000, 2)}
-        # bind() costs as much as the line itself; only JSON lines need the fields apart.
-        log = logger.bind(**fields) if structured_logs() else logger
-        log.info(" ".join(f"{k}={v}" for k, v in fields.items()))
+                  "ms": round((time.perf_counter() - self.start) * 1000, 2)})
 
 
 def _code_name(context: grpc.aio.ServicerContext) -> str | None:
