@@ -6,7 +6,8 @@ string, and miniupi/nodes/status.py is the one door where it becomes a
 """
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 
 class MiniupiError(Exception):
@@ -85,3 +86,11 @@ def unwrap(result: Result | MiniupiError) -> Result:
     if isinstance(result, MiniupiError):
         raise result
     return result
+
+
+def caught(step: Callable[..., Result], *args: Any) -> Result | MiniupiError:
+    """One item of a batch: `step(*args)`, or the error that refused that item alone (undone by unwrap)."""
+    try:
+        return step(*args)
+    except MiniupiError as e:
+        return e

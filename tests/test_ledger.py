@@ -113,7 +113,7 @@ def test_prepared_transactions_and_holds_survive_a_reopen(tmp_path: Path) -> Non
 
 
 def test_a_batch_is_decided_item_by_item_with_one_durable_write(tmp_path: Path) -> None:
-    """PrepareMany and DecideMany: one refused item leaves the others alone, and the batch shares one write."""
+    """DecideAndPrepare's halves: one refused item leaves the others alone, and the batch shares one write."""
     async def scenario() -> None:
         ledger, commit = _open(tmp_path)
         await ledger.open_account("alice", "pw", 1000)
@@ -133,9 +133,15 @@ def test_a_batch_is_decided_item_by_item_with_one_durable_write(tmp_path: Path) 
         assert writes == [2, 4]  # a and alice's account, d, and the remembered unknown abort
         alice = ledger.account("alice")
         assert (alice.balance, alice.held, ledger.prepared) == (400, 0, set())
+        # Decisions go first: the hold an abort releases is free for a prepare of the same batch.
+        e, f = str(uuid.uuid4()), str(uuid.uuid4())
+        assert (await ledger.prepare_many([(e, "INR", _debit(300))]))[0].yes
+        outcomes, votes = await ledger.decide_and_prepare([(e, False)], [(f, "INR", _debit(400))])
+        assert outcomes == [True] and votes[0].yes and writes[-1] == 2
         await commit.close()
         reopened, commit = _open(tmp_path)
         assert reopened.account("alice").balance == 400 and reopened.txns[d].state == "ABORTED"
+        assert (reopened.account("alice").held, reopened.prepared) == (400, {f})
         await commit.close()
 
     run(scenario())

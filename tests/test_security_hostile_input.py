@@ -17,10 +17,11 @@ one caller a bank serves for everything, so the fuzz reaches every handler.
 Keeping "no money moves" a true invariant:
 - The customer, `fuzzer@bank_a`, has a zero balance, so no Pay it sends can
   succeed; at worst the payee's bank prepares a credit and is told to abort.
-- A fuzzed bank Prepare (or PrepareMany) that names real accounts really
-  places a hold (the gateway may call banks). The harness aborts every
-  transaction id in such a request straight after, so every Commit (or
-  DecideMany) the fuzzer sends finds nothing prepared to apply.
+- A fuzzed bank Prepare (or DecideAndPrepare) that names real accounts
+  really places a hold (the gateway may call banks). The harness aborts
+  every transaction id in such a request straight after, so every Commit
+  the fuzzer sends finds nothing prepared to apply, and DecideAndPrepare
+  applies its decisions before its prepares, never a commit of its own.
 - Register and OpenAccount(s) legitimately open funded accounts. They are fuzzed
   on a cluster of their own, and the check there is that every account that
   existed before keeps its balance and holds, every new one holds exactly its
@@ -310,7 +311,7 @@ def is_uuid(value: str) -> bool:
 
 
 def txn_ids(message: Message) -> set[str]:
-    """Every well-formed transaction id anywhere in the message (PrepareMany nests its prepares)."""
+    """Every well-formed transaction id anywhere in the message (DecideAndPrepare nests its prepares)."""
     found = set()
     for field, value in message.ListFields():
         if field.type == F.TYPE_MESSAGE:

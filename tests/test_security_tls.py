@@ -321,8 +321,8 @@ def test_the_admin_may_read_a_bank_but_not_move_money_open_accounts_or_guess_pas
             "Prepare": refused_code(lambda: stub.Prepare(bank_pb2.PrepareRequest(txn_id=txn, currency="INR", legs=[
                 bank_pb2.Leg(account=victim, delta_minor=1_000_00, counterparty="admin@bank_a")]), timeout=TIMEOUT)),
             "Commit": refused_code(lambda: stub.Commit(bank_pb2.DecisionRequest(txn_id=txn), timeout=TIMEOUT)),
-            "PrepareMany": refused_code(lambda: stub.PrepareMany(bank_pb2.PrepareManyRequest(), timeout=TIMEOUT)),
-            "DecideMany": refused_code(lambda: stub.DecideMany(bank_pb2.DecideManyRequest(), timeout=TIMEOUT)),
+            "DecideAndPrepare": refused_code(lambda: stub.DecideAndPrepare(bank_pb2.DecideAndPrepareRequest(),
+                                                                           timeout=TIMEOUT)),
             "OpenAccount": refused_code(lambda: stub.OpenAccount(bank_pb2.OpenAccountRequest(
                 account="admins_own", password="x"), timeout=TIMEOUT)),
             "VerifyPassword": refused_code(lambda: stub.VerifyPassword(bank_pb2.VerifyPasswordRequest(

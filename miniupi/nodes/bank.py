@@ -5,13 +5,14 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 from loguru import logger
 
 from miniupi.config import ClusterConfig, ConfigError
 from miniupi.caller import ADMIN, current_peer
-from miniupi.errors import AlreadyExists, InvalidArgument, MiniupiError, PermissionDenied, unwrap
+from miniupi.errors import AlreadyExists, InvalidArgument, MiniupiError, PermissionDenied, caught, unwrap
 from miniupi.logs import setup_node_logging
 from miniupi.nodes.in_doubt import resolve_in_doubt
 from miniupi.passwords import MAX_PASSWORD
@@ -36,58 +37,42 @@ class BankServicer(bank_pb2_grpc.BankServicer):
     def _money(self, minor: int) -> common_pb2.Money:
         return common_pb2.Money(minor=minor, currency=self.ledger.currency)
 
-    async def _votes(self, requests: Sequence[bank_pb2.PrepareRequest]) -> list[bank_pb2.PrepareReply | MiniupiError]:
-        """One vote per request, all made durable by one write; a malformed item is refused alone."""
-        out: list[bank_pb2.PrepareReply | MiniupiError | None] = [None] * len(requests)
-        valid, where = [], []
-        for i, request in enumerate(requests):
-            try:
-                valid.append(_prepare_spec(request))
-                where.append(i)
-            except MiniupiError as e:
-                out[i] = e
-        for i, vote in zip(where, await self.ledger.prepare_many(valid)):
-            out[i] = vote if isinstance(vote, MiniupiError) else bank_pb2.PrepareReply(
-                yes=vote.yes, refusal=vote.refusal or "VOTE_REFUSAL_UNSPECIFIED", detail=vote.detail)
-        return out  # type: ignore[return-value]
-
-    async def _decisions(self, decisions: Sequence[tuple[str, bool]]) -> list[bool | MiniupiError]:
-        out: list[bool | MiniupiError | None] = [None] * len(decisions)
-        valid, where = [], []
-        for i, (txn_id, commit) in enumerate(decisions):
-            try:
-                valid.append((valid_txn_id(txn_id), commit))
-                where.append(i)
-            except MiniupiError as e:
-                out[i] = e
-        for i, result in zip(where, await self.ledger.decide_many(valid)):
-            out[i] = result
-        return out  # type: ignore[return-value]
+    async def _decide_and_prepare(
+        self, decisions: Sequence[tuple[str, bool]], prepares: Sequence[bank_pb2.PrepareRequest],
+    ) -> tuple[list[bool | MiniupiError], list[bank_pb2.PrepareReply | MiniupiError]]:
+        """Every answer made durable by one write; a malformed item is refused alone."""
+        checked_decisions = [caught(lambda d: (valid_txn_id(d[0]), d[1]), d) for d in decisions]
+        checked_prepares = [caught(_prepare_spec, p) for p in prepares]
+        outcomes, votes = await self.ledger.decide_and_prepare(
+            [d for d in checked_decisions if not isinstance(d, MiniupiError)],
+            [p for p in checked_prepares if not isinstance(p, MiniupiError)])
+        return _merge(checked_decisions, outcomes), [
+            v if isinstance(v, MiniupiError) else bank_pb2.PrepareReply(
+                yes=v.yes, refusal=v.refusal or "VOTE_REFUSAL_UNSPECIFIED", detail=v.detail)
+            for v in _merge(checked_prepares, votes)]
 
     @grpc_errors
     async def Prepare(self, request: bank_pb2.PrepareRequest, context: grpc.aio.ServicerContext) -> bank_pb2.PrepareReply:
-        return unwrap((await self._votes([request]))[0])
+        return unwrap((await self._decide_and_prepare((), [request]))[1][0])
 
     @grpc_errors
     async def Commit(self, request: bank_pb2.DecisionRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecisionReply:
-        return bank_pb2.DecisionReply(known=unwrap((await self._decisions([(request.txn_id, True)]))[0]))
+        return bank_pb2.DecisionReply(known=unwrap((await self._decide_and_prepare([(request.txn_id, True)], ()))[0][0]))
 
     @grpc_errors
     async def Abort(self, request: bank_pb2.DecisionRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecisionReply:
-        return bank_pb2.DecisionReply(known=unwrap((await self._decisions([(request.txn_id, False)]))[0]))
+        return bank_pb2.DecisionReply(known=unwrap((await self._decide_and_prepare([(request.txn_id, False)], ()))[0][0]))
 
     @grpc_errors
-    async def PrepareMany(self, request: bank_pb2.PrepareManyRequest, context: grpc.aio.ServicerContext) -> bank_pb2.PrepareManyReply:
-        votes = [bank_pb2.PrepareReply(yes=False, refusal=bank_pb2.INVALID_REQUEST, detail=v.message)
-                 if isinstance(v, MiniupiError) else v for v in await self._votes(request.prepares)]
-        return bank_pb2.PrepareManyReply(votes=votes)
-
-    @grpc_errors
-    async def DecideMany(self, request: bank_pb2.DecideManyRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecideManyReply:
-        results = await self._decisions([(d.txn_id, d.commit) for d in request.decisions])
-        return bank_pb2.DecideManyReply(outcomes=[
-            bank_pb2.DecisionOutcome(applied=False, error=r.message) if isinstance(r, MiniupiError)
-            else bank_pb2.DecisionOutcome(applied=True, known=r) for r in results])
+    async def DecideAndPrepare(self, request: bank_pb2.DecideAndPrepareRequest,
+                               context: grpc.aio.ServicerContext) -> bank_pb2.DecideAndPrepareReply:
+        outcomes, votes = await self._decide_and_prepare([(d.txn_id, d.commit) for d in request.decisions],
+                                                         request.prepares)
+        return bank_pb2.DecideAndPrepareReply(
+            outcomes=[bank_pb2.DecisionOutcome(applied=False, error=r.message) if isinstance(r, MiniupiError)
+                      else bank_pb2.DecisionOutcome(applied=True, known=r) for r in outcomes],
+            votes=[bank_pb2.PrepareReply(yes=False, refusal=bank_pb2.INVALID_REQUEST, detail=v.message)
+                   if isinstance(v, MiniupiError) else v for v in votes])
 
     @grpc_errors
     async def OpenAccount(self, request: bank_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:
@@ -153,6 +138,15 @@ class BankServicer(bank_pb2_grpc.BankServicer):
                     bank_pb2.Leg(account=leg.account, delta_minor=leg.delta, counterparty=leg.counterparty)
                     for leg in legs])
                 for i, st, legs in batch])
+
+
+Answer = TypeVar("Answer")
+
+
+def _merge(checked: list[Any], answers: list[Answer]) -> list[Answer | MiniupiError]:
+    """The ledger's answers put back among the items refused before it saw them."""
+    it = iter(answers)
+    return [c if isinstance(c, MiniupiError) else next(it) for c in checked]
 
 
 def _prepare_spec(request: bank_pb2.PrepareRequest) -> tuple[str, str, list[LegSpec]]:

@@ -1,7 +1,8 @@
 """The gateway's long-lived mTLS channels to every bank, one per bank.
 
-Prepares and decisions go out through a Batcher per bank and kind, so
-under load one PrepareMany or DecideMany call carries many payments.
+Prepares and decisions go out through one Batcher per bank, so under
+load one DecideAndPrepare call carries the decisions of some payments
+and the prepares of others: one call and one fsync at the bank for all.
 
 Calls on them wait for the channel to be ready (bounded by each call's
 timeout) rather than failing at once: a bank that was just restarted is
@@ -11,13 +12,11 @@ and a bank that stays down costs a payment its prepare timeout, no more.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import grpc
 
 from miniupi.config import ClusterConfig
-from miniupi.errors import NotFound
+from miniupi.errors import NotFound, Unavailable
 from miniupi.nodes.batcher import Batcher
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc
@@ -31,12 +30,24 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def _batched(call: Callable[..., Awaitable[Any]], request: Callable[[list[Any]], Any],
-             results: Callable[[Any], Sequence[Any]], timeout: float) -> Batcher[Any, Any]:
-    """A Batcher whose batches go out as one `call(request(items))`, answered by `results(reply)`."""
+BankItem = bank_pb2.PrepareRequest | bank_pb2.Decision
+BankAnswer = bank_pb2.PrepareReply | bank_pb2.DecisionOutcome
 
-    async def send(items: list[Any]) -> Sequence[Any]:
-        return results(await call(request(items), timeout=timeout, wait_for_ready=True))
+
+def _batched(stub: bank_pb2_grpc.BankStub, prepare_timeout: float, call_timeout: float) -> Batcher[BankItem, BankAnswer]:
+    """A Batcher whose batches go out as one DecideAndPrepare call."""
+
+    async def send(items: list[BankItem]) -> list[BankAnswer]:
+        decisions = [i for i in items if isinstance(i, bank_pb2.Decision)]
+        prepares = [i for i in items if isinstance(i, bank_pb2.PrepareRequest)]
+        reply = await stub.DecideAndPrepare(
+            bank_pb2.DecideAndPrepareRequest(decisions=decisions, prepares=prepares),
+            timeout=prepare_timeout if prepares else call_timeout, wait_for_ready=True)
+        if (len(reply.outcomes), len(reply.votes)) != (len(decisions), len(prepares)):
+            raise Unavailable(f"bank answered {len(reply.outcomes)} decisions and {len(reply.votes)} votes "
+                              f"for {len(decisions)} and {len(prepares)}")
+        outcomes, votes = iter(reply.outcomes), iter(reply.votes)
+        return [next(outcomes) if isinstance(i, bank_pb2.Decision) else next(votes) for i in items]
 
     return Batcher(send)
 
@@ -49,26 +60,20 @@ class BankLinks:
             for name, node in cluster.banks.items()
         }
         self._stubs = {name: bank_pb2_grpc.BankStub(ch) for name, ch in self._channels.items()}
-        self._prepares = {
-            name: _batched(stub.PrepareMany, lambda items: bank_pb2.PrepareManyRequest(prepares=items),
-                           lambda reply: reply.votes, cluster.prepare_timeout_s)
-            for name, stub in self._stubs.items()}
-        self._decisions = {
-            name: _batched(stub.DecideMany, lambda items: bank_pb2.DecideManyRequest(decisions=items),
-                           lambda reply: reply.outcomes, cluster.call_timeout_s)
-            for name, stub in self._stubs.items()}
+        self._batchers = {name: _batched(stub, cluster.prepare_timeout_s, cluster.call_timeout_s)
+                          for name, stub in self._stubs.items()}
 
     def prepare(self, bank: str, request: bank_pb2.PrepareRequest) -> asyncio.Future[bank_pb2.PrepareReply]:
         """The bank's vote, sent in a batch with other payments' prepares to that bank."""
-        if bank not in self._prepares:
+        if bank not in self._batchers:
             raise NotFound(f"unknown bank {bank}")
-        return self._prepares[bank].submit(request)
+        return self._batchers[bank].submit(request)  # type: ignore[return-value]
 
     def decide(self, bank: str, txn_id: str, commit: bool) -> asyncio.Future[bank_pb2.DecisionOutcome]:
         """Phase 2 for one transaction at one bank, batched like `prepare`."""
-        if bank not in self._decisions:
+        if bank not in self._batchers:
             raise NotFound(f"unknown bank {bank}")
-        return self._decisions[bank].submit(bank_pb2.Decision(txn_id=txn_id, commit=commit))
+        return self._batchers[bank].submit(bank_pb2.Decision(txn_id=txn_id, commit=commit))  # type: ignore[return-value]
 
     def __contains__(self, bank: str) -> bool:
         return bank in self._stubs

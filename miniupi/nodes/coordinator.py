@@ -194,6 +194,9 @@ class Coordinator:
         """None for a YES vote, else the refusal to give the client."""
         try:
             reply = await pending
+        except Unavailable as e:  # the bank's answer did not match the batch
+            logger.warning("prepare {} at {} failed: {}", txn_id, bank, e.message)
+            return Aborted(f"payment aborted: bank {bank} unavailable")
         except grpc.aio.AioRpcError as e:
             logger.warning("prepare {} at {} failed: {} {}", txn_id, bank, e.code().name, e.details())
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:

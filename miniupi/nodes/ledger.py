@@ -22,6 +22,7 @@ from miniupi.errors import (
     MiniupiError,
     NotFound,
     Unavailable,
+    caught,
     unwrap,
 )
 from miniupi.money import INT64_MAX
@@ -72,6 +73,9 @@ class BankTxn:
             "prepared_at": self.prepared_at,
             "decided_at": self.decided_at,
         }
+
+
+PrepareSpec = tuple[str, str, Sequence[LegSpec]]  # txn_id, currency, legs
 
 
 @dataclass(frozen=True)
@@ -220,31 +224,41 @@ class Ledger:
         """Reserve every leg and vote. YES is durable before it is returned."""
         return unwrap((await self.prepare_many([(txn_id, currency, legs)]))[0])
 
-    async def prepare_many(self, prepares: Sequence[tuple[str, str, Sequence[LegSpec]]]) -> list[Vote | MiniupiError]:
-        """Vote on a batch with one durable write: a Vote, or the error that refused that item.
+    async def prepare_many(self, prepares: Sequence[PrepareSpec]) -> list[Vote | MiniupiError]:
+        """Vote on a batch with one durable write: a Vote, or the error that refused that item."""
+        return (await self.decide_and_prepare((), prepares))[1]
 
-        A repeated id gets its first answer; that answer is durable too,
-        because the batch's write comes after everything written before.
+    async def decide_and_prepare(
+        self, decisions: Sequence[tuple[str, bool]], prepares: Sequence[PrepareSpec],
+    ) -> tuple[list[bool | MiniupiError], list[Vote | MiniupiError]]:
+        """Apply a batch of (txn_id, commit), then vote on a batch of prepares, with one durable write.
+
+        Each answer is its own: a decision's is whether the id was known, a
+        prepare's is its Vote, or either is the error that refused that item
+        alone. A repeated id gets its first answer, durable too, because the
+        batch's write comes after everything written before. If the write
+        fails, every answer is that failure and no new vote stands.
         """
-        results: list[Vote | MiniupiError] = []
+        puts: list[Put] = []
+        applied: list[BankTxn] = []
         fresh: list[BankTxn] = []
-        for txn_id, currency, legs in prepares:
-            try:
-                results.append(self._reserve(txn_id, currency, legs, fresh))
-            except MiniupiError as e:
-                results.append(e)
+        outcomes = [caught(self._apply, txn_id, commit, puts, applied) for txn_id, commit in decisions]
+        votes = [caught(self._reserve, txn_id, currency, legs, fresh) for txn_id, currency, legs in prepares]
+        puts.extend(Put("txns", t.txn_id, t.record()) for t in fresh)
         try:
-            await self._commit.write([Put("txns", t.txn_id, t.record()) for t in fresh])
+            await self._commit.write(puts)
         except Exception as e:
             for txn in fresh:
                 self._hold(txn, -1)
                 del self.txns[txn.txn_id]
                 self.prepared.discard(txn.txn_id)
-            failed = Unavailable(f"bank {self.bank} could not record its vote: {e}")
-            return [failed] * len(results)
+            failed = Unavailable(f"bank {self.bank} could not make the batch durable: {e}")
+            return [failed] * len(outcomes), [failed] * len(votes)
+        for txn in applied:
+            self._fire("after_apply", txn_id=txn.txn_id, decision=txn.state)
         for txn in fresh:
             self._fire("after_vote", txn_id=txn.txn_id, yes=True)
-        return results
+        return outcomes, votes
 
     def _reserve(self, txn_id: str, currency: str, legs: Sequence[LegSpec], fresh: list[BankTxn]) -> Vote:
         if not legs:
@@ -304,27 +318,8 @@ class Ledger:
         return unwrap((await self.decide_many([(txn_id, False)]))[0])
 
     async def decide_many(self, decisions: Sequence[tuple[str, bool]]) -> list[bool | MiniupiError]:
-        """Apply a batch of (txn_id, commit) with one durable write.
-
-        Each result is whether the id was known, or the error that refused
-        that decision (a commit of an aborted id, for instance).
-        """
-        results: list[bool | MiniupiError] = []
-        puts: list[Put] = []
-        applied: list[BankTxn] = []
-        for txn_id, commit in decisions:
-            try:
-                results.append(self._apply(txn_id, commit, puts, applied))
-            except MiniupiError as e:
-                results.append(e)
-        try:
-            await self._commit.write(puts)
-        except Exception as e:
-            failed = Unavailable(f"bank {self.bank} could not record the decision: {e}")
-            return [failed] * len(results)
-        for txn in applied:
-            self._fire("after_apply", txn_id=txn.txn_id, decision=txn.state)
-        return results
+        """Apply a batch of (txn_id, commit) with one durable write; see decide_and_prepare."""
+        return (await self.decide_and_prepare(decisions, ()))[0]
 
     def _apply(self, txn_id: str, commit: bool, puts: list[Put], applied: list[BankTxn]) -> bool:
         txn = self.txns.get(txn_id)

@@ -53,18 +53,6 @@ class PrepareReply(_message.Message):
     detail: str
     def __init__(self, yes: _Optional[bool] = ..., refusal: _Optional[_Union[VoteRefusal, str]] = ..., detail: _Optional[str] = ...) -> None: ...
 
-class PrepareManyRequest(_message.Message):
-    __slots__ = ("prepares",)
-    PREPARES_FIELD_NUMBER: _ClassVar[int]
-    prepares: _containers.RepeatedCompositeFieldContainer[PrepareRequest]
-    def __init__(self, prepares: _Optional[_Iterable[_Union[PrepareRequest, _Mapping]]] = ...) -> None: ...
-
-class PrepareManyReply(_message.Message):
-    __slots__ = ("votes",)
-    VOTES_FIELD_NUMBER: _ClassVar[int]
-    votes: _containers.RepeatedCompositeFieldContainer[PrepareReply]
-    def __init__(self, votes: _Optional[_Iterable[_Union[PrepareReply, _Mapping]]] = ...) -> None: ...
-
 class Decision(_message.Message):
     __slots__ = ("txn_id", "commit")
     TXN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -73,11 +61,13 @@ class Decision(_message.Message):
     commit: bool
     def __init__(self, txn_id: _Optional[str] = ..., commit: _Optional[bool] = ...) -> None: ...
 
-class DecideManyRequest(_message.Message):
-    __slots__ = ("decisions",)
+class DecideAndPrepareRequest(_message.Message):
+    __slots__ = ("decisions", "prepares")
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    PREPARES_FIELD_NUMBER: _ClassVar[int]
     decisions: _containers.RepeatedCompositeFieldContainer[Decision]
-    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
+    prepares: _containers.RepeatedCompositeFieldContainer[PrepareRequest]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., prepares: _Optional[_Iterable[_Union[PrepareRequest, _Mapping]]] = ...) -> None: ...
 
 class DecisionOutcome(_message.Message):
     __slots__ = ("applied", "known", "error")
@@ -89,11 +79,13 @@ class DecisionOutcome(_message.Message):
     error: str
     def __init__(self, applied: _Optional[bool] = ..., known: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
-class DecideManyReply(_message.Message):
-    __slots__ = ("outcomes",)
+class DecideAndPrepareReply(_message.Message):
+    __slots__ = ("outcomes", "votes")
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    VOTES_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedCompositeFieldContainer[DecisionOutcome]
-    def __init__(self, outcomes: _Optional[_Iterable[_Union[DecisionOutcome, _Mapping]]] = ...) -> None: ...
+    votes: _containers.RepeatedCompositeFieldContainer[PrepareReply]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[DecisionOutcome, _Mapping]]] = ..., votes: _Optional[_Iterable[_Union[PrepareReply, _Mapping]]] = ...) -> None: ...
 
 class DecisionRequest(_message.Message):
     __slots__ = ("txn_id",)

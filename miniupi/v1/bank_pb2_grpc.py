@@ -49,15 +49,10 @@ class BankStub:
                 request_serializer=miniupi_dot_v1_dot_bank__pb2.DecisionRequest.SerializeToString,
                 response_deserializer=miniupi_dot_v1_dot_bank__pb2.DecisionReply.FromString,
                 _registered_method=True)
-        self.PrepareMany = channel.unary_unary(
-                '/miniupi.v1.Bank/PrepareMany',
-                request_serializer=miniupi_dot_v1_dot_bank__pb2.PrepareManyRequest.SerializeToString,
-                response_deserializer=miniupi_dot_v1_dot_bank__pb2.PrepareManyReply.FromString,
-                _registered_method=True)
-        self.DecideMany = channel.unary_unary(
-                '/miniupi.v1.Bank/DecideMany',
-                request_serializer=miniupi_dot_v1_dot_bank__pb2.DecideManyRequest.SerializeToString,
-                response_deserializer=miniupi_dot_v1_dot_bank__pb2.DecideManyReply.FromString,
+        self.DecideAndPrepare = channel.unary_unary(
+                '/miniupi.v1.Bank/DecideAndPrepare',
+                request_serializer=miniupi_dot_v1_dot_bank__pb2.DecideAndPrepareRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_bank__pb2.DecideAndPrepareReply.FromString,
                 _registered_method=True)
         self.OpenAccount = channel.unary_unary(
                 '/miniupi.v1.Bank/OpenAccount',
@@ -118,16 +113,12 @@ class BankServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PrepareMany(self, request, context):
-        """Phase 1 for many transactions in one call: the gateway's fast path.
-        Replies come in request order; each vote is durable as for Prepare.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def DecideMany(self, request, context):
-        """Phase 2 for many transactions in one call, each as Commit or Abort.
+    def DecideAndPrepare(self, request, context):
+        """The gateway's fast path: phase 2 for many transactions, then phase 1
+        for many others, in one call and one durable write. Decisions come
+        first, so a hold they release is free for the prepares behind them.
+        Answers come in request order; each is durable as for Commit, Abort
+        and Prepare.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,15 +186,10 @@ def add_BankServicer_to_server(servicer, server):
                     request_deserializer=miniupi_dot_v1_dot_bank__pb2.DecisionRequest.FromString,
                     response_serializer=miniupi_dot_v1_dot_bank__pb2.DecisionReply.SerializeToString,
             ),
-            'PrepareMany': grpc.unary_unary_rpc_method_handler(
-                    servicer.PrepareMany,
-                    request_deserializer=miniupi_dot_v1_dot_bank__pb2.PrepareManyRequest.FromString,
-                    response_serializer=miniupi_dot_v1_dot_bank__pb2.PrepareManyReply.SerializeToString,
-            ),
-            'DecideMany': grpc.unary_unary_rpc_method_handler(
-                    servicer.DecideMany,
-                    request_deserializer=miniupi_dot_v1_dot_bank__pb2.DecideManyRequest.FromString,
-                    response_serializer=miniupi_dot_v1_dot_bank__pb2.DecideManyReply.SerializeToString,
+            'DecideAndPrepare': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideAndPrepare,
+                    request_deserializer=miniupi_dot_v1_dot_bank__pb2.DecideAndPrepareRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_bank__pb2.DecideAndPrepareReply.SerializeToString,
             ),
             'OpenAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenAccount,
@@ -328,7 +314,7 @@ class Bank:
             _registered_method=True)
 
     @staticmethod
-    def PrepareMany(request,
+    def DecideAndPrepare(request,
             target,
             options=(),
             channel_credentials=None,
@@ -341,36 +327,9 @@ class Bank:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/miniupi.v1.Bank/PrepareMany',
-            miniupi_dot_v1_dot_bank__pb2.PrepareManyRequest.SerializeToString,
-            miniupi_dot_v1_dot_bank__pb2.PrepareManyReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def DecideMany(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/miniupi.v1.Bank/DecideMany',
-            miniupi_dot_v1_dot_bank__pb2.DecideManyRequest.SerializeToString,
-            miniupi_dot_v1_dot_bank__pb2.DecideManyReply.FromString,
+            '/miniupi.v1.Bank/DecideAndPrepare',
+            miniupi_dot_v1_dot_bank__pb2.DecideAndPrepareRequest.SerializeToString,
+            miniupi_dot_v1_dot_bank__pb2.DecideAndPrepareReply.FromString,
             options,
             channel_credentials,
             insecure,
