@@ -5,6 +5,7 @@ can never reach the log: neither is on the list.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,14 +27,24 @@ _CONTROL = {c: "?" for c in (*range(32), 127)}
 
 def _fields(request: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {}
-    for name in ("txn_id", "account", "from_account", "to_account"):
-        value = getattr(request, name, "")
+    descriptor = getattr(request, "DESCRIPTOR", None)  # None for bytes that did not parse
+    if descriptor is None:
+        return fields
+    names, has_amount = _logged_fields(descriptor)
+    for name in names:
+        value = getattr(request, name)
         if value:
             fields[name] = value[:64].translate(_CONTROL)
-    amount = getattr(request, "amount", None)
-    if amount is not None and amount.minor:
-        fields["amount"] = amount.minor
+    if has_amount and request.amount.minor:
+        fields["amount"] = request.amount.minor
     return fields
+
+
+@functools.cache
+def _logged_fields(descriptor: Any) -> tuple[tuple[str, ...], bool]:
+    """Which of the logged fields a message type has: asking a message for a field it lacks raises."""
+    present = descriptor.fields_by_name
+    return tuple(n for n in ("txn_id", "account", "from_account", "to_account") if n in present), "amount" in present
 
 
 class CallLogInterceptor(grpc.aio.ServerInterceptor):
