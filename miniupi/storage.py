@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Protocol
 
+from miniupi.running_loop import RunningLoop
+
 
 class Put(NamedTuple):
     """Set table[key] = value; a value of None deletes the key."""
@@ -49,10 +51,11 @@ class GroupCommit:
         self._pending: list[tuple[Sequence[Put], asyncio.Future[None] | None]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._flusher: asyncio.Task[None] | None = None
+        self._running_loop = RunningLoop()
 
     async def write(self, batch: Sequence[Put]) -> None:
         """Return once `batch` (and everything before it) is durable."""
-        future = asyncio.get_running_loop().create_future()
+        future = self._running_loop().create_future()
         self._submit(batch, future)
         await future
 
@@ -71,7 +74,7 @@ class GroupCommit:
     def _submit(self, batch: Sequence[Put], future: asyncio.Future[None] | None) -> None:
         self._pending.append((batch, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            self._flusher = self._running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()

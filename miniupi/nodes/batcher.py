@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from miniupi.running_loop import RunningLoop
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -27,6 +29,7 @@ class Batcher(Generic[Item, Result]):
         self._in_flight = False
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running_loop = RunningLoop()
 
     def submit(self, item: Item) -> asyncio.Future[Result]:
         """A future for `item`'s result, or for the exception its batch call raised.
@@ -34,7 +37,7 @@ class Batcher(Generic[Item, Result]):
         A future, not a coroutine: a caller sending to several banks awaits
         their futures without a task per bank.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._pending.append((item, future))
         if not self._scheduled and not self._in_flight:
@@ -49,7 +52,7 @@ class Batcher(Generic[Item, Result]):
             return
         batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
         self._in_flight = True
-        task = asyncio.get_running_loop().create_task(self._run(batch))
+        task = self._running_loop().create_task(self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -70,7 +73,7 @@ class Batcher(Generic[Item, Result]):
             self._in_flight = False
             if self._pending and not self._scheduled:
                 self._scheduled = True
-                loop = asyncio.get_running_loop()
+                loop = self._running_loop()
                 if len(batch) > 1 and len(self._pending) < self._max_batch:
                     loop.call_later(self._linger, self._launch)
                 else:
