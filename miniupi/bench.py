@@ -30,6 +30,7 @@ import grpc
 
 from miniupi.config import ClusterConfig
 from miniupi.errors import MiniupiError
+from miniupi.garbage import quiet_garbage_collector
 
 PASSWORD = "bench-password"
 PAYMENT_MINOR = 1  # one paisa: payers never run dry, whatever N is
@@ -108,6 +109,7 @@ async def _drive(plan: LoadPlan, progress: Any) -> Result:
             latencies.append((time.perf_counter() - due) * 1000)
         progress.value += 1
 
+    quiet_garbage_collector()  # as the nodes do: the load generator shares their two cores
     start = time.perf_counter()
     if plan.rate <= 0:
         remaining = [plan.payments]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable
@@ -14,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from loguru import logger
 
 from miniupi.config import NodeConfig
+from miniupi.garbage import quiet_garbage_collector
 from miniupi.logs import flush_logs_periodically
 from miniupi.storage import GroupCommit, Store, StoreDamaged
 from miniupi.tls import server_credentials
@@ -43,21 +43,6 @@ async def open_store(pm: pluggy.PluginManager, node: NodeConfig) -> tuple[GroupC
             store.close()
         raise NodeStartError(f"{node.name}: refusing to start: {e}") from None
     return GroupCommit(store), tables
-
-
-def quiet_garbage_collector() -> None:
-    """Keep the cyclic collector off the hot path.
-
-    A node holds its whole state in memory, loaded at start and growing
-    with every payment; the collector's passes over those long-lived
-    objects cost the gateway about a tenth of its CPU under load. What
-    is loaded by now lives as long as the node, so it is frozen out of
-    every pass, and young objects are collected less often. Reference
-    counting still frees everything acyclic at once.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 50)
 
 
 async def serve(
