@@ -8,7 +8,6 @@ phase 2 is retried until every bank has acknowledged.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -43,6 +42,11 @@ class Payment:
     payee: str
     amount: int
     currency: str
+
+    @property
+    def banks(self) -> list[str]:
+        """The banks taking part: the payer's first, once each."""
+        return list(dict.fromkeys((self.payer.rpartition("@")[2], self.payee.rpartition("@")[2])))
 
     @property
     def details(self) -> tuple[str, str, int, str]:
@@ -177,9 +181,9 @@ class Coordinator:
         decision = COMMITTED if refusal is None else ABORTED
         self._fire("before_decision", txn_id=txn.payment.txn_id, decision=decision)
         code, message = (refusal.code, refusal.message) if refusal else ("", "")
-        decided = dataclasses.replace(txn, state=decision, code=code, message=message)
+        decided = {**txn.record(), "state": decision, "code": code, "message": message}
         try:
-            await self._commit.write([Put("txns", txn.payment.txn_id, decided.record())])  # the commit point
+            await self._commit.write([Put("txns", txn.payment.txn_id, decided)])  # the commit point
         except Exception as e:
             # Nobody may hear a decision the disk does not hold: the payment stays undecided here
             # (banks asking are told INITIATED) and a restart of the gateway presumes abort.
@@ -223,7 +227,7 @@ class Coordinator:
         self._mark_acked(txn)
 
     async def _send_decision(self, txn: Txn) -> bool:
-        banks = list(banks_and_legs(txn.payment))
+        banks = txn.payment.banks
         commit = txn.state == COMMITTED
         sent = [self._links.decide(b, txn.payment.txn_id, commit) for b in banks]
         acked = True
