@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from miniupi.nodes.ledger import Ledger, LegSpec
 from miniupi.plugins.storage_json import JsonStore
 from miniupi.storage import GroupCommit
@@ -142,6 +142,58 @@ def test_a_batch_is_decided_item_by_item_with_one_durable_write(tmp_path: Path) 
         reopened, commit = _open(tmp_path)
         assert reopened.account("alice").balance == 400 and reopened.txns[d].state == "ABORTED"
         assert (reopened.account("alice").held, reopened.prepared) == (400, {f})
+        await commit.close()
+
+    run(scenario())
+
+
+def test_a_batch_whose_write_fails_leaves_memory_as_it_was(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ledger, commit = _open(tmp_path)
+        await ledger.open_account("alice", "pw", 1000)
+        a, b, c, unknown = (str(uuid.uuid4()) for _ in range(4))
+        assert (await ledger.prepare_many([(a, "INR", _debit(100)), (b, "INR", _debit(200))]))[0].yes
+        before = ledger.account("alice")
+        state = ((before.balance, before.held, list(before.history)), set(ledger.prepared), set(ledger.txns))
+        store_write = ledger._commit._store.write
+
+        def failing(puts: object) -> None:
+            raise OSError("disk full")
+
+        ledger._commit._store.write = failing
+        outcomes, votes = await ledger.decide_and_prepare([(a, True), (b, False), (unknown, False)],
+                                                          [(c, "INR", _debit(300))])
+        assert all(isinstance(x, Unavailable) for x in [*outcomes, *votes])
+        after = ledger.account("alice")
+        assert ((after.balance, after.held, list(after.history)), set(ledger.prepared), set(ledger.txns)) == state
+        assert ledger.txns[a].state == ledger.txns[b].state == "PREPARED"
+        ledger._commit._store.write = store_write  # the disk is back: the same batch goes through
+        outcomes, votes = await ledger.decide_and_prepare([(a, True), (b, False), (unknown, False)],
+                                                          [(c, "INR", _debit(300))])
+        assert outcomes == [True, True, False] and votes[0].yes
+        assert (ledger.account("alice").balance, ledger.account("alice").held) == (900, 300)
+        await commit.close()
+
+    run(scenario())
+
+
+def test_a_plugin_hook_that_raises_refuses_only_its_own_item(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        bad = str(uuid.uuid4())
+
+        def fire(point: str, **details: object) -> None:
+            if point == "before_vote" and details["txn_id"] == bad:
+                raise RuntimeError("fraud rules are down")
+
+        ledger, commit = _open(tmp_path, fire=fire)
+        await ledger.open_account("alice", "pw", 1000)
+        good = str(uuid.uuid4())
+        votes = await ledger.prepare_many([(good, "INR", _debit(100)), (bad, "INR", _debit(100))])
+        assert votes[0].yes and isinstance(votes[1], Unavailable) and "fraud rules are down" in votes[1].message
+        assert (ledger.account("alice").held, ledger.prepared) == (100, {good})
+        await commit.close()
+        reopened, commit = _open(tmp_path)
+        assert reopened.prepared == {good}
         await commit.close()
 
     run(scenario())

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+from loguru import logger
 
 from miniupi.errors import (
     INSUFFICIENT_FUNDS,
@@ -22,7 +24,6 @@ from miniupi.errors import (
     MiniupiError,
     NotFound,
     Unavailable,
-    caught,
     unwrap,
 )
 from miniupi.money import INT64_MAX
@@ -237,30 +238,48 @@ class Ledger:
         prepare's is its Vote, or either is the error that refused that item
         alone. A repeated id gets its first answer, durable too, because the
         batch's write comes after everything written before. If the write
-        fails, every answer is that failure and no new vote stands.
+        fails, every change the batch made in memory is undone and every
+        answer is that failure, so memory never runs ahead of the disk.
         """
-        puts: list[Put] = []
-        applied: list[BankTxn] = []
-        fresh: list[BankTxn] = []
-        outcomes = [caught(self._apply, txn_id, commit, puts, applied) for txn_id, commit in decisions]
-        votes = [caught(self._reserve, txn_id, currency, legs, fresh) for txn_id, currency, legs in prepares]
-        puts.extend(Put("txns", t.txn_id, t.record()) for t in fresh)
+        batch = _Batch()
+        outcomes = [self._item(self._apply, batch, txn_id, commit) for txn_id, commit in decisions]
+        votes = [self._item(self._reserve, batch, txn_id, currency, legs) for txn_id, currency, legs in prepares]
+        batch.puts.extend(Put("txns", t.txn_id, t.record()) for t in batch.voted)
         try:
-            await self._commit.write(puts)
+            await self._commit.write(batch.puts)
         except Exception as e:
-            for txn in fresh:
-                self._hold(txn, -1)
-                del self.txns[txn.txn_id]
-                self.prepared.discard(txn.txn_id)
+            for undo in reversed(batch.undo):
+                undo()
             failed = Unavailable(f"bank {self.bank} could not make the batch durable: {e}")
             return [failed] * len(outcomes), [failed] * len(votes)
-        for txn in applied:
-            self._fire("after_apply", txn_id=txn.txn_id, decision=txn.state)
-        for txn in fresh:
-            self._fire("after_vote", txn_id=txn.txn_id, yes=True)
+        for txn in batch.applied:
+            self._fire_after("after_apply", txn_id=txn.txn_id, decision=txn.state)
+        for txn in batch.voted:
+            self._fire_after("after_vote", txn_id=txn.txn_id, yes=True)
         return outcomes, votes
 
-    def _reserve(self, txn_id: str, currency: str, legs: Sequence[LegSpec], fresh: list[BankTxn]) -> Vote:
+    def _item(self, step: Callable[..., Answer], batch: _Batch, txn_id: str, *args: Any) -> Answer | MiniupiError:
+        """One item of a batch, answered alone: a refusal or a failing plugin hook leaves the rest alone.
+
+        Hooks fire before an item changes anything, so an item whose hook
+        raised has nothing to undo.
+        """
+        try:
+            return step(batch, txn_id, *args)
+        except MiniupiError as e:
+            return e
+        except Exception as e:
+            logger.exception("bank {}: {} failed for {}", self.bank, step.__name__.strip("_"), txn_id)
+            return Unavailable(f"bank {self.bank} could not take {txn_id}: {e!r}")
+
+    def _fire_after(self, point: str, **details: Any) -> None:
+        """A hook after the write: the batch is durable whatever the plugin does."""
+        try:
+            self._fire(point, **details)
+        except Exception:
+            logger.exception("bank {}: hook {} failed for {}", self.bank, point, details.get("txn_id"))
+
+    def _reserve(self, batch: _Batch, txn_id: str, currency: str, legs: Sequence[LegSpec]) -> Vote:
         if not legs:
             raise InvalidArgument("a prepare needs at least one leg")
         known = self.txns.get(txn_id)
@@ -278,8 +297,14 @@ class Ledger:
         self._hold(txn, +1)
         self.txns[txn_id] = txn
         self.prepared.add(txn_id)
-        fresh.append(txn)
+        batch.voted.append(txn)
+        batch.undo.append(lambda: self._unreserve(txn))
         return vote
+
+    def _unreserve(self, txn: BankTxn) -> None:
+        self._hold(txn, -1)
+        del self.txns[txn.txn_id]
+        self.prepared.discard(txn.txn_id)
 
     def _check(self, currency: str, legs: Sequence[LegSpec]) -> Vote:
         if currency != self.currency:
@@ -321,7 +346,7 @@ class Ledger:
         """Apply a batch of (txn_id, commit) with one durable write; see decide_and_prepare."""
         return (await self.decide_and_prepare(decisions, ()))[0]
 
-    def _apply(self, txn_id: str, commit: bool, puts: list[Put], applied: list[BankTxn]) -> bool:
+    def _apply(self, batch: _Batch, txn_id: str, commit: bool) -> bool:
         txn = self.txns.get(txn_id)
         decision = COMMITTED if commit else ABORTED
         if txn is None:
@@ -329,7 +354,8 @@ class Ledger:
                 raise FailedPrecondition(f"transaction {txn_id} was never prepared at {self.bank}")
             txn = BankTxn(txn_id, ABORTED, (), time.time(), time.time())
             self.txns[txn_id] = txn
-            puts.append(Put("txns", txn_id, txn.record()))
+            batch.puts.append(Put("txns", txn_id, txn.record()))
+            batch.undo.append(lambda: self.txns.pop(txn_id))
             return False
         if txn.state == decision:
             return True  # a repeat: the batch's write is its barrier
@@ -339,7 +365,7 @@ class Ledger:
         self._hold(txn, -1)
         self.prepared.discard(txn_id)
         txn.state, txn.decided_at = decision, time.time()
-        puts.append(Put("txns", txn_id, txn.record()))
+        batch.puts.append(Put("txns", txn_id, txn.record()))
         if commit:
             touched: dict[str, Account] = {}
             for leg in txn.legs:
@@ -347,9 +373,34 @@ class Ledger:
                 account.balance += leg.delta
                 account.history.append(txn_id)
                 touched[account.name] = account
-            puts.extend(Put("accounts", a.name, a.record()) for a in touched.values())
-        applied.append(txn)
+            batch.puts.extend(Put("accounts", a.name, a.record()) for a in touched.values())
+        batch.applied.append(txn)
+        batch.undo.append(lambda: self._unapply(txn))
         return True
+
+    def _unapply(self, txn: BankTxn) -> None:
+        """Back to PREPARED, holds and all; undone in reverse order, so each history's last id is txn's."""
+        if txn.state == COMMITTED:
+            for leg in reversed(txn.legs):
+                account = self.accounts[leg.account]
+                account.balance -= leg.delta
+                account.history.pop()
+        txn.state, txn.decided_at = PREPARED, None
+        self._hold(txn, +1)
+        self.prepared.add(txn.txn_id)
+
+
+@dataclass
+class _Batch:
+    """What one decide_and_prepare has done in memory: to write, to report, and to undo if the write fails."""
+
+    puts: list[Put] = field(default_factory=list)
+    undo: list[Callable[[], object]] = field(default_factory=list)
+    applied: list[BankTxn] = field(default_factory=list)
+    voted: list[BankTxn] = field(default_factory=list)
+
+
+Answer = TypeVar("Answer")
 
 
 @functools.cache
