@@ -96,6 +96,7 @@ class _CallLines:
 _stdout = _BatchedStdout()
 _call_lines = _CallLines()
 atexit.register(_stdout.flush)
+atexit.register(_call_lines.flush)  # atexit runs last-in first-out: call lines reach _stdout before its flush
 _json_lines = False
 
 

@@ -7,11 +7,14 @@ and the prepares of others: one call and one fsync at the bank for all.
 Calls on them wait for the channel to be ready (bounded by each call's
 timeout) rather than failing at once: a bank that was just restarted is
 reached as soon as it listens, not after the channel's reconnect backoff,
-and a bank that stays down costs a payment its prepare timeout, no more.
+and a bank that stays down costs a payment its prepare timeout, plus at
+most one call ahead of it on that link (a decision-only call is bounded by
+the call timeout).
 """
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 
@@ -52,6 +55,13 @@ def _batched(stub: bank_pb2_grpc.BankStub, prepare_timeout: float, call_timeout:
     return Batcher(send)
 
 
+def _failed(error: Exception) -> asyncio.Future[Any]:
+    """An answer that is already a failure, so callers handle every bank's answer the same way."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
+
+
 class BankLinks:
     def __init__(self, cluster: ClusterConfig, identity: str = "gateway") -> None:
         creds = channel_credentials(cluster.certs_dir, identity)
@@ -66,13 +76,13 @@ class BankLinks:
     def prepare(self, bank: str, request: bank_pb2.PrepareRequest) -> asyncio.Future[bank_pb2.PrepareReply]:
         """The bank's vote, sent in a batch with other payments' prepares to that bank."""
         if bank not in self._batchers:
-            raise NotFound(f"unknown bank {bank}")
+            return _failed(NotFound(f"unknown bank {bank}"))
         return self._batchers[bank].submit(request)  # type: ignore[return-value]
 
     def decide(self, bank: str, txn_id: str, commit: bool) -> asyncio.Future[bank_pb2.DecisionOutcome]:
         """Phase 2 for one transaction at one bank, batched like `prepare`."""
-        if bank not in self._batchers:
-            raise NotFound(f"unknown bank {bank}")
+        if bank not in self._batchers:  # a decision from before the bank left the cluster file: keep retrying
+            return _failed(NotFound(f"unknown bank {bank}"))
         return self._batchers[bank].submit(bank_pb2.Decision(txn_id=txn_id, commit=commit))  # type: ignore[return-value]
 
     def __contains__(self, bank: str) -> bool:
@@ -85,5 +95,7 @@ class BankLinks:
             raise NotFound(f"unknown bank {bank}") from None
 
     async def close(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.close()
         for channel in self._channels.values():
             await channel.close()

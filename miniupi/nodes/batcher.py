@@ -30,6 +30,7 @@ class Batcher(Generic[Item, Result]):
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._running_loop = RunningLoop()
+        self._timer: asyncio.TimerHandle | None = None
 
     def submit(self, item: Item) -> asyncio.Future[Result]:
         """A future for `item`'s result, or for the exception its batch call raised.
@@ -47,7 +48,7 @@ class Batcher(Generic[Item, Result]):
         return future
 
     def _launch(self) -> None:
-        self._scheduled = False
+        self._scheduled, self._timer = False, None
         if self._in_flight or not self._pending:
             return
         batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
@@ -59,6 +60,8 @@ class Batcher(Generic[Item, Result]):
     async def _run(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
             results = await self._send([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} answers for a batch of {len(batch)}")
         except BaseException as e:  # every waiter of the batch gets the failure
             for _, future in batch:
                 if not future.done():
@@ -66,7 +69,7 @@ class Batcher(Generic[Item, Result]):
             if not isinstance(e, Exception):
                 raise
         else:
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, future), result in zip(batch, results):
                 if not future.done():
                     future.set_result(result)
         finally:
@@ -75,6 +78,16 @@ class Batcher(Generic[Item, Result]):
                 self._scheduled = True
                 loop = self._running_loop()
                 if len(batch) > 1 and len(self._pending) < self._max_batch:
-                    loop.call_later(self._linger, self._launch)
+                    self._timer = loop.call_later(self._linger, self._launch)
                 else:
                     loop.call_soon(self._launch)
+
+    def close(self) -> None:
+        """Send nothing more: items still waiting are cancelled, and so is a call in flight."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for _, future in self._pending:
+            future.cancel()
+        self._pending = []
+        for task in self._tasks:
+            task.cancel()

@@ -176,7 +176,8 @@ class Coordinator:
         sent = [(bank, self._links.prepare(bank, bank_pb2.PrepareRequest(txn_id=p.txn_id, currency=p.currency,
                                                                          legs=bank_legs)))
                 for bank, bank_legs in banks_and_legs(p).items()]  # all banks at once, then collect
-        votes = [await self._vote(p.txn_id, bank, reply) for bank, reply in sent]
+        replies = await asyncio.gather(*(reply for _, reply in sent), return_exceptions=True)  # futures: no tasks
+        votes = [self._vote(p.txn_id, bank, reply) for (bank, _), reply in zip(sent, replies)]
         refusal = next((v for v in votes if v is not None), None)
         decision = COMMITTED if refusal is None else ABORTED
         self._fire("before_decision", txn_id=txn.payment.txn_id, decision=decision)
@@ -194,17 +195,15 @@ class Coordinator:
         self._fire("after_decision", txn_id=txn.payment.txn_id, decision=txn.state)
         await self._finish_phase_two(txn)
 
-    async def _vote(self, txn_id: str, bank: str, pending: asyncio.Future[bank_pb2.PrepareReply]) -> MiniupiError | None:
+    def _vote(self, txn_id: str, bank: str, reply: bank_pb2.PrepareReply | BaseException) -> MiniupiError | None:
         """None for a YES vote, else the refusal to give the client."""
-        try:
-            reply = await pending
-        except Unavailable as e:  # the bank's answer did not match the batch
-            logger.warning("prepare {} at {} failed: {}", txn_id, bank, e.message)
-            return Aborted(f"payment aborted: bank {bank} unavailable")
-        except grpc.aio.AioRpcError as e:
-            logger.warning("prepare {} at {} failed: {} {}", txn_id, bank, e.code().name, e.details())
-            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if isinstance(reply, grpc.aio.AioRpcError):
+            logger.warning("prepare {} at {} failed: {} {}", txn_id, bank, reply.code().name, reply.details())
+            if reply.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return Aborted(f"payment aborted: bank {bank} did not answer within {self._prepare_timeout:g}s")
+            return Aborted(f"payment aborted: bank {bank} unavailable")
+        if isinstance(reply, BaseException):
+            logger.warning("prepare {} at {} failed: {!r}", txn_id, bank, reply)
             return Aborted(f"payment aborted: bank {bank} unavailable")
         if reply.yes:
             return None
@@ -229,13 +228,10 @@ class Coordinator:
     async def _send_decision(self, txn: Txn) -> bool:
         banks = txn.payment.banks
         commit = txn.state == COMMITTED
-        sent = [self._links.decide(b, txn.payment.txn_id, commit) for b in banks]
+        results = await asyncio.gather(*(self._links.decide(b, txn.payment.txn_id, commit) for b in banks),
+                                       return_exceptions=True)  # futures: no tasks
         acked = True
-        for bank, reply in zip(banks, sent):
-            try:
-                result: bank_pb2.DecisionOutcome | BaseException = await reply
-            except Exception as e:
-                result = e
+        for bank, result in zip(banks, results):
             if isinstance(result, BaseException) or not result.applied:
                 acked = False
                 detail = (f"{result.code().name} {result.details()}" if isinstance(result, grpc.aio.AioRpcError)
