@@ -26,6 +26,8 @@ from miniupi.config import parse_config
 from miniupi.testing import free_port
 from miniupi.tls import channel_credentials, server_credentials
 
+from cpu_per_payment import cpu_seconds
+
 METHOD = "/bench.Echo/Echo"
 
 
@@ -93,7 +95,10 @@ def main() -> None:
     try:
         if not ready.wait(30):
             raise SystemExit("echo server did not start")
-        print(json.dumps(asyncio.run(_drive(root, port, args.concurrency, args.calls, args.size))))
+        before = cpu_seconds(server.pid)
+        result = asyncio.run(_drive(root, port, args.concurrency, args.calls, args.size))
+        result["server_cpu_ms_per_call"] = round((cpu_seconds(server.pid) - before) / args.calls * 1000, 3)
+        print(json.dumps(result))
     finally:
         server.terminate()
         server.join(5)
