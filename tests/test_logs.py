@@ -86,6 +86,7 @@ def test_every_call_is_logged_once_with_its_caller_amount_status_and_latency(clu
     assert {k: no[k] for k in ("method", "amount", "code")} == \
         {"method": "Pay", "amount": "900", "code": "FAILED_PRECONDITION"}
     assert float(ok["ms"]) > 0 and float(no["ms"]) > 0
-    # Banks are called in batches, which name no one transaction.
-    batches = _call_lines(cluster, "bank_a", "DecideAndPrepare")
-    assert batches and {(f["method"], f["caller"], f["code"]) for f in batches} == {("DecideAndPrepare", "gateway", "OK")}
+    # Banks are called in batches, which name no one transaction. Each node's stdout is flushed
+    # on its own clock, so the bank's lines may reach cluster.log after the gateway's.
+    batches = wait_for("bank_a's DecideAndPrepare lines", lambda: _call_lines(cluster, "bank_a", "DecideAndPrepare"))
+    assert {(f["method"], f["caller"], f["code"]) for f in batches} == {("DecideAndPrepare", "gateway", "OK")}
