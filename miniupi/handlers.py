@@ -2,8 +2,9 @@
 
 grpc.aio interceptors see only the method name and metadata; to check a
 peer certificate, time a call or learn its status they must wrap the
-handler itself. `wrap_handler` does that once for unary and
-server-streaming methods, so plugins write only what happens around.
+handler itself. `wrap_handler` does that once for unary, server-streaming
+and bidirectional methods, so plugins write only what happens around. A
+bidirectional stream is one call: `around` sees it once, with no request.
 
 Interceptors run for every call, so the wrapping is remembered: the
 same handler and the same `around` give back the same wrapped handler,
@@ -103,4 +104,21 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
         return grpc.unary_stream_rpc_method_handler(
             stream, request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer)
-    raise TypeError("miniupi serves only unary and server-streaming methods")
+    if handler.stream_stream is not None:
+        inner_bidi = handler.stream_stream
+
+        async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with around(None, context):  # one stream is one call, whatever it carries
+                async for reply in inner_bidi(_well_formed(requests, context), context):
+                    yield reply
+
+        return grpc.stream_stream_rpc_method_handler(
+            bidi, request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer)
+    raise TypeError("miniupi serves no client-streaming methods")
+
+
+async def _well_formed(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async for request in requests:
+        await _refuse_malformed(request, context)
+        yield request

@@ -8,12 +8,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from loguru import logger
 
 from miniupi.errors import InsufficientFunds
 from miniupi.logs import _SizeRotation
 from miniupi.testing import DEFAULT_SPEC, LocalCluster
+from miniupi.tls import channel_credentials
+from miniupi.v1 import bank_pb2, bank_pb2_grpc
 from conftest import PASSWORD, open_account, running_cluster, wait_for
 
 
@@ -86,7 +89,18 @@ def test_every_call_is_logged_once_with_its_caller_amount_status_and_latency(clu
     assert {k: no[k] for k in ("method", "amount", "code")} == \
         {"method": "Pay", "amount": "900", "code": "FAILED_PRECONDITION"}
     assert float(ok["ms"]) > 0 and float(no["ms"]) > 0
-    # Banks are called in batches, which name no one transaction. Each node's stdout is flushed
-    # on its own clock, so the bank's lines may reach cluster.log after the gateway's.
-    batches = wait_for("bank_a's DecideAndPrepare lines", lambda: _call_lines(cluster, "bank_a", "DecideAndPrepare"))
-    assert {(f["method"], f["caller"], f["code"]) for f in batches} == {("DecideAndPrepare", "gateway", "OK")}
+
+
+def test_a_bank_logs_a_round_stream_once_when_it_ends(cluster: LocalCluster) -> None:
+    """The gateway sends its rounds to a bank over one long-lived stream, which is one call: one
+    line when it ends, not one per round. A stream of our own, as the gateway, shows that line."""
+    before = len(_call_lines(cluster, "bank_a", "DecideAndPrepare"))
+    with grpc.secure_channel(cluster.config.node("bank_a").address,
+                             channel_credentials(cluster.config.certs_dir, "gateway")) as channel:
+        rounds = [bank_pb2.DecideAndPrepareRequest(), bank_pb2.DecideAndPrepareRequest()]
+        replies = list(bank_pb2_grpc.BankStub(channel).DecideAndPrepare(iter(rounds), timeout=10))
+    assert len(replies) == 2
+    # Each node's stdout is flushed on its own clock, so the bank's line may come a moment later.
+    lines = wait_for("the stream's line in bank_a's log",
+                     lambda: (found := _call_lines(cluster, "bank_a", "DecideAndPrepare"))[before:] and found)
+    assert [(f["method"], f["caller"], f["code"]) for f in lines[before:]] == [("DecideAndPrepare", "gateway", "OK")]

@@ -287,7 +287,10 @@ def invoke(ch: grpc.Channel, target: Target, payload: bytes, key: str | None = N
     """Send raw bytes (no serializer: exactly what the strategy built) and return the status."""
     metadata = None if key is None else ((SESSION_METADATA_KEY, key),)
     try:
-        if target.method.server_streaming:
+        if target.method.client_streaming:  # the payload as the stream's one message
+            for _ in ch.stream_stream(target.path)(iter([payload]), timeout=TIMEOUT, metadata=metadata):
+                pass
+        elif target.method.server_streaming:
             for _ in ch.unary_stream(target.path)(payload, timeout=TIMEOUT, metadata=metadata):
                 pass
         else:

@@ -63,9 +63,14 @@ class BankServicer(bank_pb2_grpc.BankServicer):
     async def Abort(self, request: bank_pb2.DecisionRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecisionReply:
         return bank_pb2.DecisionReply(known=unwrap((await self._decide_and_prepare([(request.txn_id, False)], ()))[0][0]))
 
-    @grpc_errors
-    async def DecideAndPrepare(self, request: bank_pb2.DecideAndPrepareRequest,
-                               context: grpc.aio.ServicerContext) -> bank_pb2.DecideAndPrepareReply:
+    async def DecideAndPrepare(self, requests: AsyncIterator[bank_pb2.DecideAndPrepareRequest],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[bank_pb2.DecideAndPrepareReply]:
+        """One reply per round, in order: the gateway matches them by position."""
+        async for request in requests:
+            await refuse_unknown_fields(request, context)
+            yield await self._round(request)
+
+    async def _round(self, request: bank_pb2.DecideAndPrepareRequest) -> bank_pb2.DecideAndPrepareReply:
         outcomes, votes = await self._decide_and_prepare([(d.txn_id, d.commit) for d in request.decisions],
                                                          request.prepares)
         return bank_pb2.DecideAndPrepareReply(

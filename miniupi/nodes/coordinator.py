@@ -202,6 +202,9 @@ class Coordinator:
             if reply.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return Aborted(f"payment aborted: bank {bank} did not answer within {self._prepare_timeout:g}s")
             return Aborted(f"payment aborted: bank {bank} unavailable")
+        if isinstance(reply, TimeoutError):  # the round on the bank's stream ran out of time
+            logger.warning("prepare {} at {} timed out", txn_id, bank)
+            return Aborted(f"payment aborted: bank {bank} did not answer within {self._prepare_timeout:g}s")
         if isinstance(reply, BaseException):
             logger.warning("prepare {} at {} failed: {!r}", txn_id, bank, reply)
             return Aborted(f"payment aborted: bank {bank} unavailable")
