@@ -371,7 +371,7 @@ def test_group_commit_shares_writes_and_keeps_order(open_store: Opener, tmp_path
     writers = 50
 
     async def main() -> None:
-        gc = GroupCommit(store)
+        gc = GroupCommit(store, inline_after_quiet_s=None)
         first = asyncio.create_task(gc.write([Put("t", "first", 0)]))
         await asyncio.to_thread(store.entered.wait, 5)  # first batch is in the writer thread
         rest = [
@@ -394,7 +394,7 @@ def test_group_commit_failure_reaches_every_waiter(open_store: Opener, tmp_path:
     store.release.set()
 
     async def main() -> list[BaseException | None]:
-        gc = GroupCommit(store)
+        gc = GroupCommit(store, inline_after_quiet_s=None)
         results = await asyncio.gather(
             *(gc.write([Put("t", f"lost{i}", i)]) for i in range(10)), return_exceptions=True
         )
@@ -406,3 +406,43 @@ def test_group_commit_failure_reaches_every_waiter(open_store: Opener, tmp_path:
     assert store.calls == [10, 1]
     assert all(isinstance(r, OSError) and str(r) == "disk full" for r in results)
     assert reopened(open_store, tmp_path) == {"t": {"kept": 1}}
+
+
+class ThreadRecordingStore:
+    """Records which thread each write ran on."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.threads: list[str] = []
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        return self.inner.load()
+
+    def write(self, batch: Sequence[Put]) -> None:
+        self.threads.append(threading.current_thread().name)
+        self.inner.write(batch)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_write_to_a_quiet_store_goes_down_on_the_loop_and_busy_writes_are_grouped(
+        open_store: Opener, tmp_path: Path) -> None:
+    """A lone write skips the hand-off to the writer thread; writes that come together still share one."""
+    store = ThreadRecordingStore(open_store(tmp_path))
+
+    async def main() -> None:
+        gc = GroupCommit(store, inline_after_quiet_s=0.05)
+        await gc.write([Put("t", "lone", 1)])
+        await asyncio.gather(*(gc.write([Put("t", f"busy{i}", i)]) for i in range(20)))
+        await asyncio.sleep(0.1)  # quiet again
+        await gc.write([Put("t", "lone_again", 2)])
+        await gc.close()
+
+    asyncio.run(main())
+    main_thread = threading.main_thread().name
+    # The first of the busy writes finds the store just used, so it queues like the rest.
+    assert store.threads[0] == main_thread and store.threads[-1] == main_thread
+    busy = store.threads[1:-1]
+    assert busy and all(name.startswith("store") for name in busy) and len(busy) < 20
+    assert reopened(open_store, tmp_path) == {"t": {"lone": 1, "lone_again": 2, **{f"busy{i}": i for i in range(20)}}}
