@@ -6,12 +6,12 @@ and the prepares of others: one message and one fsync at the bank for
 all. Rounds go over one long-lived stream per bank, which costs both
 ends about half of what a call per round does.
 
-Calls on them wait for the channel to be ready (bounded by each call's
+Rounds wait for the channel to be ready (bounded by each round's
 timeout) rather than failing at once: a bank that was just restarted is
 reached as soon as it listens, not after the channel's reconnect backoff,
 and a bank that stays down costs a payment its prepare timeout, plus at
-most one call ahead of it on that link (a decision-only call is bounded by
-the call timeout).
+most one round ahead of it on that link (a decision-only round is bounded
+by the call timeout).
 """
 from __future__ import annotations
 
