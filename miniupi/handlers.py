@@ -3,8 +3,10 @@
 grpc.aio interceptors see only the method name and metadata; to check a
 peer certificate, time a call or learn its status they must wrap the
 handler itself. `wrap_handler` does that once for unary, server-streaming
-and bidirectional methods, so plugins write only what happens around. A
-bidirectional stream is one call: `around` sees it once, with no request.
+and bidirectional methods, so plugins write only what happens around.
+miniupi's bidirectional methods answer each request with one reply before
+reading the next, so each request and its reply are one call to `around`:
+checked, timed and logged like a unary call.
 
 Interceptors run for every call, so the wrapping is remembered: the
 same handler and the same `around` give back the same wrapped handler,
@@ -108,17 +110,27 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
         inner_bidi = handler.stream_stream
 
         async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with around(None, context):  # one stream is one call, whatever it carries
-                async for reply in inner_bidi(_well_formed(requests, context), context):
+            entered: list[AbstractAsyncContextManager[Any]] = []  # the request being answered
+
+            async def each_request() -> AsyncIterator[Any]:
+                async for request in requests:
+                    call = around(request, context)
+                    await call.__aenter__()
+                    entered.append(call)
+                    await _refuse_malformed(request, context)
+                    yield request
+
+            try:
+                async for reply in inner_bidi(each_request(), context):
                     yield reply
+                    if entered:
+                        await entered.pop().__aexit__(None, None, None)
+            except BaseException as e:
+                while entered:
+                    await entered.pop().__aexit__(type(e), e, e.__traceback__)
+                raise
 
         return grpc.stream_stream_rpc_method_handler(
             bidi, request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer)
     raise TypeError("miniupi serves no client-streaming methods")
-
-
-async def _well_formed(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-    async for request in requests:
-        await _refuse_malformed(request, context)
-        yield request

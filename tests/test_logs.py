@@ -16,7 +16,7 @@ from miniupi.errors import InsufficientFunds
 from miniupi.logs import _SizeRotation
 from miniupi.testing import DEFAULT_SPEC, LocalCluster
 from miniupi.tls import channel_credentials
-from miniupi.v1 import bank_pb2, bank_pb2_grpc
+from miniupi.v1 import bank_pb2
 from conftest import PASSWORD, open_account, running_cluster, wait_for
 
 
@@ -89,18 +89,36 @@ def test_every_call_is_logged_once_with_its_caller_amount_status_and_latency(clu
     assert {k: no[k] for k in ("method", "amount", "code")} == \
         {"method": "Pay", "amount": "900", "code": "FAILED_PRECONDITION"}
     assert float(ok["ms"]) > 0 and float(no["ms"]) > 0
+    # The gateway's rounds to a bank go over one long-lived stream; each round is a call and has
+    # its line, naming no one transaction. Each node's stdout is flushed on its own clock, so the
+    # bank's lines may reach cluster.log after the gateway's.
+    rounds = wait_for("bank_a's DecideAndPrepare lines", lambda: _call_lines(cluster, "bank_a", "DecideAndPrepare"))
+    assert {(f["method"], f["caller"], f["code"]) for f in rounds} == {("DecideAndPrepare", "gateway", "OK")}
+    assert all(float(f["ms"]) > 0 for f in rounds)
 
 
-def test_a_bank_logs_a_round_stream_once_when_it_ends(cluster: LocalCluster) -> None:
-    """The gateway sends its rounds to a bank over one long-lived stream, which is one call: one
-    line when it ends, not one per round. A stream of our own, as the gateway, shows that line."""
-    before = len(_call_lines(cluster, "bank_a", "DecideAndPrepare"))
-    with grpc.secure_channel(cluster.config.node("bank_a").address,
+def test_each_round_on_a_stream_is_logged_as_a_call(cluster: LocalCluster) -> None:
+    """Two rounds and a malformed third on one stream of our own, as the gateway: three lines,
+    the last with the status that ended the stream."""
+    def logged() -> list[dict[str, str]]:
+        return _call_lines(cluster, "bank_b", "method=DecideAndPrepare")
+
+    # The gateway's rounds for the payments before this test may still be on their way to the log.
+    counts = [len(logged())]
+    while len(counts) < 3 or counts[-1] != counts[-3]:
+        time.sleep(0.3)  # the nodes flush stdout every 0.2 s
+        counts.append(len(logged()))
+    before = counts[-1]
+    # A well-formed round with a bad item is answered item by item; bytes that do not parse end it.
+    refused_item = bank_pb2.DecideAndPrepareRequest(decisions=[bank_pb2.Decision(txn_id="not-a-uuid")])
+    with grpc.secure_channel(cluster.config.node("bank_b").address,
                              channel_credentials(cluster.config.certs_dir, "gateway")) as channel:
-        rounds = [bank_pb2.DecideAndPrepareRequest(), bank_pb2.DecideAndPrepareRequest()]
-        replies = list(bank_pb2_grpc.BankStub(channel).DecideAndPrepare(iter(rounds), timeout=10))
-    assert len(replies) == 2
-    # Each node's stdout is flushed on its own clock, so the bank's line may come a moment later.
-    lines = wait_for("the stream's line in bank_a's log",
-                     lambda: (found := _call_lines(cluster, "bank_a", "DecideAndPrepare"))[before:] and found)
-    assert [(f["method"], f["caller"], f["code"]) for f in lines[before:]] == [("DecideAndPrepare", "gateway", "OK")]
+        send = channel.stream_stream("/miniupi.v1.Bank/DecideAndPrepare")
+        rounds = [bank_pb2.DecideAndPrepareRequest().SerializeToString(), refused_item.SerializeToString(), b"\xff\xff"]
+        with pytest.raises(grpc.RpcError) as ended:
+            list(send(iter(rounds), timeout=10))
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    lines = wait_for("three round lines in bank_b's log", lambda: len(found := logged()) >= before + 3 and found)
+    assert [(f["method"], f["caller"], f["code"]) for f in lines[before:]] == [
+        ("DecideAndPrepare", "gateway", "OK"), ("DecideAndPrepare", "gateway", "OK"),
+        ("DecideAndPrepare", "gateway", "INVALID_ARGUMENT")]

@@ -68,7 +68,11 @@ class BankServicer(bank_pb2_grpc.BankServicer):
         """One reply per round, in order: the gateway matches them by position."""
         async for request in requests:
             await refuse_unknown_fields(request, context)
-            yield await self._round(request)
+            try:
+                reply = await self._round(request)
+            except MiniupiError as e:
+                await context.abort(grpc.StatusCode[e.code], e.message)
+            yield reply
 
     async def _round(self, request: bank_pb2.DecideAndPrepareRequest) -> bank_pb2.DecideAndPrepareReply:
         outcomes, votes = await self._decide_and_prepare([(d.txn_id, d.commit) for d in request.decisions],

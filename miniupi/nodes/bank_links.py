@@ -45,7 +45,9 @@ class _Rounds:
     Any failure of a round (the bank went away, the round timed out) ends
     the stream, and the next round opens a new one: a late reply can never
     be taken for a later round's. A stream the bank ended between rounds
-    (it restarted) is replaced before it is used.
+    (it restarted) is replaced before it is used. A round that fails is not
+    sent again here: as with a call, a prepare that fails aborts its payment
+    and a decision is retried by the coordinator.
     """
 
     def __init__(self, stub: bank_pb2_grpc.BankStub, prepare_timeout: float, call_timeout: float) -> None:

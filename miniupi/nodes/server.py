@@ -23,6 +23,10 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    # The gateway's round streams stay open while a bank is idle, and its keepalive pings them
+    # every 30 s (bank_links.CHANNEL_OPTIONS). gRPC's default allows one ping per 5 minutes
+    # without data and answers the third with GOAWAY "too_many_pings", cutting the stream.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]
 
 

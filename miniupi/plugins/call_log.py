@@ -5,6 +5,7 @@ can never reach the log: neither is on the list.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -88,7 +89,12 @@ class _LoggedCall:
         return None
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        code = "OK" if exc_type is None else _code_name(self.context) or "UNKNOWN"
+        if exc_type is None:
+            code = "OK"
+        elif issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)):  # the caller gave up, or the node is stopping
+            code = "CANCELLED"
+        else:
+            code = _code_name(self.context) or "UNKNOWN"
         log_call({"method": self.method, "caller": current_peer.get() or "-",
                   "user": current_account.get() or "-", **_fields(self.request), "code": code,
                   "ms": round((time.perf_counter() - self.start) * 1000, 2)})
