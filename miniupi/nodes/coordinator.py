@@ -199,10 +199,8 @@ class Coordinator:
         """None for a YES vote, else the refusal to give the client."""
         if isinstance(reply, grpc.aio.AioRpcError):
             logger.warning("prepare {} at {} failed: {} {}", txn_id, bank, reply.code().name, reply.details())
-            if reply.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return Aborted(f"payment aborted: bank {bank} did not answer within {self._prepare_timeout:g}s")
             return Aborted(f"payment aborted: bank {bank} unavailable")
-        if isinstance(reply, TimeoutError):  # the round on the bank's stream ran out of time
+        if isinstance(reply, TimeoutError):  # rounds have no gRPC deadline: the round's own timeout
             logger.warning("prepare {} at {} timed out", txn_id, bank)
             return Aborted(f"payment aborted: bank {bank} did not answer within {self._prepare_timeout:g}s")
         if isinstance(reply, BaseException):
