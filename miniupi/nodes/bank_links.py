@@ -64,16 +64,14 @@ class _Rounds:
                     self._call = self._stub.DecideAndPrepare(wait_for_ready=True)
                 await self._call.write(request)
                 reply = await self._call.read()
+            if reply is grpc.aio.EOF:
+                raise Unavailable("bank ended the stream")
+            if (len(reply.outcomes), len(reply.votes)) != (len(decisions), len(prepares)):
+                raise Unavailable(f"bank answered {len(reply.outcomes)} decisions and {len(reply.votes)} votes "
+                                  f"for {len(decisions)} and {len(prepares)}")
         except BaseException:
             self.close()
             raise
-        if reply is grpc.aio.EOF:
-            self.close()
-            raise Unavailable("bank ended the stream")
-        if (len(reply.outcomes), len(reply.votes)) != (len(decisions), len(prepares)):
-            self.close()
-            raise Unavailable(f"bank answered {len(reply.outcomes)} decisions and {len(reply.votes)} votes "
-                              f"for {len(decisions)} and {len(prepares)}")
         outcomes, votes = iter(reply.outcomes), iter(reply.votes)
         return [next(outcomes) if isinstance(i, bank_pb2.Decision) else next(votes) for i in items]
 
