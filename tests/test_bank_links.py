@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from miniupi.nodes.bank_links import CHANNEL_OPTIONS, _Rounds
+from miniupi.nodes.bank_links import CHANNEL_OPTIONS, BankLinks, _Rounds
 from miniupi.nodes.server import SERVER_OPTIONS
 from miniupi.testing import LocalCluster
 from miniupi.tls import channel_credentials
@@ -64,6 +64,33 @@ def test_a_round_that_times_out_ends_its_stream_and_its_late_reply_reaches_no_la
     assert new_stream is not old_stream
     # An abort for an id the bank never saw is applied and recorded, so a late prepare is refused.
     assert [(o.applied, o.known) for o in answers] == [(True, False), (True, False)]  # type: ignore[attr-defined]
+
+
+def test_a_read_waits_until_the_decisions_already_sent_to_its_bank_are_answered(cluster: LocalCluster) -> None:
+    """The gateway answers a payment once its decision is durable, before the banks apply it.
+    Balance and History first wait in `settled`, so a read made after the answer sees the
+    payment: freeze the bank with a decision on its way, and the wait must last until it thaws."""
+
+    async def main() -> tuple[tuple[bool, bool], bool]:
+        links = BankLinks(cluster.config)
+        try:
+            await links.decide("bank_a", str(uuid.uuid4()), commit=False)  # the stream is open
+            cluster.kill_node("bank_a", signal.SIGSTOP)
+            try:
+                decision = links.decide("bank_a", str(uuid.uuid4()), commit=False)
+                read = asyncio.ensure_future(links.settled("bank_a"))
+                await asyncio.sleep(0.5)
+                while_frozen = (decision.done(), read.done())
+            finally:
+                cluster.kill_node("bank_a", signal.SIGCONT)
+            await asyncio.wait_for(read, 5)
+            return while_frozen, decision.done() and decision.result().applied
+        finally:
+            await links.close()
+
+    while_frozen, applied = asyncio.run(main())
+    assert while_frozen == (False, False)
+    assert applied
 
 
 def test_banks_accept_the_gateways_keepalive_pings_on_an_idle_stream() -> None:

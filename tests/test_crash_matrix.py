@@ -23,10 +23,11 @@ The matrix. Payments go from a payer at bank_a (sqlite) to a payee at bank_b
     gateway  before_prepare        -> UNAVAILABLE, then ABORTED (presumed abort)
     gateway  before_decision       -> UNAVAILABLE, then ABORTED (presumed abort)
     gateway  after_decision        -> UNAVAILABLE, then COMMITTED (decision resent at restart)
-    gateway  after_decision_sent   -> UNAVAILABLE, then COMMITTED (both banks acked, ack not stored)
+    gateway  after_decision_sent   -> COMMITTED (the client is answered once the decision is
+                                      durable, before the acks; the ack is never stored)
     gateway  after_decision_sent + payee before_apply
                                    -> phase 2 reached only the payer's bank, then both nodes died:
-                                      UNAVAILABLE, then COMMITTED
+                                      COMMITTED
     payer/payee before_vote, after_vote
                                    -> ABORTED (that bank's prepare failed; a durable YES is
                                       released by the gateway's Abort)
@@ -36,8 +37,8 @@ The matrix. Payments go from a payer at bank_a (sqlite) to a payee at bank_b
   payment refused by the payer's bank (payer has 3.00, pays 4.00; the payer
   votes NO, so its after_vote and apply steps never run):
     gateway  before_decision       -> UNAVAILABLE, then ABORTED (presumed abort beats the refusal)
-    gateway  after_decision, after_decision_sent
-                                   -> UNAVAILABLE, then insufficient funds
+    gateway  after_decision        -> UNAVAILABLE, then insufficient funds
+    gateway  after_decision_sent   -> insufficient funds
     payer    before_vote (NO)      -> ABORTED: the NO never reached the gateway
     payee    before_vote, after_vote, before_apply, after_apply
                                    -> insufficient funds (the payer's refusal is what the client hears)
@@ -139,10 +140,10 @@ CASES = {
     "commits/gateway-after_decision": Case("commits", (gw("after_decision", decision="COMMITTED"),),
                                            UNAVAILABLE, COMMITTED),
     "commits/gateway-after_decision_sent": Case("commits", (gw("after_decision_sent", bank=PAYER_BANK),),
-                                                UNAVAILABLE, COMMITTED),
+                                                COMMITTED, COMMITTED),
     "commits/gateway-after_decision_sent-one_bank_reached": Case(
         "commits", (bank("payee", "before_apply"), gw("after_decision_sent", bank=PAYER_BANK)),
-        UNAVAILABLE, COMMITTED),
+        COMMITTED, COMMITTED),
     "commits/payer-before_vote": Case("commits", (bank("payer", "before_vote", yes=True),), ABORTED, ABORTED),
     "commits/payer-after_vote": Case("commits", (bank("payer", "after_vote"),), ABORTED, ABORTED),
     "commits/payer-before_apply": Case("commits", (bank("payer", "before_apply", decision="COMMITTED"),),
@@ -161,7 +162,7 @@ CASES = {
     "payer_refuses/gateway-after_decision": Case("payer_refuses", (gw("after_decision", decision="ABORTED"),),
                                                  UNAVAILABLE, INSUFFICIENT),
     "payer_refuses/gateway-after_decision_sent": Case(
-        "payer_refuses", (gw("after_decision_sent", bank=PAYER_BANK, decision="ABORTED"),), UNAVAILABLE, INSUFFICIENT),
+        "payer_refuses", (gw("after_decision_sent", bank=PAYER_BANK, decision="ABORTED"),), INSUFFICIENT, INSUFFICIENT),
     "payer_refuses/payer-before_vote": Case("payer_refuses", (bank("payer", "before_vote", yes=False),),
                                             ABORTED, ABORTED),
     "payer_refuses/payee-before_vote": Case("payer_refuses", (bank("payee", "before_vote", yes=True),),

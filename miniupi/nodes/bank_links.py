@@ -100,6 +100,8 @@ class BankLinks:
                         for name, stub in self._stubs.items()}
         self._batchers: dict[str, Batcher[BankItem, BankAnswer]] = {
             name: Batcher(rounds.send) for name, rounds in self._rounds.items()}
+        self._last_decision: dict[str, asyncio.Future[bank_pb2.DecisionOutcome]] = {}
+        self._call_timeout = cluster.call_timeout_s
 
     def prepare(self, bank: str, request: bank_pb2.PrepareRequest) -> asyncio.Future[bank_pb2.PrepareReply]:
         """The bank's vote, sent in a batch with other payments' prepares to that bank."""
@@ -111,7 +113,20 @@ class BankLinks:
         """Phase 2 for one transaction at one bank, batched like `prepare`."""
         if bank not in self._batchers:  # a decision from before the bank left the cluster file: keep retrying
             return _failed(NotFound(f"unknown bank {bank}"))
-        return self._batchers[bank].submit(bank_pb2.Decision(txn_id=txn_id, commit=commit))  # type: ignore[return-value]
+        future = self._batchers[bank].submit(bank_pb2.Decision(txn_id=txn_id, commit=commit))
+        self._last_decision[bank] = future  # type: ignore[assignment]
+        return future  # type: ignore[return-value]
+
+    async def settled(self, bank: str) -> None:
+        """Wait (bounded) until the decisions already sent to `bank` are answered.
+
+        Clients are told a payment's outcome before the banks have applied
+        it; a read made after that waits here, so it sees the payment.
+        Rounds to a bank complete in order, so the last decision is enough.
+        """
+        last = self._last_decision.get(bank)
+        if last is not None and not last.done():
+            await asyncio.wait([last], timeout=self._call_timeout)
 
     def __contains__(self, bank: str) -> bool:
         return bank in self._stubs

@@ -106,6 +106,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Balance(self, request: gateway_pb2.BalanceRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.BalanceReply:
         account = self._readable_account(request.account)
         user, bank = self._bank_of(account)
+        await self.links.settled(bank)  # a payment the caller was told of is applied first
         reply = await self._bank_call(bank, "GetAccount", bank_pb2.AccountRequest(account=user))
         available = common_pb2.Money(minor=reply.balance.minor - reply.held.minor, currency=reply.balance.currency)
         return gateway_pb2.BalanceReply(account=account, balance=reply.balance, available=available)
@@ -114,6 +115,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def History(self, request: gateway_pb2.HistoryRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.HistoryReply:
         account = self._readable_account(request.account)
         user, bank = self._bank_of(account)
+        await self.links.settled(bank)  # a payment the caller was told of is applied first
         reply = await self._bank_call(bank, "History", bank_pb2.BankHistoryRequest(account=user, limit=request.limit))
         return gateway_pb2.HistoryReply(entries=reply.entries)
 
