@@ -1,9 +1,10 @@
 """The gateway's long-lived mTLS channels to every bank, one per bank.
 
-Prepares and decisions go out through one Batcher per bank, so under
-load one DecideAndPrepare round carries the decisions of some payments
-and the prepares of others: one message and one fsync at the bank for
-all. Rounds go over one long-lived stream per bank, which costs both
+Prepares and decisions go out through one Batcher per bank, so one
+DecideAndPrepare round carries the decisions of some payments and the
+prepares of others: one message and one fsync at the bank for all. A
+decision waits a moment for a prepare to ride with, so even a lone payer
+costs each bank one round per payment, not two. Rounds go over one long-lived stream per bank, which costs both
 ends about half of what a call per round does.
 
 Rounds wait for the channel to be ready (bounded by each round's
@@ -113,7 +114,8 @@ class BankLinks:
         """Phase 2 for one transaction at one bank, batched like `prepare`."""
         if bank not in self._batchers:  # a decision from before the bank left the cluster file: keep retrying
             return _failed(NotFound(f"unknown bank {bank}"))
-        future = self._batchers[bank].submit(bank_pb2.Decision(txn_id=txn_id, commit=commit))
+        # Not urgent: the client has its answer, so a decision may wait a moment for a prepare to ride with.
+        future = self._batchers[bank].submit(bank_pb2.Decision(txn_id=txn_id, commit=commit), urgent=False)
         self._last_decision[bank] = future  # type: ignore[assignment]
         return future  # type: ignore[return-value]
 
@@ -126,6 +128,7 @@ class BankLinks:
         """
         last = self._last_decision.get(bank)
         if last is not None and not last.done():
+            self._batchers[bank].flush()
             await asyncio.wait([last], timeout=self._call_timeout)
 
     def __contains__(self, bank: str) -> bool:

@@ -6,6 +6,12 @@ the event loop (no added latency). A busy link, whose last batch carried
 more than one item, lingers a moment before the next call so that it
 fills: fewer, larger calls cost both ends far less CPU per item, and the
 bank writes a whole batch with one fsync.
+
+Items nobody is waiting on (a decision, once the client has its answer)
+can be submitted as not urgent: they wait up to `patience_s` for an
+urgent item to ride with, so at low load a payment's decision goes out in
+the same call as the next payment's prepare instead of a call of its own.
+`flush` sends them at once, for a reader that must see them applied.
 """
 from __future__ import annotations
 
@@ -19,39 +25,59 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 LINGER_S = 0.005
+PATIENCE_S = 0.005
 
 
 class Batcher(Generic[Item, Result]):
     def __init__(self, send: Callable[[list[Item]], Awaitable[Sequence[Result]]], max_batch: int = 512,
-                 linger_s: float = LINGER_S) -> None:
-        self._send, self._max_batch, self._linger = send, max_batch, linger_s
+                 linger_s: float = LINGER_S, patience_s: float = PATIENCE_S) -> None:
+        self._send, self._max_batch, self._linger, self._patience = send, max_batch, linger_s, patience_s
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._urgent = False  # some pending item has someone waiting on it
         self._in_flight = False
-        self._scheduled = False
+        self._launch_at: asyncio.Handle | None = None
+        self._patient = False  # the scheduled launch is only waiting for company: urgency cuts it short
         self._tasks: set[asyncio.Task[None]] = set()
         self._running_loop = RunningLoop()
-        self._timer: asyncio.TimerHandle | None = None
 
-    def submit(self, item: Item) -> asyncio.Future[Result]:
+    def submit(self, item: Item, urgent: bool = True) -> asyncio.Future[Result]:
         """A future for `item`'s result, or for the exception its batch call raised.
 
         A future, not a coroutine: a caller sending to several banks awaits
         their futures without a task per bank.
         """
-        loop = self._running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
+        future: asyncio.Future[Result] = self._running_loop().create_future()
         self._pending.append((item, future))
-        if not self._scheduled and not self._in_flight:
-            # Next turn of the loop, so that items submitted in this turn go together.
-            self._scheduled = True
-            loop.call_soon(self._launch)
+        self._urgent = self._urgent or urgent
+        self._schedule()
         return future
 
+    def flush(self) -> None:
+        """Send what is pending without waiting for company."""
+        if self._pending:
+            self._urgent = True
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._in_flight:
+            return  # the end of the call in flight schedules the next
+        if self._launch_at is not None and not (self._patient and self._urgent):
+            return
+        if self._launch_at is not None:
+            self._launch_at.cancel()
+        loop = self._running_loop()
+        if self._urgent:
+            # Next turn of the loop, so that items submitted in this turn go together.
+            self._launch_at, self._patient = loop.call_soon(self._launch), False
+        else:
+            self._launch_at, self._patient = loop.call_later(self._patience, self._launch), True
+
     def _launch(self) -> None:
-        self._scheduled, self._timer = False, None
+        self._launch_at = None
         if self._in_flight or not self._pending:
             return
         batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
+        self._urgent = bool(self._pending)  # left over from a full batch: send them next without waiting
         self._in_flight = True
         task = self._running_loop().create_task(self._run(batch))
         self._tasks.add(task)
@@ -74,18 +100,17 @@ class Batcher(Generic[Item, Result]):
                     future.set_result(result)
         finally:
             self._in_flight = False
-            if self._pending and not self._scheduled:
-                self._scheduled = True
-                loop = self._running_loop()
-                if len(batch) > 1 and len(self._pending) < self._max_batch:
-                    self._timer = loop.call_later(self._linger, self._launch)
+            if self._pending:
+                if self._urgent and len(batch) > 1 and len(self._pending) < self._max_batch:
+                    # A busy link: let the next call fill. Urgent items do not cut this short.
+                    self._launch_at, self._patient = self._running_loop().call_later(self._linger, self._launch), False
                 else:
-                    loop.call_soon(self._launch)
+                    self._schedule()
 
     def close(self) -> None:
         """Send nothing more: items still waiting are cancelled, and so is a call in flight."""
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._launch_at is not None:
+            self._launch_at.cancel()
         for _, future in self._pending:
             future.cancel()
         self._pending = []

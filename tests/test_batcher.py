@@ -1,0 +1,113 @@
+"""The Batcher's timing rules: what goes out together, and when."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from miniupi.nodes.batcher import Batcher
+
+
+class Recorder:
+    """A batch call that answers each item with itself and remembers every batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    async def send(self, items: list[str]) -> Sequence[str]:
+        self.batches.append(items)
+        await asyncio.sleep(0)
+        return items
+
+
+def test_an_urgent_item_goes_out_on_the_next_turn_of_the_loop() -> None:
+    async def main() -> list[list[str]]:
+        calls = Recorder()
+        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=10)
+        assert await asyncio.wait_for(batcher.submit("prepare"), 1) == "prepare"
+        return calls.batches
+
+    assert asyncio.run(main()) == [["prepare"]]
+
+
+def test_a_patient_item_rides_with_the_next_urgent_one() -> None:
+    async def main() -> tuple[list[list[str]], list[str]]:
+        calls = Recorder()
+        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=10)
+        decision = batcher.submit("decision", urgent=False)
+        await asyncio.sleep(0.05)
+        sent_alone = list(calls.batches)
+        answers = await asyncio.wait_for(asyncio.gather(decision, batcher.submit("prepare")), 1)
+        assert sent_alone == []
+        return calls.batches, answers
+
+    batches, answers = asyncio.run(main())
+    assert batches == [["decision", "prepare"]]
+    assert answers == ["decision", "prepare"]
+
+
+def test_a_patient_item_alone_goes_out_when_its_patience_ends() -> None:
+    async def main() -> tuple[list[list[str]], list[list[str]]]:
+        calls = Recorder()
+        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=0.3)
+        decision = batcher.submit("decision", urgent=False)
+        await asyncio.sleep(0.1)
+        before = list(calls.batches)
+        await asyncio.wait_for(decision, 2)
+        return before, calls.batches
+
+    before, after = asyncio.run(main())
+    assert before == []
+    assert after == [["decision"]]
+
+
+def test_flush_sends_patient_items_at_once() -> None:
+    async def main() -> list[list[str]]:
+        calls = Recorder()
+        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=60)
+        first, second = batcher.submit("d1", urgent=False), batcher.submit("d2", urgent=False)
+        batcher.flush()
+        await asyncio.wait_for(asyncio.gather(first, second), 1)
+        return calls.batches
+
+    assert asyncio.run(main()) == [["d1", "d2"]]
+
+
+def test_patient_items_left_after_a_call_wait_again_and_urgent_ones_do_not() -> None:
+    """A call in flight holds back everything submitted meanwhile; once it ends, the next call
+    goes at once if anyone waits on an item in it, else after the patience."""
+
+    async def main() -> list[list[str]]:
+        release = asyncio.Event()
+        batches: list[list[str]] = []
+
+        async def send(items: list[str]) -> Sequence[str]:
+            batches.append(items)
+            if items == ["p1"]:
+                await release.wait()
+            return items
+
+        batcher: Batcher[str, str] = Batcher(send, patience_s=60)
+        p1 = batcher.submit("p1")
+        await asyncio.sleep(0.01)  # p1 is in flight
+        d1 = batcher.submit("d1", urgent=False)
+        release.set()
+        await p1
+        await asyncio.sleep(0.05)
+        assert not d1.done()  # only patient items are left: they wait for company
+        p2 = batcher.submit("p2")
+        await asyncio.wait_for(asyncio.gather(d1, p2), 1)
+        return batches
+
+    assert asyncio.run(main()) == [["p1"], ["d1", "p2"]]
+
+
+def test_close_cancels_patient_items() -> None:
+    async def main() -> bool:
+        calls = Recorder()
+        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=60)
+        decision = batcher.submit("decision", urgent=False)
+        batcher.close()
+        await asyncio.sleep(0)
+        return decision.cancelled() and not calls.batches
+
+    assert asyncio.run(main())
