@@ -140,7 +140,13 @@ class BankLinks:
         except KeyError:
             raise NotFound(f"unknown bank {bank}") from None
 
-    async def close(self) -> None:
+    async def close(self, drain_s: float = 1.0) -> None:
+        # Decisions still waiting for company go out first: a clean stop leaves no bank in doubt.
+        try:
+            async with asyncio.timeout(drain_s):
+                await asyncio.gather(*(self.settled(bank) for bank in self._batchers))
+        except TimeoutError:
+            pass  # a bank that is down hears them after the restart, as after a crash
         for batcher in self._batchers.values():
             batcher.close()
         for rounds in self._rounds.values():

@@ -227,9 +227,12 @@ class Coordinator:
         sent = self._decide_at_banks(txn)
 
         def first_try_done(answers: asyncio.Future[list[Any]]) -> None:
-            if answers.cancelled() or self._closing:
+            if answers.cancelled():
                 return
-            if self._all_acked(txn, answers.result()):
+            results = answers.result()
+            if self._closing and any(isinstance(r, BaseException) for r in results):
+                return  # stopping: it is sent again after the restart
+            if self._all_acked(txn, results):
                 self._mark_acked(txn)
             else:
                 self._spawn(self._resend_decision(txn))
