@@ -111,3 +111,46 @@ def test_close_cancels_patient_items() -> None:
         return decision.cancelled() and not calls.batches
 
     assert asyncio.run(main())
+
+
+def test_drain_sends_what_waits_and_returns_once_everything_is_answered() -> None:
+    async def main() -> tuple[bool, list[list[str]], list[str]]:
+        release = asyncio.Event()
+        batches: list[list[str]] = []
+
+        async def send(items: list[str]) -> Sequence[str]:
+            batches.append(items)
+            if items == ["p1"]:
+                await release.wait()
+            return items
+
+        batcher: Batcher[str, str] = Batcher(send, patience_s=60)
+        p1 = batcher.submit("p1")
+        await asyncio.sleep(0.01)  # p1 is in flight
+        d1 = batcher.submit("d1", urgent=False)
+        drained = asyncio.ensure_future(batcher.drain())
+        await asyncio.sleep(0.05)
+        early = drained.done()  # p1 is still in flight
+        release.set()
+        await asyncio.wait_for(drained, 1)
+        return early, batches, [p1.result(), d1.result()]
+
+    early, batches, answers = asyncio.run(main())
+    assert not early
+    assert batches == [["p1"], ["d1"]]
+    assert answers == ["p1", "d1"]
+
+
+def test_close_fails_the_call_in_flight_even_if_it_never_started() -> None:
+    async def main() -> tuple[bool, bool]:
+        calls = Recorder()
+        batcher: Batcher[str, str] = Batcher(calls.send)
+        prepare = batcher.submit("p1")
+        await asyncio.sleep(0)  # launched: its task exists but has not run yet
+        batcher.close()
+        await asyncio.sleep(0.01)
+        return prepare.cancelled(), batcher._in_flight
+
+    cancelled, in_flight = asyncio.run(main())
+    assert cancelled
+    assert not in_flight

@@ -139,6 +139,8 @@ CASES = {
                                             UNAVAILABLE, ABORTED),
     "commits/gateway-after_decision": Case("commits", (gw("after_decision", decision="COMMITTED"),),
                                            UNAVAILABLE, COMMITTED),
+    # The answer leaves with the handler's return; after_decision_sent needs a whole bank round after
+    # that (and the decision waits up to 50 ms for company first), so the client has the final answer.
     "commits/gateway-after_decision_sent": Case("commits", (gw("after_decision_sent", bank=PAYER_BANK),),
                                                 COMMITTED, COMMITTED),
     "commits/gateway-after_decision_sent-one_bank_reached": Case(

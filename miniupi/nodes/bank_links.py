@@ -3,8 +3,8 @@
 Prepares and decisions go out through one Batcher per bank, so one
 DecideAndPrepare round carries the decisions of some payments and the
 prepares of others: one message and one fsync at the bank for all. A
-decision waits a moment for a prepare to ride with, so even a lone payer
-costs each bank one round per payment, not two. Rounds go over one long-lived stream per bank, which costs both
+decision waits up to 50 ms for a prepare to ride with, so payments that
+follow each other closely cost each bank one round each, not two. Rounds go over one long-lived stream per bank, which costs both
 ends about half of what a call per round does.
 
 Rounds wait for the channel to be ready (bounded by each round's
@@ -101,7 +101,6 @@ class BankLinks:
                         for name, stub in self._stubs.items()}
         self._batchers: dict[str, Batcher[BankItem, BankAnswer]] = {
             name: Batcher(rounds.send) for name, rounds in self._rounds.items()}
-        self._last_decision: dict[str, asyncio.Future[bank_pb2.DecisionOutcome]] = {}
         self._call_timeout = cluster.call_timeout_s
 
     def prepare(self, bank: str, request: bank_pb2.PrepareRequest) -> asyncio.Future[bank_pb2.PrepareReply]:
@@ -114,22 +113,23 @@ class BankLinks:
         """Phase 2 for one transaction at one bank, batched like `prepare`."""
         if bank not in self._batchers:  # a decision from before the bank left the cluster file: keep retrying
             return _failed(NotFound(f"unknown bank {bank}"))
-        # Not urgent: the client has its answer, so a decision may wait a moment for a prepare to ride with.
-        future = self._batchers[bank].submit(bank_pb2.Decision(txn_id=txn_id, commit=commit), urgent=False)
-        self._last_decision[bank] = future  # type: ignore[assignment]
-        return future  # type: ignore[return-value]
+        # Not urgent: the client has its answer, so a decision may wait for a prepare to ride with.
+        return self._batchers[bank].submit(  # type: ignore[return-value]
+            bank_pb2.Decision(txn_id=txn_id, commit=commit), urgent=False)
 
     async def settled(self, bank: str) -> None:
-        """Wait (bounded) until the decisions already sent to `bank` are answered.
+        """Wait (bounded) until what is already queued for `bank` has been answered.
 
         Clients are told a payment's outcome before the banks have applied
-        it; a read made after that waits here, so it sees the payment.
-        Rounds to a bank complete in order, so the last decision is enough.
+        it; a read made after that waits here, so it sees the payment. (A
+        decision whose round failed is resent in the background with
+        backoff; a read does not wait for that.)
         """
-        last = self._last_decision.get(bank)
-        if last is not None and not last.done():
-            self._batchers[bank].flush()
-            await asyncio.wait([last], timeout=self._call_timeout)
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                await self._batchers[bank].drain()
+        except TimeoutError:
+            pass  # the read goes on and meets the same slow bank
 
     def __contains__(self, bank: str) -> bool:
         return bank in self._stubs
@@ -144,7 +144,7 @@ class BankLinks:
         # Decisions still waiting for company go out first: a clean stop leaves no bank in doubt.
         try:
             async with asyncio.timeout(drain_s):
-                await asyncio.gather(*(self.settled(bank) for bank in self._batchers))
+                await asyncio.gather(*(batcher.drain() for batcher in self._batchers.values()))
         except TimeoutError:
             pass  # a bank that is down hears them after the restart, as after a crash
         for batcher in self._batchers.values():

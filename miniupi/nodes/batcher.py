@@ -35,6 +35,7 @@ class Batcher(Generic[Item, Result]):
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._urgent = False  # some pending item has someone waiting on it
         self._in_flight = False
+        self._flight: list[asyncio.Future[Result]] = []  # the futures of the call in flight
         self._launch_at: asyncio.Handle | None = None
         self._patient = False  # the scheduled launch is only waiting for company: urgency cuts it short
         self._tasks: set[asyncio.Task[None]] = set()
@@ -58,6 +59,13 @@ class Batcher(Generic[Item, Result]):
             self._urgent = True
             self._schedule()
 
+    async def drain(self) -> None:
+        """Send what is pending now, and wait until it and the call in flight are answered."""
+        waiting = [future for _, future in self._pending] + self._flight
+        if waiting:
+            self.flush()
+            await asyncio.wait(waiting)
+
     def _schedule(self) -> None:
         if self._in_flight:
             return  # the end of the call in flight schedules the next
@@ -78,7 +86,7 @@ class Batcher(Generic[Item, Result]):
             return
         batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
         self._urgent = bool(self._pending)  # left over from a full batch: send them next without waiting
-        self._in_flight = True
+        self._in_flight, self._flight = True, [future for _, future in batch]
         task = self._running_loop().create_task(self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -99,7 +107,7 @@ class Batcher(Generic[Item, Result]):
                 if not future.done():
                     future.set_result(result)
         finally:
-            self._in_flight = False
+            self._in_flight, self._flight = False, []
             if self._pending:
                 if self._urgent and len(batch) > 1 and len(self._pending) < self._max_batch:
                     # A busy link: let the next call fill. Urgent items do not cut this short.
@@ -111,8 +119,8 @@ class Batcher(Generic[Item, Result]):
         """Send nothing more: items still waiting are cancelled, and so is a call in flight."""
         if self._launch_at is not None:
             self._launch_at.cancel()
-        for _, future in self._pending:
-            future.cancel()
-        self._pending = []
+        for future in [future for _, future in self._pending] + self._flight:
+            future.cancel()  # also a call cancelled before it started, whose own clean-up never runs
+        self._pending, self._flight, self._in_flight = [], [], False
         for task in self._tasks:
             task.cancel()

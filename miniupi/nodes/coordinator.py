@@ -229,10 +229,16 @@ class Coordinator:
         def first_try_done(answers: asyncio.Future[list[Any]]) -> None:
             if answers.cancelled():
                 return
-            results = answers.result()
-            if self._closing and any(isinstance(r, BaseException) for r in results):
-                return  # stopping: it is sent again after the restart
-            if self._all_acked(txn, results):
+            if self._closing:  # start nothing new; what is not marked acknowledged is resent after the restart
+                if all(isinstance(r, bank_pb2.DecisionOutcome) and r.applied for r in answers.result()):
+                    self._mark_acked(txn)
+                return
+            try:
+                acked = self._all_acked(txn, answers.result())
+            except Exception:  # a plugin's hook failed: a callback's exception would only reach the loop's log
+                logger.exception("phase 2 of {} failed; sending it again", txn.payment.txn_id)
+                acked = False
+            if acked:
                 self._mark_acked(txn)
             else:
                 self._spawn(self._resend_decision(txn))
