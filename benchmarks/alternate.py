@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = ("payments_per_s", "p99_ms", "gateway_ms", "banks_ms", "load_generator_ms", "total_ms")
+KEYS = ("payments_per_s", "p50_ms", "p99_ms", "gateway_ms", "banks_ms", "load_generator_ms", "total_ms")
 
 
 def one_run(source: Path, args: argparse.Namespace) -> dict[str, float]:

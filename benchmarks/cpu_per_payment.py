@@ -44,7 +44,8 @@ def one_run(banks: int, storage: str, payments: int, concurrency: int) -> dict[s
     per = 1000 / result["ok"]
     load = (load_after.children_user - load_before.children_user
             + load_after.children_system - load_before.children_system)
-    row = {"payments_per_s": result["throughput_per_s"], "p99_ms": result["latency_ms"]["p99"],
+    row = {"payments_per_s": result["throughput_per_s"], "p50_ms": result["latency_ms"]["p50"],
+           "p99_ms": result["latency_ms"]["p99"],
            "gateway_ms": used["gateway"] * per,
            "banks_ms": sum(v for k, v in used.items() if k != "gateway") * per,
            "load_generator_ms": load * per}
