@@ -19,6 +19,20 @@ class Recorder:
         return items
 
 
+class Gate(Recorder):
+    """A Recorder whose call carrying exactly `held` stays in flight until `release` is set."""
+
+    def __init__(self, held: list[str]) -> None:
+        super().__init__()
+        self.held, self.release = held, asyncio.Event()
+
+    async def send(self, items: list[str]) -> Sequence[str]:
+        self.batches.append(items)
+        if items == self.held:
+            await self.release.wait()
+        return items
+
+
 def test_an_urgent_item_goes_out_on_the_next_turn_of_the_loop() -> None:
     async def main() -> list[list[str]]:
         calls = Recorder()
@@ -77,26 +91,18 @@ def test_patient_items_left_after_a_call_wait_again_and_urgent_ones_do_not() -> 
     goes at once if anyone waits on an item in it, else after the patience."""
 
     async def main() -> list[list[str]]:
-        release = asyncio.Event()
-        batches: list[list[str]] = []
-
-        async def send(items: list[str]) -> Sequence[str]:
-            batches.append(items)
-            if items == ["p1"]:
-                await release.wait()
-            return items
-
-        batcher: Batcher[str, str] = Batcher(send, patience_s=60)
+        calls = Gate(["p1"])
+        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=60)
         p1 = batcher.submit("p1")
         await asyncio.sleep(0.01)  # p1 is in flight
         d1 = batcher.submit("d1", urgent=False)
-        release.set()
+        calls.release.set()
         await p1
         await asyncio.sleep(0.05)
         assert not d1.done()  # only patient items are left: they wait for company
         p2 = batcher.submit("p2")
         await asyncio.wait_for(asyncio.gather(d1, p2), 1)
-        return batches
+        return calls.batches
 
     assert asyncio.run(main()) == [["p1"], ["d1", "p2"]]
 
@@ -115,25 +121,17 @@ def test_close_cancels_patient_items() -> None:
 
 def test_drain_sends_what_waits_and_returns_once_everything_is_answered() -> None:
     async def main() -> tuple[bool, list[list[str]], list[str]]:
-        release = asyncio.Event()
-        batches: list[list[str]] = []
-
-        async def send(items: list[str]) -> Sequence[str]:
-            batches.append(items)
-            if items == ["p1"]:
-                await release.wait()
-            return items
-
-        batcher: Batcher[str, str] = Batcher(send, patience_s=60)
+        calls = Gate(["p1"])
+        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=60)
         p1 = batcher.submit("p1")
         await asyncio.sleep(0.01)  # p1 is in flight
         d1 = batcher.submit("d1", urgent=False)
         drained = asyncio.ensure_future(batcher.drain())
         await asyncio.sleep(0.05)
         early = drained.done()  # p1 is still in flight
-        release.set()
+        calls.release.set()
         await asyncio.wait_for(drained, 1)
-        return early, batches, [p1.result(), d1.result()]
+        return early, calls.batches, [p1.result(), d1.result()]
 
     early, batches, answers = asyncio.run(main())
     assert not early

@@ -5,8 +5,8 @@ details before anything is sent; a repeat gets the stored answer or waits
 for the running one; the decision is durable before any bank hears it;
 phase 2 is retried until every bank has acknowledged. The client is
 answered once the decision is durable and on its way to the banks: the
-acks are not its business, and waiting for them cost a lone payment a
-third of its time.
+acks are not its business, and waiting for them took a third of the
+gateway's time for a lone payment.
 """
 from __future__ import annotations
 
