@@ -12,10 +12,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 
 from miniupi.client.api import Client
 from miniupi.testing import Accounts, LocalCluster
+from miniupi.tls import channel_credentials
+from miniupi.v1 import bank_pb2, bank_pb2_grpc
 
 T = TypeVar("T")
 PASSWORD = "pw-for-tests"
@@ -64,6 +67,23 @@ def open_account(cluster: LocalCluster, bank: str, initial: int) -> str:
     with cluster.client() as c:
         c.register(account, PASSWORD, initial)
     return account
+
+
+def admin_bank(cluster: LocalCluster, bank: str) -> grpc.Channel:
+    return grpc.secure_channel(cluster.config.node(bank).address,
+                               channel_credentials(cluster.config.certs_dir, "admin"))
+
+
+def bank_account(cluster: LocalCluster, bank: str, account: str) -> tuple[int, int] | None:
+    """(balance, held) as the bank itself reports it, or None if there is no such account."""
+    with admin_bank(cluster, bank) as channel:
+        try:
+            reply = bank_pb2_grpc.BankStub(channel).GetAccount(bank_pb2.AccountRequest(account=account),
+                                                               timeout=5)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND, e
+            return None
+    return reply.balance.minor, reply.held.minor
 
 
 def cli_ok(cluster: LocalCluster, *args: str, home: Path, input: str | None = None) -> str:

@@ -19,7 +19,7 @@ from miniupi.nodes.server import SERVER_OPTIONS
 from miniupi.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc
-from conftest import PASSWORD, open_account, running_cluster
+from conftest import PASSWORD, bank_account, open_account, running_cluster
 
 
 @pytest.fixture(scope="module")
@@ -98,18 +98,15 @@ def test_a_gateway_stopping_cleanly_sends_the_decisions_still_waiting_for_compan
     payment (SIGTERM, as `miniupi stop gateway` does): before it exits, the banks must have the
     decision, so nothing waits in doubt while the gateway is down."""
     payer, payee = open_account(cluster, "bank_a", 10_00), open_account(cluster, "bank_b", 0)
-    creds = channel_credentials(cluster.config.certs_dir, "admin")
     try:
         with cluster.client() as alice:
             alice.login(payer, PASSWORD)
             assert alice.pay(payee, 3_00).state == "COMMITTED"
             cluster.stop_node("gateway")  # not restarted until we start it: nobody can resend the decision
-        with grpc.secure_channel(cluster.config.banks["bank_b"].address, creds) as channel:
-            reply = bank_pb2_grpc.BankStub(channel).GetAccount(
-                bank_pb2.AccountRequest(account=payee.split("@")[0]), timeout=5)
+        at_bank_b = bank_account(cluster, "bank_b", payee.split("@")[0])
     finally:
         cluster.start_node("gateway")
-    assert (reply.balance.minor, reply.held.minor) == (3_00, 0)
+    assert at_bank_b == (3_00, 0)
 
 
 def test_banks_accept_the_gateways_keepalive_pings_on_an_idle_stream() -> None:

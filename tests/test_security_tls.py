@@ -30,6 +30,7 @@ from miniupi.errors import Aborted
 from miniupi.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
+from conftest import admin_bank, bank_account
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -119,23 +120,6 @@ def wait_logged(cluster: LocalCluster, node: str, needle: str, timeout_s: float 
 def admin_gateway(cluster: LocalCluster) -> grpc.Channel:
     return grpc.secure_channel(cluster.config.gateway.address,
                                channel_credentials(cluster.config.certs_dir, "admin"))
-
-
-def admin_bank(cluster: LocalCluster, bank: str) -> grpc.Channel:
-    return grpc.secure_channel(cluster.config.node(bank).address,
-                               channel_credentials(cluster.config.certs_dir, "admin"))
-
-
-def bank_account(cluster: LocalCluster, bank: str, account: str) -> tuple[int, int] | None:
-    """(balance, held) as the bank itself reports it, or None if there is no such account."""
-    with admin_bank(cluster, bank) as channel:
-        try:
-            reply = bank_pb2_grpc.BankStub(channel).GetAccount(bank_pb2.AccountRequest(account=account),
-                                                               timeout=TIMEOUT)
-        except grpc.RpcError as e:
-            assert e.code() == grpc.StatusCode.NOT_FOUND, e
-            return None
-    return reply.balance.minor, reply.held.minor
 
 
 def gateway_txn_ids(cluster: LocalCluster) -> set[str]:
