@@ -5,6 +5,7 @@ import asyncio
 from collections.abc import Sequence
 
 from miniupi.nodes.batcher import Batcher
+from miniupi.nodes.coordinator import BUSY_IN_FLIGHT, prepare_patience
 
 
 class Recorder:
@@ -36,7 +37,7 @@ class Gate(Recorder):
 def test_an_urgent_item_goes_out_on_the_next_turn_of_the_loop() -> None:
     async def main() -> list[list[str]]:
         calls = Recorder()
-        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=10)
+        batcher: Batcher[str, str] = Batcher(calls.send)
         assert await asyncio.wait_for(batcher.submit("prepare"), 1) == "prepare"
         return calls.batches
 
@@ -46,8 +47,8 @@ def test_an_urgent_item_goes_out_on_the_next_turn_of_the_loop() -> None:
 def test_a_patient_item_rides_with_the_next_urgent_one() -> None:
     async def main() -> tuple[list[list[str]], list[str]]:
         calls = Recorder()
-        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=10)
-        decision = batcher.submit("decision", urgent=False)
+        batcher: Batcher[str, str] = Batcher(calls.send)
+        decision = batcher.submit("decision", 10)
         await asyncio.sleep(0.05)
         sent_alone = list(calls.batches)
         answers = await asyncio.wait_for(asyncio.gather(decision, batcher.submit("prepare")), 1)
@@ -62,8 +63,8 @@ def test_a_patient_item_rides_with_the_next_urgent_one() -> None:
 def test_a_patient_item_alone_goes_out_when_its_patience_ends() -> None:
     async def main() -> tuple[list[list[str]], list[list[str]]]:
         calls = Recorder()
-        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=0.3)
-        decision = batcher.submit("decision", urgent=False)
+        batcher: Batcher[str, str] = Batcher(calls.send)
+        decision = batcher.submit("decision", 0.3)
         await asyncio.sleep(0.1)
         before = list(calls.batches)
         await asyncio.wait_for(decision, 2)
@@ -74,11 +75,54 @@ def test_a_patient_item_alone_goes_out_when_its_patience_ends() -> None:
     assert after == [["decision"]]
 
 
+def test_an_item_waits_its_patience_for_company() -> None:
+    async def main() -> list[list[str]]:
+        calls = Recorder()
+        batcher: Batcher[str, str] = Batcher(calls.send)
+        first = batcher.submit("p1", 0.3)
+        await asyncio.sleep(0.05)
+        second = batcher.submit("p2", 0.3)
+        await asyncio.wait_for(asyncio.gather(first, second), 2)
+        return calls.batches
+
+    assert asyncio.run(main()) == [["p1", "p2"]]
+
+
+def test_patience_counts_from_when_the_link_is_free() -> None:
+    """An item that waited out its patience behind a call in flight still waits once the call ends:
+    the wait is what gathers company, and under load a call is in flight most of the time."""
+
+    async def main() -> tuple[bool, list[list[str]]]:
+        calls = Gate(["p0"])
+        batcher: Batcher[str, str] = Batcher(calls.send)
+        p0 = batcher.submit("p0")
+        await asyncio.sleep(0.01)  # p0 is in flight
+        late = batcher.submit("p1", 0.2)
+        await asyncio.sleep(0.3)  # longer than p1's patience
+        calls.release.set()
+        await p0
+        await asyncio.sleep(0.05)
+        early = late.done()
+        await asyncio.wait_for(late, 2)
+        return early, calls.batches
+
+    early, batches = asyncio.run(main())
+    assert not early
+    assert batches == [["p0"], ["p1"]]
+
+
+def test_a_prepare_waits_for_company_only_while_the_gateway_is_busy() -> None:
+    assert prepare_patience(1) == 0.0  # a lone payer
+    assert prepare_patience(BUSY_IN_FLIGHT - 1) == 0.0
+    assert 0.0 < prepare_patience(BUSY_IN_FLIGHT) < 0.05
+    assert prepare_patience(64) == prepare_patience(BUSY_IN_FLIGHT)
+
+
 def test_flush_sends_patient_items_at_once() -> None:
     async def main() -> list[list[str]]:
         calls = Recorder()
-        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=60)
-        first, second = batcher.submit("d1", urgent=False), batcher.submit("d2", urgent=False)
+        batcher: Batcher[str, str] = Batcher(calls.send)
+        first, second = batcher.submit("d1", 60), batcher.submit("d2", 60)
         batcher.flush()
         await asyncio.wait_for(asyncio.gather(first, second), 1)
         return calls.batches
@@ -92,10 +136,10 @@ def test_patient_items_left_after_a_call_wait_again_and_urgent_ones_do_not() -> 
 
     async def main() -> list[list[str]]:
         calls = Gate(["p1"])
-        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=60)
+        batcher: Batcher[str, str] = Batcher(calls.send)
         p1 = batcher.submit("p1")
         await asyncio.sleep(0.01)  # p1 is in flight
-        d1 = batcher.submit("d1", urgent=False)
+        d1 = batcher.submit("d1", 60)
         calls.release.set()
         await p1
         await asyncio.sleep(0.05)
@@ -110,8 +154,8 @@ def test_patient_items_left_after_a_call_wait_again_and_urgent_ones_do_not() -> 
 def test_close_cancels_patient_items() -> None:
     async def main() -> bool:
         calls = Recorder()
-        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=60)
-        decision = batcher.submit("decision", urgent=False)
+        batcher: Batcher[str, str] = Batcher(calls.send)
+        decision = batcher.submit("decision", 60)
         batcher.close()
         await asyncio.sleep(0)
         return decision.cancelled() and not calls.batches
@@ -122,10 +166,10 @@ def test_close_cancels_patient_items() -> None:
 def test_drain_sends_what_waits_and_returns_once_everything_is_answered() -> None:
     async def main() -> tuple[bool, list[list[str]], list[str]]:
         calls = Gate(["p1"])
-        batcher: Batcher[str, str] = Batcher(calls.send, patience_s=60)
+        batcher: Batcher[str, str] = Batcher(calls.send)
         p1 = batcher.submit("p1")
         await asyncio.sleep(0.01)  # p1 is in flight
-        d1 = batcher.submit("d1", urgent=False)
+        d1 = batcher.submit("d1", 60)
         drained = asyncio.ensure_future(batcher.drain())
         await asyncio.sleep(0.05)
         early = drained.done()  # p1 is still in flight

@@ -1,21 +1,25 @@
 """Coalescing many small calls to one bank into a few batch calls.
 
 One batch call is in flight at a time; new items wait and go out
-together in the next one. An idle link sends an item on the next turn of
-the event loop (no added latency). A busy link, whose last batch carried
-more than one item, lingers a moment before the next call so that it
-fills: fewer, larger calls cost both ends far less CPU per item, and the
-bank writes a whole batch with one fsync.
+together in the next one. Each item says how long it may wait for
+company (its patience), counted from when the link is free: the next
+call goes out when the least patient item waiting is due, so an item
+with no patience goes on the next turn of the event loop (no added
+latency) and takes every waiting item with it. A busy link, whose last
+batch carried more than one item, also lingers a moment before the next
+call so that it fills: fewer, larger calls cost both ends far less CPU
+per item, and the bank writes a whole batch with one fsync.
 
-Items nobody is waiting on (a decision, once the client has its answer)
-can be submitted as not urgent: they wait up to `patience_s` for an
-urgent item to ride with, so at low load a payment's decision goes out in
-the same call as the next payment's prepare instead of a call of its own.
-`flush` sends them at once, for a reader that must see them applied.
+Callers choose patience by who waits on the answer: a decision, once the
+client has its answer, can wait long enough to ride with another
+payment's prepare; a prepare waits only when other payments keep the
+cores busy meanwhile. `flush` sends everything at once, for a reader
+that must see it applied.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -25,38 +29,41 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 LINGER_S = 0.005
-PATIENCE_S = 0.050  # a bank in a 16-bank cluster sees a prepare every ~15 ms at full load
 
 
 class Batcher(Generic[Item, Result]):
     def __init__(self, send: Callable[[list[Item]], Awaitable[Sequence[Result]]], max_batch: int = 512,
-                 linger_s: float = LINGER_S, patience_s: float = PATIENCE_S) -> None:
-        self._send, self._max_batch, self._linger, self._patience = send, max_batch, linger_s, patience_s
+                 linger_s: float = LINGER_S) -> None:
+        self._send, self._max_batch, self._linger = send, max_batch, linger_s
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
-        self._urgent = False  # some pending item has someone waiting on it
+        self._patience = math.inf  # the least patience among the items waiting
+        self._not_before = 0.0  # a busy link's linger: nothing goes out before this loop time
         self._in_flight = False
         self._flight: list[asyncio.Future[Result]] = []  # the futures of the call in flight
         self._launch_at: asyncio.Handle | None = None
-        self._patient = False  # the scheduled launch is only waiting for company: urgency cuts it short
+        self._launch_when = math.inf  # loop time the scheduled launch runs at
         self._tasks: set[asyncio.Task[None]] = set()
         self._running_loop = RunningLoop()
 
-    def submit(self, item: Item, urgent: bool = True) -> asyncio.Future[Result]:
+    def submit(self, item: Item, patience_s: float = 0.0) -> asyncio.Future[Result]:
         """A future for `item`'s result, or for the exception its batch call raised.
 
-        A future, not a coroutine: a caller sending to several banks awaits
-        their futures without a task per bank.
+        The item goes out within `patience_s` of the link being free (after
+        any call in flight, and a busy link's linger), with whatever else
+        is waiting then.
+        A future, not a coroutine: a caller sending to several banks
+        awaits their futures without a task per bank.
         """
         future: asyncio.Future[Result] = self._running_loop().create_future()
         self._pending.append((item, future))
-        self._urgent = self._urgent or urgent
+        self._patience = min(self._patience, patience_s)
         self._schedule()
         return future
 
     def flush(self) -> None:
         """Send what is pending without waiting for company."""
         if self._pending:
-            self._urgent = True
+            self._patience = 0.0
             self._schedule()
 
     async def drain(self) -> None:
@@ -67,25 +74,28 @@ class Batcher(Generic[Item, Result]):
             await asyncio.wait(waiting)
 
     def _schedule(self) -> None:
-        if self._in_flight:
+        if self._in_flight or not self._pending:
             return  # the end of the call in flight schedules the next
-        if self._launch_at is not None and not (self._patient and self._urgent):
-            return
-        if self._launch_at is not None:
-            self._launch_at.cancel()
         loop = self._running_loop()
-        if self._urgent:
+        when = max(loop.time() + self._patience, self._not_before)
+        if self._launch_at is not None:
+            if self._launch_when <= when:
+                return
+            self._launch_at.cancel()
+        if self._patience <= 0 and when <= loop.time():
             # Next turn of the loop, so that items submitted in this turn go together.
-            self._launch_at, self._patient = loop.call_soon(self._launch), False
+            self._launch_at = loop.call_soon(self._launch)
         else:
-            self._launch_at, self._patient = loop.call_later(self._patience, self._launch), True
+            self._launch_at = loop.call_at(when, self._launch)
+        self._launch_when = when
 
     def _launch(self) -> None:
-        self._launch_at = None
+        self._launch_at, self._launch_when, self._not_before = None, math.inf, 0.0
         if self._in_flight or not self._pending:
             return
         batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
-        self._urgent = bool(self._pending)  # left over from a full batch: send them next without waiting
+        # Left over from a full batch: send them next without waiting.
+        self._patience = 0.0 if self._pending else math.inf
         self._in_flight, self._flight = True, [future for _, future in batch]
         task = self._running_loop().create_task(self._run(batch))
         self._tasks.add(task)
@@ -108,17 +118,16 @@ class Batcher(Generic[Item, Result]):
                     future.set_result(result)
         finally:
             self._in_flight, self._flight = False, []
-            if self._pending:
-                if self._urgent and len(batch) > 1 and len(self._pending) < self._max_batch:
-                    # A busy link: let the next call fill. Urgent items do not cut this short.
-                    self._launch_at, self._patient = self._running_loop().call_later(self._linger, self._launch), False
-                else:
-                    self._schedule()
+            if self._pending and len(batch) > 1 and len(self._pending) < self._max_batch:
+                # A busy link: let the next call fill. Impatient items do not cut this short.
+                self._not_before = self._running_loop().time() + self._linger
+            self._schedule()
 
     def close(self) -> None:
         """Send nothing more: items still waiting are cancelled, and so is a call in flight."""
         if self._launch_at is not None:
             self._launch_at.cancel()
+        self._launch_at, self._launch_when = None, math.inf
         for future in [future for _, future in self._pending] + self._flight:
             future.cancel()  # also a call cancelled before it started, whose own clean-up never runs
         self._pending, self._flight, self._in_flight = [], [], False
