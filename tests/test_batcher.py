@@ -111,6 +111,38 @@ def test_patience_counts_from_when_the_link_is_free() -> None:
     assert batches == [["p0"], ["p1"]]
 
 
+def test_a_busy_link_lingers_after_a_full_round_for_items_waiting_at_once() -> None:
+    """Items with no patience that piled up behind a round of several wait the linger, so the next
+    round fills; an impatient item arriving when only patient ones wait goes at once."""
+
+    async def main() -> tuple[bool, bool]:
+        calls = Gate(["a", "b"])
+        batcher: Batcher[str, str] = Batcher(calls.send, linger_s=0.5)
+        first = [batcher.submit("a", 0.01), batcher.submit("b", 0.01)]
+        await asyncio.sleep(0.05)  # a and b are in flight together
+        behind = batcher.submit("c")
+        calls.release.set()
+        await asyncio.gather(*first)
+        await asyncio.sleep(0.1)
+        lingered = not behind.done()
+        await asyncio.wait_for(behind, 2)
+
+        calls2 = Gate(["a", "b"])
+        batcher2: Batcher[str, str] = Batcher(calls2.send, linger_s=0.5)
+        first = [batcher2.submit("a", 0.01), batcher2.submit("b", 0.01)]
+        await asyncio.sleep(0.05)
+        decision = batcher2.submit("d", 60)
+        calls2.release.set()
+        await asyncio.gather(*first)
+        prepare = batcher2.submit("p")
+        await asyncio.wait_for(asyncio.gather(decision, prepare), 0.3)
+        return lingered, calls2.batches == [["a", "b"], ["d", "p"]]
+
+    lingered, went_at_once = asyncio.run(main())
+    assert lingered
+    assert went_at_once
+
+
 def test_a_prepare_waits_for_company_only_while_the_gateway_is_busy() -> None:
     assert prepare_patience(1) == 0.0  # a lone payer
     assert prepare_patience(BUSY_IN_FLIGHT - 1) == 0.0

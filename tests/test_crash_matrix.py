@@ -73,7 +73,7 @@ from conftest import PASSWORD, running_cluster, unique_name, wait_for
 from miniupi.audit import audit, collect
 from miniupi.client.api import Client
 from miniupi.errors import FailedPrecondition, MiniupiError, NotFound, Unauthenticated, Unavailable
-from miniupi.nodes.coordinator import Coordinator, Payment
+from miniupi.nodes.coordinator import BUSY_IN_FLIGHT, PREPARE_PATIENCE_S, Coordinator, Payment
 from miniupi.nodes.gateway import GatewayServicer
 from miniupi.storage import GroupCommit
 from miniupi.testing import LocalCluster
@@ -362,7 +362,11 @@ def test_the_matrix_covers_every_2pc_step_on_every_node() -> None:
 class YesLinks:
     """The gateway's links to banks (miniupi/nodes/bank_links.py), every bank voting YES and acknowledging."""
 
-    async def prepare(self, bank: str, request: Any) -> Any:
+    def __init__(self) -> None:
+        self.patience: list[float] = []  # each prepare's, in the order sent
+
+    async def prepare(self, bank: str, request: Any, patience_s: float = 0.0) -> Any:
+        self.patience.append(patience_s)
         return bank_pb2.PrepareReply(yes=True)
 
     async def decide(self, bank: str, txn_id: str, commit: bool) -> Any:
@@ -395,6 +399,24 @@ class DecisionStore:
 
     def close(self) -> None:
         pass
+
+
+def test_prepares_wait_for_company_only_while_many_payments_are_in_flight() -> None:
+    async def scenario() -> tuple[list[float], list[float], int]:
+        store = DecisionStore()
+        store.release.set()
+        links = YesLinks()
+        coordinator = Coordinator(links, GroupCommit(store), {}, TIMEOUT_S, TIMEOUT_S)  # type: ignore[arg-type]
+        await coordinator.pay(Payment(str(uuid.uuid4()), "p@bank_a", "q@bank_b", AMOUNT, "INR"))
+        alone, links.patience = links.patience, []
+        await asyncio.gather(*(coordinator.pay(Payment(str(uuid.uuid4()), "p@bank_a", "q@bank_b", AMOUNT, "INR"))
+                               for _ in range(BUSY_IN_FLIGHT + 4)))
+        return alone, links.patience, coordinator._in_flight
+
+    alone, crowd, in_flight_after = asyncio.run(scenario())
+    assert alone == [0.0, 0.0]  # a lone payer's prepares go at once
+    assert crowd.count(0.0) < len(crowd) and max(crowd) == PREPARE_PATIENCE_S
+    assert in_flight_after == 0
 
 
 def test_a_bank_asking_for_the_decision_never_hears_one_that_is_not_yet_durable() -> None:

@@ -118,8 +118,9 @@ class Batcher(Generic[Item, Result]):
                     future.set_result(result)
         finally:
             self._in_flight, self._flight = False, []
-            if self._pending and len(batch) > 1 and len(self._pending) < self._max_batch:
-                # A busy link: let the next call fill. Impatient items do not cut this short.
+            if self._pending and self._patience <= 0 and len(batch) > 1 and len(self._pending) < self._max_batch:
+                # A busy link with someone waiting: let the next call fill. Impatient items
+                # do not cut this short; patient ones wait their own patience anyway.
                 self._not_before = self._running_loop().time() + self._linger
             self._schedule()
 
