@@ -43,8 +43,8 @@ INITIATED, COMMITTED, ABORTED = "INITIATED", "COMMITTED", "ABORTED"
 # cores have other payments' work meanwhile: fewer, fuller bank rounds then
 # cost the banks and the gateway less CPU per payment. A lone payer, or a
 # few, never wait. At 64 payers about 20 payments are in 2PC at any moment
-# (the rest are on their way in or out); at 16 banks the wait took banks'
-# CPU per payment from 1.7-1.9 to 1.2-1.4 ms (docs/BENCHMARKS.md).
+# (the rest are on their way in or out). At 16 banks the wait took banks'
+# CPU per payment from 1.73-2.10 to 1.44-1.79 ms (docs/BENCHMARKS.md).
 BUSY_IN_FLIGHT = 8
 PREPARE_PATIENCE_S = 0.010
 
