@@ -6,6 +6,7 @@ until every node answers the health service over mTLS.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -37,10 +38,22 @@ DEFAULT_SPEC: dict[str, Any] = {
 Accounts = Mapping[str, Mapping[str, tuple[str, str]]]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free now on 127.0.0.1.
+
+    All are held open together while they are picked: ports picked one at a
+    time, each released before the next, can come back twice (a 16-bank
+    cluster once got one port for two banks).
+    """
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def is_serving(cluster: ClusterConfig, address: str, timeout: float = 1.0) -> bool:
@@ -77,9 +90,11 @@ class LocalCluster:
         cluster = self.spec.setdefault("cluster", {})
         cluster["data_dir"] = str(self.root / "data")
         cluster["certs_dir"] = str(self.root / "certs")
-        self.spec.setdefault("gateway", {}).setdefault("port", free_port())
-        for name, bank in self.spec.setdefault("banks", {}).items():
-            bank.setdefault("port", free_port())
+        nodes = [self.spec.setdefault("gateway", {}), *self.spec.setdefault("banks", {}).values()]
+        portless = [node for node in nodes if "port" not in node]
+        for node, port in zip(portless, free_ports(len(portless))):
+            node["port"] = port
+        for name, bank in self.spec["banks"].items():
             if name in accounts:
                 path = self.root / f"accounts_{name}.toml"
                 path.write_text(tomli_w.dumps(

@@ -4,11 +4,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from miniupi.client.api import AsyncClient, Client
-from miniupi.testing import LocalCluster
+from miniupi.testing import LocalCluster, free_ports
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -118,3 +119,11 @@ def test_payments_between_five_banks_commit_and_conserve_money(cluster: LocalClu
     finally:
         for c in clients.values():
             c.close()
+
+
+def test_a_sixteen_bank_cluster_gets_a_distinct_free_port_for_every_node(tmp_path: Path) -> None:
+    spec = {"banks": {f"bank_{i}": {} for i in range(16)}, "gateway": {}}
+    cluster = LocalCluster(tmp_path / "cluster", spec)  # configured, never started
+    ports = [cluster.config.gateway.port, *(bank.port for bank in cluster.config.banks.values())]
+    assert len(ports) == 17 and len(set(ports)) == 17
+    assert len(set(free_ports(64))) == 64
