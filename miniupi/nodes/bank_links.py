@@ -5,9 +5,9 @@ DecideAndPrepare round carries the decisions of some payments and the
 prepares of others: one message and one fsync at the bank for all. A
 decision waits up to 50 ms for a prepare to ride with, so payments that
 follow each other closely cost each bank one round each, not two; a
-prepare waits as long as its caller allows. Rounds
-go over one long-lived stream per bank, which costs both ends about half
-of what a call per round does.
+prepare waits as long as its caller allows. Rounds go over one
+long-lived stream per bank, which costs both ends about half of what a
+call per round does.
 
 Rounds wait for the channel to be ready (bounded by each round's
 timeout) rather than failing at once: a bank that was just restarted is

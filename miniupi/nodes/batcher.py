@@ -77,12 +77,13 @@ class Batcher(Generic[Item, Result]):
         if self._in_flight or not self._pending:
             return  # the end of the call in flight schedules the next
         loop = self._running_loop()
-        when = max(loop.time() + self._patience, self._not_before)
+        now = loop.time()
+        when = max(now + self._patience, self._not_before)
         if self._launch_at is not None:
             if self._launch_when <= when:
                 return
             self._launch_at.cancel()
-        if self._patience <= 0 and when <= loop.time():
+        if when <= now:
             # Next turn of the loop, so that items submitted in this turn go together.
             self._launch_at = loop.call_soon(self._launch)
         else:
