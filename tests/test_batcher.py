@@ -5,7 +5,6 @@ import asyncio
 from collections.abc import Sequence
 
 from miniupi.nodes.batcher import Batcher
-from miniupi.nodes.coordinator import BUSY_IN_FLIGHT, prepare_patience
 
 
 class Recorder:
@@ -141,13 +140,6 @@ def test_a_busy_link_lingers_after_a_full_round_for_items_waiting_at_once() -> N
     lingered, went_at_once = asyncio.run(main())
     assert lingered
     assert went_at_once
-
-
-def test_a_prepare_waits_for_company_only_while_the_gateway_is_busy() -> None:
-    assert prepare_patience(1) == 0.0  # a lone payer
-    assert prepare_patience(BUSY_IN_FLIGHT - 1) == 0.0
-    assert 0.0 < prepare_patience(BUSY_IN_FLIGHT) < 0.05
-    assert prepare_patience(64) == prepare_patience(BUSY_IN_FLIGHT)
 
 
 def test_flush_sends_patient_items_at_once() -> None:

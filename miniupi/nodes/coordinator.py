@@ -31,28 +31,12 @@ from miniupi.errors import (
     from_code,
 )
 from miniupi.nodes.bank_links import BankLinks
+from miniupi.nodes.patience import PreparePatience
 from miniupi.plugin_manager import Fire
 from miniupi.storage import GroupCommit, Put
 from miniupi.v1 import bank_pb2
 
 INITIATED, COMMITTED, ABORTED = "INITIATED", "COMMITTED", "ABORTED"
-
-# A prepare may wait up to PREPARE_PATIENCE_S for other payments' prepares
-# to the same bank, but only while at least BUSY_IN_FLIGHT payments are in
-# 2PC. The wait costs the payment latency, which pays back only when the
-# cores have other payments' work meanwhile: fewer, fuller bank rounds then
-# cost the banks and the gateway less CPU per payment. A lone payer, or a
-# few, never wait. At 64 payers about 20 payments are in 2PC at any moment
-# (the rest are on their way in or out). At 16 banks the wait took banks'
-# CPU per payment from 1.73-2.10 to 1.44-1.79 ms (docs/BENCHMARKS.md).
-BUSY_IN_FLIGHT = 8
-PREPARE_PATIENCE_S = 0.010
-
-
-def prepare_patience(in_flight: int) -> float:
-    """How long a prepare may wait for company with `in_flight` payments in 2PC, itself included."""
-    return PREPARE_PATIENCE_S if in_flight >= BUSY_IN_FLIGHT else 0.0
-
 
 @dataclass(frozen=True)
 class Payment:
@@ -143,6 +127,7 @@ class Coordinator:
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         self._in_flight = 0  # payments between their INITIATED record and their decision
+        self._patience = PreparePatience()
 
     # -- recovery -------------------------------------------------------
 
@@ -196,9 +181,9 @@ class Coordinator:
 
     async def _two_phase(self, txn: Txn) -> None:
         p = txn.payment
-        patience = prepare_patience(self._in_flight)
         sent = [(bank, self._links.prepare(bank, bank_pb2.PrepareRequest(txn_id=p.txn_id, currency=p.currency,
-                                                                         legs=bank_legs), patience))
+                                                                         legs=bank_legs),
+                                           self._patience(bank, self._in_flight)))
                 for bank, bank_legs in banks_and_legs(p).items()]  # all banks at once, then collect
         replies = await asyncio.gather(*(reply for _, reply in sent), return_exceptions=True)  # futures: no tasks
         votes = [self._vote(p.txn_id, bank, reply) for (bank, _), reply in zip(sent, replies)]
