@@ -13,7 +13,7 @@ import pytest
 from loguru import logger
 
 from miniupi.errors import InsufficientFunds
-from miniupi.logs import _SizeRotation
+from miniupi.logs import LINE_FORMAT, _CallLines, _SizeRotation
 from miniupi.testing import DEFAULT_SPEC, LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2
@@ -34,6 +34,27 @@ def test_the_log_rotates_past_its_size_and_keeps_every_line(tmp_path: Path) -> N
     lines = [line for f in files for line in f.read_text().splitlines()]
     assert sorted(line[:7] for line in lines if line.startswith("line")) == [f"line {i:02d}" for i in range(40)]
     assert all(f.stat().st_size <= 400 for f in files)
+
+
+def test_call_lines_go_to_loguru_together_and_never_after_a_later_record() -> None:
+    lines = _CallLines()
+    messages: list[str] = []
+    sink = logger.add(messages.append, format=LINE_FORMAT)
+    logger.configure(patcher=lines.before_record)
+    try:
+        with logger.contextualize(node="n"):
+            lines.add("method=A")
+            lines.add("method=B")
+            assert messages == []  # held for the next flush
+            logger.warning("the disk is full")
+            lines.add("method=C")
+            lines.flush()
+    finally:
+        logger.configure(patcher=lambda record: None)
+        logger.remove(sink)
+    assert [m.count("method=") for m in messages] == [2, 0, 1]  # A and B as one message
+    assert [m.split("method=")[1][0] if "method=" in m else "W" for m in messages] == ["A", "W", "C"]
+    assert "the disk is full" in messages[1]
 
 
 # -- the call log, as a running node writes it --------------------------------------------------
