@@ -25,6 +25,7 @@ from loguru import logger
 from miniupi.config import NodeConfig
 
 FLUSH_EVERY_S = 0.2
+MAX_HELD_LINES = 1000
 WARNING_NO = 30
 ROTATE_AT_BYTES = 50 * 1000 * 1000
 LINE_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {extra[node]} {message}"
@@ -96,6 +97,8 @@ class _CallLines:
         line = f"{self._stamp}.{int((now - second) * 1000):03d} INFO    {self.node} {text}\n"
         with self._lock:
             self._lines.append(line)
+            if len(self._lines) >= MAX_HELD_LINES:  # bounded even if nothing flushes on time
+                self.flush()
 
     def flush(self) -> None:
         with self._lock:
@@ -146,8 +149,11 @@ async def flush_logs_periodically() -> None:
     try:
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
-            _call_lines.flush()
-            _stdout.flush()
+            _call_lines.flush()  # loguru reports a failing sink itself
+            try:
+                _stdout.flush()
+            except OSError:  # supervisord's pipe is gone; the batch is dropped, the file has every line
+                pass
     finally:
         _call_lines.flush()
         _stdout.flush()

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -74,8 +75,8 @@ from miniupi.audit import audit, collect
 from miniupi.client.api import Client
 from miniupi.errors import FailedPrecondition, MiniupiError, NotFound, Unauthenticated, Unavailable
 from miniupi.nodes.coordinator import Coordinator, Payment
-from miniupi.nodes.patience import BUSY_IN_FLIGHT, MAX_PATIENCE_S
 from miniupi.nodes.gateway import GatewayServicer
+from miniupi.nodes.patience import BUSY_IN_FLIGHT, PATIENCE_AT_REFERENCE_S, REFERENCE_RATE_PER_S, PreparePatience
 from miniupi.storage import GroupCommit
 from miniupi.testing import LocalCluster
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2
@@ -408,6 +409,8 @@ def test_prepares_wait_for_company_only_while_many_payments_are_in_flight() -> N
         store.release.set()
         links = YesLinks()
         coordinator = Coordinator(links, GroupCommit(store), {}, TIMEOUT_S, TIMEOUT_S)  # type: ignore[arg-type]
+        ticks = itertools.count()  # each link sees a prepare every 1 / REFERENCE_RATE_PER_S
+        coordinator._patience = PreparePatience(lambda: next(ticks) / (2 * REFERENCE_RATE_PER_S))
         await coordinator.pay(Payment(str(uuid.uuid4()), "p@bank_a", "q@bank_b", AMOUNT, "INR"))
         alone, links.patience = links.patience, []
         await asyncio.gather(*(coordinator.pay(Payment(str(uuid.uuid4()), "p@bank_a", "q@bank_b", AMOUNT, "INR"))
@@ -416,7 +419,7 @@ def test_prepares_wait_for_company_only_while_many_payments_are_in_flight() -> N
 
     alone, crowd, in_flight_after = asyncio.run(scenario())
     assert alone == [0.0, 0.0]  # a lone payer's prepares go at once
-    assert crowd.count(0.0) < len(crowd) and 0.0 < max(crowd) <= MAX_PATIENCE_S
+    assert crowd.count(0.0) < len(crowd) and max(crowd) == pytest.approx(PATIENCE_AT_REFERENCE_S)
     assert in_flight_after == 0
 
 

@@ -13,7 +13,7 @@ import pytest
 from loguru import logger
 
 from miniupi.errors import InsufficientFunds
-from miniupi.logs import LINE_FORMAT, _CallLines, _SizeRotation
+from miniupi.logs import LINE_FORMAT, MAX_HELD_LINES, _CallLines, _SizeRotation
 from miniupi.testing import DEFAULT_SPEC, LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2
@@ -55,6 +55,19 @@ def test_call_lines_go_to_loguru_together_and_never_after_a_later_record() -> No
     assert [m.count("method=") for m in messages] == [2, 0, 1]  # A and B as one message
     assert [m.split("method=")[1][0] if "method=" in m else "W" for m in messages] == ["A", "W", "C"]
     assert "the disk is full" in messages[1]
+
+
+def test_call_lines_held_past_the_limit_go_at_once() -> None:
+    lines = _CallLines()
+    messages: list[str] = []
+    sink = logger.add(messages.append, format=LINE_FORMAT)
+    try:
+        with logger.contextualize(node="n"):
+            for i in range(MAX_HELD_LINES + 1):
+                lines.add(f"method=M{i}")
+    finally:
+        logger.remove(sink)
+    assert [m.count("method=") for m in messages] == [MAX_HELD_LINES]  # the last one waits for a flush
 
 
 # -- the call log, as a running node writes it --------------------------------------------------

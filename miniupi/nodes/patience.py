@@ -12,10 +12,10 @@ How long it waits follows its link's rate of prepares, as 1/sqrt(rate).
 For a given number of rounds a second over all links, that split keeps
 the average wait least: a link's wait is about half its interval between
 rounds, and counts once per payment that crosses it. Each of two banks
-at 1,200 payments/s waits the 10 ms that measured best there; each of 16
-banks at 900/s sees 8 times fewer prepares and waits about 30 ms, where
-a fixed 10 ms left 16 banks' rounds so small that they cost the banks
-half again as much CPU per payment (docs/BENCHMARKS.md).
+at 1,200 payments/s sees 1,200 prepares/s and waits the 10 ms that
+measured best there; each of 16 banks at 900 payments/s sees about 110
+and waits about 33 ms. A fixed 10 ms left 16 banks' rounds so small that
+they cost the banks a third more CPU per payment (docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 
