@@ -1,6 +1,8 @@
 """Node logs: the call log's lines, and the file rotated by size without asking the file per line."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
 import time
@@ -13,6 +15,7 @@ import pytest
 from loguru import logger
 
 from miniupi.errors import InsufficientFunds
+from miniupi import logs
 from miniupi.logs import LINE_FORMAT, MAX_HELD_LINES, _CallLines, _SizeRotation
 from miniupi.testing import DEFAULT_SPEC, LocalCluster
 from miniupi.tls import channel_credentials
@@ -68,6 +71,37 @@ def test_call_lines_held_past_the_limit_go_at_once() -> None:
     finally:
         logger.remove(sink)
     assert [m.count("method=") for m in messages] == [MAX_HELD_LINES]  # the last one waits for a flush
+
+
+def test_the_flusher_outlives_a_broken_stdout_and_still_sends_call_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once supervisord's pipe is gone, stdout fails on every flush; the call lines must still reach
+    the other sinks (the node's file), so the flusher must not end at the first failure."""
+    def broken() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(logs._stdout, "flush", broken)
+    messages: list[str] = []
+    sink = logger.add(messages.append, format=LINE_FORMAT)
+
+    async def scenario() -> bool:
+        flusher = asyncio.create_task(logs.flush_logs_periodically())
+        with logger.contextualize(node="n"):
+            logs._call_lines.add("method=Before")
+            await asyncio.sleep(2.5 * logs.FLUSH_EVERY_S)
+            logs._call_lines.add("method=After")
+            await asyncio.sleep(2.5 * logs.FLUSH_EVERY_S)
+        alive = not flusher.done()
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await flusher
+        return alive
+
+    try:
+        alive = asyncio.run(scenario())
+    finally:
+        logger.remove(sink)
+    assert alive
+    assert [m.split("method=")[1].strip() for m in messages if "method=" in m] == ["Before", "After"]
 
 
 # -- the call log, as a running node writes it --------------------------------------------------
