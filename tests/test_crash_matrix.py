@@ -403,6 +403,33 @@ class DecisionStore:
         pass
 
 
+def test_a_plugin_hook_that_raises_after_a_bank_acknowledged_does_not_stop_phase_two() -> None:
+    """The hook runs once a bank has acknowledged; its failure is the plugin's, not the bank's. Taken
+    for a missing acknowledgement it sent the decision again, and the resend's own call of the hook
+    ended the resend task: the payment stayed unacknowledged, resent after every restart."""
+    fired: list[str] = []
+
+    def fire(point: str, **details: Any) -> None:
+        if point == "after_decision_sent":
+            fired.append(details["bank"])
+            raise RuntimeError("the plugin's audit trail is down")
+
+    async def scenario() -> bool:
+        store = DecisionStore()
+        store.release.set()
+        coordinator = Coordinator(YesLinks(), GroupCommit(store), {}, TIMEOUT_S, TIMEOUT_S, fire)  # type: ignore[arg-type]
+        txn_id = str(uuid.uuid4())
+        assert await coordinator.pay(Payment(txn_id, "p@bank_a", "q@bank_b", AMOUNT, "INR")) == "COMMITTED"
+        for _ in range(100):  # phase 2 runs after the answer
+            if coordinator.txns[txn_id].acked:
+                break
+            await asyncio.sleep(0.01)
+        return coordinator.txns[txn_id].acked
+
+    assert asyncio.run(scenario())
+    assert sorted(fired) == ["bank_a", "bank_b"]  # every acknowledgement still reaches the plugin, once
+
+
 def test_prepares_wait_for_company_only_while_many_payments_are_in_flight() -> None:
     async def scenario() -> tuple[list[float], list[float], int]:
         store = DecisionStore()
