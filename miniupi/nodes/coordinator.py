@@ -238,12 +238,7 @@ class Coordinator:
                 if all(isinstance(r, bank_pb2.DecisionOutcome) and r.applied for r in answers.result()):
                     self._mark_acked(txn)
                 return
-            try:
-                acked = self._all_acked(txn, answers.result())
-            except Exception:  # a plugin's hook failed: a callback's exception would only reach the loop's log
-                logger.exception("phase 2 of {} failed; sending it again", txn.payment.txn_id)
-                acked = False
-            if acked:
+            if self._all_acked(txn, answers.result()):
                 self._mark_acked(txn)
             else:
                 self._spawn(self._resend_decision(txn))
@@ -272,7 +267,10 @@ class Coordinator:
                           else result.error if isinstance(result, bank_pb2.DecisionOutcome) else repr(result))
                 logger.warning("{} of {} at {} not acknowledged: {}", txn.state, txn.payment.txn_id, bank, detail)
             else:
-                self._fire("after_decision_sent", txn_id=txn.payment.txn_id, bank=bank, decision=txn.state)
+                try:  # the bank has it whatever the plugin does: a failing hook must not make it resent
+                    self._fire("after_decision_sent", txn_id=txn.payment.txn_id, bank=bank, decision=txn.state)
+                except Exception:
+                    logger.exception("hook after_decision_sent failed for {} at {}", txn.payment.txn_id, bank)
         return acked
 
     def _mark_acked(self, txn: Txn) -> None:
