@@ -109,6 +109,34 @@ def test_a_gateway_stopping_cleanly_sends_the_decisions_still_waiting_for_compan
     assert at_bank_b == (3_00, 0)
 
 
+def test_a_stopping_bank_ends_the_gateways_stream_between_rounds(cluster: LocalCluster) -> None:
+    """The gateway's round stream stays open for good, so a bank that waited for it to close
+    sat out its whole shutdown grace (2 s) on every stop, and the stream then ended CANCELLED.
+    A stopping bank ends a stream that is between rounds at once, and cleanly: status OK, which
+    the gateway takes as "open a new stream next round"."""
+
+    async def main() -> tuple[object, object, object]:
+        creds = channel_credentials(cluster.config.certs_dir, "gateway")
+        async with grpc.aio.secure_channel(cluster.config.banks["bank_a"].address, creds,
+                                           options=CHANNEL_OPTIONS) as channel:
+            rounds = _Rounds(bank_pb2_grpc.BankStub(channel), prepare_timeout=5, call_timeout=5)
+            await rounds.send([_abort(str(uuid.uuid4()))])  # the stream is open, between rounds
+            stream = rounds._call
+            await asyncio.to_thread(cluster.stop_node, "bank_a")
+            try:
+                code = await asyncio.wait_for(stream.code(), 5)
+                details = await stream.details()
+            finally:
+                await asyncio.to_thread(cluster.start_node, "bank_a")
+            answers = await rounds.send([_abort(str(uuid.uuid4()))])  # a new stream, to the new bank
+            rounds.close()
+        return code, details, answers
+
+    code, details, answers = asyncio.run(main())
+    assert code == grpc.StatusCode.OK, details
+    assert [o.applied for o in answers] == [True]  # type: ignore[attr-defined]
+
+
 def test_banks_accept_the_gateways_keepalive_pings_on_an_idle_stream() -> None:
     """A server takes a client's keepalive pings as abuse when they come more often than its
     minimum interval without data (gRPC's default: 5 minutes), and answers with GOAWAY

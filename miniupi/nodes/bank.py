@@ -33,6 +33,11 @@ MAX_HISTORY = 1000
 class BankServicer(bank_pb2_grpc.BankServicer):
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
+        # DecideAndPrepare streams waiting for their next round. The gateway
+        # keeps its stream open for good, so a stopping bank ends these
+        # rather than wait out the whole shutdown grace for them.
+        self._between_rounds: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     def _money(self, minor: int) -> common_pb2.Money:
         return common_pb2.Money(minor=minor, currency=self.ledger.currency)
@@ -66,13 +71,34 @@ class BankServicer(bank_pb2_grpc.BankServicer):
     async def DecideAndPrepare(self, requests: AsyncIterator[bank_pb2.DecideAndPrepareRequest],
                                context: grpc.aio.ServicerContext) -> AsyncIterator[bank_pb2.DecideAndPrepareReply]:
         """One reply per round, in order: the gateway matches them by position."""
-        async for request in requests:
-            await refuse_unknown_fields(request, context)
-            try:
-                reply = await self._round(request)
-            except MiniupiError as e:
-                await context.abort(grpc.StatusCode[e.code], e.message)
-            yield reply
+        task = asyncio.current_task()
+        assert task is not None
+        self._between_rounds.add(task)
+        try:
+            async for request in requests:
+                self._between_rounds.discard(task)
+                await refuse_unknown_fields(request, context)
+                try:
+                    reply = await self._round(request)
+                except MiniupiError as e:
+                    await context.abort(grpc.StatusCode[e.code], e.message)
+                yield reply
+                if self._stopping:
+                    return
+                self._between_rounds.add(task)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # end_streams: end the call with OK, which the server counts as finished; a
+            # cancelled handler leaves the call open until the shutdown grace runs out.
+        finally:
+            self._between_rounds.discard(task)
+
+    def end_streams(self) -> None:
+        """End every stream between rounds; a round in progress is answered first and ends its stream then."""
+        self._stopping = True
+        for task in self._between_rounds:
+            task.cancel()
 
     async def _round(self, request: bank_pb2.DecideAndPrepareRequest) -> bank_pb2.DecideAndPrepareReply:
         outcomes, votes = await self._decide_and_prepare([(d.txn_id, d.commit) for d in request.decisions],
@@ -198,8 +224,10 @@ async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, l
     if opened:
         logger.info("{} opened {} accounts from {}", node.name, opened, node.accounts)
 
+    servicer = BankServicer(ledger)
+
     def add_services(server: grpc.aio.Server) -> list[str]:
-        bank_pb2_grpc.add_BankServicer_to_server(BankServicer(ledger), server)
+        bank_pb2_grpc.add_BankServicer_to_server(servicer, server)
         return [bank_pb2.DESCRIPTOR.services_by_name["Bank"].full_name]
 
     resolver = asyncio.create_task(resolve_in_doubt(ledger, node))
@@ -209,5 +237,5 @@ async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, l
         await asyncio.gather(resolver, return_exceptions=True)
         await commit.close()
 
-    await serve(node, pm, add_services, on_stop)
+    await serve(node, pm, add_services, on_stop, on_stopping=servicer.end_streams)
 

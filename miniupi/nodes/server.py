@@ -19,6 +19,7 @@ from miniupi.storage import GroupCommit, Store, StoreDamaged
 from miniupi.tls import server_credentials
 
 MAX_MESSAGE_BYTES = 1 << 20
+SHUTDOWN_GRACE_S = 2.0
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
@@ -54,8 +55,14 @@ async def serve(
     pm: pluggy.PluginManager,
     add_services: Callable[[grpc.aio.Server], Iterable[str]],
     on_stop: Callable[[], Awaitable[None]],
+    on_stopping: Callable[[], None] = lambda: None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain calls and run `on_stop`."""
+    """Serve until SIGTERM or SIGINT, then drain calls and run `on_stop`.
+
+    `on_stopping` runs once the server refuses new calls and calls in
+    progress have their grace: the moment to end calls that would
+    otherwise sit out the whole grace, such as a stream between rounds.
+    """
     interceptors = [i for group in pm.hook.miniupi_server_interceptors(node=node) for i in group]
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     names = list(add_services(server))
@@ -84,7 +91,10 @@ async def serve(
     await stopping.wait()
     logger.info("{} stopping", node.name)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace=2)
+    stopped = asyncio.ensure_future(server.stop(grace=SHUTDOWN_GRACE_S))
+    await asyncio.sleep(0)  # the stop's first step refuses new calls
+    on_stopping()
+    await stopped
     await on_stop()
     flusher.cancel()
     await asyncio.gather(flusher, return_exceptions=True)
