@@ -120,16 +120,18 @@ def test_a_stopping_bank_ends_the_gateways_stream_between_rounds(cluster: LocalC
         async with grpc.aio.secure_channel(cluster.config.banks["bank_a"].address, creds,
                                            options=CHANNEL_OPTIONS) as channel:
             rounds = _Rounds(bank_pb2_grpc.BankStub(channel), prepare_timeout=5, call_timeout=5)
-            await rounds.send([_abort(str(uuid.uuid4()))])  # the stream is open, between rounds
-            stream = rounds._call
-            await asyncio.to_thread(cluster.stop_node, "bank_a")
             try:
-                code = await asyncio.wait_for(stream.code(), 5)
-                details = await stream.details()
+                await rounds.send([_abort(str(uuid.uuid4()))])  # the stream is open, between rounds
+                stream = rounds._call
+                await asyncio.to_thread(cluster.stop_node, "bank_a")
+                try:
+                    code = await asyncio.wait_for(stream.code(), 5)
+                    details = await stream.details()
+                finally:
+                    await asyncio.to_thread(cluster.start_node, "bank_a")
+                answers = await rounds.send([_abort(str(uuid.uuid4()))])  # a new stream, to the new bank
             finally:
-                await asyncio.to_thread(cluster.start_node, "bank_a")
-            answers = await rounds.send([_abort(str(uuid.uuid4()))])  # a new stream, to the new bank
-            rounds.close()
+                rounds.close()
         return code, details, answers
 
     code, details, answers = asyncio.run(main())

@@ -37,6 +37,7 @@ class BankServicer(bank_pb2_grpc.BankServicer):
         # keeps its stream open for good, so a stopping bank ends these
         # rather than wait out the whole shutdown grace for them.
         self._between_rounds: set[asyncio.Task[Any]] = set()
+        self._ended: set[asyncio.Task[Any]] = set()  # cancelled by end_streams, to end with OK
         self._stopping = False
 
     def _money(self, minor: int) -> common_pb2.Money:
@@ -87,16 +88,25 @@ class BankServicer(bank_pb2_grpc.BankServicer):
                     return
                 self._between_rounds.add(task)
         except asyncio.CancelledError:
-            if not self._stopping:
-                raise
-            # end_streams: end the call with OK, which the server counts as finished; a
-            # cancelled handler leaves the call open until the shutdown grace runs out.
+            if task not in self._ended:
+                raise  # the gateway gave up, or the grace ran out: the call is cancelled
+            # End the call with OK, which the server counts as finished; a cancelled
+            # handler leaves the call open until the shutdown grace runs out.
+            task.uncancel()
         finally:
             self._between_rounds.discard(task)
+            self._ended.discard(task)
 
     def end_streams(self) -> None:
-        """End every stream between rounds; a round in progress is answered first and ends its stream then."""
+        """End every stream waiting for its next round; a round in progress is answered first.
+
+        A round that reaches the bank as its stream ends goes unanswered: the
+        gateway reads the end of the stream and takes the round as failed, as
+        it does for any bank that stops (a prepare's payment is aborted, a
+        decision is sent again).
+        """
         self._stopping = True
+        self._ended |= self._between_rounds
         for task in self._between_rounds:
             task.cancel()
 
