@@ -16,13 +16,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from miniupi.bench import bench_spec
 from miniupi.testing import LocalCluster
+
+from bench_run import bench_json
 
 
 def cpu_seconds(pid: int) -> float:
@@ -35,12 +35,10 @@ def one_run(banks: int, storage: str, payments: int, concurrency: int) -> dict[s
         pids = {node.name: cluster.supervisor.pid(node.name) for node in cluster.config.nodes}
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         load_before = os.times()
-        out = subprocess.run([sys.executable, "-m", "miniupi", "bench", "--config", str(cluster.config_path),
-                              "--concurrency", str(concurrency), "--payments", str(payments), "--json",
-                              "--no-audit"], capture_output=True, text=True, check=True)
+        result = bench_json(["--config", str(cluster.config_path), "--concurrency", str(concurrency),
+                             "--payments", str(payments), "--no-audit"])
         load_after = os.times()
         used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
-    result = json.loads(out.stdout)
     per = 1000 / result["ok"]
     load = (load_after.children_user - load_before.children_user
             + load_after.children_system - load_before.children_system)

@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench_run import bench_json
+
 ROOT = Path(__file__).resolve().parent.parent
-MINIUPI = [sys.executable, "-m", "miniupi", "bench", "--json", "--seed", "7"]
 HEADLINE_REPEATS = 3  # the first row, run this many times: this virtual machine's spread is wide
 RUNS = [
     ("closed loop, 64 payers, sqlite", ["--concurrency", "64", "--payments", "10000"]),
@@ -44,8 +45,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     headline = [(f"{RUNS[0][0]} (run {i + 1} of {HEADLINE_REPEATS})", RUNS[0][1]) for i in range(HEADLINE_REPEATS)]
     for name, args in headline + RUNS[1:]:
-        out = subprocess.run([*MINIUPI, *args], capture_output=True, text=True, cwd="/tmp", check=True)
-        r = json.loads(out.stdout)
+        r = bench_json([*args, "--seed", "7"])
         lat = r["latency_ms"]
         print(f"| {name} | {r['throughput_per_s']:.0f} | {r['ok']} / {r['failed']} | {lat['p50']:.2f} | "
               f"{lat['p90']:.2f} | {lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | "

@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
+
+from bench_run import bench_json
 
 VARIED = {
     "banks": (["--banks", "2"], ["--banks", "16"]),
@@ -30,13 +30,9 @@ VARIED = {
 
 
 def throughput(args: list[str]) -> float:
-    out = subprocess.run([sys.executable, "-m", "miniupi", "bench", "--json", *args],
-                         capture_output=True, text=True, cwd="/tmp")
-    if out.returncode:
-        raise SystemExit(f"flat_cost: miniupi bench {' '.join(args)} failed: {out.stderr.strip()[-2000:]}")
-    result = json.loads(out.stdout)
+    result = bench_json(args)
     if result["failed"] or not result.get("audit_ok"):
-        raise SystemExit(f"flat_cost: a run failed payments or its audit: {out.stdout.strip()}")
+        raise SystemExit(f"flat_cost: a run failed payments or its audit: {json.dumps(result)}")
     return float(result["throughput_per_s"])
 
 
