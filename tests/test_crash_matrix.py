@@ -366,12 +366,14 @@ class YesLinks:
 
     def __init__(self) -> None:
         self.patience: list[float] = []  # each prepare's, in the order sent
+        self.decisions: list[tuple[str, bool]] = []  # (bank, commit), in the order sent
 
     async def prepare(self, bank: str, request: Any, patience_s: float = 0.0) -> Any:
         self.patience.append(patience_s)
         return bank_pb2.PrepareReply(yes=True)
 
     async def decide(self, bank: str, txn_id: str, commit: bool) -> Any:
+        self.decisions.append((bank, commit))
         return bank_pb2.DecisionOutcome(applied=True, known=True)
 
     def __contains__(self, bank: str) -> bool:
@@ -379,10 +381,11 @@ class YesLinks:
 
 
 class DecisionStore:
-    """A store whose write of a decision (COMMITTED/ABORTED) waits for `release`, or fails."""
+    """A store whose write of a decision (COMMITTED/ABORTED) waits for `release`, or fails
+    (always, or the first `fail_first` times)."""
 
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
+    def __init__(self, fail: bool = False, fail_first: int = 0) -> None:
+        self.fail, self.fail_first = fail, fail_first
         self.deciding = threading.Event()
         self.release = threading.Event()
         self.durable: dict[str, str] = {}
@@ -394,7 +397,8 @@ class DecisionStore:
         if any(put.value and put.value.get("state") != "INITIATED" for put in batch):
             self.deciding.set()
             self.release.wait(10)
-            if self.fail:
+            if self.fail or self.fail_first > 0:
+                self.fail_first -= 1
                 raise OSError(28, "No space left on device")
         for put in batch:
             self.durable[put.key] = put.value["state"]
@@ -501,3 +505,34 @@ def test_a_decision_that_failed_to_reach_the_disk_is_never_reported() -> None:
     told_bank, told_client = asyncio.run(scenario())
     assert told_bank != "COMMITTED", "GetDecision would tell a bank to commit a payment the disk never saw decided"
     assert told_client != "COMMITTED", "the client is told COMMITTED; after a restart the payment is ABORTED"
+
+
+def test_a_payment_whose_decision_write_failed_is_aborted_once_the_store_writes_again() -> None:
+    """Its banks hold the payer's money until they hear a decision. The gateway left such a
+    payment undecided until a restart presumed abort; now it writes the abort itself as soon as
+    the store takes writes again, and tells the banks."""
+    txn_id = str(uuid.uuid4())
+    payment = Payment(txn_id, "p@bank_a", "q@bank_b", AMOUNT, "INR")
+
+    async def scenario() -> tuple[str | None, list[tuple[str, bool]], str, str]:
+        store = DecisionStore(fail_first=1)
+        store.release.set()
+        links = YesLinks()
+        coordinator = Coordinator(links, GroupCommit(store), {}, TIMEOUT_S, TIMEOUT_S)  # type: ignore[arg-type]
+        with pytest.raises(Unavailable):
+            await coordinator.pay(payment)
+        for _ in range(500):  # the first retry comes within 0.2 s
+            if coordinator.txns[txn_id].acked:
+                break
+            await asyncio.sleep(0.01)
+        try:
+            again = await coordinator.pay(payment)
+        except MiniupiError as e:
+            again = type(e).__name__
+        return store.durable.get(txn_id), sorted(links.decisions), coordinator.decision(txn_id), again
+
+    durable, decisions, told_bank, again = asyncio.run(scenario())
+    assert durable == "ABORTED"
+    assert decisions == [("bank_a", False), ("bank_b", False)]
+    assert told_bank == "ABORTED"
+    assert again == "Aborted"

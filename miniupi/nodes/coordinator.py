@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from loguru import logger
 
+from miniupi.client.backoff import RetryPolicy
 from miniupi.errors import (
     AlreadyExists,
     Aborted,
@@ -37,6 +38,11 @@ from miniupi.storage import GroupCommit, Put
 from miniupi.v1 import bank_pb2
 
 INITIATED, COMMITTED, ABORTED = "INITIATED", "COMMITTED", "ABORTED"
+# Phase 2 resends, and the abort of a payment whose decision write failed:
+# 0.1-0.2 s, then doubling up to 5-10 s.
+RETRY = RetryPolicy(base_s=0.2, factor=2.0, cap_s=10.0, jitter=0.5)
+_rng = random.Random()
+
 
 @dataclass(frozen=True)
 class Payment:
@@ -195,9 +201,12 @@ class Coordinator:
         try:
             await self._commit.write([Put("txns", txn.payment.txn_id, decided)])  # the commit point
         except Exception as e:
-            # Nobody may hear a decision the disk does not hold: the payment stays undecided here
-            # (banks asking are told INITIATED) and a restart of the gateway presumes abort.
-            logger.critical("decision for {} could not be made durable ({!r}); restart the gateway", txn.payment.txn_id, e)
+            # Nobody may hear a decision the disk does not hold: the payment stays undecided
+            # (banks asking are told INITIATED) until an abort reaches the disk, as a restart
+            # would presume.
+            logger.critical("decision for {} could not be made durable ({!r}); aborting it once the store writes again",
+                            txn.payment.txn_id, e)
+            self._spawn(self._abort_undecided(txn))
             raise Unavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.
         txn.state, txn.code, txn.message = decision, code, message
@@ -247,11 +256,39 @@ class Coordinator:
 
     async def _resend_decision(self, txn: Txn) -> None:
         """Keep telling the banks until every one has acknowledged, backing off."""
-        delay = 0.2
+        failures = 0
         while not self._all_acked(txn, await self._decide_at_banks(txn)):
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 10.0)
+            failures += 1
+            await asyncio.sleep(RETRY.delay(failures, _rng))
         self._mark_acked(txn)
+
+    async def _abort_undecided(self, txn: Txn) -> None:
+        """Presumed abort without a restart, for a payment whose decision write failed.
+
+        Its banks hold funds until they hear a decision, so the gateway keeps
+        writing ABORTED, backing off, until the store takes it, then tells them.
+        Nobody heard the failed decision, so aborting instead is safe; a stop
+        in between leaves it to the restart's presumed abort.
+        """
+        message = "payment aborted: the gateway could not record its decision"
+        aborted = {**txn.record(), "state": ABORTED, "code": "ABORTED", "message": message}
+        failures = 0
+        while True:
+            failures += 1
+            await asyncio.sleep(RETRY.delay(failures, _rng))
+            try:
+                await self._commit.write([Put("txns", txn.payment.txn_id, aborted)])
+                break
+            except Exception as e:
+                logger.error("abort of undecided {} could not be made durable ({!r}); trying again",
+                             txn.payment.txn_id, e)
+        txn.state, txn.code, txn.message = ABORTED, "ABORTED", message
+        logger.warning("{} aborted: its decision could not be recorded", txn.payment.txn_id)
+        try:  # the abort is durable whatever the plugin does: the banks must hear it
+            self._fire("after_decision", txn_id=txn.payment.txn_id, decision=ABORTED)
+        except Exception:
+            logger.exception("hook after_decision failed for {}", txn.payment.txn_id)
+        self._start_phase_two(txn)
 
     def _decide_at_banks(self, txn: Txn) -> asyncio.Future[list[Any]]:
         commit = txn.state == COMMITTED
