@@ -356,7 +356,7 @@ def test_the_matrix_covers_every_2pc_step_on_every_node() -> None:
 # -- the commit point, in process: nobody hears a decision before it is durable ----------------
 #
 # Killing a node cannot land inside the decision write itself (the hooks sit before and after
-# it), so these two drive the Coordinator directly, with banks that vote YES at once and a store
+# it), so these drive the Coordinator directly, with banks that vote YES at once and a store
 # whose decision write the test holds back or fails. They pin DESIGN.md section 2, step 5: "The
 # decision is made durable at the gateway before anyone is told: that write is the commit point."
 
@@ -514,10 +514,17 @@ def test_a_payment_whose_decision_write_failed_is_aborted_once_the_store_writes_
     txn_id = str(uuid.uuid4())
     payment = Payment(txn_id, "p@bank_a", "q@bank_b", AMOUNT, "INR")
 
-    async def scenario() -> tuple[str | None, list[tuple[str, bool]], str, str]:
+    async def scenario() -> tuple[str | None, list[tuple[str, bool]], list[str | None], str, str]:
         store = DecisionStore(fail_first=1)
         store.release.set()
-        links = YesLinks()
+        told_when: list[str | None] = []  # what the disk held for the payment each time a bank was told
+
+        class Links(YesLinks):
+            async def decide(self, bank: str, txn: str, commit: bool) -> Any:
+                told_when.append(store.durable.get(txn))
+                return await super().decide(bank, txn, commit)
+
+        links = Links()
         coordinator = Coordinator(links, GroupCommit(store), {}, TIMEOUT_S, TIMEOUT_S)  # type: ignore[arg-type]
         with pytest.raises(Unavailable):
             await coordinator.pay(payment)
@@ -529,10 +536,11 @@ def test_a_payment_whose_decision_write_failed_is_aborted_once_the_store_writes_
             again = await coordinator.pay(payment)
         except MiniupiError as e:
             again = type(e).__name__
-        return store.durable.get(txn_id), sorted(links.decisions), coordinator.decision(txn_id), again
+        return store.durable.get(txn_id), sorted(links.decisions), told_when, coordinator.decision(txn_id), again
 
-    durable, decisions, told_bank, again = asyncio.run(scenario())
+    durable, decisions, told_when, told_bank, again = asyncio.run(scenario())
     assert durable == "ABORTED"
     assert decisions == [("bank_a", False), ("bank_b", False)]
+    assert told_when == ["ABORTED", "ABORTED"]  # the banks heard of the abort only once it was on disk
     assert told_bank == "ABORTED"
     assert again == "Aborted"

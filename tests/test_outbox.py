@@ -19,7 +19,7 @@ import pytest
 
 from miniupi.certs import init_certs
 from miniupi.client.api import AsyncClient, Session
-from miniupi.client.backoff import RetryPolicy
+from miniupi.backoff import RetryPolicy
 from miniupi.client.outbox import Outbox
 from miniupi.errors import AlreadyExists
 from miniupi.testing import LocalCluster

@@ -20,7 +20,7 @@ AsyncClient has the same methods as coroutines, and deliver_forever(), a
 background task that retries on the backoff schedule (RetryPolicy).
 """
 from miniupi.client.api import AsyncClient, Balance, Client, HistoryItem, PayResult, Session
-from miniupi.client.backoff import RetryPolicy
+from miniupi.backoff import RetryPolicy
 from miniupi.client.outbox import Outbox, OutboxEntry
 from miniupi.client.sync import SyncReport
 

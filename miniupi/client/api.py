@@ -29,7 +29,7 @@ from miniupi.tls import channel_credentials
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
-    from miniupi.client.backoff import RetryPolicy
+    from miniupi.backoff import RetryPolicy
     from miniupi.client.outbox import Outbox, OutboxEntry
     from miniupi.client.sync import Courier, SyncReport
 
@@ -102,7 +102,7 @@ class AsyncClient:
         self._courier: Courier | None = None
         self._wake = asyncio.Event()
         if outbox is not None:
-            from miniupi.client.backoff import RetryPolicy
+            from miniupi.backoff import RetryPolicy
             from miniupi.client.outbox import Outbox
             from miniupi.client.sync import Courier
 

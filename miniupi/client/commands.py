@@ -18,7 +18,7 @@ from typing import Any
 
 from miniupi.client import describe
 from miniupi.client.api import Client, is_transport_failure
-from miniupi.client.backoff import RetryPolicy
+from miniupi.backoff import RetryPolicy
 from miniupi.client.home import clear_session, client_home, load_session, save_session
 from miniupi.client.outbox import DONE, FAILED, Outbox
 from miniupi.config import ClusterConfig

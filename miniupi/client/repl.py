@@ -24,7 +24,7 @@ from typing import TextIO
 
 from miniupi.client import describe
 from miniupi.client.api import AsyncClient, is_transport_failure
-from miniupi.client.backoff import RetryPolicy
+from miniupi.backoff import RetryPolicy
 from miniupi.client.home import clear_session, load_session, save_session
 from miniupi.client.outbox import DONE, FAILED, Outbox, OutboxEntry
 from miniupi.config import ClusterConfig

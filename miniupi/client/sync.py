@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from miniupi.client.backoff import RetryPolicy
+from miniupi.backoff import RetryPolicy
 from miniupi.client.outbox import Outbox, OutboxEntry
 from miniupi.errors import (
     Aborted,

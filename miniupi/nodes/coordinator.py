@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from loguru import logger
 
-from miniupi.client.backoff import RetryPolicy
+from miniupi.backoff import RetryPolicy
 from miniupi.errors import (
     AlreadyExists,
     Aborted,
@@ -204,8 +204,8 @@ class Coordinator:
             # Nobody may hear a decision the disk does not hold: the payment stays undecided
             # (banks asking are told INITIATED) until an abort reaches the disk, as a restart
             # would presume.
-            logger.critical("decision for {} could not be made durable ({!r}); aborting it once the store writes again",
-                            txn.payment.txn_id, e)
+            logger.critical("decision for {} could not be made durable ({!r}); aborting it once the store writes "
+                            "again (restart the gateway if the store stays broken)", txn.payment.txn_id, e)
             self._spawn(self._abort_undecided(txn))
             raise Unavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.

@@ -1,4 +1,7 @@
-"""When to try a queued payment again: exponential backoff with jitter and a cap.
+"""When to try again: exponential backoff with jitter and a cap.
+
+The client's outbox uses it for queued payments (the defaults below), and
+the gateway for phase 2's resends, with its own short settings.
 
 After the n-th transport failure in a row, the next attempt waits
 
