@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import pluggy
+from loguru import logger
 
 from miniupi import hookspecs
 from miniupi.config import NodeConfig
@@ -66,3 +67,15 @@ def hook_firer(pm: pluggy.PluginManager, node: NodeConfig) -> Fire:
 
 class PluginError(Exception):
     """A plugin named in the cluster file could not be loaded or found."""
+
+
+def fire_after(fire: Fire, point: str, **details: Any) -> None:
+    """A hook after a step that is already durable: the step stands whatever the plugin does.
+
+    So a failing plugin is logged, not raised: raised, it would make the
+    caller take a done step for a failed one (resend it, or stop there).
+    """
+    try:
+        fire(point, **details)
+    except Exception:
+        logger.exception("hook {} failed: {}", point, details)

@@ -407,6 +407,15 @@ class DecisionStore:
         pass
 
 
+async def _acked(coordinator: Coordinator, txn_id: str, within_s: float) -> bool:
+    """Whether phase 2 of `txn_id` is acknowledged by every bank within `within_s`."""
+    for _ in range(int(within_s * 100)):
+        if coordinator.txns[txn_id].acked:
+            return True
+        await asyncio.sleep(0.01)
+    return coordinator.txns[txn_id].acked
+
+
 def test_a_plugin_hook_that_raises_after_a_bank_acknowledged_does_not_stop_phase_two() -> None:
     """The hook runs once a bank has acknowledged; its failure is the plugin's, not the bank's. Taken
     for a missing acknowledgement it sent the decision again, and the resend's own call of the hook
@@ -424,11 +433,7 @@ def test_a_plugin_hook_that_raises_after_a_bank_acknowledged_does_not_stop_phase
         coordinator = Coordinator(YesLinks(), GroupCommit(store), {}, TIMEOUT_S, TIMEOUT_S, fire)  # type: ignore[arg-type]
         txn_id = str(uuid.uuid4())
         assert await coordinator.pay(Payment(txn_id, "p@bank_a", "q@bank_b", AMOUNT, "INR")) == "COMMITTED"
-        for _ in range(100):  # phase 2 runs after the answer
-            if coordinator.txns[txn_id].acked:
-                break
-            await asyncio.sleep(0.01)
-        return coordinator.txns[txn_id].acked
+        return await _acked(coordinator, txn_id, within_s=1.0)  # phase 2 runs after the answer
 
     assert asyncio.run(scenario())
     assert sorted(fired) == ["bank_a", "bank_b"]  # every acknowledgement still reaches the plugin, once
@@ -528,10 +533,7 @@ def test_a_payment_whose_decision_write_failed_is_aborted_once_the_store_writes_
         coordinator = Coordinator(links, GroupCommit(store), {}, TIMEOUT_S, TIMEOUT_S)  # type: ignore[arg-type]
         with pytest.raises(Unavailable):
             await coordinator.pay(payment)
-        for _ in range(500):  # the first retry comes within 0.2 s
-            if coordinator.txns[txn_id].acked:
-                break
-            await asyncio.sleep(0.01)
+        await _acked(coordinator, txn_id, within_s=5.0)  # the first retry comes within 0.2 s
         try:
             again = await coordinator.pay(payment)
         except MiniupiError as e:

@@ -33,7 +33,7 @@ from miniupi.errors import (
 )
 from miniupi.nodes.bank_links import BankLinks
 from miniupi.nodes.patience import PreparePatience
-from miniupi.plugin_manager import Fire
+from miniupi.plugin_manager import Fire, fire_after
 from miniupi.storage import GroupCommit, Put
 from miniupi.v1 import bank_pb2
 
@@ -284,10 +284,7 @@ class Coordinator:
                              txn.payment.txn_id, e)
         txn.state, txn.code, txn.message = ABORTED, "ABORTED", message
         logger.warning("{} aborted: its decision could not be recorded", txn.payment.txn_id)
-        try:  # the abort is durable whatever the plugin does: the banks must hear it
-            self._fire("after_decision", txn_id=txn.payment.txn_id, decision=ABORTED)
-        except Exception:
-            logger.exception("hook after_decision failed for {}", txn.payment.txn_id)
+        fire_after(self._fire, "after_decision", txn_id=txn.payment.txn_id, decision=ABORTED)
         self._start_phase_two(txn)
 
     def _decide_at_banks(self, txn: Txn) -> asyncio.Future[list[Any]]:
@@ -304,10 +301,7 @@ class Coordinator:
                           else result.error if isinstance(result, bank_pb2.DecisionOutcome) else repr(result))
                 logger.warning("{} of {} at {} not acknowledged: {}", txn.state, txn.payment.txn_id, bank, detail)
             else:
-                try:  # the bank has it whatever the plugin does: a failing hook must not make it resent
-                    self._fire("after_decision_sent", txn_id=txn.payment.txn_id, bank=bank, decision=txn.state)
-                except Exception:
-                    logger.exception("hook after_decision_sent failed for {} at {}", txn.payment.txn_id, bank)
+                fire_after(self._fire, "after_decision_sent", txn_id=txn.payment.txn_id, bank=bank, decision=txn.state)
         return acked
 
     def _mark_acked(self, txn: Txn) -> None:

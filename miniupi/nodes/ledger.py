@@ -27,7 +27,7 @@ from miniupi.errors import (
     unwrap,
 )
 from miniupi.money import INT64_MAX
-from miniupi.plugin_manager import Fire
+from miniupi.plugin_manager import Fire, fire_after
 from miniupi.passwords import hash_password, needs_rehash, verify_password
 from miniupi.storage import GroupCommit, Put
 
@@ -253,9 +253,9 @@ class Ledger:
             failed = Unavailable(f"bank {self.bank} could not make the batch durable: {e}")
             return [failed] * len(outcomes), [failed] * len(votes)
         for txn in batch.applied:
-            self._fire_after("after_apply", txn_id=txn.txn_id, decision=txn.state)
+            fire_after(self._fire, "after_apply", txn_id=txn.txn_id, decision=txn.state)
         for txn in batch.voted:
-            self._fire_after("after_vote", txn_id=txn.txn_id, yes=True)
+            fire_after(self._fire, "after_vote", txn_id=txn.txn_id, yes=True)
         return outcomes, votes
 
     def _item(self, step: Callable[..., Answer], batch: _Batch, txn_id: str, *args: Any) -> Answer | MiniupiError:
@@ -271,13 +271,6 @@ class Ledger:
         except Exception as e:
             logger.exception("bank {}: {} failed for {}", self.bank, step.__name__.strip("_"), txn_id)
             return Unavailable(f"bank {self.bank} could not take {txn_id}: {e!r}")
-
-    def _fire_after(self, point: str, **details: Any) -> None:
-        """A hook after the write: the batch is durable whatever the plugin does."""
-        try:
-            self._fire(point, **details)
-        except Exception:
-            logger.exception("bank {}: hook {} failed for {}", self.bank, point, details.get("txn_id"))
 
     def _reserve(self, batch: _Batch, txn_id: str, currency: str, legs: Sequence[LegSpec]) -> Vote:
         if not legs:
