@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Protocol
 
+from miniupi.errors import Unavailable
 from miniupi.running_loop import RunningLoop
 
 
@@ -49,6 +50,17 @@ class Store(Protocol):
         """Release files; later calls are errors."""
 
 
+def _unavailable(error: Exception) -> Unavailable:
+    """A failed write as the caller's answer: the node cannot take the change now, try again.
+
+    Without it a full disk reached clients as gRPC UNKNOWN from whichever
+    call happened to wait on the failing batch.
+    """
+    failed = Unavailable(f"store write failed: {error}")
+    failed.__cause__ = error
+    return failed
+
+
 class GroupCommit:
     """Makes many concurrent writers share one durable write (and one fsync).
 
@@ -56,7 +68,8 @@ class GroupCommit:
     thread, the next ones pile up and go down together. Order is kept: a
     batch is durable only after every batch submitted before it. A write
     to a quiet store goes down at once on the loop (INLINE_AFTER_QUIET_S;
-    None writes everything from the writer thread).
+    None writes everything from the writer thread). A failed write raises
+    Unavailable in every writer of its batch.
     """
 
     def __init__(self, store: Store, inline_after_quiet_s: float | None = INLINE_AFTER_QUIET_S) -> None:
@@ -76,6 +89,8 @@ class GroupCommit:
             try:  # nothing is queued or being written, so order holds
                 if batch:
                     self._store.write(batch)
+            except Exception as e:
+                raise _unavailable(e) from e
             finally:
                 # From the end of the write: a slow disk must not make every write look quiet.
                 self._idle_since = time.monotonic()
@@ -117,9 +132,10 @@ class GroupCommit:
                     self._in_thread = True
                     await loop.run_in_executor(self._executor, self._write_in_thread, puts)
             except BaseException as e:  # every waiter must learn of the failure
+                failed = _unavailable(e) if isinstance(e, Exception) else e
                 for _, future in taken:
                     if future is not None and not future.done():
-                        future.set_exception(e)
+                        future.set_exception(failed)
                 if not isinstance(e, Exception):
                     raise
             else:

@@ -546,3 +546,58 @@ def test_a_payment_whose_decision_write_failed_is_aborted_once_the_store_writes_
     assert told_when == ["ABORTED", "ABORTED"]  # the banks heard of the abort only once it was on disk
     assert told_bank == "ABORTED"
     assert again == "Aborted"
+
+
+class HeldStore:
+    """A store whose writer holds the batch carrying `hold` until `release`, and fails any batch
+    carrying `fail`, as a disk that fills up while a write is under way."""
+
+    def __init__(self) -> None:
+        self.hold, self.fail = "", ""
+        self.holding, self.release = threading.Event(), threading.Event()
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def write(self, batch: Any) -> None:
+        keys = {put.key for put in batch}
+        if self.hold in keys:
+            self.holding.set()
+            self.release.wait(10)
+        if self.fail in keys:
+            raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_repeated_payment_whose_barrier_shares_a_failing_write_is_told_to_ask_again() -> None:
+    """A repeat is answered from memory only after a barrier write. When that barrier went down
+    in the same batch as another payment's failing write, the repeat got the raw OSError, which
+    the client saw as gRPC UNKNOWN; it is UNAVAILABLE, which clients retry, like any refused write."""
+    done, held, failing = (str(uuid.uuid4()) for _ in range(3))
+
+    async def scenario() -> BaseException | str:
+        store = HeldStore()
+        coordinator = Coordinator(YesLinks(), GroupCommit(store, inline_after_quiet_s=None), {},  # type: ignore[arg-type]
+                                  TIMEOUT_S, TIMEOUT_S)
+        earlier = Payment(done, "p@bank_a", "q@bank_b", AMOUNT, "INR")
+        assert await coordinator.pay(earlier) == "COMMITTED"
+        store.hold, store.fail = held, failing
+        holding = asyncio.create_task(coordinator.pay(Payment(held, "p@bank_a", "q@bank_b", AMOUNT, "INR")))
+        await asyncio.to_thread(store.holding.wait, 5)  # the writer is busy: what follows queues together
+        refused = asyncio.create_task(coordinator.pay(Payment(failing, "p@bank_a", "q@bank_b", AMOUNT, "INR")))
+        repeat = asyncio.create_task(coordinator.pay(earlier))
+        await asyncio.sleep(0.05)
+        store.release.set()
+        await holding
+        with pytest.raises(Unavailable):
+            await refused
+        try:
+            return await repeat
+        except BaseException as e:  # noqa: BLE001 - what the servicer would see
+            return e
+
+    answer = asyncio.run(scenario())
+    assert isinstance(answer, Unavailable), repr(answer)
+    assert "No space left on device" in answer.message

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from miniupi.config import ClusterConfig, parse_config
+from miniupi.errors import Unavailable
 from miniupi.plugin_manager import make_plugin_manager
 from miniupi.plugins import storage_json, storage_sqlite
 from miniupi.plugins.storage_json import JsonStore
@@ -405,8 +406,29 @@ def test_group_commit_failure_reaches_every_waiter(open_store: Opener, tmp_path:
 
     results = asyncio.run(main())
     assert store.calls == [10, 1]
-    assert all(isinstance(r, OSError) and str(r) == "disk full" for r in results)
+    # An answer for the caller (UNAVAILABLE: try again), not a raw OSError that gRPC reports as UNKNOWN.
+    assert all(isinstance(r, Unavailable) and r.message == "store write failed: disk full"
+               and isinstance(r.__cause__, OSError) for r in results)
     assert reopened(open_store, tmp_path) == {"t": {"kept": 1}}
+
+
+def test_a_failed_write_on_a_quiet_store_is_unavailable_too(open_store: Opener, tmp_path: Path) -> None:
+    store = GatedStore(open_store(tmp_path), fail_first=True)
+    store.release.set()
+
+    async def main() -> BaseException | None:
+        gc = GroupCommit(store)  # quiet: the write goes down on the loop itself
+        try:
+            await gc.write([Put("t", "lost", 0)])
+        except Exception as e:
+            return e
+        finally:
+            await gc.close()
+        return None
+
+    failed = asyncio.run(main())
+    assert isinstance(failed, Unavailable) and failed.message == "store write failed: disk full", repr(failed)
+    assert reopened(open_store, tmp_path) == {}
 
 
 class ThreadRecordingStore:
