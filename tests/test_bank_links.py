@@ -17,7 +17,7 @@ import pytest
 from miniupi.nodes.bank_links import CHANNEL_OPTIONS, BankLinks, _Rounds
 from miniupi.nodes.server import SERVER_OPTIONS
 from miniupi.testing import LocalCluster
-from miniupi.tls import channel_credentials
+from miniupi.tls import channel_credentials, server_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc
 from conftest import PASSWORD, bank_account, open_account, running_cluster
 
@@ -137,6 +137,60 @@ def test_a_stopping_bank_ends_the_gateways_stream_between_rounds(cluster: LocalC
     code, details, answers = asyncio.run(main())
     assert code == grpc.StatusCode.OK, details
     assert [o.applied for o in answers] == [True]  # type: ignore[attr-defined]
+
+
+class _StoppingBank(bank_pb2_grpc.BankServicer):
+    """Stands in for a bank whose stop ends the gateway's stream just as a round arrives.
+
+    Its first stream answers one round, then ends with OK without reading the next, as
+    BankServicer.end_streams leaves it; later streams answer every round. The real bank meets
+    this only when a round comes within a moment of its stop, which no test can bring about on
+    demand, so this server plays that moment over the same mTLS, with the cluster's
+    certificates.
+    """
+
+    def __init__(self) -> None:
+        self.streams = 0
+        self.answered: list[list[str]] = []  # each answered round's decision ids, in order
+
+    async def DecideAndPrepare(self, requests, context):  # type: ignore[no-untyped-def]
+        self.streams += 1
+        ends_early = self.streams == 1
+        async for request in requests:
+            if ends_early and self.answered:
+                return  # status OK, the round unanswered
+            self.answered.append([d.txn_id for d in request.decisions])
+            yield bank_pb2.DecideAndPrepareReply(
+                outcomes=[bank_pb2.DecisionOutcome(applied=True, known=False) for _ in request.decisions])
+
+
+def test_a_round_that_meets_a_stopping_banks_clean_end_of_stream_goes_again_on_a_new_one(
+        cluster: LocalCluster) -> None:
+    """The bank never read that round, so sending it again is safe (and would be even if it
+    had: prepares and decisions are idempotent). Taken as a failure, it aborted the payments
+    of that round on every rolling restart of a bank."""
+    first, second = [str(uuid.uuid4())], [str(uuid.uuid4()), str(uuid.uuid4())]
+
+    async def main() -> tuple[list[object], _StoppingBank]:
+        bank = _StoppingBank()
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        bank_pb2_grpc.add_BankServicer_to_server(bank, server)
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(cluster.config.certs_dir, "bank_a"))
+        await server.start()
+        creds = channel_credentials(cluster.config.certs_dir, "gateway")
+        try:
+            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=CHANNEL_OPTIONS) as channel:
+                rounds = _Rounds(bank_pb2_grpc.BankStub(channel), prepare_timeout=5, call_timeout=5)
+                await rounds.send([_abort(i) for i in first])
+                answers = await rounds.send([_abort(i) for i in second])
+                rounds.close()
+        finally:
+            await server.stop(None)
+        return answers, bank
+
+    answers, bank = asyncio.run(main())
+    assert [o.applied for o in answers] == [True, True]  # type: ignore[attr-defined]
+    assert bank.streams == 2 and bank.answered == [first, second]
 
 
 def test_banks_accept_the_gateways_keepalive_pings_on_an_idle_stream() -> None:

@@ -100,10 +100,9 @@ class BankServicer(bank_pb2_grpc.BankServicer):
     def end_streams(self) -> None:
         """End every stream waiting for its next round; a round in progress is answered first.
 
-        A round that reaches the bank as its stream ends goes unanswered: the
-        gateway reads the end of the stream and takes the round as failed, as
-        it does for any bank that stops (a prepare's payment is aborted, a
-        decision is sent again).
+        A round that reaches the bank as its stream ends goes unanswered and
+        unread: the gateway reads the clean end of the stream and sends the
+        round once more on a new stream, which reaches the restarted bank.
         """
         self._stopping = True
         self._ended |= self._between_rounds

@@ -57,7 +57,9 @@ class _Rounds:
     be taken for a later round's. A stream the bank ended between rounds
     (it restarted) is replaced before it is used. A round that fails is not
     sent again here: as with a call, a prepare that fails aborts its payment
-    and a decision is retried by the coordinator.
+    and a decision is retried by the coordinator. The one exception is a
+    round that met the clean end of a stopping bank's stream: the bank
+    never read it, so it goes once more on a new stream.
     """
 
     def __init__(self, stub: bank_pb2_grpc.BankStub, prepare_timeout: float, call_timeout: float) -> None:
@@ -70,10 +72,7 @@ class _Rounds:
         request = bank_pb2.DecideAndPrepareRequest(decisions=decisions, prepares=prepares)
         try:
             async with asyncio.timeout(self._prepare_timeout if prepares else self._call_timeout):
-                if self._call is None or self._call.done():
-                    self._call = self._stub.DecideAndPrepare(wait_for_ready=True)
-                await self._call.write(request)
-                reply = await self._call.read()
+                reply = await self._exchange(request)
             if reply is grpc.aio.EOF:
                 raise Unavailable("bank ended the stream")
             if (len(reply.outcomes), len(reply.votes)) != (len(decisions), len(prepares)):
@@ -84,6 +83,24 @@ class _Rounds:
             raise
         outcomes, votes = iter(reply.outcomes), iter(reply.votes)
         return [next(outcomes) if isinstance(i, bank_pb2.Decision) else next(votes) for i in items]
+
+    async def _exchange(self, request: bank_pb2.DecideAndPrepareRequest) -> Any:
+        """The round's reply, or EOF, on the open stream or a new one."""
+        reused = self._call is not None and not self._call.done()
+        if not reused:
+            self._call = self._stub.DecideAndPrepare(wait_for_ready=True)
+        try:
+            await self._call.write(request)
+            reply = await self._call.read()
+        except asyncio.InvalidStateError:  # the stream ended since the check above
+            reply = grpc.aio.EOF
+        if reply is grpc.aio.EOF and reused and await self._call.code() == grpc.StatusCode.OK:
+            # A stopping bank ends its streams between rounds with OK, and a round that was
+            # already on its way is never read (bank.BankServicer.end_streams). Without this,
+            # every rolling restart aborted the payments of about one round.
+            self._call = None
+            return await self._exchange(request)
+        return reply
 
     def close(self) -> None:
         if self._call is not None:
