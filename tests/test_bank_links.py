@@ -146,10 +146,13 @@ class _StoppingBank(bank_pb2_grpc.BankServicer):
     BankServicer.end_streams leaves it; later streams answer every round. The real bank meets
     this only when a round comes within a moment of its stop, which no test can bring about on
     demand, so this server plays that moment over the same mTLS, with the cluster's
-    certificates.
+    certificates. `waits_for_the_round`: the end comes once the next round has arrived (so the
+    gateway's write succeeds and its read meets the end), or straight after the first answer
+    (so the end races the gateway's next write, which gRPC then fails with INTERNAL).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, waits_for_the_round: bool) -> None:
+        self.waits_for_the_round = waits_for_the_round
         self.streams = 0
         self.answered: list[list[str]] = []  # each answered round's decision ids, in order
 
@@ -162,17 +165,22 @@ class _StoppingBank(bank_pb2_grpc.BankServicer):
             self.answered.append([d.txn_id for d in request.decisions])
             yield bank_pb2.DecideAndPrepareReply(
                 outcomes=[bank_pb2.DecisionOutcome(applied=True, known=False) for _ in request.decisions])
+            if ends_early and not self.waits_for_the_round:
+                return
 
 
+@pytest.mark.parametrize("waits_for_the_round", [True, False], ids=["end-read", "end-races-write"])
 def test_a_round_that_meets_a_stopping_banks_clean_end_of_stream_goes_again_on_a_new_one(
-        cluster: LocalCluster) -> None:
+        cluster: LocalCluster, waits_for_the_round: bool) -> None:
     """The bank never read that round, so sending it again is safe (and would be even if it
     had: prepares and decisions are idempotent). Taken as a failure, it aborted the payments
-    of that round on every rolling restart of a bank."""
+    of that round on every rolling restart of a bank. (Where the end races the write, the
+    gateway may also see the end first and open a new stream anyway: all three ways must
+    answer the round.)"""
     first, second = [str(uuid.uuid4())], [str(uuid.uuid4()), str(uuid.uuid4())]
 
     async def main() -> tuple[list[object], _StoppingBank]:
-        bank = _StoppingBank()
+        bank = _StoppingBank(waits_for_the_round)
         server = grpc.aio.server(options=SERVER_OPTIONS)
         bank_pb2_grpc.add_BankServicer_to_server(bank, server)
         port = server.add_secure_port("127.0.0.1:0", server_credentials(cluster.config.certs_dir, "bank_a"))

@@ -91,13 +91,18 @@ class _Rounds:
             self._call = self._stub.DecideAndPrepare(wait_for_ready=True)
         try:
             await self._call.write(request)
-            reply = await self._call.read()
-        except asyncio.InvalidStateError:  # the stream ended since the check above
-            reply = grpc.aio.EOF
+        except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+            if not reused:
+                raise
+            # The stream ended after the check above (gRPC says INTERNAL when the end wins
+            # the race with the write): the round never left, so it goes on a new stream.
+            self._call = None
+            return await self._exchange(request)
+        reply = await self._call.read()
         if reply is grpc.aio.EOF and reused and await self._call.code() == grpc.StatusCode.OK:
-            # A stopping bank ends its streams between rounds with OK, and a round that was
-            # already on its way is never read (bank.BankServicer.end_streams). Without this,
-            # every rolling restart aborted the payments of about one round.
+            # A stopping bank ends its streams between rounds with OK, and a round already on
+            # its way is never read (bank.BankServicer.end_streams). Taken as a failure, it
+            # cost every rolling restart of a bank about one round of aborted payments.
             self._call = None
             return await self._exchange(request)
         return reply
