@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Protocol
 
+from loguru import logger
+
 from miniupi.errors import Unavailable
 from miniupi.running_loop import RunningLoop
 
@@ -50,13 +52,16 @@ class Store(Protocol):
         """Release files; later calls are errors."""
 
 
-def _unavailable(error: Exception) -> Unavailable:
+def _unavailable(error: Exception, puts: int) -> Unavailable:
     """A failed write as the caller's answer: the node cannot take the change now, try again.
 
     Without it a full disk reached clients as gRPC UNKNOWN from whichever
-    call happened to wait on the failing batch.
+    call happened to wait on the failing batch. The node's log gets the
+    whole error once per batch; the caller gets its reason without a path.
     """
-    failed = Unavailable(f"store write failed: {error}")
+    logger.error("store write of {} puts failed: {!r}", puts, error)
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    failed = Unavailable(f"store write failed: {reason}")
     failed.__cause__ = error
     return failed
 
@@ -90,7 +95,7 @@ class GroupCommit:
                 if batch:
                     self._store.write(batch)
             except Exception as e:
-                raise _unavailable(e) from e
+                raise _unavailable(e, len(batch)) from e
             finally:
                 # From the end of the write: a slow disk must not make every write look quiet.
                 self._idle_since = time.monotonic()
@@ -132,7 +137,7 @@ class GroupCommit:
                     self._in_thread = True
                     await loop.run_in_executor(self._executor, self._write_in_thread, puts)
             except BaseException as e:  # every waiter must learn of the failure
-                failed = _unavailable(e) if isinstance(e, Exception) else e
+                failed = _unavailable(e, len(puts)) if isinstance(e, Exception) else e
                 for _, future in taken:
                     if future is not None and not future.done():
                         future.set_exception(failed)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loguru import logger
 
 from miniupi.config import ClusterConfig, parse_config
 from miniupi.errors import Unavailable
@@ -426,8 +427,14 @@ def test_a_failed_write_on_a_quiet_store_is_unavailable_too(open_store: Opener, 
             await gc.close()
         return None
 
-    failed = asyncio.run(main())
+    logged: list[str] = []
+    sink = logger.add(logged.append, level="ERROR", format="{message}")
+    try:
+        failed = asyncio.run(main())
+    finally:
+        logger.remove(sink)
     assert isinstance(failed, Unavailable) and failed.message == "store write failed: disk full", repr(failed)
+    assert logged == ["store write of 1 puts failed: OSError('disk full')\n"]  # the node's log keeps the reason
     assert reopened(open_store, tmp_path) == {}
 
 
