@@ -25,7 +25,9 @@ from miniupi.running_loop import RunningLoop
 # millisecond of latency per write, the slowest part of a lone payment;
 # under load writes come far more often than this, so they keep going down
 # together from the writer thread. The price: while it writes, the loop
-# waits for the disk, which only a quiet node does.
+# waits for the disk, which only a quiet node does. A store whose last
+# write failed is never quiet: a failing disk is often a slow one too, and
+# the gateway retries a failed decision's abort from a quiet store.
 INLINE_AFTER_QUIET_S = 0.002
 
 
@@ -86,15 +88,17 @@ class GroupCommit:
         self._running_loop = RunningLoop()
         self._idle_since = 0.0  # when the last write finished
         self._in_thread = False  # the writer thread is in store.write (even if its flusher was cancelled)
+        self._failing = False  # the last write failed: the loop leaves the disk alone until one succeeds
 
     async def write(self, batch: Sequence[Put]) -> None:
         """Return once `batch` (and everything before it) is durable."""
         if (not self._pending and not self._in_thread and (self._flusher is None or self._flusher.done())
-                and time.monotonic() - self._idle_since > self._inline_after):
+                and not self._failing and time.monotonic() - self._idle_since > self._inline_after):
             try:  # nothing is queued or being written, so order holds
                 if batch:
                     self._store.write(batch)
             except Exception as e:
+                self._failing = True
                 raise _unavailable(e, len(batch)) from e
             finally:
                 # From the end of the write: a slow disk must not make every write look quiet.
@@ -137,6 +141,7 @@ class GroupCommit:
                     self._in_thread = True
                     await loop.run_in_executor(self._executor, self._write_in_thread, puts)
             except BaseException as e:  # every waiter must learn of the failure
+                self._failing = True
                 failed = _unavailable(e, len(puts)) if isinstance(e, Exception) else e
                 for _, future in taken:
                     if future is not None and not future.done():
@@ -144,6 +149,7 @@ class GroupCommit:
                 if not isinstance(e, Exception):
                     raise
             else:
+                self._failing = self._failing and not puts  # a barrier alone proves nothing
                 for _, future in taken:
                     if future is not None and not future.done():
                         future.set_result(None)

@@ -457,6 +457,40 @@ class ThreadRecordingStore:
         self.inner.close()
 
 
+class FailsOnceStore(ThreadRecordingStore):
+    """Its first write fails (the disk is full), later ones go through."""
+
+    def write(self, batch: Sequence[Put]) -> None:
+        if not self.threads:
+            self.threads.append(threading.current_thread().name)
+            raise OSError("disk full")
+        super().write(batch)
+
+
+def test_after_a_failed_write_the_loop_leaves_the_disk_to_the_writer_thread_until_one_succeeds(
+        open_store: Opener, tmp_path: Path) -> None:
+    """A failing disk is often a slow one too. The gateway retries a failed decision's abort
+    every few seconds from a quiet store; written on the loop, each retry froze the whole node
+    for as long as the disk took to fail again."""
+    store = FailsOnceStore(open_store(tmp_path))
+
+    async def main() -> None:
+        gc = GroupCommit(store, inline_after_quiet_s=0.01)
+        with pytest.raises(Unavailable):
+            await gc.write([Put("t", "lost", 0)])  # quiet: on the loop
+        await asyncio.sleep(0.05)  # quiet again, but the last write failed
+        await gc.write([Put("t", "retried", 1)])
+        await asyncio.sleep(0.05)  # the disk works again
+        await gc.write([Put("t", "later", 2)])
+        await gc.close()
+
+    asyncio.run(main())
+    main_thread = threading.main_thread().name
+    assert store.threads[0] == main_thread and store.threads[1].startswith("store"), store.threads
+    assert store.threads[2] == main_thread, store.threads
+    assert reopened(open_store, tmp_path) == {"t": {"retried": 1, "later": 2}}
+
+
 @pytest.mark.parametrize("disk", ["fast", "slower_than_the_quiet_time"])
 def test_a_write_to_a_quiet_store_goes_down_on_the_loop_and_busy_writes_are_grouped(
         open_store: Opener, tmp_path: Path, disk: str) -> None:
