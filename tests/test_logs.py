@@ -7,6 +7,7 @@ import copy
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,12 +119,16 @@ def _call_lines(cluster: LocalCluster, node: str, needle: str) -> list[dict[str,
     """The node's call-log lines containing needle, as their key=value fields (text or JSON lines alike).
 
     The file is buffered while the node runs, so its stdout (cluster.log) is read too; a line
-    found in both counts once.
+    counts as often as the source holding more of it has it. (Two rounds of one stream can log
+    identical lines within a millisecond: counting each distinct line once lost one of them.)
     """
     path = cluster.config.node(node).data_dir / f"{node}.log"
-    raw = (path.read_text().splitlines() if path.exists() else []) + cluster.log_path.read_text().splitlines()
+    in_file = [line for line in (path.read_text().splitlines() if path.exists() else []) if needle in line]
+    in_stdout = [line for line in cluster.log_path.read_text().splitlines() if needle in line]
+    file_count, stdout_count = Counter(in_file), Counter(in_stdout)
     out = []
-    for line in dict.fromkeys(line for line in raw if needle in line):
+    for line in (line for line in dict.fromkeys(in_file + in_stdout)
+                 for _ in range(max(file_count[line], stdout_count[line]))):
         if line.startswith("{"):
             record = json.loads(line)["record"]
             if record["extra"]["node"] == node:
