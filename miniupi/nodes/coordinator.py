@@ -44,7 +44,7 @@ RETRY = RetryPolicy(base_s=0.2, factor=2.0, cap_s=10.0, jitter=0.5)
 _rng = random.Random()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Payment:
     txn_id: str
     payer: str  # user@bank
@@ -63,7 +63,7 @@ class Payment:
         return self.payer, self.payee, self.amount, self.currency
 
 
-@dataclass
+@dataclass(slots=True)
 class Txn:
     payment: Payment
     state: str
@@ -171,6 +171,7 @@ class Coordinator:
         finally:
             self._in_flight -= 1
             txn.finished.set_result(None)
+            txn.finished = None  # repeats already waiting hold it; kept, it cost every payment a future
         return txn.outcome()
 
     async def _repeat(self, txn: Txn, payment: Payment) -> str:

@@ -35,7 +35,7 @@ PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
 BULK_CHUNK = 5000
 
 
-@dataclass
+@dataclass(slots=True)
 class Account:
     name: str
     balance: int
@@ -52,14 +52,14 @@ class Account:
                 "opening": self.opening, "failed_logins": self.failed_logins, "locked_until": self.locked_until}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LegSpec:
     account: str
     delta: int  # negative: debit under a hold; positive: credit
     counterparty: str
 
 
-@dataclass
+@dataclass(slots=True)
 class BankTxn:
     txn_id: str
     state: str
@@ -364,7 +364,7 @@ class Ledger:
             for leg in txn.legs:
                 account = self.accounts[leg.account]
                 account.balance += leg.delta
-                account.history.append(txn_id)
+                account.history.append(txn.txn_id)  # the id the txn holds, not a second copy of it
                 touched[account.name] = account
             batch.puts.extend(Put("accounts", a.name, a.record()) for a in touched.values())
         batch.applied.append(txn)
