@@ -141,7 +141,7 @@ class GroupCommit:
                     self._in_thread = True
                     await loop.run_in_executor(self._executor, self._write_in_thread, puts)
             except BaseException as e:  # every waiter must learn of the failure
-                self._failing = True
+                self._failing = self._failing or isinstance(e, Exception)  # not for a cancelled flusher
                 failed = _unavailable(e, len(puts)) if isinstance(e, Exception) else e
                 for _, future in taken:
                     if future is not None and not future.done():
