@@ -91,11 +91,12 @@ class _Rounds:
             self._call = self._stub.DecideAndPrepare(wait_for_ready=True)
         try:
             await self._call.write(request)
-        except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+        except grpc.aio.AioRpcError:
             if not reused:
                 raise
-            # The stream ended after the check above (gRPC says INTERNAL when the end wins
-            # the race with the write): the round never left, so it goes on a new stream.
+            # The stream ended in gRPC's core but not yet for the call's own status task: the
+            # core refuses the write and grpc.aio reports INTERNAL. The round never left, so it
+            # goes on a new stream.
             self._call = None
             return await self._exchange(request)
         reply = await self._call.read()
