@@ -5,7 +5,7 @@ worker thread so a login never stalls other payments.
 """
 from __future__ import annotations
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
 # Longer passwords are refused before hashing: argon2 would take them, at a cost an attacker chooses.
@@ -28,3 +28,23 @@ def verify_password(stored_hash: str, password: str) -> bool:
 
 def needs_rehash(stored_hash: str) -> bool:
     return _hasher.check_needs_rehash(stored_hash)
+
+
+def hash_problem(stored_hash: str) -> str | None:
+    """Why a hash made elsewhere may not be stored, or None if it may.
+
+    Bulk opening (`OpenAccounts`) takes a hash instead of a password. A
+    malformed one would lock its accounts out for good (every login just
+    fails), and a cheaper one would break the promise above for new
+    accounts: refuse both.
+    """
+    try:
+        params = extract_parameters(stored_hash)
+    except InvalidHashError:
+        return "not a well-formed argon2 hash"
+    if params.type is not Type.ID:
+        return "not an argon2id hash"
+    if params.memory_cost < _hasher.memory_cost or params.time_cost < _hasher.time_cost:
+        return (f"cheaper than m={_hasher.memory_cost},t={_hasher.time_cost} "
+                f"(got m={params.memory_cost},t={params.time_cost})")
+    return None

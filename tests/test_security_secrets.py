@@ -20,12 +20,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
 from argon2 import PasswordHasher
 
 from miniupi.errors import AlreadyExists, Unauthenticated
-from miniupi.passwords import verify_password
+from miniupi.passwords import hash_password, verify_password
 from miniupi.testing import LocalCluster
+from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
+from conftest import admin_bank, bank_account, unique_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -234,3 +237,34 @@ def test_outdated_password_hash_is_replaced_at_the_next_successful_login(rehash_
     with cluster.client() as c:
         c.login("alice@bank_a", "alice-setup-pw")
     assert stored() == upgraded
+
+
+def test_bulk_opening_refuses_a_hash_that_could_never_verify_or_is_cheaper_than_today(
+        rehash_cluster: LocalCluster) -> None:
+    """OpenAccounts takes a hash, not a password. A malformed one locked its accounts out for
+    good (every login just fails), and a cheap one stored new accounts below the cost the test
+    above holds every hash to. Both are refused and open nothing; a hash at today's cost opens."""
+    cluster = rehash_cluster
+    hashes = {
+        "malformed": "$argon2id$v=19$m=19456,t=2,p=1$not-a-salt",
+        "cheap": PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD),
+        "today": hash_password(PASSWORD),
+    }
+    names = {kind: unique_name() for kind in hashes}
+    answers: dict[str, object] = {}
+    with admin_bank(cluster, "bank_a") as channel:
+        stub = bank_pb2_grpc.BankStub(channel)
+        for kind, password_hash in hashes.items():
+            try:
+                answers[kind] = stub.OpenAccounts(bank_pb2.OpenAccountsRequest(
+                    accounts=[names[kind]], password_hash=password_hash, initial=common_pb2.Money(minor=5_00)),
+                    timeout=10).opened
+            except grpc.RpcError as e:
+                answers[kind] = (e.code(), e.details())
+    assert answers["today"] == 1
+    assert answers["malformed"] == (grpc.StatusCode.INVALID_ARGUMENT, "password_hash is not a well-formed argon2 hash")
+    assert answers["cheap"] == (grpc.StatusCode.INVALID_ARGUMENT,
+                                "password_hash is cheaper than m=19456,t=2 (got m=8192,t=1)")
+    assert [bank_account(cluster, "bank_a", names[k]) for k in hashes] == [None, None, (5_00, 0)]
+    with cluster.client() as c:
+        c.login(f"{names['today']}@bank_a", PASSWORD)

@@ -15,7 +15,7 @@ from miniupi.caller import ADMIN, current_peer
 from miniupi.errors import AlreadyExists, InvalidArgument, MiniupiError, PermissionDenied, caught, unwrap
 from miniupi.logs import setup_node_logging
 from miniupi.nodes.in_doubt import resolve_in_doubt
-from miniupi.passwords import MAX_PASSWORD
+from miniupi.passwords import MAX_PASSWORD, hash_problem
 from miniupi.nodes.ledger import Ledger, LegSpec
 from miniupi.nodes.server import open_store, serve
 from miniupi.nodes.setup_accounts import read_setup_file
@@ -133,8 +133,9 @@ class BankServicer(bank_pb2_grpc.BankServicer):
     async def OpenAccounts(self, request: bank_pb2.OpenAccountsRequest, context: grpc.aio.ServicerContext) -> bank_pb2.OpenAccountsReply:
         if current_peer.get() != ADMIN:
             raise PermissionDenied("only the admin may open accounts in bulk")
-        if not request.password_hash.startswith("$argon2id$"):
-            raise InvalidArgument("password_hash must be an argon2id hash")
+        problem = hash_problem(request.password_hash)
+        if problem is not None:
+            raise InvalidArgument(f"password_hash is {problem}")
         if request.initial.currency and request.initial.currency != self.ledger.currency:
             raise InvalidArgument(f"bank holds {self.ledger.currency}, not {request.initial.currency}")
         names = [account_name(n) for n in request.accounts]
