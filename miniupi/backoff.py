@@ -1,7 +1,8 @@
 """When to try again: exponential backoff with jitter and a cap.
 
 The client's outbox uses it for queued payments (the defaults below), and
-the gateway for phase 2's resends, with its own short settings.
+the gateway, with its own short settings, for phase 2's resends and for
+writing the abort of a payment whose decision write failed.
 
 After the n-th transport failure in a row, the next attempt waits
 
