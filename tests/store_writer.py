@@ -76,7 +76,9 @@ def open_store(kind: str, directory: Path, compact_after: int) -> Store:
     if kind == "json":
         from miniupi.plugins.storage_json import JsonStore
 
-        return JsonStore(directory, compact_after=compact_after)
+        # journal_share=0: compact every compact_after batches whatever the
+        # snapshot's size, so that kills keep landing inside compaction.
+        return JsonStore(directory, compact_after=compact_after, journal_share=0.0)
     raise ValueError(f"unknown store kind {kind!r}")
 
 

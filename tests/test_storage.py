@@ -236,6 +236,34 @@ def test_json_compaction_keeps_state_and_rewrites_snapshot_rarely(tmp_path: Path
     assert mode(snapshot) == 0o600
 
 
+def test_json_compacts_only_once_the_journal_has_grown_to_the_snapshots_size(tmp_path: Path) -> None:
+    """A fixed count of batches rewrote a large snapshot as often as a small one."""
+    snapshot = tmp_path / storage_json.SNAPSHOT
+    journal = tmp_path / storage_json.JOURNAL
+    store = JsonStore(tmp_path, compact_after=1)
+    big = [Put("big", f"k{i}", "x" * 100) for i in range(100)]
+    store.write(big)
+    store.write([Put("n", "n", 0)])  # the journal had outgrown the empty snapshot: compacted first
+    before = snapshot.stat()
+    assert before.st_size > 10_000
+    n = 0
+    while journal.stat().st_size < before.st_size:
+        n += 1
+        store.write([Put("n", "n", n)])
+        assert snapshot.stat().st_ino == before.st_ino, f"rewritten after {n} small batches"
+    assert n > 200  # each small line pays for a share of the next rewrite
+    store.write([Put("n", "n", n + 1)])  # the journal is now the snapshot's size: compacted first
+    assert snapshot.stat().st_ino != before.st_ino
+    assert len(journal.read_bytes().splitlines()) == 1
+    store.close()
+    assert reopened(open_json, tmp_path) == {"big": {p.key: p.value for p in big}, "n": {"n": n + 1}}
+
+
+def test_json_journal_share_must_not_be_negative(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="journal_share"):
+        JsonStore(tmp_path, journal_share=-1)
+
+
 @pytest.mark.parametrize("crash_in", ["replace", "ftruncate"])
 def test_json_crash_during_compaction_reloads_same_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_in: str

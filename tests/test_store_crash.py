@@ -9,7 +9,8 @@ write is never lost) and at most one more (only the write in flight may have
 landed), and the whole state must equal the model's (no part of a batch).
 Then a new child carries on from k + 1 on the same files, so later kills hit
 a store that has already recovered from earlier ones. The JSON store runs
-with compact_after=5, so a good share of the kills land inside compaction.
+with compact_after=5 and journal_share=0 (compact every fifth batch, however
+small the journal), so a good share of the kills land inside compaction.
 
 What a SIGKILL can and cannot show. It stops the process at any instruction,
 but the kernel keeps everything already write()n: the page cache survives,

@@ -1,15 +1,23 @@
 """A stdlib-only store: a JSON snapshot plus an append-only journal.
 
 Each write batch is one journal line and one fsync, however large the
-state; the snapshot is rewritten only when the journal grows past
-`compact_after` batches. Plain files make the state easy to read by hand.
+state. The snapshot is rewritten only once the journal holds
+`compact_after` batches and has grown to `journal_share` times the
+snapshot's own size (1.0 unless told). A rewrite costs about the
+snapshot's size, so each journal byte pays for at most about two bytes of
+rewriting however large the state grows; a fixed count of batches made
+that cost grow with the state, by half over a million payments at a bank
+(benchmarks/json_compaction.py). The price: a restart may replay a
+journal as large as the snapshot. Plain files make the state easy to read
+by hand.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +56,9 @@ JOURNAL = "journal.jsonl"
 # appended, so a failed compaction fails a write that changed nothing.
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# Rows encoded and written at once while compacting: the snapshot goes to
+# disk in pieces rather than as a second copy of the whole state in memory.
+SNAPSHOT_PIECE_ROWS = 10_000
 # fdatasync skips the timestamp-only inode flush that fsync adds on every
 # append; the new length, which an append changes, is still made durable.
 _sync_data = getattr(os, "fdatasync", os.fsync)
@@ -58,19 +69,22 @@ Ops = list[tuple[str, str, str | None]]  # (table, key, encoded value or None to
 class JsonStore:
     """A Store in directory `directory`; see miniupi.storage.Store."""
 
-    def __init__(self, directory: Path, compact_after: int = 10_000) -> None:
+    def __init__(self, directory: Path, compact_after: int = 10_000, journal_share: float = 1.0) -> None:
         if compact_after < 1:
             raise ValueError("compact_after must be at least 1")
+        if not journal_share >= 0:
+            raise ValueError("journal_share must not be negative")
         self.directory = Path(directory)
         self.snapshot_file = self.directory / SNAPSHOT
         self.journal_file = self.directory / JOURNAL
-        self._compact_after = compact_after
+        self._compact_after, self._journal_share = compact_after, journal_share
         # Values are kept JSON-encoded: callers may mutate the objects they
         # wrote, and a snapshot must hold what was written, not what is now.
         self._tables: dict[str, dict[str, str]] = {}
         self._seq = 0  # number of the last batch applied
         self._journal_lines = 0
         self._journal_size = 0
+        self._snapshot_size = 0
         self._unusable: str | None = None
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._fd = os.open(self.journal_file, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
@@ -95,7 +109,8 @@ class JsonStore:
             ops.append((table, key, None if value is None else _encode(value)))
         if not ops:
             return
-        if self._journal_lines >= self._compact_after:
+        if (self._journal_lines >= self._compact_after
+                and self._journal_size >= self._journal_share * self._snapshot_size):
             self._compact()
         seq = self._seq + 1
         body = ",".join(f"[{_encode(t)},{_encode(k)},{'null' if v is None else v}]" for t, k, v in ops)
@@ -141,6 +156,7 @@ class JsonStore:
             ok = False
         if not ok:
             raise StoreDamaged(f"{self.snapshot_file}: not a snapshot this store wrote")
+        self._snapshot_size = len(raw)
         self._tables = {t: {k: _encode(v) for k, v in rows.items()} for t, rows in tables.items() if rows}
         return seq
 
@@ -196,25 +212,37 @@ class JsonStore:
     def _compact(self) -> None:
         """Fold the journal into a new snapshot; the order is argued at the top."""
         tmp = self.directory / (SNAPSHOT + ".tmp")
-        tables = ",".join(
-            f"{_encode(t)}:{{{','.join(f'{_encode(k)}:{v}' for k, v in rows.items())}}}"
-            for t, rows in self._tables.items()
-        )
-        text = f'{{"seq":{self._seq},"tables":{{{tables}}}}}'.encode()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # a leftover from a crash; O_EXCL below then makes it 0600
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        size = 0
         try:
-            _write_all(fd, text)
+            for piece in self._snapshot_pieces():
+                _write_all(fd, piece)
+                size += len(piece)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, self.snapshot_file)
+        self._snapshot_size = size
         _fsync_dir(self.directory)
         os.ftruncate(self._fd, 0)
         self._journal_size = 0
         os.fsync(self._fd)
         self._journal_lines = 0
+
+    def _snapshot_pieces(self) -> Iterator[bytes]:
+        """snapshot.json's text, a few thousand rows at a time."""
+        yield f'{{"seq":{self._seq},"tables":{{'.encode()
+        for n, (table, rows) in enumerate(self._tables.items()):
+            yield f'{"," if n else ""}{_encode(table)}:{{'.encode()
+            items = iter(rows.items())
+            separator = ""
+            while piece := list(itertools.islice(items, SNAPSHOT_PIECE_ROWS)):
+                yield (separator + ",".join(f"{_encode(k)}:{v}" for k, v in piece)).encode()
+                separator = ","
+            yield b"}"
+        yield b"}}"
 
 
 def _is_seq(value: Any) -> bool:
