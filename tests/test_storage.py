@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import stat
@@ -251,6 +252,9 @@ def test_json_compacts_only_once_the_journal_has_grown_to_the_snapshots_size(tmp
         n += 1
         store.write([Put("n", "n", n)])
         assert snapshot.stat().st_ino == before.st_ino, f"rewritten after {n} small batches"
+        if n == 100:  # a reopened store reads the snapshot's size from the file
+            store.close()
+            store = JsonStore(tmp_path, compact_after=1)
     assert n > 200  # each small line pays for a share of the next rewrite
     store.write([Put("n", "n", n + 1)])  # the journal is now the snapshot's size: compacted first
     assert snapshot.stat().st_ino != before.st_ino
@@ -259,9 +263,50 @@ def test_json_compacts_only_once_the_journal_has_grown_to_the_snapshots_size(tmp
     assert reopened(open_json, tmp_path) == {"big": {p.key: p.value for p in big}, "n": {"n": n + 1}}
 
 
-def test_json_journal_share_must_not_be_negative(tmp_path: Path) -> None:
+@pytest.mark.parametrize("share", [-1.0, float("nan")])
+def test_json_journal_share_must_be_a_number_of_at_least_0(tmp_path: Path, share: float) -> None:
     with pytest.raises(ValueError, match="journal_share"):
-        JsonStore(tmp_path, journal_share=-1)
+        JsonStore(tmp_path, journal_share=share)
+
+
+@pytest.mark.parametrize("failing", ["replace", "directory fsync", "ftruncate", "journal fsync"])
+def test_json_compaction_that_failed_runs_again_before_the_next_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """Until the truncated journal is durable, line S + 1 must not be appended to it."""
+    store = JsonStore(tmp_path, compact_after=2)
+    store.write([Put("t", "a", 1)])
+    store.write([Put("t", "b", 2)])
+    real_fsync, journal_fd = os.fsync, os.open(tmp_path / storage_json.JOURNAL, os.O_RDONLY)
+    journal_inode = os.fstat(journal_fd).st_ino
+    os.close(journal_fd)
+
+    def fsync(fd: int) -> None:
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        is_journal = os.fstat(fd).st_ino == journal_inode
+        if (failing == "directory fsync" and is_dir) or (failing == "journal fsync" and is_journal):
+            raise OSError(errno.EIO, "injected")
+        real_fsync(fd)
+
+    def refuse(*args: object) -> None:
+        raise OSError(errno.EIO, "injected")
+
+    with monkeypatch.context() as m:
+        if failing in ("replace", "ftruncate"):
+            m.setattr(os, failing, refuse)
+        else:
+            m.setattr(os, "fsync", fsync)
+        with pytest.raises(OSError, match="injected"):
+            store.write([Put("t", "c", 3)])  # compaction runs first, and fails
+    snapshot = tmp_path / storage_json.SNAPSHOT
+    failed_inode = snapshot.stat().st_ino if snapshot.exists() else None
+    store.write([Put("t", "c", 3)])  # compacts again, then appends
+    assert snapshot.stat().st_ino != failed_inode
+    assert json.loads((tmp_path / storage_json.SNAPSHOT).read_bytes())["seq"] == 2
+    assert (tmp_path / storage_json.JOURNAL).read_bytes().startswith(b"[3,")
+    assert len((tmp_path / storage_json.JOURNAL).read_bytes().splitlines()) == 1
+    store.close()
+    assert reopened(open_json, tmp_path) == {"t": {"a": 1, "b": 2, "c": 3}}
 
 
 @pytest.mark.parametrize("crash_in", ["replace", "ftruncate"])

@@ -8,8 +8,8 @@ snapshot's size, so each journal byte pays for at most about two bytes of
 rewriting however large the state grows; a fixed count of batches made
 that cost grow with the state, by half over a million payments at a bank
 (benchmarks/json_compaction.py). The price: a restart may replay a
-journal as large as the snapshot. Plain files make the state easy to read
-by hand.
+journal as large as the snapshot, which it holds twice in memory while it
+reads it. Plain files make the state easy to read by hand.
 """
 from __future__ import annotations
 
@@ -72,8 +72,8 @@ class JsonStore:
     def __init__(self, directory: Path, compact_after: int = 10_000, journal_share: float = 1.0) -> None:
         if compact_after < 1:
             raise ValueError("compact_after must be at least 1")
-        if not journal_share >= 0:
-            raise ValueError("journal_share must not be negative")
+        if not journal_share >= 0:  # also refuses NaN
+            raise ValueError(f"journal_share must be a number of at least 0, not {journal_share!r}")
         self.directory = Path(directory)
         self.snapshot_file = self.directory / SNAPSHOT
         self.journal_file = self.directory / JOURNAL
@@ -224,15 +224,14 @@ class JsonStore:
         finally:
             os.close(fd)
         os.replace(tmp, self.snapshot_file)
-        self._snapshot_size = size
         _fsync_dir(self.directory)
         os.ftruncate(self._fd, 0)
-        self._journal_size = 0
         os.fsync(self._fd)
-        self._journal_lines = 0
+        # Only now: a compaction that failed on the way must run again before the next append.
+        self._snapshot_size, self._journal_size, self._journal_lines = size, 0, 0
 
     def _snapshot_pieces(self) -> Iterator[bytes]:
-        """snapshot.json's text, a few thousand rows at a time."""
+        """snapshot.json's text, SNAPSHOT_PIECE_ROWS rows at a time."""
         yield f'{{"seq":{self._seq},"tables":{{'.encode()
         for n, (table, rows) in enumerate(self._tables.items()):
             yield f'{"," if n else ""}{_encode(table)}:{{'.encode()
