@@ -8,8 +8,8 @@ snapshot's size, so each journal byte pays for at most about two bytes of
 rewriting however large the state grows; a fixed count of batches made
 that cost grow with the state, by half over a million payments at a bank
 (benchmarks/json_compaction.py). The price: a restart may replay a
-journal as large as the snapshot, which it holds twice in memory while it
-reads it. Plain files make the state easy to read by hand.
+journal as large as the snapshot, a line at a time. Plain files make the
+state easy to read by hand.
 """
 from __future__ import annotations
 
@@ -161,35 +161,40 @@ class JsonStore:
         return seq
 
     def _replay_journal(self, snapshot_seq: int) -> None:
-        data = self.journal_file.read_bytes()
-        lines = data.split(b"\n")
-        torn = lines.pop()  # b"" when the file ends with a newline
+        """Apply the journal's lines after the snapshot, one at a time: it may be as large as the snapshot."""
         good_size = 0
         previous: int | None = None
-        for number, line in enumerate(lines, 1):
-            where = f"{self.journal_file}: line {number}"
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                if number == len(lines) and not torn:
-                    break  # torn last line: see the comment at the top
-                raise StoreDamaged(f"{where} is not JSON") from None
-            if not _is_entry(entry):
-                raise StoreDamaged(f"{where} is not a batch this store wrote")
-            seq, puts = entry
-            if previous is not None and seq != previous + 1:
-                raise StoreDamaged(f"{where} is batch {seq}, expected {previous + 1}")
-            if previous is None and seq > snapshot_seq + 1:
-                raise StoreDamaged(
-                    f"{where} is batch {seq} but {self.snapshot_file} holds only up to {snapshot_seq}"
-                )
-            previous = seq
-            if seq > snapshot_seq:
-                self._apply([(t, k, None if v is None else _encode(v)) for t, k, v in puts])
-                self._seq = seq
-            good_size += len(line) + 1
-            self._journal_lines += 1
-        if good_size < len(data):
+        with open(self.journal_file, "rb") as journal:
+            lines = iter(journal)
+            line = next(lines, b"")
+            number = 0
+            while line.endswith(b"\n"):  # a complete line; what is left after them is a torn one, or b""
+                number += 1
+                following = next(lines, b"")
+                where = f"{self.journal_file}: line {number}"
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    if not following:
+                        break  # torn last line: see the comment at the top
+                    raise StoreDamaged(f"{where} is not JSON") from None
+                if not _is_entry(entry):
+                    raise StoreDamaged(f"{where} is not a batch this store wrote")
+                seq, puts = entry
+                if previous is not None and seq != previous + 1:
+                    raise StoreDamaged(f"{where} is batch {seq}, expected {previous + 1}")
+                if previous is None and seq > snapshot_seq + 1:
+                    raise StoreDamaged(
+                        f"{where} is batch {seq} but {self.snapshot_file} holds only up to {snapshot_seq}"
+                    )
+                previous = seq
+                if seq > snapshot_seq:
+                    self._apply([(t, k, None if v is None else _encode(v)) for t, k, v in puts])
+                    self._seq = seq
+                good_size += len(line)
+                self._journal_lines += 1
+                line = following
+        if good_size < os.fstat(self._fd).st_size:
             os.ftruncate(self._fd, good_size)
             os.fsync(self._fd)
         self._journal_size = good_size
