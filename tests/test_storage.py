@@ -190,6 +190,20 @@ def test_json_garbage_before_the_last_line_is_damage(tmp_path: Path) -> None:
         open_json(tmp_path)
 
 
+def test_json_nan_before_the_last_line_is_damage(tmp_path: Path) -> None:
+    """JSON parses NaN, but this store never writes it: a line holding one is damage, not a value."""
+    store = open_json(tmp_path)
+    for i in range(3):
+        store.write([Put("t", str(i), i)])
+    store.close()
+    journal = tmp_path / storage_json.JOURNAL
+    lines = journal.read_bytes().split(b"\n")
+    lines[1] = b'[2,[["t","1",NaN]]]'
+    journal.write_bytes(b"\n".join(lines))
+    with pytest.raises(StoreDamaged, match="line 2 is not JSON"):
+        open_json(tmp_path)
+
+
 def test_json_lost_journal_line_is_damage(tmp_path: Path) -> None:
     store = open_json(tmp_path)
     for i in range(3):
@@ -202,7 +216,8 @@ def test_json_lost_journal_line_is_damage(tmp_path: Path) -> None:
         open_json(tmp_path)
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"seq": 1}', b'{"seq": 1, "tables": {"t": 5}}'])
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"seq": 1}', b'{"seq": 1, "tables": {"t": 5}}',
+                                     b'{"seq": 1, "tables": {"t": {"k": NaN}}}'])
 def test_json_unreadable_snapshot_is_damage(tmp_path: Path, content: bytes) -> None:
     (tmp_path / storage_json.SNAPSHOT).write_bytes(content)
     with pytest.raises(StoreDamaged, match=str(tmp_path / storage_json.SNAPSHOT)):

@@ -56,6 +56,13 @@ JOURNAL = "journal.jsonl"
 # appended, so a failed compaction fails a write that changed nothing.
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity parse as JSON but are never written here (allow_nan=False): damage."""
+    raise ValueError(f"{name} is not a value this store writes")
+
+
 # Rows encoded and written at once while compacting: the snapshot goes to
 # disk in pieces rather than as a second copy of the whole state in memory.
 SNAPSHOT_PIECE_ROWS = 10_000
@@ -146,7 +153,7 @@ class JsonStore:
         except FileNotFoundError:
             return 0
         try:
-            snapshot = json.loads(raw)
+            snapshot = json.loads(raw, parse_constant=_no_constant)
             seq, tables = snapshot["seq"], snapshot["tables"]
             ok = _is_seq(seq) and isinstance(tables, dict)
             ok = ok and all(
@@ -173,7 +180,7 @@ class JsonStore:
                 following = next(lines, b"")
                 where = f"{self.journal_file}: line {number}"
                 try:
-                    entry = json.loads(line)
+                    entry = json.loads(line[:-1], parse_constant=_no_constant)  # as written: no newline
                 except ValueError:
                     if not following:
                         break  # torn last line: see the comment at the top
