@@ -56,21 +56,19 @@ JOURNAL = "journal.jsonl"
 # appended, so a failed compaction fails a write that changed nothing.
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# fdatasync skips the timestamp-only inode flush that fsync adds on every
+# append; the new length, which an append changes, is still made durable.
+_sync_data = getattr(os, "fdatasync", os.fsync)
+# Rows encoded and written at once while compacting: the snapshot goes to
+# disk in pieces rather than as a second copy of the whole state in memory.
+SNAPSHOT_PIECE_ROWS = 10_000
+
+Ops = list[tuple[str, str, str | None]]  # (table, key, encoded value or None to delete)
 
 
 def _no_constant(name: str) -> Any:
     """NaN and Infinity parse as JSON but are never written here (allow_nan=False): damage."""
     raise ValueError(f"{name} is not a value this store writes")
-
-
-# Rows encoded and written at once while compacting: the snapshot goes to
-# disk in pieces rather than as a second copy of the whole state in memory.
-SNAPSHOT_PIECE_ROWS = 10_000
-# fdatasync skips the timestamp-only inode flush that fsync adds on every
-# append; the new length, which an append changes, is still made durable.
-_sync_data = getattr(os, "fdatasync", os.fsync)
-
-Ops = list[tuple[str, str, str | None]]  # (table, key, encoded value or None to delete)
 
 
 class JsonStore:
