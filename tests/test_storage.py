@@ -277,12 +277,11 @@ def test_json_compaction_that_failed_runs_again_before_the_next_append(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
     """Until the truncated journal is durable, line S + 1 must not be appended to it."""
+    snapshot, journal = tmp_path / storage_json.SNAPSHOT, tmp_path / storage_json.JOURNAL
     store = JsonStore(tmp_path, compact_after=2)
     store.write([Put("t", "a", 1)])
     store.write([Put("t", "b", 2)])
-    real_fsync, journal_fd = os.fsync, os.open(tmp_path / storage_json.JOURNAL, os.O_RDONLY)
-    journal_inode = os.fstat(journal_fd).st_ino
-    os.close(journal_fd)
+    real_fsync, journal_inode = os.fsync, journal.stat().st_ino  # compaction truncates it, same inode
 
     def fsync(fd: int) -> None:
         is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
@@ -301,13 +300,12 @@ def test_json_compaction_that_failed_runs_again_before_the_next_append(
             m.setattr(os, "fsync", fsync)
         with pytest.raises(OSError, match="injected"):
             store.write([Put("t", "c", 3)])  # compaction runs first, and fails
-    snapshot = tmp_path / storage_json.SNAPSHOT
     failed_inode = snapshot.stat().st_ino if snapshot.exists() else None
     store.write([Put("t", "c", 3)])  # compacts again, then appends
     assert snapshot.stat().st_ino != failed_inode
-    assert json.loads((tmp_path / storage_json.SNAPSHOT).read_bytes())["seq"] == 2
-    assert (tmp_path / storage_json.JOURNAL).read_bytes().startswith(b"[3,")
-    assert len((tmp_path / storage_json.JOURNAL).read_bytes().splitlines()) == 1
+    assert json.loads(snapshot.read_bytes())["seq"] == 2
+    assert journal.read_bytes().startswith(b"[3,")
+    assert len(journal.read_bytes().splitlines()) == 1
     store.close()
     assert reopened(open_json, tmp_path) == {"t": {"a": 1, "b": 2, "c": 3}}
 
