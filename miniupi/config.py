@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from miniupi.money import BadAmount, parse_amount
+
 DEFAULT_CONFIG = "config/cluster.toml"
 # \Z, not $: "$" would also accept a name ending in a newline.
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 RESERVED_NAMES = frozenset({"gateway", "client", "admin", "ca"})
+# Far below 2**63 - 1 minor units, so no sum of balances and credits in flight can overflow an int64.
+DEFAULT_MAX_BALANCE = 10**15
 
 
 class ConfigError(Exception):
@@ -59,6 +63,8 @@ class ClusterConfig:
     session_max_s: float
     login_attempts: int
     login_lockout_s: float
+    max_opening_deposit: int  # minor units a customer may bring to Register; 0: accounts open at zero
+    max_balance: int  # no account may hold more, counting credits still in flight
     log_json: bool
     plugins: tuple[str, ...]
     raw: dict[str, Any] = field(repr=False, compare=False)
@@ -115,6 +121,16 @@ class _Section:
             raise self.error(key, "a positive number of seconds")
         return float(value)
 
+    def amount(self, key: str, default: int) -> int:
+        """Money, written as the command line takes it (\"10000.00\"), in minor units."""
+        value = self.get(key, str, None, expected='an amount as a string, such as "10000.00"')
+        if value is None:
+            return default
+        try:
+            return parse_amount(value)
+        except BadAmount as e:
+            raise self.error(key, f'an amount as a string, such as "10000.00" ({e})') from None
+
     def done(self) -> None:
         extra = sorted(set(self.table) - self.used)
         if extra:
@@ -168,12 +184,18 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         session_max_s=0.0,
         login_attempts=c.get("login_attempts", int, 5, expected="a whole number of attempts, at least 1"),
         login_lockout_s=c.positive("login_lockout_s", 300),
+        max_opening_deposit=c.amount("max_opening_deposit", 0),
+        max_balance=c.amount("max_balance", DEFAULT_MAX_BALANCE),
         log_json=c.get("log_json", bool, False, expected="true or false"),
         plugins=(),
         raw=raw,
     )
     if cluster.login_attempts < 1:
         raise c.error("login_attempts", "a whole number of attempts, at least 1")
+    if not 0 < cluster.max_balance <= DEFAULT_MAX_BALANCE:
+        raise c.error("max_balance", f"a positive amount of at most {DEFAULT_MAX_BALANCE // 100}.00")
+    if cluster.max_opening_deposit > cluster.max_balance:
+        raise c.error("max_opening_deposit", "an amount no larger than max_balance")
     c.done()
 
     g = _Section(path, "gateway", top.get("gateway", dict, expected="a [gateway] table"))
