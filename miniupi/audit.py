@@ -16,7 +16,7 @@ import grpc
 
 from miniupi.config import ClusterConfig
 from miniupi.errors import Unavailable
-from miniupi.tls import channel_credentials
+from miniupi.tls import dial
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 PREPARED, COMMITTED, ABORTED, INITIATED = "PREPARED", "COMMITTED", "ABORTED", "INITIATED"
@@ -131,13 +131,14 @@ def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bo
 
 async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[dict[str, GatewayTxnView], list[BankView]]:
     """Read the gateway and every bank, as the admin."""
-    creds = channel_credentials(cluster.certs_dir, "admin")
+    def channel(peer: str, address: str) -> grpc.aio.Channel:
+        return dial(cluster.certs_dir, "admin", peer, address)
 
     async def read_bank(name: str) -> BankView:
         view = BankView(name)
-        async with grpc.aio.secure_channel(cluster.banks[name].address, creds) as channel:
+        async with channel(name, cluster.banks[name].address) as bank:
             try:
-                async for chunk in bank_pb2_grpc.BankStub(channel).Audit(bank_pb2.AuditRequest(), timeout=timeout):
+                async for chunk in bank_pb2_grpc.BankStub(bank).Audit(bank_pb2.AuditRequest(), timeout=timeout):
                     view.deposits += chunk.deposits_minor
                     for a in chunk.accounts:
                         view.accounts[a.account] = (a.balance_minor, a.held_minor, a.opening_minor)
@@ -149,8 +150,8 @@ async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[dict[s
 
     async def read_gateway() -> dict[str, GatewayTxnView]:
         out: dict[str, GatewayTxnView] = {}
-        async with grpc.aio.secure_channel(cluster.gateway.address, creds) as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
+        async with channel("gateway", cluster.gateway.address) as gateway:
+            stub = gateway_pb2_grpc.GatewayStub(gateway)
             try:
                 async for chunk in stub.ListTransactions(gateway_pb2.ListTransactionsRequest(), timeout=timeout):
                     for t in chunk.txns:

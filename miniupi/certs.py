@@ -1,9 +1,17 @@
 """The cluster's certificates: one CA, and one leaf per identity.
 
-Every gRPC link is mutual TLS, so every node, the CLI client and the admin
-tool each hold a certificate signed by the cluster CA. The identity is the
-first SAN entry (a DNS name equal to the node name), which is what servers
-read back from the TLS handshake to know who is calling.
+Every gRPC link is mutual TLS, so every node and every user-side tool (the
+customers' `client`, the operator's `admin`, the `treasury` that issues
+money) holds a certificate signed by the cluster CA. The identity is the
+first SAN entry (a DNS name equal to the identity), which is what servers
+read back from the TLS handshake to know who is calling, and what clients
+pin when they dial a node (tls.pin).
+
+A certificate carries its role. Node leaves (the gateway, each bank) are
+TLS servers and clients (extended key usage serverAuth and clientAuth) and
+also name the hosts they are dialled by. User-side leaves are clients only
+(clientAuth) and name nothing but their identity, so no customer can serve
+as a node, whatever address it listens on.
 """
 from __future__ import annotations
 
@@ -32,9 +40,23 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 PrivateKey = ec.EllipticCurvePrivateKey
 
 
+# Identities of the user side: client-only certificates that name no host.
+USER_IDENTITIES = ("client", "admin", "treasury")
+
+
 def identities(cluster: ClusterConfig) -> list[str]:
-    """Every name that needs a certificate: the nodes, then the two tools."""
-    return ["gateway", *cluster.banks, "client", "admin"]
+    """Every name that needs a certificate: the nodes, then the user-side identities."""
+    return ["gateway", *cluster.banks, *USER_IDENTITIES]
+
+
+def is_node(cluster: ClusterConfig, name: str) -> bool:
+    return name == "gateway" or name in cluster.banks
+
+
+def extended_key_usage(server: bool) -> list[x509.ObjectIdentifier]:
+    """serverAuth and clientAuth for a node, clientAuth alone for the user side."""
+    return [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server \
+        else [ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
 def new_key() -> PrivateKey:
@@ -116,11 +138,14 @@ def issue_cert(
     hosts: Iterable[str] = (),
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    *,
+    server: bool = True,
 ) -> tuple[bytes, bytes]:
-    """A leaf for `name`, good as both TLS server and client; returns (cert PEM, key PEM).
+    """A leaf for `name`, a TLS server and client, or with `server=False` a client only.
 
-    Any dates and hosts are accepted so tests can build expired or misnamed
-    certificates with the same code the cluster uses.
+    Returns (cert PEM, key PEM). Any dates and hosts are accepted so tests
+    can build expired or misnamed certificates with the same code the
+    cluster uses.
     """
     key = new_key()
     not_before = not_before or _now() - CLOCK_SKEW
@@ -153,7 +178,7 @@ def issue_cert(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(extended_key_usage(server)),
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(san_names(name, hosts)), critical=False)
@@ -165,7 +190,9 @@ def issue_cert(
 
 
 def leaf_hosts(cluster: ClusterConfig, name: str, extra_hosts: Sequence[str] = ()) -> list[str]:
-    """The names a leaf must answer to besides its identity."""
+    """The hosts a node's leaf names besides its identity; a user-side leaf names none."""
+    if not is_node(cluster, name):
+        return []
     hosts = list(LOCAL_HOSTS)
     node = next((n for n in cluster.nodes if n.name == name), None)
     # A wildcard bind address is not something a client can dial, so it is no name.
@@ -203,8 +230,10 @@ def _load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, Priva
     return cert, key
 
 
-def _leaf_ok(name: str, cert_path: Path, key_path: Path, ca: x509.Certificate, hosts: Sequence[str]) -> bool:
-    """Whether an existing leaf can stay: signed by this CA, in date, matching its key, naming every host."""
+def _leaf_ok(name: str, cert_path: Path, key_path: Path, ca: x509.Certificate, hosts: Sequence[str],
+             server: bool) -> bool:
+    """Whether an existing leaf can stay: signed by this CA, in date, matching its key, of its role
+    (a user-side leaf from before roles, which was also a server naming hosts, is not), naming every host."""
     pair = _load_pair(cert_path, key_path)
     if pair is None:
         return False
@@ -217,9 +246,14 @@ def _leaf_ok(name: str, cert_path: Path, key_path: Path, ca: x509.Certificate, h
         return False
     try:
         have = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return False
+    if list(usage) != extended_key_usage(server):
+        return False
     want = san_names(name, hosts)
+    if not server:
+        return list(have) == want
     return list(have)[:1] == want[:1] and all(n in have for n in want)
 
 
@@ -250,10 +284,10 @@ def init_certs(cluster: ClusterConfig, *, force: bool = False, extra_hosts: Sequ
 
     for name in identities(cluster):
         cert_path, key_path = certs_dir / f"{name}.pem", certs_dir / f"{name}.key"
-        hosts = leaf_hosts(cluster, name, extra_hosts)
-        if not force and _leaf_ok(name, cert_path, key_path, ca_cert, hosts):
+        hosts, server = leaf_hosts(cluster, name, extra_hosts), is_node(cluster, name)
+        if not force and _leaf_ok(name, cert_path, key_path, ca_cert, hosts, server):
             continue
-        leaf_pem, leaf_key_pem = issue_cert(ca_cert, ca_key, name, hosts)
+        leaf_pem, leaf_key_pem = issue_cert(ca_cert, ca_key, name, hosts, server=server)
         write_file(key_path, leaf_key_pem, 0o600)
         write_file(cert_path, leaf_pem, 0o644)
         written += [cert_path, key_path]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -215,8 +216,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (MiniupiError, ConfigError, BadAmount, PluginError, CertsMissing, NodeStartError, SupervisionError)
 
 
+# The node processes; every other command speaks to a user.
+NODE_COMMANDS = frozenset({"run", "bank", "gateway"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in NODE_COMMANDS:
+        # gRPC's core writes lines of its own to stderr (a refused handshake, for one) when it is first
+        # imported with its default verbosity; a user gets our one line instead. Nodes keep them.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         COMMANDS[args.command](args)
     except KeyboardInterrupt:

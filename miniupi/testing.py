@@ -25,9 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from miniupi.certs import init_certs
 from miniupi.client.api import Client
-from miniupi.config import ClusterConfig, load_config
+from miniupi.config import NodeConfig, load_config
 from miniupi.supervision import Supervisor
-from miniupi.tls import channel_credentials
+from miniupi.tls import dial
 
 DEFAULT_SPEC: dict[str, Any] = {
     "cluster": {"name": "test", "prepare_timeout_s": 3, "call_timeout_s": 3},
@@ -56,10 +56,9 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def is_serving(cluster: ClusterConfig, address: str, timeout: float = 1.0) -> bool:
-    """True if the node at `address` answers SERVING over mTLS (as the admin)."""
-    creds = channel_credentials(cluster.certs_dir, "admin")
-    with grpc.secure_channel(address, creds) as channel:
+def is_serving(node: NodeConfig, timeout: float = 1.0) -> bool:
+    """True if `node` answers SERVING over mTLS (as the admin), under its own certificate."""
+    with dial(node.cluster.certs_dir, "admin", node.name, node.address, aio=False) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError:
@@ -129,7 +128,7 @@ class LocalCluster:
             if self._proc is not None and self._proc.poll() is not None:
                 raise RuntimeError(f"miniupi run exited with {self._proc.returncode}; see {self.log_path}:\n"
                                    + self.log_path.read_text()[-3000:])
-            pending = {n for n in pending if not is_serving(self.config, self.config.node(n).address, 0.5)}
+            pending = {n for n in pending if not is_serving(self.config.node(n), 0.5)}
             if pending and time.monotonic() > deadline:
                 raise TimeoutError(f"nodes not ready after {timeout}s: {sorted(pending)}; see {self.log_path}")
             if pending:

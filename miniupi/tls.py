@@ -1,14 +1,20 @@
 """gRPC credentials from the certs dir, and who is on the other end.
 
 Every link is mutual TLS under the one cluster CA: servers demand a client
-certificate, clients check the server's against the CA and the dialled host.
+certificate, and clients pin the identity they meant to reach. A valid
+certificate from the cluster CA is not enough for a server: the customers'
+shared `client.pem` is one too, and so is every other bank's. So every
+channel miniupi opens (`dial`) makes gRPC check the server's certificate
+against the *identity* (`gateway`, `bank_b`) rather than the host dialled,
+inside the TLS handshake, before a byte of any request is written.
 Files are read on each call rather than cached, so certificates re-made by
 `miniupi certs init --force` are picked up by the next channel or server.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import grpc
 
@@ -44,6 +50,47 @@ def channel_credentials(certs_dir: Path, name: str) -> grpc.ChannelCredentials:
     """Dial as `name`, trusting only servers whose certificate comes from the cluster CA."""
     ca, key, cert = load_identity(certs_dir, name)
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+ChannelOptions = Sequence[tuple[str, Any]]
+# How gRPC (pinned in pyproject.toml) words the two handshake refusals that keep an impostor out: a
+# server leaf naming another identity than the pinned one, and a client-only leaf (certs.py) serving.
+# tests/test_security_impostor.py fails if a new gRPC words them otherwise.
+WRONG_IDENTITY, CLIENT_ONLY_LEAF = "Hostname Verification Check failed", "unsupported certificate purpose"
+
+
+def pin(peer: str, options: ChannelOptions = ()) -> list[tuple[str, Any]]:
+    """`options` plus the one that makes the handshake accept only a certificate naming `peer`.
+
+    gRPC checks the server's certificate against this name instead of the
+    dialled host. Only node certificates name a node (`certs.issue_cert`),
+    so neither a user-side leaf nor another node's passes.
+    """
+    return [*options, ("grpc.ssl_target_name_override", peer)]
+
+
+@overload
+def dial(certs_dir: Path, identity: str, peer: str, address: str, options: ChannelOptions = (), *,
+         aio: Literal[True] = True) -> grpc.aio.Channel: ...
+
+
+@overload
+def dial(certs_dir: Path, identity: str, peer: str, address: str, options: ChannelOptions = (), *,
+         aio: Literal[False]) -> grpc.Channel: ...
+
+
+def dial(certs_dir: Path, identity: str, peer: str, address: str, options: ChannelOptions = (), *,
+         aio: bool = True) -> grpc.aio.Channel | grpc.Channel:
+    """A channel to `address` as `identity` that reaches only `peer`: the one way miniupi dials."""
+    creds = channel_credentials(certs_dir, identity)
+    if aio:
+        return grpc.aio.secure_channel(address, creds, options=pin(peer, options))
+    return grpc.secure_channel(address, creds, options=pin(peer, options))
+
+
+def impostor(details: str | None) -> bool:
+    """Whether a failed call's details say the server's certificate is not the pinned peer's."""
+    return any(refusal in (details or "") for refusal in (WRONG_IDENTITY, CLIENT_ONLY_LEAF))
 
 
 def _first(auth: dict[str, list[bytes]], key: str) -> str | None:

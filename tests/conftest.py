@@ -6,6 +6,8 @@ by `miniupi run` under supervisord; nothing is mocked.
 from __future__ import annotations
 
 import contextlib
+import socket
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -17,7 +19,7 @@ import pytest
 
 from miniupi.client.api import Client
 from miniupi.testing import Accounts, LocalCluster
-from miniupi.tls import channel_credentials
+from miniupi.tls import dial
 from miniupi.v1 import bank_pb2, bank_pb2_grpc
 
 T = TypeVar("T")
@@ -70,8 +72,8 @@ def open_account(cluster: LocalCluster, bank: str, initial: int) -> str:
 
 
 def admin_bank(cluster: LocalCluster, bank: str) -> grpc.Channel:
-    return grpc.secure_channel(cluster.config.node(bank).address,
-                               channel_credentials(cluster.config.certs_dir, "admin"))
+    """A channel as the admin that, like every miniupi client, reaches only `bank` itself."""
+    return dial(cluster.config.certs_dir, "admin", bank, cluster.config.node(bank).address, aio=False)
 
 
 def bank_account(cluster: LocalCluster, bank: str, account: str) -> tuple[int, int] | None:
@@ -120,3 +122,51 @@ def new_user(cluster: LocalCluster) -> Iterator[Callable[..., Client]]:
     for client in clients:
         with contextlib.suppress(Exception):
             client.close()
+
+
+def log_lines(cluster: LocalCluster, node: str) -> list[str]:
+    """Every line the node has logged: its file, and its stdout as supervisord relays it (cluster.log).
+
+    The file sink is buffered (miniupi/logs.py), so while the node runs its newest lines may be on
+    stdout only, which the node flushes every 0.2 s. Together they are the node's whole log.
+    """
+    path = cluster.config.node(node).data_dir / f"{node}.log"
+    in_file = path.read_text(errors="replace").splitlines() if path.exists() else []
+    # stdout lines read "DATE TIME LEVEL NODE MESSAGE"; supervisord's own lines name no node.
+    on_stdout = [line for line in cluster.log_path.read_text(errors="replace").splitlines()
+                 if line.split(maxsplit=4)[3:4] == [node]]
+    return in_file + on_stdout
+
+
+def lines_with(cluster: LocalCluster, node: str, *needles: str) -> list[str]:
+    """The node's log lines that contain every needle, each line once."""
+    return list(dict.fromkeys(line for line in log_lines(cluster, node) if all(n in line for n in needles)))
+
+
+def wait_logged(cluster: LocalCluster, node: str, needle: str, timeout_s: float = 10.0) -> None:
+    """Wait until `needle` is in the node's log. A node logs its calls in order, so every
+    line it logged before that one is there too."""
+    deadline = time.monotonic() + timeout_s
+    while not lines_with(cluster, node, needle):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{needle!r} never reached the {node} log")
+        time.sleep(0.05)
+
+
+def presented_certificate(address: str, certs_dir: Path) -> bytes | None:
+    """The DER certificate a node presents right now, or None while it does not listen.
+
+    Read with verification off, so it works for the bad certificates too; it is
+    only used to know that the restarted node serves the certificate we installed.
+    """
+    host, port = address.rsplit(":", 1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.load_cert_chain(certs_dir / "admin.pem", certs_dir / "admin.key")
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, int(port)), timeout=1) as sock, \
+                context.wrap_socket(sock, server_hostname=host) as tls:
+            return tls.getpeercert(binary_form=True)
+    except OSError:
+        return None

@@ -22,7 +22,9 @@ from miniupi.config import ClusterConfig, parse_config
 from miniupi.tls import CertsMissing, channel_credentials, peer_identity, server_credentials
 
 TIMEOUT = 5.0
-NAMES = ["gateway", "bank_a", "bank_b", "client", "admin"]
+NODES = ["gateway", "bank_a", "bank_b"]
+USERS = ["client", "admin", "treasury"]
+NAMES = [*NODES, *USERS]
 
 
 def make_cluster(certs_dir: Path) -> ClusterConfig:
@@ -140,8 +142,25 @@ def test_leaf_with_mismatched_key_is_reissued(cluster: ClusterConfig) -> None:
 def test_new_extra_host_reissues_leaves(cluster: ClusterConfig) -> None:
     init_certs(cluster)
     written = init_certs(cluster, extra_hosts=["node.example.test"])
-    assert set(written) == all_files(cluster.certs_dir) - {cluster.certs_dir / "ca.pem", cluster.certs_dir / "ca.key"}
+    d = cluster.certs_dir
+    assert set(written) == {d / f"{n}.{ext}" for n in NODES for ext in ("pem", "key")}  # users name no host
     assert x509.DNSName("node.example.test") in sans(load_cert(cluster.certs_dir / "gateway.pem"))
+
+
+def test_user_side_leaf_from_before_roles_is_reissued_client_only(cluster: ClusterConfig) -> None:
+    """A `client.pem` that could also serve, naming the loopback hosts, is what let a customer pose as a bank."""
+    init_certs(cluster)
+    d = cluster.certs_dir
+    ca = load_cert(d / "ca.pem")
+    ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
+    pem, key = issue_cert(ca, ca_key, "client", ["localhost", "127.0.0.1", "::1"])  # type: ignore[arg-type]
+    (d / "client.pem").write_bytes(pem)
+    (d / "client.key").write_bytes(key)
+    assert sorted(init_certs(cluster)) == sorted([d / "client.pem", d / "client.key"])
+    cert = load_cert(d / "client.pem")
+    assert sans(cert) == [x509.DNSName("client")]
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
 def test_ca_is_a_ca(cluster: ClusterConfig) -> None:
@@ -165,16 +184,20 @@ def test_leaves_are_signed_by_the_ca_and_name_their_identity_first(cluster: Clus
         assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == name
         names = sans(cert)
         assert names[0] == x509.DNSName(name)
-        for expected in (
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-            x509.DNSName("extra.example.test"),
-            x509.IPAddress(ipaddress.ip_address("192.0.2.7")),
-        ):
-            assert expected in names, (name, expected)
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+        if name in USERS:  # client-only, and no host: it can serve as nothing
+            assert names == [x509.DNSName(name)]
+            assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+        else:
+            for expected in (
+                x509.DNSName("localhost"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(ipaddress.ip_address("::1")),
+                x509.DNSName("extra.example.test"),
+                x509.IPAddress(ipaddress.ip_address("192.0.2.7")),
+            ):
+                assert expected in names, (name, expected)
+            assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
         assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
         aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
         assert aki.key_identifier == ca_ski
@@ -286,7 +309,7 @@ def test_mtls_client_is_served_and_identified(cluster: ClusterConfig) -> None:
             assert servicer.callers == ["client"]
             # The key names peer_identity relies on, as grpc really fills them in.
             auth = servicer.auth[0]
-            assert auth["x509_subject_alternative_name"][:3] == [b"client", b"localhost", b"127.0.0.1"]
+            assert auth["x509_subject_alternative_name"] == [b"client"]
             assert auth["x509_common_name"] == [b"client"]
             assert auth["transport_security_type"] == [b"ssl"]
 

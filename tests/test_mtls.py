@@ -6,6 +6,7 @@ certificate, not because the node was unreachable.
 """
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from miniupi.certs import CA_CERT, cert_pem, issue_cert, make_ca
 from miniupi.client.api import Client
 from miniupi.errors import Unauthenticated
+from miniupi.nodes.server import HANDSHAKE_TIMEOUT_S
 from miniupi.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -203,3 +205,12 @@ def test_customer_client_library_over_mtls_works_end_to_end(cluster: LocalCluste
         c.login("bob@bank_b", "bob-pw")
         assert c.balance().account == "bob@bank_b"
         assert isinstance(c, Client)
+
+
+@pytest.mark.parametrize("node", ["gateway", "bank_a"])
+def test_connection_that_never_finishes_its_handshake_is_closed(cluster: LocalCluster, node: str) -> None:
+    """A socket that says nothing after connecting is closed by the node, not held for gRPC's default 120 s."""
+    host, port = cluster.config.node(node).address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.settimeout(HANDSHAKE_TIMEOUT_S + 10)  # bounded: a node that keeps it open fails here
+        assert sock.recv(1) == b""  # the node closed it

@@ -22,8 +22,8 @@ def test_each_node_answers_health_and_lists_its_services_by_reflection(miniupi_c
     config = cluster.config
     expected = {"gateway": "miniupi.v1.Gateway", "bank_a": "miniupi.v1.Bank", "bank_b": "miniupi.v1.Bank"}
     for node in config.nodes:
-        assert is_serving(config, node.address)
+        assert is_serving(node)
         services = _services(config, node.address)
         assert {expected[node.name], "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
     cluster.stop_node("bank_b")
-    assert not is_serving(config, config.banks["bank_b"].address, timeout=1)
+    assert not is_serving(config.banks["bank_b"], timeout=1)

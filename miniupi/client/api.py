@@ -25,7 +25,7 @@ from miniupi.caller import ADMIN, SESSION_METADATA_KEY
 from miniupi.config import ClusterConfig, split_address
 from miniupi.errors import InvalidArgument, MiniupiError, NotFound, Unauthenticated, Unavailable, from_code
 from miniupi.nodes import validate
-from miniupi.tls import channel_credentials
+from miniupi.tls import dial, impostor
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
@@ -69,11 +69,14 @@ class PayResult:
 
 
 UNREACHABLE, NO_ANSWER = "gateway unreachable", "gateway did not answer in time"
+NOT_THE_GATEWAY = "the server at the gateway's address is not the gateway (its certificate names another identity)"
 
 
 def as_error(e: grpc.aio.AioRpcError) -> MiniupiError:
     """A status from the wire as the domain error it stands for."""
     code, details = e.code(), e.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and impostor(details):
+        return Unavailable(NOT_THE_GATEWAY)  # refused in the handshake: nothing was sent to it
     if code == grpc.StatusCode.UNAVAILABLE and not details.startswith(_SERVER_UNAVAILABLE_PREFIXES):
         return Unavailable(UNREACHABLE)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -85,7 +88,7 @@ def as_error(e: grpc.aio.AioRpcError) -> MiniupiError:
 
 def is_transport_failure(error: BaseException | None) -> bool:
     """True when the gateway was not reached or did not answer, as opposed to answering UNAVAILABLE itself."""
-    return isinstance(error, Unavailable) and error.message in (UNREACHABLE, NO_ANSWER)
+    return isinstance(error, Unavailable) and error.message in (UNREACHABLE, NO_ANSWER, NOT_THE_GATEWAY)
 
 
 class AsyncClient:
@@ -96,7 +99,6 @@ class AsyncClient:
         deliver_forever; `retry` and `rng` set their backoff (default: RetryPolicy.from_env())."""
         self.cluster, self.session, self.identity = cluster, session, identity
         self.timeout = timeout if timeout is not None else cluster.prepare_timeout_s + cluster.call_timeout_s + 5
-        self._creds = channel_credentials(cluster.certs_dir, identity)
         self._retired: set[asyncio.Future[None]] = set()
         self._connect()
         self._courier: Courier | None = None
@@ -113,7 +115,7 @@ class AsyncClient:
         # A redial gets a private subchannel pool: it must really dial again, not inherit the
         # shared connection's reconnect backoff (up to two minutes after a long outage).
         options = (("grpc.use_local_subchannel_pool", 1),) if redial else ()
-        self._channel = grpc.aio.secure_channel(self.cluster.gateway.address, self._creds, options=options)
+        self._channel = dial(self.cluster.certs_dir, self.identity, "gateway", self.cluster.gateway.address, options)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
 
     def _redial_if_failed(self) -> None:

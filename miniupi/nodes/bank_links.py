@@ -26,7 +26,10 @@ import grpc
 from miniupi.config import ClusterConfig
 from miniupi.errors import NotFound, Unavailable
 from miniupi.nodes.batcher import Batcher
-from miniupi.tls import channel_credentials
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from loguru import logger
+
+from miniupi.tls import dial, impostor
 from miniupi.v1 import bank_pb2, bank_pb2_grpc
 
 CHANNEL_OPTIONS = [
@@ -114,6 +117,15 @@ class _Rounds:
             self._call = None
 
 
+async def _last_error(channel: grpc.aio.Channel) -> str:
+    """Why a failing channel fails: a call that does not wait for the link answers with its last error."""
+    try:
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+    except grpc.aio.AioRpcError as e:
+        return e.details() or e.code().name
+    return ""
+
+
 def _failed(error: Exception) -> asyncio.Future[Any]:
     """An answer that is already a failure, so callers handle every bank's answer the same way."""
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -123,17 +135,43 @@ def _failed(error: Exception) -> asyncio.Future[Any]:
 
 class BankLinks:
     def __init__(self, cluster: ClusterConfig, identity: str = "gateway") -> None:
-        creds = channel_credentials(cluster.certs_dir, identity)
+        # Each channel reaches only the bank it is for: a server holding any other certificate
+        # of the cluster (a customer's, another bank's) fails the handshake (tls.pin).
         self._channels = {
-            name: grpc.aio.secure_channel(node.address, creds, options=CHANNEL_OPTIONS)
+            name: dial(cluster.certs_dir, identity, name, node.address, CHANNEL_OPTIONS)
             for name, node in cluster.banks.items()
         }
+        self._addresses = {name: node.address for name, node in cluster.banks.items()}
+        self._watchers: list[asyncio.Task[None]] = []
         self._stubs = {name: bank_pb2_grpc.BankStub(ch) for name, ch in self._channels.items()}
         self._rounds = {name: _Rounds(stub, cluster.prepare_timeout_s, cluster.call_timeout_s)
                         for name, stub in self._stubs.items()}
         self._batchers: dict[str, Batcher[BankItem, BankAnswer]] = {
             name: Batcher(rounds.send) for name, rounds in self._rounds.items()}
         self._call_timeout = cluster.call_timeout_s
+
+    def watch(self) -> None:
+        """Log why a link fails, once per change: calls that wait for a link see only a timeout."""
+        self._watchers = [asyncio.create_task(self._watch(name, channel))
+                          for name, channel in self._channels.items()]
+
+    async def _watch(self, bank: str, channel: grpc.aio.Channel) -> None:
+        said = ""
+        while True:
+            state = channel.get_state(try_to_connect=False)
+            if state == grpc.ChannelConnectivity.READY and said:
+                logger.info("link to {} at {} is up", bank, self._addresses[bank])
+                said = ""
+            elif state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                why = await _last_error(channel)
+                if why and why != said:
+                    if impostor(why):
+                        logger.error("refusing the server at {}: its certificate is not {}'s; nothing is sent "
+                                     "to it ({})", self._addresses[bank], bank, why)
+                    else:
+                        logger.warning("link to {} at {} failed: {}", bank, self._addresses[bank], why)
+                    said = why
+            await channel.wait_for_state_change(state)
 
     def prepare(self, bank: str, request: bank_pb2.PrepareRequest,
                 patience_s: float = 0.0) -> asyncio.Future[bank_pb2.PrepareReply]:
@@ -182,6 +220,9 @@ class BankLinks:
                 await asyncio.gather(*(batcher.drain() for batcher in self._batchers.values()))
         except TimeoutError:
             pass  # a bank that is down hears them after the restart, as after a crash
+        for watcher in self._watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
         for batcher in self._batchers.values():
             batcher.close()
         for rounds in self._rounds.values():

@@ -162,6 +162,7 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
         raise NodeStartError(f"{cluster.path}: no auth plugin named {node.auth!r} for the gateway")
     commit, tables = await open_store(pm, node)
     links = BankLinks(cluster)
+    links.watch()
     coordinator = Coordinator(
         links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s,
         fire=hook_firer(pm, node),

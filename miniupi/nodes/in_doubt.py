@@ -16,7 +16,7 @@ from loguru import logger
 from miniupi.config import NodeConfig
 from miniupi.nodes.bank_links import CHANNEL_OPTIONS
 from miniupi.nodes.ledger import Ledger
-from miniupi.tls import channel_credentials
+from miniupi.tls import dial, impostor
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 CHECK_EVERY_S = 1.0
@@ -26,19 +26,19 @@ async def resolve_in_doubt(ledger: Ledger, node: NodeConfig) -> None:
     """Run until cancelled, applying the gateway's decision to old prepared transactions."""
     cluster = node.cluster
     patience = cluster.prepare_timeout_s + cluster.call_timeout_s
-    creds = channel_credentials(cluster.certs_dir, node.name)
-    async with grpc.aio.secure_channel(cluster.gateway.address, creds, options=CHANNEL_OPTIONS) as channel:
+    # Pinned to `gateway`: a decision from any other server would commit or abort on its word.
+    async with dial(cluster.certs_dir, node.name, "gateway", cluster.gateway.address, CHANNEL_OPTIONS) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         while True:
             await asyncio.sleep(CHECK_EVERY_S)
             try:
-                await _ask_about_old_prepares(ledger, stub, patience, cluster.call_timeout_s)
+                await _ask_about_old_prepares(ledger, node, stub, patience, cluster.call_timeout_s)
             except Exception as e:  # a store error must not end the loop; the next round retries
                 logger.error("resolving in-doubt transactions failed: {!r}", e)
 
 
-async def _ask_about_old_prepares(ledger: Ledger, stub: gateway_pb2_grpc.GatewayStub, patience: float,
-                                  timeout: float) -> None:
+async def _ask_about_old_prepares(ledger: Ledger, node: NodeConfig, stub: gateway_pb2_grpc.GatewayStub,
+                                  patience: float, timeout: float) -> None:
     now = time.time()
     old = [t for t in map(ledger.txns.get, list(ledger.prepared)) if t and now - t.prepared_at > patience]
     for txn in old:
@@ -46,7 +46,11 @@ async def _ask_about_old_prepares(ledger: Ledger, stub: gateway_pb2_grpc.Gateway
             reply = await stub.GetDecision(gateway_pb2.GetDecisionRequest(txn_id=txn.txn_id),
                                            timeout=timeout)
         except grpc.aio.AioRpcError as e:
-            logger.debug("in doubt about {}: gateway said {}", txn.txn_id, e.code().name)
+            if impostor(e.details()):
+                logger.error("refusing the server at {}: its certificate is not the gateway's ({})",
+                             node.cluster.gateway.address, e.details())
+            else:
+                logger.debug("in doubt about {}: gateway said {}", txn.txn_id, e.code().name)
             break  # the gateway is away; ask again next round
         if txn.txn_id not in ledger.prepared:
             continue  # phase 2 arrived meanwhile

@@ -19,6 +19,7 @@ from miniupi.storage import GroupCommit, Store, StoreDamaged
 from miniupi.tls import server_credentials
 
 MAX_MESSAGE_BYTES = 1 << 20
+HANDSHAKE_TIMEOUT_S = 5
 SHUTDOWN_GRACE_S = 2.0
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -28,6 +29,9 @@ SERVER_OPTIONS = [
     # every 30 s (bank_links.CHANNEL_OPTIONS). gRPC's default allows one ping per 5 minutes
     # without data and answers the third with GOAWAY "too_many_pings", cutting the stream.
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # A connection that has not finished its TLS handshake by then is closed (gRPC's default is 120 s),
+    # so idle or half-open sockets cannot pile up and starve the node of file descriptors.
+    ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_S * 1000),
 ]
 
 
