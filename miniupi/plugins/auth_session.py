@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,17 +53,34 @@ class SessionStore:
     A key is "ID.SECRET": the ID finds the session, and the SECRET's
     SHA-256 is compared in constant time, so neither a lookup's timing nor a
     copy of this table gives anyone a usable key.
+
+    The table is kept in order of last use, so sessions that have gone idle
+    are all at its front: each login sweeps them from there, and memory
+    holds the sessions used within `idle_s`, not every one ever started.
     """
 
     def __init__(self, idle_s: float, max_s: float, clock: Callable[[], float] = time.time) -> None:
         self.idle_s, self.max_s, self._clock = idle_s, max_s, clock
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently used first
 
     def start(self, account: str) -> tuple[str, float]:
         session_id, secret = secrets.token_hex(16), secrets.token_urlsafe(32)
         now = self._clock()
+        self._sweep(now)
         self._sessions[session_id] = _Session(hashlib.sha256(secret.encode()).digest(), account, now, now)
         return f"{session_id}.{secret}", now + self.max_s
+
+    def _sweep(self, now: float) -> None:
+        """Drop the sessions idle too long, from the front; each is dropped once, so a login pays O(1) amortised.
+
+        A session past `max_s` but still in use is further back; resolve
+        drops it at its next use, or this sweep once it goes idle.
+        """
+        while self._sessions:
+            oldest = next(iter(self._sessions.values()))
+            if now - oldest.last_used <= self.idle_s:
+                return
+            self._sessions.popitem(last=False)
 
     def _find(self, key: str) -> tuple[str, _Session] | None:
         session_id, _, secret = key.partition(".")
@@ -83,6 +101,7 @@ class SessionStore:
             del self._sessions[session_id]
             raise Unauthenticated("session expired; log in again")
         session.last_used = now
+        self._sessions.move_to_end(session_id)  # keeps the table in order of last use, for _sweep
         return session.account
 
     def end(self, key: str) -> None:
