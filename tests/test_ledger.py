@@ -220,3 +220,35 @@ def test_failed_logins_lock_the_account_durably(tmp_path: Path) -> None:
     assert results[3][0] is False and 0 < results[3][1] <= 60  # locked: even the right password waits
     ok, locked_for = run(after_restart())
     assert not ok and locked_for > 0
+
+
+def _credit(amount: int) -> tuple[LegSpec, ...]:
+    return (LegSpec("bob", amount, "alice@bank_b"),)
+
+
+def test_credits_in_flight_count_against_the_ceiling_and_are_rebuilt_on_reopen(tmp_path: Path) -> None:
+    async def before() -> list[str]:
+        ledger, commit = _open(tmp_path, max_balance=1000)
+        await ledger.open_account("bob", "pw", 900)
+        txns = [str(uuid.uuid4()) for _ in range(5)]
+        votes = await asyncio.gather(*(ledger.prepare(t, "INR", _credit(30)) for t in txns))
+        assert [v.yes for v in votes].count(True) == 3  # 900 + 3 * 30 fits under 1000; a fourth would not
+        refused = next(v for v in votes if not v.yes)
+        assert refused.refusal == "BALANCE_CEILING" and "would exceed its ceiling of 10.00 INR" in refused.detail
+        yes = [t for t, v in zip(txns, votes) if v.yes]
+        await ledger.commit(yes[0])
+        assert (ledger.account("bob").balance, ledger.account("bob").incoming) == (930, 60)
+        await commit.close()
+        return yes[1:]
+
+    async def after(prepared: list[str]) -> None:
+        ledger, commit = _open(tmp_path, max_balance=1000)
+        assert ledger.account("bob").incoming == 60
+        assert not (await ledger.prepare(str(uuid.uuid4()), "INR", _credit(11))).yes
+        await ledger.abort(prepared[0])
+        assert (await ledger.prepare(str(uuid.uuid4()), "INR", _credit(40))).yes  # the abort made room
+        await ledger.commit(prepared[1])
+        assert ledger.account("bob").balance + ledger.account("bob").incoming == 1000
+        await commit.close()
+
+    run(after(run(before())))

@@ -205,7 +205,7 @@ async def open_setup_accounts(ledger: Ledger, path: Path | None) -> int:
     """Open the setup file's accounts once; later starts keep the stored state."""
     if ledger.meta.get("setup_loaded") or path is None:
         return 0
-    accounts = read_setup_file(path)
+    accounts = read_setup_file(path, ledger.max_balance)  # all checked before any is opened
 
     async def open_one(name: str, password: str, balance: int) -> int:
         try:
@@ -229,7 +229,8 @@ async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, l
     pm = make_plugin_manager(cluster.plugins)
     commit, tables = await open_store(pm, node)
     ledger = Ledger(node.name, cluster.currency, commit, tables, fire=hook_firer(pm, node),
-                    login_attempts=cluster.login_attempts, login_lockout_s=cluster.login_lockout_s)
+                    login_attempts=cluster.login_attempts, login_lockout_s=cluster.login_lockout_s,
+                    max_balance=cluster.max_balance)
     opened = await open_setup_accounts(ledger, node.accounts)
     if opened:
         logger.info("{} opened {} accounts from {}", node.name, opened, node.accounts)

@@ -24,6 +24,7 @@ from miniupi.backoff import RetryPolicy
 from miniupi.errors import (
     AlreadyExists,
     Aborted,
+    FailedPrecondition,
     InsufficientFunds,
     InvalidArgument,
     MiniupiError,
@@ -111,6 +112,7 @@ _REFUSALS: dict[int, Callable[[str], MiniupiError]] = {
     bank_pb2.UNKNOWN_ACCOUNT: NotFound,
     bank_pb2.WRONG_CURRENCY: InvalidArgument,
     bank_pb2.ALREADY_DECIDED: Aborted,
+    bank_pb2.BALANCE_CEILING: FailedPrecondition,
 }
 
 

@@ -13,6 +13,7 @@ from miniupi.caller import ADMIN, SESSION_METADATA_KEY, current_account, current
 from miniupi.config import ClusterConfig
 from miniupi.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable, from_code
 from miniupi.logs import setup_node_logging
+from miniupi.money import format_amount
 from miniupi.nodes import validate
 from miniupi.nodes.bank_links import BankLinks
 from miniupi.nodes.coordinator import Coordinator, Payment
@@ -128,6 +129,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if request.to_account == payer:
             raise InvalidArgument("payer and payee are the same account")
         amount = validate.positive_amount(request.amount.minor, request.amount.currency, self.cluster.currency)
+        if amount > self.cluster.max_balance:  # no payee could take it: refuse before any bank holds anything
+            raise InvalidArgument(f"amount must be at most {format_amount(self.cluster.max_balance)} "
+                                  f"{self.cluster.currency}, the most an account may hold")
         payment = Payment(txn_id, payer, request.to_account, amount, self.cluster.currency)
         state = await self.coordinator.pay(payment)
         return gateway_pb2.PayReply(txn_id=txn_id, state=common_pb2.TxnState.Value(state))

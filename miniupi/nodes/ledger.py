@@ -2,8 +2,9 @@
 
 State lives in memory and every change goes through the group commit
 before it is acknowledged, so a reply always describes durable state.
-Holds are derived from prepared debits, never stored on their own, so a
-hold cannot outlive the transaction that placed it.
+Holds are derived from prepared debits, and credits in flight from
+prepared credits, never stored on their own, so neither can outlive the
+transaction that placed it.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from miniupi.errors import (
     Unavailable,
     unwrap,
 )
-from miniupi.money import INT64_MAX
+from miniupi.config import DEFAULT_MAX_BALANCE
+from miniupi.money import INT64_MAX, format_amount
 from miniupi.plugin_manager import Fire, fire_after
 from miniupi.passwords import hash_password, needs_rehash, verify_password
 from miniupi.storage import GroupCommit, Put
@@ -45,6 +47,7 @@ class Account:
     failed_logins: int = 0
     locked_until: float = 0.0
     held: int = 0
+    incoming: int = 0  # credits of prepared transactions: the balance may still grow by this much
     history: list[str] = field(default_factory=list)  # committed txn ids, oldest first
 
     def record(self) -> dict[str, Any]:
@@ -82,7 +85,7 @@ PrepareSpec = tuple[str, str, Sequence[LegSpec]]  # txn_id, currency, legs
 @dataclass(frozen=True)
 class Vote:
     yes: bool
-    refusal: str = ""  # INSUFFICIENT_FUNDS, UNKNOWN_ACCOUNT, ALREADY_DECIDED, WRONG_CURRENCY
+    refusal: str = ""  # INSUFFICIENT_FUNDS, UNKNOWN_ACCOUNT, ALREADY_DECIDED, WRONG_CURRENCY, BALANCE_CEILING
     detail: str = ""
 
 
@@ -98,8 +101,10 @@ class Ledger:
         fire: Fire = lambda point, **details: None,
         login_attempts: int = 5,
         login_lockout_s: float = 300.0,
+        max_balance: int = DEFAULT_MAX_BALANCE,
     ) -> None:
         self.bank, self.currency, self._commit, self._fire = bank, currency, commit, fire
+        self.max_balance = max_balance
         self.login_attempts, self.login_lockout_s = login_attempts, login_lockout_s
         self.accounts: dict[str, Account] = {
             name: Account(name, r["balance"], r["password_hash"], r["opened_at"], r["opening"],
@@ -114,10 +119,9 @@ class Ledger:
             self.txns[txn_id] = txn
             if txn.state == PREPARED:
                 self.prepared.add(txn_id)
-            for leg in txn.legs:
-                if txn.state == PREPARED and leg.delta < 0:
-                    self.accounts[leg.account].held -= leg.delta
-                elif txn.state == COMMITTED:
+                self._hold(txn, +1)
+            elif txn.state == COMMITTED:
+                for leg in txn.legs:
                     self.accounts[leg.account].history.append(txn_id)
         self.meta: dict[str, Any] = dict(tables.get("meta", {}))
         self._opening: set[str] = set()
@@ -318,14 +322,21 @@ class Ledger:
             if account.balance - account.held < amount:
                 return Vote(False, "INSUFFICIENT_FUNDS", INSUFFICIENT_FUNDS)
         for name, amount in credits.items():
-            if self.accounts[name].balance + amount > INT64_MAX:
-                return Vote(False, "INSUFFICIENT_FUNDS", f"account {name}@{self.bank} cannot hold that much")
+            # Credits in flight count: each alone may fit while together they would not.
+            account = self.accounts[name]
+            if account.balance + account.incoming + amount > self.max_balance:
+                return Vote(False, "BALANCE_CEILING", f"account {name}@{self.bank} would exceed its ceiling of "
+                                                      f"{format_amount(self.max_balance)} {self.currency}")
         return Vote(True)
 
     def _hold(self, txn: BankTxn, sign: int) -> None:
+        """Place (+1) or release (-1) what a prepared transaction reserves: debits held, credits incoming."""
         for leg in txn.legs:
+            account = self.accounts[leg.account]
             if leg.delta < 0:
-                self.accounts[leg.account].held += sign * -leg.delta
+                account.held += sign * -leg.delta
+            else:
+                account.incoming += sign * leg.delta
 
     async def commit(self, txn_id: str) -> bool:
         """Apply a prepared transaction once; a repeat is a no-op."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from miniupi.config import NAME_RE, ConfigError, read_toml
-from miniupi.money import BadAmount, parse_amount
+from miniupi.config import DEFAULT_MAX_BALANCE, NAME_RE, ConfigError, read_toml
+from miniupi.money import BadAmount, format_amount, parse_amount
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,8 @@ class SetupAccount:
     password: str
 
 
-def read_setup_file(path: Path) -> list[SetupAccount]:
+def read_setup_file(path: Path, max_balance: int = DEFAULT_MAX_BALANCE) -> list[SetupAccount]:
+    """The file's accounts, or one ConfigError for the first wrong entry; none above `max_balance`."""
     raw = read_toml(path, "accounts file")
     table = raw.get("accounts")
     if not isinstance(table, dict) or set(raw) - {"accounts"}:
@@ -43,5 +44,7 @@ def read_setup_file(path: Path) -> list[SetupAccount]:
             minor = None
         if minor is None:
             raise error(".balance", 'an amount as a string, such as "1000.00"')
+        if minor > max_balance:
+            raise error(".balance", f"at most the cluster's max_balance, {format_amount(max_balance)}")
         out.append(SetupAccount(name, minor, password))
     return out

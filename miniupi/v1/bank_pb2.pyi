@@ -16,12 +16,14 @@ class VoteRefusal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALREADY_DECIDED: _ClassVar[VoteRefusal]
     WRONG_CURRENCY: _ClassVar[VoteRefusal]
     INVALID_REQUEST: _ClassVar[VoteRefusal]
+    BALANCE_CEILING: _ClassVar[VoteRefusal]
 VOTE_REFUSAL_UNSPECIFIED: VoteRefusal
 INSUFFICIENT_FUNDS: VoteRefusal
 UNKNOWN_ACCOUNT: VoteRefusal
 ALREADY_DECIDED: VoteRefusal
 WRONG_CURRENCY: VoteRefusal
 INVALID_REQUEST: VoteRefusal
+BALANCE_CEILING: VoteRefusal
 
 class Leg(_message.Message):
     __slots__ = ("account", "delta_minor", "counterparty")
