@@ -95,3 +95,16 @@ def miniupi_before_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
 @hookspec
 def miniupi_after_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
     """The decision is applied and durable; the acknowledgement is about to be sent."""
+
+
+# Logins, bank side: observers count guesses; tests count the checks a lockout lets through.
+
+
+@hookspec
+def miniupi_before_password_check(node: NodeConfig, account: str) -> None:
+    """The bank has counted a login attempt at `account` and is about to hash the password.
+
+    Called once per password check, for names without an account too (they
+    are checked against a dummy hash); a locked account is refused without
+    a check, and without this call.
+    """

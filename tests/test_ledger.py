@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
 from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from miniupi.nodes import ledger as ledger_module
 from miniupi.nodes.ledger import Ledger, LegSpec
 from miniupi.plugins.storage_json import JsonStore
 from miniupi.storage import GroupCommit
@@ -216,7 +218,7 @@ def test_failed_logins_lock_the_account_durably(tmp_path: Path) -> None:
 
     results = run(fail_until_locked())
     assert results[:2] == [(False, 0.0), (False, 0.0)]
-    assert results[2][0] is False and results[2][1] == 60
+    assert results[2][0] is False and 59 < results[2][1] <= 60  # locked from the reservation, before the hash
     assert results[3][0] is False and 0 < results[3][1] <= 60  # locked: even the right password waits
     ok, locked_for = run(after_restart())
     assert not ok and locked_for > 0
@@ -252,3 +254,85 @@ def test_credits_in_flight_count_against_the_ceiling_and_are_rebuilt_on_reopen(t
         await commit.close()
 
     run(after(run(before())))
+
+
+@pytest.mark.parametrize("name", ["alice", "nobody"])
+def test_concurrent_logins_check_at_most_login_attempts_passwords(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """50 logins at once, the right password 30th: 5 are checked, the other 45 (the right one too) find a lock.
+
+    Every check is held open until the refusals are in, so all 50 are in
+    flight together; a name without an account is counted alike.
+    """
+    attempts, logins = 5, 50
+    checked: list[str] = []
+    release = threading.Event()
+    real_verify = ledger_module.verify_password
+
+    def held_verify(stored_hash: str, password: str) -> bool:
+        checked.append(password)
+        release.wait(10)
+        return real_verify(stored_hash, password)
+
+    monkeypatch.setattr(ledger_module, "verify_password", held_verify)
+    fired: list[str] = []
+
+    async def scenario() -> tuple[list[tuple[bool, float]], tuple[bool, float]]:
+        ledger, commit = _open(tmp_path, login_attempts=attempts, login_lockout_s=60,
+                               fire=lambda point, **d: fired.append(d["account"]))
+        await ledger.open_account("alice", "right", 0)
+        passwords = ["wrong"] * logins
+        passwords[29] = "right"
+        tasks = [asyncio.create_task(ledger.check_password(name, p)) for p in passwords]
+        deadline = asyncio.get_running_loop().time() + 5
+        while sum(t.done() for t in tasks) < logins - attempts and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        release.set()
+        results = await asyncio.gather(*tasks)
+        after = await ledger.check_password(name, "right")
+        await commit.close()
+        return results, after
+
+    results, after = run(scenario())
+
+    assert len(checked) == attempts and fired == [name] * attempts
+    assert not any(ok for ok, _ in results)
+    assert sum(locked_for > 0 for _, locked_for in results) >= logins - attempts + 1
+    assert results[29][1] > 0  # the right password, sent 30th, was refused as locked
+    assert not after[0] and after[1] > 0  # still locked, and refused without a check
+
+
+def test_a_right_password_among_the_reserved_checks_logs_in_and_lifts_the_lock(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[tuple[bool, float]], tuple[bool, float]]:
+        ledger, commit = _open(tmp_path, login_attempts=3, login_lockout_s=60)
+        await ledger.open_account("alice", "right", 0)
+        passwords = ["wrong", "right", "wrong", "wrong", "wrong", "wrong"]
+        results = await asyncio.gather(*(ledger.check_password("alice", p) for p in passwords))
+        after = await ledger.check_password("alice", "right")
+        await commit.close()
+        return results, after
+
+    results, after = run(scenario())
+    assert [ok for ok, _ in results] == [False, True, False, False, False, False]
+    assert all(locked_for > 0 for _, locked_for in results[3:])  # refused unchecked: the third reservation locked
+    assert after == (True, 0.0)  # the right password was one of the three checked, so the lock is lifted
+
+
+def test_names_without_an_account_lock_like_accounts_in_a_bounded_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_module, "MAX_STRANGERS", 3)
+
+    async def scenario() -> tuple[dict[str, list[tuple[bool, bool]]], list[str]]:
+        ledger, commit = _open(tmp_path, login_attempts=3, login_lockout_s=60)
+        await ledger.open_account("alice", "right", 0)
+        answers = {name: [(ok, locked_for > 0) for ok, locked_for in
+                          [await ledger.check_password(name, "wrong") for _ in range(4)]]
+                   for name in ("alice", "nobody")}
+        for name in ("x1", "x2", "x3"):
+            await ledger.check_password(name, "wrong")
+        await commit.close()
+        return answers, list(ledger._strangers)
+
+    answers, remembered = run(scenario())
+    assert answers["alice"] == answers["nobody"] == [(False, False), (False, False), (False, True), (False, True)]
+    assert remembered == ["x1", "x2", "x3"]  # the least recently guessed name was forgotten first

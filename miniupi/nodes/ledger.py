@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -35,6 +36,10 @@ from miniupi.storage import GroupCommit, Put
 
 PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
 BULK_CHUNK = 5000
+# Names without an account whose failed logins are remembered (in memory), least recently guessed
+# dropped first. Each entry costs a guesser one full password hash, so pushing a name out takes
+# most of an hour of a two-core bank: far longer than the default lock.
+MAX_STRANGERS = 100_000
 
 
 @dataclass(slots=True)
@@ -53,6 +58,14 @@ class Account:
     def record(self) -> dict[str, Any]:
         return {"balance": self.balance, "password_hash": self.password_hash, "opened_at": self.opened_at,
                 "opening": self.opening, "failed_logins": self.failed_logins, "locked_until": self.locked_until}
+
+
+@dataclass(slots=True)
+class _Stranger:
+    """Failed logins at a name with no account, counted like an account's so locking reveals nothing."""
+
+    failed_logins: int = 0
+    locked_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +138,7 @@ class Ledger:
                     self.accounts[leg.account].history.append(txn_id)
         self.meta: dict[str, Any] = dict(tables.get("meta", {}))
         self._opening: set[str] = set()
+        self._strangers: OrderedDict[str, _Stranger] = OrderedDict()
 
     # -- accounts -------------------------------------------------------
 
@@ -183,33 +197,60 @@ class Ledger:
     async def check_password(self, name: str, password: str) -> tuple[bool, float]:
         """(password right, seconds the account stays locked). A locked account is not checked.
 
-        Failures are counted durably, so restarting the bank does not reset
-        a lock; a success with outdated hash parameters rehashes the password.
+        Each check is reserved before the slow hash runs, so however many
+        logins arrive at once, at most `login_attempts` are checked per
+        lockout window: the reservation that fills the count locks the
+        account, and a right password among the reserved ones unlocks it.
+        A failure is made durable before it is answered (the write runs
+        alongside the hash), so a restart resets no lock; a check the bank
+        died during was never answered, so it told the guesser nothing.
+        Names with no account count and lock alike, in memory.
         """
         account = self.accounts.get(name)
+        who = account if account is not None else self._stranger(name)
+        locked_for = self._reserve_attempt(who)
+        if locked_for:
+            return False, locked_for
+        try:
+            self._fire("before_password_check", account=name)
+        except Exception as e:  # a plugin's failure is the bank's, not the caller's: no UNKNOWN, no check
+            logger.exception("bank {}: before_password_check failed for {}", self.bank, name)
+            raise Unavailable(f"bank {self.bank} could not check the password: {e!r}") from None
         if account is None:
             # Spend the same time as a real check, so timing does not tell which accounts exist.
             await asyncio.to_thread(verify_password, _dummy_hash(), password)
-            return False, 0.0
-        now = time.time()
-        if account.locked_until > now:
-            return False, account.locked_until - now
-        if await asyncio.to_thread(verify_password, account.password_hash, password):
-            changed = account.failed_logins != 0
-            account.failed_logins = 0
-            if needs_rehash(account.password_hash):
-                account.password_hash = await asyncio.to_thread(hash_password, password)
-                changed = True
-            if changed:
-                await self._commit.write([Put("accounts", name, account.record())])
-            return True, 0.0
-        account.failed_logins += 1
-        locked_for = 0.0
-        if account.failed_logins >= self.login_attempts:
-            account.failed_logins, account.locked_until = 0, now + self.login_lockout_s
-            locked_for = self.login_lockout_s
+            return False, self._locked_for(who)
+        right, _ = await asyncio.gather(asyncio.to_thread(verify_password, account.password_hash, password),
+                                        self._commit.write([Put("accounts", name, account.record())]))
+        if not right:
+            return False, self._locked_for(account)
+        account.failed_logins, account.locked_until = 0, 0.0
+        if needs_rehash(account.password_hash):
+            account.password_hash = await asyncio.to_thread(hash_password, password)
         await self._commit.write([Put("accounts", name, account.record())])
-        return False, locked_for
+        return True, 0.0
+
+    def _reserve_attempt(self, who: Account | _Stranger) -> float:
+        """Seconds `who` stays locked, or 0.0 having counted one more attempt (locking on the last allowed)."""
+        now = time.time()
+        if who.locked_until > now:
+            return who.locked_until - now
+        who.failed_logins += 1  # counted now, before any await: concurrent logins see it
+        if who.failed_logins >= self.login_attempts:
+            who.failed_logins, who.locked_until = 0, now + self.login_lockout_s
+        return 0.0
+
+    @staticmethod
+    def _locked_for(who: Account | _Stranger) -> float:
+        return max(0.0, who.locked_until - time.time())
+
+    def _stranger(self, name: str) -> _Stranger:
+        """The failed-login record of a name with no account, most recently guessed last."""
+        stranger = self._strangers.pop(name, None) or _Stranger()
+        self._strangers[name] = stranger
+        while len(self._strangers) > MAX_STRANGERS:
+            self._strangers.popitem(last=False)
+        return stranger
 
     def history(self, name: str, limit: int) -> list[tuple[BankTxn, LegSpec]]:
         account = self.account(name)
