@@ -11,12 +11,24 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from miniupi.config import DEFAULT_CONFIG, ConfigError, load_config
 from miniupi.errors import MiniupiError
+from miniupi.inputs import HISTORY_MAX, QUEUE_MAX, count
 from miniupi.money import BadAmount
 from miniupi.plugin_manager import PluginError
+
+# A process killed by SIGPIPE exits 128 + 13 in the shell's eyes; we exit the same when the reader goes away.
+EXIT_BROKEN_PIPE = 141
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake in the arguments told in one line like every other refusal."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"miniupi: {message} (see: {self.prog} --help)\n")
 
 
 def _common(json_output: bool = False) -> argparse.ArgumentParser:
@@ -29,7 +41,7 @@ def _common(json_output: bool = False) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="miniupi", description="A small distributed payment gateway.")
+    parser = _Parser(prog="miniupi", description="A small distributed payment gateway.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plain, with_json = _common(), _common(json_output=True)
 
@@ -83,14 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", metavar="ACCOUNT", help="read ACCOUNT with the admin certificate")
     p = add("history", "your applied payments, newest first", json_output=True)
     p.add_argument("--admin", metavar="ACCOUNT", help="read ACCOUNT with the admin certificate")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=count(HISTORY_MAX), default=20, help=f"how many, 1 to {HISTORY_MAX} (default 20)")
     p = add("pay", "pay another account", json_output=True)
     p.add_argument("to", metavar="TO", help="payee, user@bank")
     p.add_argument("amount", metavar="AMOUNT", help="such as 125.50")
     p.add_argument("--id", metavar="UUID", help="transaction id (default: a new UUID4); reuse it to retry safely")
     p = add("queue", "payments waiting in the outbox, with attempts and next attempt time", json_output=True)
     p.add_argument("--all", action="store_true", help="also the latest done and failed payments")
-    p.add_argument("--limit", type=int, default=50, help="with --all: how many")
+    p.add_argument("--limit", type=count(QUEUE_MAX), default=50, help=f"with --all: how many, 1 to {QUEUE_MAX}")
     add("sync", "send the queued payments now and report each result", json_output=True)
     p = add("client", "interactive client (REPL) that sends queued payments in the background")
     p.add_argument("--retry-base", type=float, metavar="S", help="first retry wait (default $MINIUPI_RETRY_BASE_S or 5)")
@@ -220,6 +232,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
 NODE_COMMANDS = frozenset({"run", "bank", "gateway"})
 
 
+def _stdout_gone() -> int:
+    """The reader of our output left (`miniupi queue --all | head -1`): stop quietly, as Unix tools do.
+
+    Python's recipe: point stdout at devnull so the flush at exit cannot fail again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command not in NODE_COMMANDS:
@@ -228,8 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
     except KeyboardInterrupt:
-        return 130
+        # After the terminal's ^C, on a line of its own.
+        print(("\n" if sys.stderr.isatty() else "") + "miniupi: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _stdout_gone()
     except Exception as e:
         if not isinstance(e, user_errors()):
             raise

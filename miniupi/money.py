@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from miniupi.inputs import quoted
+
 MINOR_DIGITS = 2
 INT64_MAX = 2**63 - 1
 _SCALE = 10**MINOR_DIGITS
@@ -28,11 +30,6 @@ class BadAmount(ValueError):
     """The text is not an amount this system can hold."""
 
 
-def _quoted(text: str) -> str:
-    """The offending text for a one-line message: repr escapes newlines, and long text is cut."""
-    return repr(text) if len(text) <= 40 else repr(text[:40]) + "..."
-
-
 def parse_amount(text: str) -> int:
     """'125.50' -> 12550. Refuses anything outside the grammar above, and overflow."""
     if not isinstance(text, str):
@@ -40,15 +37,15 @@ def parse_amount(text: str) -> int:
     match = _AMOUNT.fullmatch(text)
     if match is None:
         if _AMOUNT.fullmatch(text.strip(" \t").removeprefix("-")):
-            raise BadAmount(f"amount must not be negative: {_quoted(text)}")
-        raise BadAmount(f"not an amount: {_quoted(text)} ({HOW})")
+            raise BadAmount(f"amount must not be negative: {quoted(text)}")
+        raise BadAmount(f"not an amount: {quoted(text)} ({HOW})")
     whole, frac = match.group(1).lstrip("0"), match.group(2) or ""
     # Counted before int(): a million digits must not cost a million-digit conversion.
     if len(whole) <= len(str(INT64_MAX // _SCALE)):
         minor = int(whole or "0") * _SCALE + int(frac.ljust(MINOR_DIGITS, "0"))
         if minor <= INT64_MAX:
             return minor
-    raise BadAmount(f"amount too large: {_quoted(text)} (at most {format_amount(INT64_MAX)})")
+    raise BadAmount(f"amount too large: {quoted(text)} (at most {format_amount(INT64_MAX)})")
 
 
 def format_amount(minor: int) -> str:

@@ -154,6 +154,11 @@ FAILING_PAYMENTS = {
     "negative": ("real", "-5.00", (), "negative"),
     "zero": ("real", "0", (), "positive"),
     "malformed_id": ("real", "1.00", ("--id", "not-a-uuid"), "not a UUID"),
+    # Text that other parsers read as a number: here it is not an amount, and no money moves.
+    "comma": ("real", "1,50", (), "not an amount: '1,50'"),
+    "exponent": ("real", "1e999999", (), "not an amount"),
+    "plus_sign": ("real", "+5", (), "not an amount"),
+    "arabic_indic_digits": ("real", "\u0665", (), "not an amount"),
 }
 
 
@@ -220,6 +225,15 @@ def test_session_file_is_private_to_its_owner(cluster: LocalCluster, home: Path)
     account = quick_account(cluster, "bank_b", 0)
     login(cluster, account, home)
     assert (home / "session.json").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "4294967296", "\u0661"])
+def test_history_limit_out_of_range_is_one_line_for_a_logged_in_customer(cluster: LocalCluster, home: Path,
+                                                                          limit: str) -> None:
+    account = quick_account(cluster, "bank_a", 1_00)
+    login(cluster, account, home)
+    assert "--limit" in fails(cluster, "history", "--limit", limit, home=home)
+    assert ok(cluster, "history", "--limit", "1000", home=home).strip() == "no payments yet"
 
 
 # -- the cluster ---------------------------------------------------------------------

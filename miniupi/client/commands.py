@@ -13,6 +13,7 @@ import json
 import sys
 import time
 import uuid
+import warnings
 from datetime import datetime
 from typing import Any
 
@@ -27,15 +28,39 @@ from miniupi.money import format_amount, parse_amount
 
 
 def read_password(args: argparse.Namespace, confirm: bool = False) -> str:
+    """One line of standard input with --password-stdin, else asked on the terminal without echo."""
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        if sys.stdin is None:
+            raise InvalidArgument("no password given: standard input is closed")
+        line = sys.stdin.readline()
+        if not line:
+            raise InvalidArgument("no password given: standard input is empty")
+        password = line.rstrip("\r\n")
     else:
-        password = getpass.getpass("password: ")
-        if confirm and sys.stdin.isatty() and getpass.getpass("again: ") != password:
+        password = _ask("password: ")
+        if confirm and sys.stdin is not None and sys.stdin.isatty() and _ask("again: ") != password:
             raise InvalidArgument("the passwords do not match")
     if not password:
         raise InvalidArgument("empty password")
     return password
+
+
+def _ask(prompt: str) -> str:
+    """getpass, refusing in one line where it would warn or fail.
+
+    Without a terminal getpass warns and reads standard input, which may be
+    closed or meant for something else: we ask for --password-stdin instead.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", getpass.GetPassWarning)
+        try:
+            return getpass.getpass(prompt)
+        except getpass.GetPassWarning:
+            raise InvalidArgument("no terminal to ask for the password; give it with --password-stdin") from None
+        except EOFError:  # Ctrl-D at the prompt
+            if sys.stderr.isatty():
+                print(file=sys.stderr)  # getpass leaves the cursor after the prompt
+            raise InvalidArgument("no password given") from None
 
 
 def emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:

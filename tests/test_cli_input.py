@@ -1,0 +1,155 @@
+"""What a person types, however wrong, gets one line back: at the command line and in the REPL.
+
+The command line runs as a real process (`python -m miniupi`) against a
+cluster file whose gateway port nobody listens on: every mistake here is
+caught before the network, or meets a closed port. The REPL's line handling
+is driven in process, line by line, with hypothesis choosing the lines.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from miniupi.certs import init_certs
+from miniupi.client.api import Session
+from miniupi.client.home import client_home, save_session
+from miniupi.client.outbox import Outbox
+from miniupi.testing import LocalCluster
+
+pytestmark = pytest.mark.timeout(300)
+
+SPEC = {
+    "cluster": {"name": "input", "prepare_timeout_s": 1, "call_timeout_s": 1},
+    "gateway": {"storage": "sqlite"},
+    "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
+}
+ME = "alice@bank_a"
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A cluster file and certificates, and no node running: the gateway's port is closed."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("input"), SPEC)
+    init_certs(cluster.config)
+    yield cluster
+
+
+def logged_in_home(path: Path) -> Path:
+    """A client home holding a session that has not expired (the gateway would not know it)."""
+    home = client_home(path)
+    save_session(home, Session(ME, "made-up-key", time.time() + 3600))
+    return home
+
+
+def miniupi(cluster: LocalCluster, *args: str, home: Path, stdin: int | None = subprocess.DEVNULL,
+            stdout: int | None = subprocess.PIPE, close_stdin: bool = False) -> subprocess.CompletedProcess[str]:
+    """`miniupi ARGS` in a session of its own, so it has no terminal to fall back on."""
+    command = [sys.executable, "-m", "miniupi", *args]
+    if close_stdin:
+        command = ["sh", "-c", 'exec "$@" <&-', "sh", *command]
+    env = {**os.environ, "MINIUPI_CONFIG": str(cluster.config_path), "MINIUPI_HOME": str(home)}
+    return subprocess.run(command, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
+                          timeout=60, cwd=cluster.root, start_new_session=True)
+
+
+def one_line(r: subprocess.CompletedProcess[str]) -> str:
+    """The single 'miniupi: ...' line of a refused command."""
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("miniupi: "), r.stderr
+    return lines[0]
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+REFUSED = {
+    # name: (arguments, words in the one line)
+    "comma_amount": (("pay", "bob@bank_b", "1,50"), "not an amount: '1,50'"),
+    "underscore_amount": (("pay", "bob@bank_b", "1_000"), "not an amount"),
+    "exponent_amount": (("pay", "bob@bank_b", "1e999999"), "not an amount"),
+    "plus_amount": (("pay", "bob@bank_b", "+5"), "not an amount"),
+    "arabic_indic_amount": (("pay", "bob@bank_b", "\u0661\u0665\u0660"), "not an amount"),
+    "full_width_amount": (("pay", "bob@bank_b", "\uff15"), "not an amount"),
+    "huge_amount": (("pay", "bob@bank_b", "9" * 100_000), "too large"),
+    "negative_history_limit": (("history", "--limit", "-1"), "--limit"),
+    "zero_history_limit": (("history", "--limit", "0"), "--limit"),
+    "huge_history_limit": (("history", "--limit", str(2**32)), "--limit"),
+    "unicode_history_limit": (("history", "--limit", "\u0661\u0662"), "--limit"),
+    "negative_queue_limit": (("queue", "--all", "--limit", "-5"), "--limit"),
+    "huge_queue_limit": (("queue", "--all", "--limit", str(2**64)), "--limit"),
+    "register_exponent": (("register", "carol@bank_a", "--initial", "1e999999", "--password-stdin"),
+                          "not an amount"),
+    "missing_amount": (("pay", "bob@bank_b"), "required"),
+    "unknown_verb": (("frobnicate",), "invalid choice"),
+    "unknown_option": (("balance", "--frob"), "unrecognized"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_a_mistake_at_the_command_line_is_one_line_and_queues_nothing(offline: LocalCluster, tmp_path: Path,
+                                                                      case: str) -> None:
+    args, words = REFUSED[case]
+    home = logged_in_home(tmp_path / "home")
+
+    line = one_line(miniupi(offline, *args, home=home))
+
+    assert words in line, line
+    assert len(line) < 400, line
+    box = Outbox.in_home(home)
+    try:
+        assert box.recent(100) == []  # nothing was taken for sending
+    finally:
+        box.close()
+
+
+@pytest.mark.parametrize("how", ["password_stdin_closed", "password_stdin_empty", "no_terminal", "no_terminal_closed"])
+def test_login_without_a_password_is_refused_in_one_line(offline: LocalCluster, tmp_path: Path, how: str) -> None:
+    flag = ("--password-stdin",) if how.startswith("password_stdin") else ()
+    r = miniupi(offline, "login", ME, *flag, home=tmp_path / "home", close_stdin=how.endswith("closed"))
+
+    line = one_line(r)
+    assert "no password given" in line or "--password-stdin" in line, line
+    assert not (tmp_path / "home" / "session.json").exists()
+
+
+@pytest.mark.parametrize("key, exit_status, words", [
+    ("eof", 1, "miniupi: no password given"),
+    ("interrupt", 130, "miniupi: interrupted"),
+])
+def test_ctrl_d_or_ctrl_c_at_the_password_prompt_is_one_line(offline: LocalCluster, tmp_path: Path, key: str,
+                                                             exit_status: int, words: str) -> None:
+    env = {**os.environ, "MINIUPI_CONFIG": str(offline.config_path), "MINIUPI_HOME": str(tmp_path / "home")}
+    child = pexpect.spawn(sys.executable, ["-m", "miniupi", "login", ME], env=env, cwd=str(offline.root),
+                          encoding="utf-8", timeout=30)
+    try:
+        child.expect_exact("password: ")
+        child.sendeof() if key == "eof" else child.sendintr()
+        child.expect(pexpect.EOF)
+        said = child.before
+    finally:
+        child.close(force=True)
+    assert words in said, said
+    assert "Traceback" not in said, said
+    assert [line for line in said.splitlines() if line.strip()] == [words], said
+    assert child.exitstatus == exit_status
+
+
+@pytest.mark.parametrize("args", [("queue", "--all"), ("queue",), ("queue", "--all", "--json")])
+def test_output_to_a_reader_that_left_ends_quietly(offline: LocalCluster, tmp_path: Path, args: tuple[str]) -> None:
+    """`miniupi queue --all | head -1`: head has gone when we write; exit 141 as SIGPIPE would, and say nothing."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before the first byte
+    try:
+        r = miniupi(offline, *args, home=tmp_path / "home", stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (r.returncode, r.stderr) == (141, "")
