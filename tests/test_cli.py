@@ -227,6 +227,34 @@ def test_session_file_is_private_to_its_owner(cluster: LocalCluster, home: Path)
     assert (home / "session.json").stat().st_mode & 0o077 == 0
 
 
+@pytest.mark.parametrize("planted", ["stale_file_0644", "link_to_a_file", "dangling_link"])
+def test_session_file_is_0600_and_follows_no_link_whatever_a_crash_or_someone_left(
+        cluster: LocalCluster, home: Path, tmp_path: Path, planted: str) -> None:
+    """A file or link at session.json.tmp (the name a crashed login left) neither lends its mode nor takes the key."""
+    account = quick_account(cluster, "bank_b", 0)
+    home.mkdir(mode=0o700)
+    stale, target = home / "session.json.tmp", tmp_path / "elsewhere"
+    if planted == "stale_file_0644":
+        stale.write_text("left by a crash")
+        stale.chmod(0o644)
+    elif planted == "link_to_a_file":
+        target.write_text("someone else's file")
+        stale.symlink_to(target)
+    else:
+        stale.symlink_to(target)
+
+    login(cluster, account, home)
+
+    session = home / "session.json"
+    assert not session.is_symlink() and session.stat().st_mode & 0o777 == 0o600
+    assert json.loads(session.read_text())["account"] == account
+    if planted == "link_to_a_file":
+        assert target.read_text() == "someone else's file"
+    if planted == "dangling_link":
+        assert not target.exists()  # the key was not written where the link pointed
+    assert ok(cluster, "balance", home=home).strip() == f"{account}: 0.00 INR"
+
+
 @pytest.mark.parametrize("limit", ["-1", "0", "4294967296", "\u0661"])
 def test_history_limit_out_of_range_is_one_line_for_a_logged_in_customer(cluster: LocalCluster, home: Path,
                                                                           limit: str) -> None:

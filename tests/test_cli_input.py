@@ -21,6 +21,7 @@ from miniupi.certs import init_certs
 from miniupi.client.api import Session
 from miniupi.client.home import client_home, save_session
 from miniupi.client.outbox import Outbox
+from miniupi.errors import FailedPrecondition
 from miniupi.testing import LocalCluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -153,3 +154,51 @@ def test_output_to_a_reader_that_left_ends_quietly(offline: LocalCluster, tmp_pa
     finally:
         os.close(write_end)
     assert (r.returncode, r.stderr) == (141, "")
+
+
+# -- the client home -----------------------------------------------------------------
+
+
+def test_a_home_others_may_write_in_is_refused_and_left_alone(offline: LocalCluster, tmp_path: Path) -> None:
+    home = tmp_path / "shared"
+    home.mkdir()
+    for mode in (0o777, 0o770, 0o1777):
+        home.chmod(mode)
+        line = one_line(miniupi(offline, "login", ME, "--password-stdin", home=home))
+        assert f"client home {home} is writable by other users" in line and "chmod 700" in line, line
+        assert one_line(miniupi(offline, "queue", home=home)) == line
+        assert list(home.iterdir()) == []  # no outbox, no session made there
+        assert home.stat().st_mode & 0o7777 == mode
+
+
+def test_a_home_we_make_is_0700_whatever_the_umask(offline: LocalCluster, tmp_path: Path) -> None:
+    home = tmp_path / "new" / "home"
+    old = os.umask(0)
+    try:
+        r = miniupi(offline, "queue", home=home)
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr
+    assert home.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_home_of_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "theirs"
+    home.mkdir(mode=0o700)
+    monkeypatch.setattr(os, "geteuid", lambda: home.stat().st_uid + 1)  # we are someone else now
+    with pytest.raises(FailedPrecondition, match="belongs to another user"):
+        client_home(home)
+
+
+def test_a_home_that_is_a_file_is_one_line(offline: LocalCluster, tmp_path: Path) -> None:
+    home = tmp_path / "file"
+    home.write_text("not a directory")
+    assert "cannot use" in one_line(miniupi(offline, "queue", home=home))
+
+
+@pytest.mark.parametrize("verb", ["queue", "client"])
+def test_an_outbox_that_is_not_a_database_is_one_line(offline: LocalCluster, tmp_path: Path, verb: str) -> None:
+    home = client_home(tmp_path / "home")
+    (home / "outbox.sqlite3").write_text("not a database")
+    line = one_line(miniupi(offline, verb, home=home))
+    assert f"cannot use the outbox {home / 'outbox.sqlite3'}" in line, line

@@ -120,10 +120,11 @@ def register(cluster: ClusterConfig, args: argparse.Namespace) -> None:
 
 
 def login(cluster: ClusterConfig, args: argparse.Namespace) -> None:
+    home = client_home(args.home)  # a home we cannot use is refused before the password is asked for
     password = read_password(args)
     with _client(cluster, args, need_session=False) as c:
         session = c.login(args.account, password)
-        save_session(client_home(args.home), session)
+        save_session(home, session)
         until = datetime.fromtimestamp(session.expires_at).strftime("%Y-%m-%d %H:%M")
         emit(args, {"account": session.account, "expires_at": session.expires_at},
              f"logged in as {session.account} (until {until})")

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from miniupi.errors import AlreadyExists, MiniupiError, from_code
+from miniupi.errors import AlreadyExists, FailedPrecondition, MiniupiError, from_code
 
 OUTBOX_FILE = "outbox.sqlite3"
 QUEUED, SENDING, DONE, FAILED = "queued", "sending", "done", "failed"
@@ -122,11 +122,15 @@ class Outbox:
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         os.chmod(self.path, 0o600)
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        with self._transaction() as db:
-            for statement in _statements(_SCHEMA):
-                db.execute(statement)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self._transaction() as db:
+                for statement in _statements(_SCHEMA):
+                    db.execute(statement)
+        except sqlite3.DatabaseError as e:  # not an outbox, or not ours to write: the user's to sort out
+            self._db.close()
+            raise FailedPrecondition(f"cannot use the outbox {self.path}: {e}") from None
 
     @classmethod
     def in_home(cls, home: Path) -> Outbox:
