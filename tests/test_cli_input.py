@@ -7,7 +7,10 @@ is driven in process, line by line, with hypothesis choosing the lines.
 """
 from __future__ import annotations
 
+import asyncio
+import io
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -16,11 +19,15 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from miniupi.backoff import RetryPolicy
 from miniupi.certs import init_certs
-from miniupi.client.api import Session
+from miniupi.client.api import AsyncClient, Session
 from miniupi.client.home import client_home, save_session
 from miniupi.client.outbox import Outbox
+from miniupi.client.repl import Repl
 from miniupi.errors import FailedPrecondition
 from miniupi.testing import LocalCluster
 
@@ -202,3 +209,86 @@ def test_an_outbox_that_is_not_a_database_is_one_line(offline: LocalCluster, tmp
     (home / "outbox.sqlite3").write_text("not a database")
     line = one_line(miniupi(offline, verb, home=home))
     assert f"cannot use the outbox {home / 'outbox.sqlite3'}" in line, line
+
+
+# -- the REPL's line handling ------------------------------------------------------------
+
+
+VERBS = ["login", "logout", "balance", "pay", "history", "queue", "sync", "help", "PAY", "Balance", "do_pay",
+         "__init__", "say", "run", "frobnicate", "_need_session", "handle_line"]
+AMOUNTISH = st.text(st.sampled_from("0123456789.,_+-eE \u0663\uff15\u00a0"), max_size=8)
+WORDS = st.one_of(
+    AMOUNTISH, st.sampled_from(["bob@bank_b", "alice@bank_a", "x@bank_zz", "--id", "-1", "1e999999", "1,50",
+                                "00000000-0000-4000-8000-000000000000", "", "--limit"]),
+    st.text(max_size=12))
+LINES = st.one_of(
+    st.builds(lambda verb, words: " ".join([verb, *map(shlex.quote, words)]), st.sampled_from(VERBS),
+              st.lists(WORDS, max_size=4)),
+    st.text(max_size=40))
+
+
+class Typed:
+    """The REPL's reader for a password prompt: one answer per line typed, or the end of input."""
+
+    def __init__(self, password: str | None) -> None:
+        self.password = password
+
+    async def readline(self) -> str | None:
+        return self.password
+
+    def discard(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def answer(cluster: LocalCluster, home: Path, logged_in: bool, password: str | None,
+                 lines: list[str]) -> list[tuple[str, bool, str]]:
+    """Each line through Repl.handle_line: (line, keep going?, what it printed)."""
+    out = io.StringIO()
+    with open(os.devnull) as devnull:
+        repl = Repl(cluster.config, home, RetryPolicy(base_s=0.01, cap_s=0.01), stdin_fd=devnull.fileno(), out=out)
+        repl.client = AsyncClient(cluster.config, outbox=Outbox.in_home(home), retry=repl.retry,
+                                  session=Session(ME, "made-up-key", time.time() + 3600) if logged_in else None)
+        repl.reader = Typed(password)
+        answers = []
+        try:
+            for line in lines:
+                before = out.tell()
+                going = await repl.handle_line(line)
+                answers.append((line, going, out.getvalue()[before:]))
+        finally:
+            await repl.client.close()
+    return answers
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINES, min_size=1, max_size=4), logged_in=st.booleans(),
+       password=st.sampled_from(["pw", "", None]))
+def test_no_typed_line_stops_the_repl_or_goes_unanswered(offline: LocalCluster, tmp_path: Path, lines: list[str],
+                                                         logged_in: bool, password: str | None) -> None:
+    home = client_home(tmp_path / "repl-home")
+    for line, going, said in asyncio.run(answer(offline, home, logged_in, password, lines)):
+        words = line.split()
+        if words and words[0].lower() in ("quit", "exit"):
+            assert not going
+            continue
+        assert going, line
+        if line.strip(" \t\n\r\x0b\x0c"):
+            assert said.strip(), f"nothing printed for {line!r}"
+        assert "this is a bug" not in said, (line, said)
+
+
+@pytest.mark.parametrize("line, words", [
+    ("pay bob@bank_b 1e999999", "error: not an amount: '1e999999'"),
+    ("pay bob@bank_b 1,50", "error: not an amount: '1,50'"),
+    ("history -1", "error: not a count from 1 to 1000: '-1'"),
+    ("history --limit -1", "error: usage: history [N]"),
+    ("history 99999999999", "error: not a count from 1 to 1000"),
+    ("__init__", "unknown command '__init__'"),
+])
+def test_the_findings_lines_get_one_error_line_in_the_repl(offline: LocalCluster, tmp_path: Path, line: str,
+                                                           words: str) -> None:
+    (_, going, said), = asyncio.run(answer(offline, client_home(tmp_path / "home"), True, "pw", [line]))
+    assert going and said.startswith(words) and said.count("\n") == 1, said

@@ -134,3 +134,33 @@ def test_repl_explains_mistakes_and_quits_on_quit(cluster: LocalCluster, tmp_pat
         repl.close(force=True)
     assert repl.exitstatus == 0
     assert not re.search("Traceback", (tmp_path / "transcript.txt").read_text())
+
+
+def test_repl_answers_the_attack_runs_lines_in_one_line_each_and_stays_alive(cluster: LocalCluster,
+                                                                            tmp_path: Path) -> None:
+    payer, payee = open_account(cluster, "bank_a", 5_00), open_account(cluster, "bank_b", 0)
+    repl = spawn(cluster, tmp_path / "home", tmp_path / "transcript.txt")
+    try:
+        repl.expect_exact("miniupi> ")
+        log_in(repl, payer)
+        repl.expect_exact(f"{payer}> ")
+        for line, answer in [
+            (f"pay {payee} 1e999999", "error: not an amount: '1e999999'"),
+            ("history -1", "error: not a count from 1 to 1000: '-1'"),
+            ("history --limit -1", "error: usage: history [N]"),
+            (f"pay {payee} 1,50", "error: not an amount: '1,50'"),
+            (f"pay {payee} \u0661", "error: not an amount: '\u0661'"),
+            ("__class__", "unknown command '__class__'"),
+        ]:
+            repl.sendline(line)
+            repl.expect_exact(answer)
+            repl.expect_exact(f"{payer}> ")
+        repl.sendline("balance")
+        repl.expect_exact(f"{payer}: 5.00 INR")  # still alive, and nothing was paid
+        repl.sendline("quit")
+        repl.expect_exact("bye")
+        repl.expect(pexpect.EOF)
+    finally:
+        repl.close(force=True)
+    assert repl.exitstatus == 0
+    assert "Traceback" not in (tmp_path / "transcript.txt").read_text()

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
@@ -29,6 +30,7 @@ from miniupi.client.home import clear_session, load_session, save_session
 from miniupi.client.outbox import DONE, FAILED, Outbox, OutboxEntry
 from miniupi.config import ClusterConfig
 from miniupi.errors import InvalidArgument, MiniupiError, Unauthenticated
+from miniupi.inputs import HISTORY_MAX, parse_count, quoted
 from miniupi.money import BadAmount, format_amount, parse_amount
 
 HELP = """\
@@ -188,16 +190,8 @@ class Repl:
                 if line is None:
                     self.say("")
                     break
-                try:
-                    words = shlex.split(line)
-                except ValueError as e:
-                    self.say(f"error: {e}")
-                    continue
-                if not words:
-                    continue
-                if words[0].lower() in ("quit", "exit"):
+                if not await self.handle_line(line):
                     break
-                await self._run_command(words[0].lower(), words[1:])
         finally:
             loop.remove_signal_handler(signal.SIGINT)
             self.reader.close()
@@ -219,23 +213,40 @@ class Repl:
         self.out.write("\n")
         self.show_prompt()
 
+    async def handle_line(self, line: str) -> bool:
+        """Answer one typed line; False when it asks to leave. No line makes this raise."""
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            self.say(f"error: {e}")
+            return True
+        if not words:
+            return True
+        verb = words[0].lower()
+        if verb in ("quit", "exit"):
+            return False
+        await self._run_command(verb, words[1:])
+        return True
+
     async def _run_command(self, verb: str, args: list[str]) -> None:
-        handler = getattr(self, f"do_{verb}", None)
+        handler = VERBS.get(verb)
         if handler is None:
-            self.say(f"unknown command {verb!r}; type help for the list")
+            self.say(f"unknown command {quoted(verb)}; type help for the list")
             return
-        self._command = asyncio.create_task(handler(args))
+        self._command = asyncio.create_task(handler(self, args))
         try:
             await asyncio.wait([self._command])
         finally:
             task, self._command = self._command, None
+        error = None if task.cancelled() else task.exception()
         if task.cancelled():
             self.say("interrupted")
-        elif isinstance(task.exception(), (MiniupiError, BadAmount)):
-            error = task.exception()
+        elif isinstance(error, (MiniupiError, BadAmount)):
             self.say(f"error: {getattr(error, 'message', None) or error}")
-        elif task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+        elif error is not None:
+            # A bug, not the user's mistake; the session goes on, and a queued payment stays queued.
+            detail = " ".join(str(error).split())[:200]
+            self.say(f"error: {verb} failed inside miniupi ({type(error).__name__}: {detail}); this is a bug")
 
     def _stuck(self, error: MiniupiError, pending: int) -> None:
         if pending:
@@ -282,6 +293,8 @@ class Repl:
             finally:
                 termios.tcsetattr(self.stdin_fd, termios.TCSADRAIN, saved)
                 self.say("")
+        if line is None:
+            raise InvalidArgument("no password given")
         if not line:
             raise InvalidArgument("empty password")
         return line
@@ -323,10 +336,9 @@ class Repl:
         self.say(f"{b.account}: {format_amount(b.balance)} {b.currency}{extra}")
 
     async def do_history(self, args: list[str]) -> None:
-        try:
-            limit = int(args[0]) if args else 10
-        except ValueError:
-            raise InvalidArgument("usage: history [N]") from None
+        if len(args) > 1:
+            raise InvalidArgument("usage: history [N]")
+        limit = parse_count(args[0], HISTORY_MAX) if args else 10
         await self._send_queued_first()
         items = await self.client.history(limit=limit)
         if not items:
@@ -374,6 +386,11 @@ class Repl:
             self.say(f"{report.pending} still queued: {describe.reason(report.stopped)}")
         elif not report.finished:
             self.say("nothing to send")
+
+
+# The verbs a typed line may name, and nothing else: `help` -> Repl.do_help.
+VERBS: dict[str, Callable[[Repl, list[str]], Awaitable[None]]] = {
+    name.removeprefix("do_"): method for name, method in vars(Repl).items() if name.startswith("do_")}
 
 
 def run_repl(cluster: ClusterConfig, home: Path, retry: RetryPolicy) -> int:
