@@ -33,18 +33,13 @@ from miniupi.testing import LocalCluster
 
 pytestmark = pytest.mark.timeout(300)
 
-SPEC = {
-    "cluster": {"name": "input", "prepare_timeout_s": 1, "call_timeout_s": 1},
-    "gateway": {"storage": "sqlite"},
-    "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
-}
 ME = "alice@bank_a"
 
 
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A cluster file and certificates, and no node running: the gateway's port is closed."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("input"), SPEC)
+    cluster = LocalCluster(tmp_path_factory.mktemp("input"))  # the default two banks, never started
     init_certs(cluster.config)
     yield cluster
 

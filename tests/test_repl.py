@@ -57,6 +57,18 @@ def log_in(repl: pexpect.spawn, account: str) -> None:
     assert PASSWORD not in repl.before + repl.after  # echo was off
 
 
+def quit_cleanly(repl: pexpect.spawn) -> None:
+    repl.sendline("quit")
+    repl.expect_exact("bye")
+    repl.expect(pexpect.EOF)
+
+
+def assert_exited_cleanly(repl: pexpect.spawn, transcript: Path) -> None:
+    """Exit status 0 and no traceback anywhere in what the REPL printed (checked after close)."""
+    assert repl.exitstatus == 0
+    assert not re.search("Traceback", transcript.read_text())
+
+
 def test_repl_pays_queues_while_the_gateway_is_down_and_announces_the_completion(
         cluster: LocalCluster, tmp_path: Path) -> None:
     payer, payee = open_account(cluster, "bank_a", 100_00), open_account(cluster, "bank_b", 0)
@@ -127,13 +139,10 @@ def test_repl_explains_mistakes_and_quits_on_quit(cluster: LocalCluster, tmp_pat
         repl.expect_exact("error: usage: pay TO AMOUNT [--id UUID]")
         repl.sendline("queue")
         repl.expect_exact("no queued payments")
-        repl.sendline("quit")
-        repl.expect_exact("bye")
-        repl.expect(pexpect.EOF)
+        quit_cleanly(repl)
     finally:
         repl.close(force=True)
-    assert repl.exitstatus == 0
-    assert not re.search("Traceback", (tmp_path / "transcript.txt").read_text())
+    assert_exited_cleanly(repl, tmp_path / "transcript.txt")
 
 
 def test_repl_answers_the_attack_runs_lines_in_one_line_each_and_stays_alive(cluster: LocalCluster,
@@ -157,10 +166,7 @@ def test_repl_answers_the_attack_runs_lines_in_one_line_each_and_stays_alive(clu
             repl.expect_exact(f"{payer}> ")
         repl.sendline("balance")
         repl.expect_exact(f"{payer}: 5.00 INR")  # still alive, and nothing was paid
-        repl.sendline("quit")
-        repl.expect_exact("bye")
-        repl.expect(pexpect.EOF)
+        quit_cleanly(repl)
     finally:
         repl.close(force=True)
-    assert repl.exitstatus == 0
-    assert "Traceback" not in (tmp_path / "transcript.txt").read_text()
+    assert_exited_cleanly(repl, tmp_path / "transcript.txt")
