@@ -51,14 +51,14 @@ def logged_in_home(path: Path) -> Path:
     return home
 
 
-def miniupi(cluster: LocalCluster, *args: str, home: Path, stdin: int | None = subprocess.DEVNULL,
-            stdout: int | None = subprocess.PIPE, close_stdin: bool = False) -> subprocess.CompletedProcess[str]:
+def miniupi(cluster: LocalCluster, *args: str, home: Path, stdout: int = subprocess.PIPE,
+            close_stdin: bool = False) -> subprocess.CompletedProcess[str]:
     """`miniupi ARGS` in a session of its own, so it has no terminal to fall back on."""
     command = [sys.executable, "-m", "miniupi", *args]
     if close_stdin:
         command = ["sh", "-c", 'exec "$@" <&-', "sh", *command]
     env = {**os.environ, "MINIUPI_CONFIG": str(cluster.config_path), "MINIUPI_HOME": str(home)}
-    return subprocess.run(command, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
+    return subprocess.run(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
                           timeout=60, cwd=cluster.root, start_new_session=True)
 
 
