@@ -4,6 +4,11 @@ The checker is a plain function over what the nodes reported, so the same
 code serves the command line, the benchmark and the chaos test's final
 verdict. Transactions still being decided count as "in doubt"; once all
 nodes are up they must settle, so `audit` waits (bounded) before it judges.
+
+Money enters only as issued money the banks count: opening balances (setup
+files, capped opening deposits, bulk openings) and treasury deposits, which
+a bank records as DEPOSITED transactions of their own. The sum of every
+balance must equal what was issued.
 """
 from __future__ import annotations
 
@@ -20,12 +25,14 @@ from miniupi.tls import dial
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 PREPARED, COMMITTED, ABORTED, INITIATED = "PREPARED", "COMMITTED", "ABORTED", "INITIATED"
+DEPOSITED = "DEPOSITED"  # a treasury deposit at a bank: applied at once, unknown to the gateway
 
 
 @dataclass
 class BankView:
     name: str
-    deposits: int = 0
+    deposits: int = 0  # every minor unit ever issued at this bank
+    treasury: int = 0  # the part of it that treasury deposits brought
     accounts: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (balance, held, opening)
     txns: dict[str, tuple[str, list[tuple[str, int]]]] = field(default_factory=dict)  # id -> (state, [(acct, delta)])
 
@@ -44,7 +51,9 @@ class AuditReport:
     banks: int = 0
     accounts: int = 0
     total: int = 0
-    deposits: int = 0
+    issued: int = 0
+    issued_by_treasury: int = 0
+    deposits: int = 0  # treasury deposit transactions
     committed: int = 0
     aborted: int = 0
     in_doubt: list[str] = field(default_factory=list)
@@ -56,8 +65,10 @@ class AuditReport:
 
     def as_dict(self) -> dict[str, object]:
         return {"ok": self.ok, "banks": self.banks, "accounts": self.accounts, "total_minor": self.total,
-                "deposits_minor": self.deposits, "committed": self.committed, "aborted": self.aborted,
-                "in_doubt": len(self.in_doubt), "violations": self.violations}
+                "issued_minor": self.issued, "issued_at_opening_minor": self.issued - self.issued_by_treasury,
+                "issued_by_treasury_minor": self.issued_by_treasury, "deposits": self.deposits,
+                "committed": self.committed, "aborted": self.aborted, "in_doubt": len(self.in_doubt),
+                "violations": self.violations}
 
 
 def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bool = True) -> AuditReport:
@@ -68,12 +79,16 @@ def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bo
     for bank in banks:
         committed_sum: dict[str, int] = defaultdict(int)
         prepared_holds: dict[str, int] = defaultdict(int)
+        deposited = 0
         for txn_id, (state, legs) in bank.txns.items():
             for account, delta in legs:
-                if state == COMMITTED:
+                if state in (COMMITTED, DEPOSITED):
                     committed_sum[account] += delta
                 elif state == PREPARED and delta < 0:
                     prepared_holds[account] -= delta
+            if state == DEPOSITED:
+                r.deposits += 1
+                deposited += sum(delta for _, delta in legs)
             if state == PREPARED:
                 r.in_doubt.append(f"{txn_id} prepared at {bank.name}")
             g = gateway.get(txn_id)
@@ -83,7 +98,10 @@ def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bo
                     r.in_doubt.append(f"{txn_id} committed at {bank.name}, not yet seen decided")
                 else:
                     bad(f"{txn_id} committed at {bank.name} but the gateway decided {g.state if g else 'nothing'}")
-        r.deposits += bank.deposits
+        r.issued += bank.deposits
+        r.issued_by_treasury += bank.treasury
+        if deposited != bank.treasury:
+            bad(f"{bank.name} counts {bank.treasury} issued by the treasury but its deposits add up to {deposited}")
         for name, (balance, held, opening) in bank.accounts.items():
             r.accounts += 1
             r.total += balance
@@ -95,8 +113,8 @@ def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bo
             if held > balance:
                 bad(f"{where} holds {held}, more than its balance {balance}")
             if balance != opening + committed_sum.get(name, 0):
-                bad(f"{where} balance {balance} is not its opening {opening} plus its committed payments "
-                    f"{committed_sum.get(name, 0)}: a payment was lost or applied twice")
+                bad(f"{where} balance {balance} is not its opening {opening} plus its committed payments and "
+                    f"deposits {committed_sum.get(name, 0)}: a payment was lost or applied twice")
         for name in set(committed_sum) | set(prepared_holds):
             if name not in bank.accounts:
                 bad(f"{bank.name} has transactions for unknown account {name}")
@@ -120,10 +138,10 @@ def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bo
                     r.in_doubt.append(f"{txn_id} committed at {bank_name}, not yet seen decided")
                 else:
                     bad(f"{txn_id} is {g.state.lower()} at the gateway but committed at {bank_name}")
-    if r.total != r.deposits:
+    if r.total != r.issued:
         # While a payment is committed on one bank and not yet on the other, money is in transit.
         if settled or not r.in_doubt:
-            bad(f"total money {r.total} differs from total deposits {r.deposits}")
+            bad(f"total money {r.total} differs from the money issued {r.issued}")
     if settled:
         r.violations.extend(f"in doubt with every node up: {d}" for d in r.in_doubt)
     return r
@@ -140,6 +158,7 @@ async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[dict[s
             try:
                 async for chunk in bank_pb2_grpc.BankStub(bank).Audit(bank_pb2.AuditRequest(), timeout=timeout):
                     view.deposits += chunk.deposits_minor
+                    view.treasury += chunk.treasury_minor
                     for a in chunk.accounts:
                         view.accounts[a.account] = (a.balance_minor, a.held_minor, a.opening_minor)
                     for t in chunk.txns:

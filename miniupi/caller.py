@@ -18,3 +18,6 @@ SESSION_METADATA_KEY = "miniupi-session"
 
 # The certificate identity that holds the operator role.
 ADMIN = "admin"
+
+# The certificate identity that issues money: deposits and bulk openings, nothing else.
+TREASURY = "treasury"

@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("to", metavar="TO", help="payee, user@bank")
     p.add_argument("amount", metavar="AMOUNT", help="such as 125.50")
     p.add_argument("--id", metavar="UUID", help="transaction id (default: a new UUID4); reuse it to retry safely")
+    p = add("deposit", "issue money to an account with the treasury certificate", json_output=True)
+    p.add_argument("account", metavar="ACCOUNT", help="the account credited, user@bank")
+    p.add_argument("amount", metavar="AMOUNT", help="such as 500.00")
+    p.add_argument("--id", metavar="UUID", help="transaction id (default: a new UUID4); reuse it to retry safely")
     p = add("queue", "payments waiting in the outbox, with attempts and next attempt time", json_output=True)
     p.add_argument("--all", action="store_true", help="also the latest done and failed payments")
     p.add_argument("--limit", type=count(QUEUE_MAX), default=50, help=f"with --all: how many, 1 to {QUEUE_MAX}")
@@ -160,7 +164,9 @@ def cmd_audit(args: argparse.Namespace) -> None:
         print(json.dumps(report.as_dict()))
     else:
         print(f"{report.banks} banks, {report.accounts} accounts, total {format_amount(report.total)} "
-              f"{cluster.currency} (deposits {format_amount(report.deposits)}); "
+              f"{cluster.currency}; issued {format_amount(report.issued)} ("
+              f"{format_amount(report.issued - report.issued_by_treasury)} at opening, "
+              f"{format_amount(report.issued_by_treasury)} in {report.deposits} treasury deposits); "
               f"{report.committed} committed, {report.aborted} aborted, {len(report.in_doubt)} in doubt")
         for violation in report.violations:
             print(f"VIOLATION: {violation}")
@@ -215,7 +221,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "bank": cmd_bank,
     "gateway": cmd_gateway,
     **{verb: cmd_client for verb in ("register", "login", "logout", "balance", "history", "pay",
-                                     "queue", "sync", "client")},
+                                     "deposit", "queue", "sync", "client")},
 }
 
 

@@ -19,7 +19,8 @@ from miniupi.money import BadAmount, parse_amount
 DEFAULT_CONFIG = "config/cluster.toml"
 # \Z, not $: "$" would also accept a name ending in a newline.
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
-RESERVED_NAMES = frozenset({"gateway", "client", "admin", "ca"})
+# Certificate identities other than the banks': no bank, and no user, may take one of these names.
+RESERVED_NAMES = frozenset({"gateway", "client", "admin", "treasury", "ca"})
 # Far below 2**63 - 1 minor units, so no sum of balances and credits in flight can overflow an int64.
 DEFAULT_MAX_BALANCE = 10**15
 
@@ -74,6 +75,11 @@ class ClusterConfig:
     @property
     def nodes(self) -> list[NodeConfig]:
         return [self.gateway, *self.banks.values()]
+
+    @property
+    def reserved_user_names(self) -> frozenset[str]:
+        """Names no customer may register: a user named like an identity would read like one in logs."""
+        return RESERVED_NAMES | frozenset(self.banks)
 
     def node(self, name: str) -> NodeConfig:
         for node in self.nodes:
@@ -217,7 +223,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     for bank_name in banks_table.table:
         if not NAME_RE.match(bank_name) or bank_name in RESERVED_NAMES:
             raise banks_table.error(
-                bank_name, "a bank name of lower-case letters, digits and _ (not gateway, client, admin or ca)"
+                bank_name, "a bank name of lower-case letters, digits and _ (not gateway, client, admin, treasury or ca)"
             )
         b = _Section(path, f"banks.{bank_name}", banks_table.get(bank_name, dict))
         accounts = b.get("accounts", str, None)

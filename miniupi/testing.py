@@ -30,7 +30,8 @@ from miniupi.supervision import Supervisor
 from miniupi.tls import dial
 
 DEFAULT_SPEC: dict[str, Any] = {
-    "cluster": {"name": "test", "prepare_timeout_s": 3, "call_timeout_s": 3},
+    # Customers may bring opening deposits, as in the demo cluster file.
+    "cluster": {"name": "test", "prepare_timeout_s": 3, "call_timeout_s": 3, "max_opening_deposit": "10000.00"},
     "gateway": {"storage": "sqlite"},
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
 }

@@ -18,7 +18,7 @@ def _cluster(a_state: str = "COMMITTED", b_state: str = "COMMITTED", g_state: st
 def test_a_consistent_committed_payment_passes() -> None:
     report = check(*_cluster())
     assert report.ok, report.violations
-    assert (report.total, report.deposits, report.committed) == (100, 100, 1)
+    assert (report.total, report.issued, report.committed) == (100, 100, 1)
 
 
 def test_money_created_from_nothing_is_caught() -> None:
@@ -53,3 +53,30 @@ def test_prepared_is_in_doubt_and_a_violation_only_once_settled() -> None:
 def test_a_negative_balance_is_caught() -> None:
     bank = BankView("bank_a", deposits=-5, accounts={"alice": (-5, 0, -5)})
     assert any("negative" in v for v in check({}, [bank]).violations)
+
+
+DEPOSIT = "5d3c2b1a-0f9e-4d8c-8b7a-6a5b4c3d2e1f"
+
+
+def _with_deposit(treasury: int = 25, bob: int = 55) -> tuple[dict, list[BankView]]:
+    gateway, (bank_a, bank_b) = _cluster(bob=bob)
+    bank_b.deposits, bank_b.treasury = 25, treasury
+    bank_b.txns[DEPOSIT] = ("DEPOSITED", [("bob", 25)])
+    return gateway, [bank_a, bank_b]
+
+
+def test_a_treasury_deposit_unknown_to_the_gateway_is_issued_money_not_a_violation() -> None:
+    report = check(*_with_deposit(), settled=True)
+    assert report.ok, report.violations
+    assert (report.total, report.issued, report.issued_by_treasury, report.deposits) == (125, 125, 25, 1)
+
+
+def test_a_deposit_the_bank_does_not_count_as_issued_is_caught() -> None:
+    report = check(*_with_deposit(treasury=0))
+    assert any("bank_b counts 0 issued by the treasury but its deposits add up to 25" in v
+               for v in report.violations)
+
+
+def test_money_credited_past_the_deposits_is_caught() -> None:
+    report = check(*_with_deposit(bob=56))
+    assert any("total money 126 differs from the money issued 125" in v for v in report.violations)

@@ -19,7 +19,8 @@ from conftest import PASSWORD, running_cluster, unique_name, wait_for
 pytestmark = pytest.mark.timeout(120)
 
 SPEC = {
-    "cluster": {"name": "cli", "prepare_timeout_s": 3, "call_timeout_s": 3},
+    "cluster": {"name": "cli", "prepare_timeout_s": 3, "call_timeout_s": 3,
+                "max_opening_deposit": "10000.00"},  # Register opens with deposits here
     "gateway": {"storage": "sqlite"},
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
 }

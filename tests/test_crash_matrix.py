@@ -88,7 +88,8 @@ import faults  # noqa: E402
 pytestmark = pytest.mark.timeout(120)
 TIMEOUT_S = 2  # prepare_timeout_s and call_timeout_s: a bank in doubt asks after 4 s
 SPEC = {
-    "cluster": {"name": "crash_matrix", "prepare_timeout_s": TIMEOUT_S, "call_timeout_s": TIMEOUT_S},
+    "cluster": {"name": "crash_matrix", "prepare_timeout_s": TIMEOUT_S, "call_timeout_s": TIMEOUT_S,
+                "max_opening_deposit": "10000.00"},  # Register opens with deposits here
     "gateway": {"storage": "sqlite"},
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
     "plugins": {"load": ["faults"]},

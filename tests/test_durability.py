@@ -21,7 +21,8 @@ from conftest import PASSWORD, me, money, running_cluster, wait_for
 pytestmark = pytest.mark.timeout(180)
 
 SPEC = {
-    "cluster": {"name": "durability", "prepare_timeout_s": 3, "call_timeout_s": 3},
+    "cluster": {"name": "durability", "prepare_timeout_s": 3, "call_timeout_s": 3,
+                "max_opening_deposit": "10000.00"},  # Register opens with deposits here
     "gateway": {"storage": "sqlite"},
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
 }

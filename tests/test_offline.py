@@ -27,7 +27,8 @@ from conftest import cli_login as login, cli_ok as ok
 pytestmark = pytest.mark.timeout(120)
 
 SPEC = {
-    "cluster": {"name": "offline", "prepare_timeout_s": 3, "call_timeout_s": 3},
+    "cluster": {"name": "offline", "prepare_timeout_s": 3, "call_timeout_s": 3,
+                "max_opening_deposit": "10000.00"},  # Register opens with deposits here
     "gateway": {"storage": "sqlite"},
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
 }

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.timeout(120)
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 SPEC = {
-    "cluster": {"name": "crash", "prepare_timeout_s": 3, "call_timeout_s": 3},
+    "cluster": {"name": "crash", "prepare_timeout_s": 3, "call_timeout_s": 3,
+                "max_opening_deposit": "10000.00"},  # Register opens with deposits here
     "gateway": {"storage": "sqlite"},
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
     "plugins": {"load": ["crash_after_decision"]},

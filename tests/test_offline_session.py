@@ -21,7 +21,8 @@ pytestmark = pytest.mark.timeout(120)
 
 SESSION_S = 5
 SPEC = {
-    "cluster": {"name": "sessions", "prepare_timeout_s": 3, "call_timeout_s": 3},
+    "cluster": {"name": "sessions", "prepare_timeout_s": 3, "call_timeout_s": 3,
+                "max_opening_deposit": "10000.00"},  # Register opens with deposits here
     "gateway": {"storage": "sqlite", "session_max_s": SESSION_S},
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
 }

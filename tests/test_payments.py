@@ -33,7 +33,8 @@ from conftest import PASSWORD, me, money, running_cluster, unique_name
 pytestmark = pytest.mark.timeout(120)
 
 SPEC = {
-    "cluster": {"name": "payments", "prepare_timeout_s": 3, "call_timeout_s": 3},
+    "cluster": {"name": "payments", "prepare_timeout_s": 3, "call_timeout_s": 3,
+                "max_opening_deposit": "10000.00"},  # Register opens with deposits here
     "gateway": {"storage": "sqlite"},
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
 }

@@ -21,7 +21,8 @@ from conftest import PASSWORD, open_account, running_cluster
 pytestmark = pytest.mark.timeout(120)
 
 SPEC = {
-    "cluster": {"name": "repl", "prepare_timeout_s": 3, "call_timeout_s": 3},
+    "cluster": {"name": "repl", "prepare_timeout_s": 3, "call_timeout_s": 3,
+                "max_opening_deposit": "10000.00"},  # Register opens with deposits here
     "gateway": {"storage": "sqlite"},
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
 }

@@ -38,7 +38,7 @@ BANKS = ["bank_a", "bank_b"]
 def spec(lockout_s: float) -> dict:
     return {
         "cluster": {"name": "sec-lockout", "prepare_timeout_s": 2, "call_timeout_s": 2,
-                    "login_attempts": ATTEMPTS, "login_lockout_s": lockout_s},
+                    "login_attempts": ATTEMPTS, "login_lockout_s": lockout_s, "max_opening_deposit": "10.00"},
         "gateway": {"storage": "sqlite"},
         "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
         "plugins": {"load": ["password_checks"]},

@@ -33,7 +33,8 @@ from conftest import admin_bank, bank_account, unique_name
 pytestmark = pytest.mark.timeout(120)
 
 SPEC = {
-    "cluster": {"name": "sec-secrets", "prepare_timeout_s": 2, "call_timeout_s": 2},
+    "cluster": {"name": "sec-secrets", "prepare_timeout_s": 2, "call_timeout_s": 2,
+                "max_opening_deposit": "10000.00"},  # Register opens with deposits here
     "gateway": {"storage": "sqlite"},
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
 }

@@ -15,7 +15,7 @@ import asyncio
 import os
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -60,6 +60,14 @@ class HistoryItem:
     delta: int
     currency: str
     applied_at: float
+
+
+@dataclass(frozen=True)
+class Deposited:
+    txn_id: str
+    account: str
+    balance: int  # the account's balance once the deposit is applied
+    currency: str
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,23 @@ class AsyncClient:
             txn_id=txn_id, from_account=payer, to_account=to,
             amount=common_pb2.Money(minor=amount, currency=self.cluster.currency)))
         return PayResult(reply.txn_id, common_pb2.TxnState.Name(reply.state))
+
+    # -- the treasury (identity="treasury"; its certificate is its credential) ----
+
+    async def deposit(self, account: str, amount: int, *, txn_id: str | None = None) -> Deposited:
+        """Issue `amount` minor units to `account` once; send the same txn_id again to retry safely."""
+        txn_id = txn_id or str(uuid.uuid4())
+        reply = await self._call("Deposit", gateway_pb2.DepositRequest(
+            txn_id=txn_id, account=account, amount=common_pb2.Money(minor=amount, currency=self.cluster.currency)),
+            authed=False)
+        return Deposited(reply.txn_id, account, reply.balance.minor, reply.balance.currency)
+
+    async def open_accounts(self, bank: str, names: Sequence[str], password_hash: str, initial: int) -> int:
+        """Open `names` at `bank` with one shared password hash and `initial` each; returns how many were new."""
+        reply = await self._call("OpenAccounts", gateway_pb2.BulkOpenRequest(
+            bank=bank, accounts=names, password_hash=password_hash,
+            initial=common_pb2.Money(minor=initial, currency=self.cluster.currency)), authed=False)
+        return reply.opened
 
     # -- the outbox ---------------------------------------------------------
 
@@ -305,6 +330,12 @@ class Client:
 
     def pay(self, to: str, amount: int, *, txn_id: str | None = None, from_account: str | None = None) -> PayResult:
         return self._run(self._async.pay, to, amount, txn_id=txn_id, from_account=from_account)
+
+    def deposit(self, account: str, amount: int, *, txn_id: str | None = None) -> Deposited:
+        return self._run(self._async.deposit, account, amount, txn_id=txn_id)
+
+    def open_accounts(self, bank: str, names: Sequence[str], password_hash: str, initial: int) -> int:
+        return self._run(self._async.open_accounts, bank, names, password_hash, initial)
 
     @property
     def outbox(self) -> Outbox:

@@ -1,4 +1,5 @@
 """The customer's verbs at the command line: register, login, balance, pay, queue, sync, ...
+and the operators': balance and history --admin, deposit (the treasury).
 
 Every payment goes through the outbox in the client home (outbox.py): it is
 queued durably, then sent. Every command that talks to the gateway as the
@@ -25,6 +26,7 @@ from miniupi.client.outbox import DONE, FAILED, Outbox
 from miniupi.config import ClusterConfig
 from miniupi.errors import InvalidArgument, MiniupiError, Unauthenticated, Unavailable
 from miniupi.money import format_amount, parse_amount
+from miniupi.nodes import validate
 
 
 def read_password(args: argparse.Namespace, confirm: bool = False) -> str:
@@ -181,6 +183,18 @@ def history(cluster: ClusterConfig, args: argparse.Namespace) -> None:
         when = datetime.fromtimestamp(i.applied_at).strftime("%Y-%m-%d %H:%M:%S")
         direction = "from" if i.delta > 0 else "to  "
         print(f"{when}  {format_amount(i.delta):>12} {i.currency}  {direction} {i.counterparty}  {i.txn_id}")
+
+
+def deposit(cluster: ClusterConfig, args: argparse.Namespace) -> None:
+    """Issue money with the treasury certificate; the same --id never credits twice."""
+    amount = parse_amount(args.amount)
+    txn_id = validate.txn_id(args.id) if args.id else str(uuid.uuid4())
+    with Client(cluster, identity="treasury") as c:
+        d = c.deposit(args.account, amount, txn_id=txn_id)
+    emit(args, {"txn_id": d.txn_id, "account": d.account, "amount": format_amount(amount),
+                "balance": format_amount(d.balance), "currency": d.currency},
+         f"deposited {format_amount(amount)} {d.currency} to {d.account} (txn {d.txn_id}); "
+         f"balance {format_amount(d.balance)} {d.currency}")
 
 
 def _failed_json(args: argparse.Namespace, txn_id: str, e: MiniupiError) -> None:

@@ -11,16 +11,17 @@ import grpc
 from loguru import logger
 
 from miniupi.config import ClusterConfig, ConfigError
-from miniupi.caller import ADMIN, current_peer
-from miniupi.errors import AlreadyExists, InvalidArgument, MiniupiError, PermissionDenied, caught, unwrap
+from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MiniupiError, caught, unwrap
 from miniupi.logs import setup_node_logging
 from miniupi.nodes.in_doubt import resolve_in_doubt
+from miniupi.money import format_amount
 from miniupi.passwords import MAX_PASSWORD, hash_problem
 from miniupi.nodes.ledger import Ledger, LegSpec
 from miniupi.nodes.server import open_store, serve
 from miniupi.nodes.setup_accounts import read_setup_file
 from miniupi.nodes.status import grpc_errors, refuse_unknown_fields
-from miniupi.nodes.validate import account_name, txn_id as valid_txn_id
+from miniupi.nodes.validate import account_name, new_account_name, opening_deposit
+from miniupi.nodes.validate import positive_amount as validate_positive_amount, txn_id as valid_txn_id
 from miniupi.plugin_manager import hook_firer, make_plugin_manager
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 
@@ -31,8 +32,8 @@ MAX_HISTORY = 1000
 
 
 class BankServicer(bank_pb2_grpc.BankServicer):
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
+    def __init__(self, ledger: Ledger, cluster: ClusterConfig) -> None:
+        self.ledger, self.cluster = ledger, cluster
         # DecideAndPrepare streams waiting for their next round. The gateway
         # keeps its stream open for good, so a stopping bank ends these
         # rather than wait out the whole shutdown grace for them.
@@ -120,27 +121,37 @@ class BankServicer(bank_pb2_grpc.BankServicer):
 
     @grpc_errors
     async def OpenAccount(self, request: bank_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:
-        if request.initial.currency and request.initial.currency != self.ledger.currency:
-            raise InvalidArgument(f"bank holds {self.ledger.currency}, not {request.initial.currency}")
         if not 0 < len(request.password) <= MAX_PASSWORD:
             raise InvalidArgument(f"password must be 1 to {MAX_PASSWORD} characters")
-        account = await self.ledger.open_account(account_name(request.account), request.password,
-                                                 request.initial.minor)
+        # The gateway checks these too; the bank does not take its word for them.
+        initial = opening_deposit(request.initial.minor, request.initial.currency, self.cluster)
+        name = new_account_name(request.account, self.cluster)
+        account = await self.ledger.open_account(name, request.password, initial)
         return bank_pb2.AccountReply(account=account.name, balance=self._money(account.balance),
                                      held=self._money(0))
 
     @grpc_errors
     async def OpenAccounts(self, request: bank_pb2.OpenAccountsRequest, context: grpc.aio.ServicerContext) -> bank_pb2.OpenAccountsReply:
-        if current_peer.get() != ADMIN:
-            raise PermissionDenied("only the admin may open accounts in bulk")
         problem = hash_problem(request.password_hash)
         if problem is not None:
             raise InvalidArgument(f"password_hash is {problem}")
         if request.initial.currency and request.initial.currency != self.ledger.currency:
             raise InvalidArgument(f"bank holds {self.ledger.currency}, not {request.initial.currency}")
-        names = [account_name(n) for n in request.accounts]
-        opened = await self.ledger.open_accounts(names, request.password_hash, request.initial.minor)
+        initial = request.initial.minor
+        if initial > self.ledger.max_balance:
+            raise FailedPrecondition(f"an account may hold at most {format_amount(self.ledger.max_balance)} "
+                                     f"{self.ledger.currency}")
+        names = [new_account_name(n, self.cluster) for n in request.accounts]
+        opened = await self.ledger.open_accounts(names, request.password_hash, initial)
         return bank_pb2.OpenAccountsReply(opened=opened)
+
+    @grpc_errors
+    async def Deposit(self, request: bank_pb2.BankDepositRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:
+        amount = validate_positive_amount(request.amount.minor, request.amount.currency, self.ledger.currency)
+        name = account_name(request.account)
+        balance = await self.ledger.deposit(valid_txn_id(request.txn_id), name, amount)
+        return bank_pb2.AccountReply(account=name, balance=self._money(balance),
+                                     held=self._money(self.ledger.account(name).held))
 
     @grpc_errors
     async def VerifyPassword(self, request: bank_pb2.VerifyPasswordRequest, context: grpc.aio.ServicerContext) -> bank_pb2.VerifyPasswordReply:
@@ -171,6 +182,7 @@ class BankServicer(bank_pb2_grpc.BankServicer):
         accounts = [(a.name, a.balance, a.held, a.opening) for a in self.ledger.accounts.values()]
         txns = [(t.txn_id, t.state, t.legs) for t in self.ledger.txns.values()]
         first = bank_pb2.BankAuditChunk(deposits_minor=self.ledger.meta.get("deposits", 0),
+                                        treasury_minor=self.ledger.meta.get("treasury", 0),
                                         currency=self.ledger.currency)
         yield first
         for batch in (accounts[i:i + AUDIT_CHUNK] for i in range(0, len(accounts), AUDIT_CHUNK)):
@@ -201,11 +213,11 @@ def _prepare_spec(request: bank_pb2.PrepareRequest) -> tuple[str, str, list[LegS
     return valid_txn_id(request.txn_id), request.currency, legs
 
 
-async def open_setup_accounts(ledger: Ledger, path: Path | None) -> int:
+async def open_setup_accounts(ledger: Ledger, path: Path | None, reserved: frozenset[str] = frozenset()) -> int:
     """Open the setup file's accounts once; later starts keep the stored state."""
     if ledger.meta.get("setup_loaded") or path is None:
         return 0
-    accounts = read_setup_file(path, ledger.max_balance)  # all checked before any is opened
+    accounts = read_setup_file(path, ledger.max_balance, reserved)  # all checked before any is opened
 
     async def open_one(name: str, password: str, balance: int) -> int:
         try:
@@ -231,11 +243,11 @@ async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, l
     ledger = Ledger(node.name, cluster.currency, commit, tables, fire=hook_firer(pm, node),
                     login_attempts=cluster.login_attempts, login_lockout_s=cluster.login_lockout_s,
                     max_balance=cluster.max_balance)
-    opened = await open_setup_accounts(ledger, node.accounts)
+    opened = await open_setup_accounts(ledger, node.accounts, cluster.reserved_user_names)
     if opened:
         logger.info("{} opened {} accounts from {}", node.name, opened, node.accounts)
 
-    servicer = BankServicer(ledger)
+    servicer = BankServicer(ledger, cluster)
 
     def add_services(server: grpc.aio.Server) -> list[str]:
         bank_pb2_grpc.add_BankServicer_to_server(servicer, server)

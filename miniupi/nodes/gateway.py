@@ -9,7 +9,7 @@ import grpc
 from loguru import logger
 
 from miniupi.auth import Authenticator
-from miniupi.caller import ADMIN, SESSION_METADATA_KEY, current_account, current_peer
+from miniupi.caller import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account, current_peer
 from miniupi.config import ClusterConfig
 from miniupi.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable, from_code
 from miniupi.logs import setup_node_logging
@@ -71,15 +71,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     @grpc_errors
     async def Register(self, request: gateway_pb2.RegisterRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.RegisterReply:
         user, bank = self._bank_of(request.account)
+        validate.new_account_name(user, self.cluster)
         if not request.password or len(request.password) > MAX_PASSWORD:
             raise InvalidArgument(f"password must be 1 to {MAX_PASSWORD} characters")
-        if request.initial.minor < 0:
-            raise InvalidArgument("initial deposit must not be negative")
-        if request.initial.currency and request.initial.currency != self.cluster.currency:
-            raise InvalidArgument(f"unknown currency {request.initial.currency[:16]!r}: this cluster uses {self.cluster.currency}")
+        initial = validate.opening_deposit(request.initial.minor, request.initial.currency, self.cluster)
         reply = await self._bank_call(bank, "OpenAccount", bank_pb2.OpenAccountRequest(
             account=user, password=request.password,
-            initial=common_pb2.Money(minor=request.initial.minor, currency=self.cluster.currency)))
+            initial=common_pb2.Money(minor=initial, currency=self.cluster.currency)))
         return gateway_pb2.RegisterReply(account=request.account, balance=reply.balance)
 
     @grpc_errors
@@ -150,9 +148,39 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 for t in batch])
 
     @grpc_errors
+    async def Deposit(self, request: gateway_pb2.DepositRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.DepositReply:
+        """New money, by the treasury only; the bank keeps it idempotent by txn_id and audits it."""
+        _only_treasury()
+        txn_id = validate.txn_id(request.txn_id)
+        user, bank = self._bank_of(request.account)
+        amount = validate.positive_amount(request.amount.minor, request.amount.currency, self.cluster.currency)
+        reply = await self._bank_call(bank, "Deposit", bank_pb2.BankDepositRequest(
+            txn_id=txn_id, account=user, amount=common_pb2.Money(minor=amount, currency=self.cluster.currency)))
+        return gateway_pb2.DepositReply(txn_id=txn_id, balance=reply.balance)
+
+    @grpc_errors
+    async def OpenAccounts(self, request: gateway_pb2.BulkOpenRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.BulkOpenReply:
+        """The treasury's bulk door; every opening deposit counts as money issued at that bank."""
+        _only_treasury()
+        if request.bank not in self.links:
+            raise NotFound(f"unknown bank {request.bank[:64]!r}")
+        reply = await self._bank_call(request.bank, "OpenAccounts", bank_pb2.OpenAccountsRequest(
+            accounts=request.accounts, password_hash=request.password_hash,
+            initial=common_pb2.Money(minor=request.initial.minor, currency=request.initial.currency)))
+        logger.info("bulk opening at {}: {} of {} accounts opened with {} {} each by the treasury", request.bank,
+                    reply.opened, len(request.accounts), request.initial.minor, self.cluster.currency)
+        return gateway_pb2.BulkOpenReply(opened=reply.opened)
+
+    @grpc_errors
     async def GetDecision(self, request: gateway_pb2.GetDecisionRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.GetDecisionReply:
         state = self.coordinator.decision(validate.txn_id(request.txn_id))
         return gateway_pb2.GetDecisionReply(state=common_pb2.TxnState.Value(state))
+
+
+def _only_treasury() -> None:
+    """Issuing money is the treasury's alone, whatever auth plugin runs in front of this servicer."""
+    if current_peer.get() != TREASURY:
+        raise PermissionDenied("only the treasury may issue money")
 
 
 async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json: bool = False) -> None:

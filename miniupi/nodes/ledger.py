@@ -35,6 +35,10 @@ from miniupi.passwords import hash_password, needs_rehash, verify_password
 from miniupi.storage import GroupCommit, Put
 
 PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
+# A treasury deposit: applied when made, never part of two-phase commit.
+DEPOSITED = "DEPOSITED"
+# The counterparty a deposit shows in the account's history.
+TREASURY = "treasury"
 BULK_CHUNK = 5000
 # Names without an account whose failed logins are remembered (in memory), least recently guessed
 # dropped first. Each entry costs a guesser one full password hash, so pushing a name out takes
@@ -133,10 +137,13 @@ class Ledger:
             if txn.state == PREPARED:
                 self.prepared.add(txn_id)
                 self._hold(txn, +1)
-            elif txn.state == COMMITTED:
+            elif txn.state in (COMMITTED, DEPOSITED):
                 for leg in txn.legs:
                     self.accounts[leg.account].history.append(txn_id)
         self.meta: dict[str, Any] = dict(tables.get("meta", {}))
+        # A deposit's answer (the balance it left), so that a repeat gets the same one.
+        self.deposited: dict[str, int] = {txn_id: r["balance"] for txn_id, r in tables.get("txns", {}).items()
+                                          if r["state"] == DEPOSITED}
         self._opening: set[str] = set()
         self._strangers: OrderedDict[str, _Stranger] = OrderedDict()
 
@@ -193,6 +200,53 @@ class Ledger:
                 del self.accounts[account.name]
             self.meta["deposits"] -= sum(a.opening for a in accounts)
             raise
+
+    async def deposit(self, txn_id: str, name: str, amount: int) -> int:
+        """Credit `amount` of new money to `name` once per txn_id, durably, and count it as issued.
+
+        Returns the balance the deposit left. A repeat with the same account
+        and amount gets that same answer and credits nothing; an id used for
+        anything else is refused. The ceiling counts credits still in flight,
+        as a prepare does, so together they never take a balance past it.
+        """
+        if amount <= 0:
+            raise InvalidArgument("amount must be positive")
+        known = self.txns.get(txn_id)
+        if known is not None:
+            if known.state != DEPOSITED or known.legs != (LegSpec(name, amount, TREASURY),):
+                raise AlreadyExists(f"transaction {txn_id} is already used at {self.bank} for something else")
+            await self._commit.barrier()  # the first answer only once the first write is durable
+            if self.txns.get(txn_id) is not known:
+                raise Unavailable(f"bank {self.bank} could not make deposit {txn_id} durable; send it again")
+            return self.deposited[txn_id]
+        account = self.account(name)
+        room = self.max_balance - account.balance - account.incoming
+        if amount > room:
+            raise FailedPrecondition(f"account {name}@{self.bank} may hold at most {format_amount(self.max_balance)} "
+                                     f"{self.currency}; it has room for {format_amount(max(room, 0))} more")
+        deposits, treasury = self.meta.get("deposits", 0) + amount, self.meta.get("treasury", 0) + amount
+        if deposits > INT64_MAX:
+            raise FailedPrecondition(f"bank {self.bank} cannot hold that much money")
+        now = time.time()
+        txn = BankTxn(txn_id, DEPOSITED, (LegSpec(name, amount, TREASURY),), now, now)
+        # Memory first, as for a payment, so a repeat arriving during the write finds the id taken.
+        self.txns[txn_id] = txn
+        account.balance += amount
+        account.history.append(txn_id)
+        self.meta["deposits"], self.meta["treasury"] = deposits, treasury
+        self.deposited[txn_id] = account.balance
+        try:
+            await self._commit.write([Put("txns", txn_id, {**txn.record(), "balance": account.balance}),
+                                      Put("accounts", name, account.record()),
+                                      Put("meta", "deposits", deposits), Put("meta", "treasury", treasury)])
+        except Exception:
+            del self.txns[txn_id], self.deposited[txn_id]
+            account.balance -= amount
+            account.history.remove(txn_id)
+            self.meta["deposits"] -= amount
+            self.meta["treasury"] -= amount
+            raise
+        return self.deposited[txn_id]
 
     async def check_password(self, name: str, password: str) -> tuple[bool, float]:
         """(password right, seconds the account stays locked). A locked account is not checked.
@@ -404,6 +458,10 @@ class Ledger:
             return False
         if txn.state == decision:
             return True  # a repeat: the batch's write is its barrier
+        if txn.state == DEPOSITED:
+            if commit:
+                raise FailedPrecondition(f"transaction {txn_id} is a deposit at {self.bank}, not a payment")
+            return False  # a payment that reused a deposit's id was never prepared here: nothing to release
         if txn.state != PREPARED:
             raise FailedPrecondition(f"transaction {txn_id} was {txn.state.lower()} at {self.bank}")
         self._fire("before_apply", txn_id=txn_id, decision=decision)

@@ -20,8 +20,10 @@ class SetupAccount:
     password: str
 
 
-def read_setup_file(path: Path, max_balance: int = DEFAULT_MAX_BALANCE) -> list[SetupAccount]:
-    """The file's accounts, or one ConfigError for the first wrong entry; none above `max_balance`."""
+def read_setup_file(path: Path, max_balance: int = DEFAULT_MAX_BALANCE,
+                    reserved: frozenset[str] = frozenset()) -> list[SetupAccount]:
+    """The file's accounts, or one ConfigError for the first wrong entry; none above `max_balance`,
+    and none named `reserved` (identities, bank names)."""
     raw = read_toml(path, "accounts file")
     table = raw.get("accounts")
     if not isinstance(table, dict) or set(raw) - {"accounts"}:
@@ -33,6 +35,8 @@ def read_setup_file(path: Path, max_balance: int = DEFAULT_MAX_BALANCE) -> list[
 
         if not NAME_RE.match(name):
             raise error("", "an account name of lower-case letters, digits and _")
+        if name in reserved:
+            raise error("", f"a user name that is not reserved ({', '.join(sorted(reserved))} are)")
         if not isinstance(entry, dict) or set(entry) - {"balance", "password"}:
             raise error("", "a table with balance and password")
         password, balance = entry.get("password"), entry.get("balance", "0")

@@ -11,8 +11,9 @@ import uuid
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from miniupi.config import NAME_RE, split_address
-from miniupi.errors import InvalidArgument
+from miniupi.config import NAME_RE, ClusterConfig, split_address
+from miniupi.errors import FailedPrecondition, InvalidArgument
+from miniupi.money import format_amount
 
 
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -50,6 +51,27 @@ def positive_amount(minor: int, currency: str, expected_currency: str) -> int:
         raise InvalidArgument(f"unknown currency {currency[:16]!r}: this cluster uses {expected_currency}")
     if minor <= 0:
         raise InvalidArgument("amount must be positive")
+    return minor
+
+
+def new_account_name(value: str, cluster: ClusterConfig) -> str:
+    """A name a customer may take: well formed, and not an identity's or a bank's, which would pass for them."""
+    if account_name(value) in cluster.reserved_user_names:
+        raise InvalidArgument(f"{value} is a reserved name; choose another")
+    return value
+
+
+def opening_deposit(minor: int, currency: str, cluster: ClusterConfig) -> int:
+    """What a customer may bring to a new account: at most the cluster's max_opening_deposit."""
+    if currency and currency != cluster.currency:
+        raise InvalidArgument(f"unknown currency {currency[:16]!r}: this cluster uses {cluster.currency}")
+    if minor < 0:
+        raise InvalidArgument("initial deposit must not be negative")
+    if minor > cluster.max_opening_deposit:
+        if cluster.max_opening_deposit == 0:
+            raise FailedPrecondition("accounts open at zero in this cluster; ask the treasury for a deposit")
+        raise FailedPrecondition(f"opening deposits are capped at {format_amount(cluster.max_opening_deposit)} "
+                                 f"{cluster.currency} in this cluster; ask the treasury for more")
     return minor
 
 

@@ -4,7 +4,8 @@ The gateway hands out a key with a 256-bit random secret at login and
 keeps only the secret's SHA-256, so a copy of its memory cannot be
 replayed as a key. Sessions live in memory: a gateway restart ends them
 all, cleanly (UNAUTHENTICATED, log in again), never half-valid.
-Banks serve only the gateway's and the admin's certificates.
+Banks serve only the gateway's and the admin's certificates. The treasury's
+certificate is a credential by itself for issuing money, and for nothing else.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from miniupi.caller import ADMIN, SESSION_METADATA_KEY, current_account, current_peer
+from miniupi.caller import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account, current_peer
 from miniupi.config import NodeConfig
 from miniupi.errors import Unauthenticated
 from miniupi.handlers import CheckFirst, wrap_handler
@@ -34,9 +35,12 @@ GATEWAY_PUBLIC = frozenset({
 })
 # Banks ask the gateway for decisions with their own certificates, not a session.
 GATEWAY_FOR_NODES = frozenset({"/miniupi.v1.Gateway/GetDecision"})
+# Issuing money: the treasury's certificate alone, and the only methods it may call.
+GATEWAY_FOR_TREASURY = frozenset({"/miniupi.v1.Gateway/Deposit", "/miniupi.v1.Gateway/OpenAccounts"})
 ALWAYS_OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 GATEWAY = "gateway"
-BANK_ADMIN_METHODS = frozenset(f"/miniupi.v1.Bank/{m}" for m in ("GetAccount", "History", "Audit", "OpenAccounts"))
+# The admin's reads; every other bank method (2PC, OpenAccount(s), Deposit, VerifyPassword) is the gateway's alone.
+BANK_ADMIN_METHODS = frozenset(f"/miniupi.v1.Bank/{m}" for m in ("GetAccount", "History", "Audit"))
 
 
 @dataclass
@@ -128,8 +132,8 @@ class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, sessions: SessionStore, banks: frozenset[str]) -> None:
         self.sessions, self.banks = sessions, banks
         # One `around` each, made once, so wrap_handler's cache serves every call.
-        self._public, self._for_nodes = CheckFirst(_set_peer), CheckFirst(self._bank_or_admin)
-        self._for_customers = CheckFirst(self._session)
+        self._public, self._for_nodes = CheckFirst(_not_treasury), CheckFirst(self._bank_or_admin)
+        self._for_customers, self._for_treasury = CheckFirst(self._session), CheckFirst(_only_treasury)
 
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -140,10 +144,13 @@ class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
             return wrap_handler(handler, self._public)
         if method in GATEWAY_FOR_NODES:
             return wrap_handler(handler, self._for_nodes)
+        if method in GATEWAY_FOR_TREASURY:
+            return wrap_handler(handler, self._for_treasury)
         return wrap_handler(handler, self._for_customers)
 
     async def _session(self, context: grpc.aio.ServicerContext) -> None:
-        if await _set_peer(context) == ADMIN:
+        peer = await _not_treasury(context)
+        if peer == ADMIN:
             return  # the admin certificate is the admin's credential; no session needed
         key = next((v for k, v in context.invocation_metadata() or () if k == SESSION_METADATA_KEY), "")
         try:
@@ -160,6 +167,19 @@ class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
 async def _set_peer(context: grpc.aio.ServicerContext) -> str | None:
     peer = peer_identity(context)
     current_peer.set(peer)
+    return peer
+
+
+async def _only_treasury(context: grpc.aio.ServicerContext) -> None:
+    if await _set_peer(context) != TREASURY:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the treasury may issue money")
+
+
+async def _not_treasury(context: grpc.aio.ServicerContext) -> str | None:
+    """The treasury issues money and does nothing else, so a stolen treasury key reads and pays nothing."""
+    peer = await _set_peer(context)
+    if peer == TREASURY:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the treasury may only deposit and open accounts in bulk")
     return peer
 
 

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from miniupi.v1 import common_pb2 as miniupi_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15miniupi/v1/bank.proto\x12\nminiupi.v1\x1a\x17miniupi/v1/common.proto\"A\n\x03Leg\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65lta_minor\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ounterparty\x18\x03 \x01(\t\"Q\n\x0ePrepareRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x1d\n\x04legs\x18\x03 \x03(\x0b\x32\x0f.miniupi.v1.Leg\"U\n\x0cPrepareReply\x12\x0b\n\x03yes\x18\x01 \x01(\x08\x12(\n\x07refusal\x18\x02 \x01(\x0e\x32\x17.miniupi.v1.VoteRefusal\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"*\n\x08\x44\x65\x63ision\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\"p\n\x17\x44\x65\x63ideAndPrepareRequest\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.miniupi.v1.Decision\x12,\n\x08prepares\x18\x02 \x03(\x0b\x32\x1a.miniupi.v1.PrepareRequest\"@\n\x0f\x44\x65\x63isionOutcome\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\r\n\x05known\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"o\n\x15\x44\x65\x63ideAndPrepareReply\x12-\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1b.miniupi.v1.DecisionOutcome\x12\'\n\x05votes\x18\x02 \x03(\x0b\x32\x18.miniupi.v1.PrepareReply\"!\n\x0f\x44\x65\x63isionRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\"\x1e\n\rDecisionReply\x12\r\n\x05known\x18\x01 \x01(\x08\"[\n\x12OpenAccountRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\"\n\x07initial\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"b\n\x13OpenAccountsRequest\x12\x10\n\x08\x61\x63\x63ounts\x18\x01 \x03(\t\x12\x15\n\rpassword_hash\x18\x02 \x01(\t\x12\"\n\x07initial\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"#\n\x11OpenAccountsReply\x12\x0e\n\x06opened\x18\x01 \x01(\r\":\n\x15VerifyPasswordRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"7\n\x13VerifyPasswordReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x14\n\x0clocked_for_s\x18\x02 \x01(\x01\"!\n\x0e\x41\x63\x63ountRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\"d\n\x0c\x41\x63\x63ountReply\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\"\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x11.miniupi.v1.Money\x12\x1f\n\x04held\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"4\n\x12\x42\x61nkHistoryRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"=\n\x10\x42\x61nkHistoryReply\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.miniupi.v1.HistoryEntry\"\x0e\n\x0c\x41uditRequest\"a\n\x0c\x41\x63\x63ountState\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x15\n\rbalance_minor\x18\x02 \x01(\x03\x12\x12\n\nheld_minor\x18\x03 \x01(\x03\x12\x15\n\ropening_minor\x18\x04 \x01(\x03\"G\n\x07\x42\x61nkTxn\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x1d\n\x04legs\x18\x03 \x03(\x0b\x32\x0f.miniupi.v1.Leg\"\x89\x01\n\x0e\x42\x61nkAuditChunk\x12*\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x18.miniupi.v1.AccountState\x12!\n\x04txns\x18\x02 \x03(\x0b\x32\x13.miniupi.v1.BankTxn\x12\x16\n\x0e\x64\x65posits_minor\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t*\xab\x01\n\x0bVoteRefusal\x12\x1c\n\x18VOTE_REFUSAL_UNSPECIFIED\x10\x00\x12\x16\n\x12INSUFFICIENT_FUNDS\x10\x01\x12\x13\n\x0fUNKNOWN_ACCOUNT\x10\x02\x12\x13\n\x0f\x41LREADY_DECIDED\x10\x03\x12\x12\n\x0eWRONG_CURRENCY\x10\x04\x12\x13\n\x0fINVALID_REQUEST\x10\x05\x12\x13\n\x0f\x42\x41LANCE_CEILING\x10\x06\x32\xe7\x05\n\x04\x42\x61nk\x12?\n\x07Prepare\x12\x1a.miniupi.v1.PrepareRequest\x1a\x18.miniupi.v1.PrepareReply\x12@\n\x06\x43ommit\x12\x1b.miniupi.v1.DecisionRequest\x1a\x19.miniupi.v1.DecisionReply\x12?\n\x05\x41\x62ort\x12\x1b.miniupi.v1.DecisionRequest\x1a\x19.miniupi.v1.DecisionReply\x12^\n\x10\x44\x65\x63ideAndPrepare\x12#.miniupi.v1.DecideAndPrepareRequest\x1a!.miniupi.v1.DecideAndPrepareReply(\x01\x30\x01\x12G\n\x0bOpenAccount\x12\x1e.miniupi.v1.OpenAccountRequest\x1a\x18.miniupi.v1.AccountReply\x12N\n\x0cOpenAccounts\x12\x1f.miniupi.v1.OpenAccountsRequest\x1a\x1d.miniupi.v1.OpenAccountsReply\x12T\n\x0eVerifyPassword\x12!.miniupi.v1.VerifyPasswordRequest\x1a\x1f.miniupi.v1.VerifyPasswordReply\x12\x42\n\nGetAccount\x12\x1a.miniupi.v1.AccountRequest\x1a\x18.miniupi.v1.AccountReply\x12G\n\x07History\x12\x1e.miniupi.v1.BankHistoryRequest\x1a\x1c.miniupi.v1.BankHistoryReply\x12?\n\x05\x41udit\x12\x18.miniupi.v1.AuditRequest\x1a\x1a.miniupi.v1.BankAuditChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15miniupi/v1/bank.proto\x12\nminiupi.v1\x1a\x17miniupi/v1/common.proto\"A\n\x03Leg\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65lta_minor\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ounterparty\x18\x03 \x01(\t\"Q\n\x0ePrepareRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x1d\n\x04legs\x18\x03 \x03(\x0b\x32\x0f.miniupi.v1.Leg\"U\n\x0cPrepareReply\x12\x0b\n\x03yes\x18\x01 \x01(\x08\x12(\n\x07refusal\x18\x02 \x01(\x0e\x32\x17.miniupi.v1.VoteRefusal\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"*\n\x08\x44\x65\x63ision\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\"p\n\x17\x44\x65\x63ideAndPrepareRequest\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.miniupi.v1.Decision\x12,\n\x08prepares\x18\x02 \x03(\x0b\x32\x1a.miniupi.v1.PrepareRequest\"@\n\x0f\x44\x65\x63isionOutcome\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\r\n\x05known\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"o\n\x15\x44\x65\x63ideAndPrepareReply\x12-\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1b.miniupi.v1.DecisionOutcome\x12\'\n\x05votes\x18\x02 \x03(\x0b\x32\x18.miniupi.v1.PrepareReply\"!\n\x0f\x44\x65\x63isionRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\"\x1e\n\rDecisionReply\x12\r\n\x05known\x18\x01 \x01(\x08\"[\n\x12OpenAccountRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\"\n\x07initial\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"b\n\x13OpenAccountsRequest\x12\x10\n\x08\x61\x63\x63ounts\x18\x01 \x03(\t\x12\x15\n\rpassword_hash\x18\x02 \x01(\t\x12\"\n\x07initial\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"X\n\x12\x42\x61nkDepositRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12!\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"#\n\x11OpenAccountsReply\x12\x0e\n\x06opened\x18\x01 \x01(\r\":\n\x15VerifyPasswordRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"7\n\x13VerifyPasswordReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x14\n\x0clocked_for_s\x18\x02 \x01(\x01\"!\n\x0e\x41\x63\x63ountRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\"d\n\x0c\x41\x63\x63ountReply\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\"\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x11.miniupi.v1.Money\x12\x1f\n\x04held\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"4\n\x12\x42\x61nkHistoryRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"=\n\x10\x42\x61nkHistoryReply\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.miniupi.v1.HistoryEntry\"\x0e\n\x0c\x41uditRequest\"a\n\x0c\x41\x63\x63ountState\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x15\n\rbalance_minor\x18\x02 \x01(\x03\x12\x12\n\nheld_minor\x18\x03 \x01(\x03\x12\x15\n\ropening_minor\x18\x04 \x01(\x03\"G\n\x07\x42\x61nkTxn\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x1d\n\x04legs\x18\x03 \x03(\x0b\x32\x0f.miniupi.v1.Leg\"\xa1\x01\n\x0e\x42\x61nkAuditChunk\x12*\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x18.miniupi.v1.AccountState\x12!\n\x04txns\x18\x02 \x03(\x0b\x32\x13.miniupi.v1.BankTxn\x12\x16\n\x0e\x64\x65posits_minor\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x16\n\x0etreasury_minor\x18\x05 \x01(\x03*\xab\x01\n\x0bVoteRefusal\x12\x1c\n\x18VOTE_REFUSAL_UNSPECIFIED\x10\x00\x12\x16\n\x12INSUFFICIENT_FUNDS\x10\x01\x12\x13\n\x0fUNKNOWN_ACCOUNT\x10\x02\x12\x13\n\x0f\x41LREADY_DECIDED\x10\x03\x12\x12\n\x0eWRONG_CURRENCY\x10\x04\x12\x13\n\x0fINVALID_REQUEST\x10\x05\x12\x13\n\x0f\x42\x41LANCE_CEILING\x10\x06\x32\xac\x06\n\x04\x42\x61nk\x12?\n\x07Prepare\x12\x1a.miniupi.v1.PrepareRequest\x1a\x18.miniupi.v1.PrepareReply\x12@\n\x06\x43ommit\x12\x1b.miniupi.v1.DecisionRequest\x1a\x19.miniupi.v1.DecisionReply\x12?\n\x05\x41\x62ort\x12\x1b.miniupi.v1.DecisionRequest\x1a\x19.miniupi.v1.DecisionReply\x12^\n\x10\x44\x65\x63ideAndPrepare\x12#.miniupi.v1.DecideAndPrepareRequest\x1a!.miniupi.v1.DecideAndPrepareReply(\x01\x30\x01\x12G\n\x0bOpenAccount\x12\x1e.miniupi.v1.OpenAccountRequest\x1a\x18.miniupi.v1.AccountReply\x12N\n\x0cOpenAccounts\x12\x1f.miniupi.v1.OpenAccountsRequest\x1a\x1d.miniupi.v1.OpenAccountsReply\x12\x43\n\x07\x44\x65posit\x12\x1e.miniupi.v1.BankDepositRequest\x1a\x18.miniupi.v1.AccountReply\x12T\n\x0eVerifyPassword\x12!.miniupi.v1.VerifyPasswordRequest\x1a\x1f.miniupi.v1.VerifyPasswordReply\x12\x42\n\nGetAccount\x12\x1a.miniupi.v1.AccountRequest\x1a\x18.miniupi.v1.AccountReply\x12G\n\x07History\x12\x1e.miniupi.v1.BankHistoryRequest\x1a\x1c.miniupi.v1.BankHistoryReply\x12?\n\x05\x41udit\x12\x18.miniupi.v1.AuditRequest\x1a\x1a.miniupi.v1.BankAuditChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'miniupi.v1.bank_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VOTEREFUSAL']._serialized_start=1633
-  _globals['_VOTEREFUSAL']._serialized_end=1804
+  _globals['_VOTEREFUSAL']._serialized_start=1747
+  _globals['_VOTEREFUSAL']._serialized_end=1918
   _globals['_LEG']._serialized_start=62
   _globals['_LEG']._serialized_end=127
   _globals['_PREPAREREQUEST']._serialized_start=129
@@ -56,28 +56,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENACCOUNTREQUEST']._serialized_end=794
   _globals['_OPENACCOUNTSREQUEST']._serialized_start=796
   _globals['_OPENACCOUNTSREQUEST']._serialized_end=894
-  _globals['_OPENACCOUNTSREPLY']._serialized_start=896
-  _globals['_OPENACCOUNTSREPLY']._serialized_end=931
-  _globals['_VERIFYPASSWORDREQUEST']._serialized_start=933
-  _globals['_VERIFYPASSWORDREQUEST']._serialized_end=991
-  _globals['_VERIFYPASSWORDREPLY']._serialized_start=993
-  _globals['_VERIFYPASSWORDREPLY']._serialized_end=1048
-  _globals['_ACCOUNTREQUEST']._serialized_start=1050
-  _globals['_ACCOUNTREQUEST']._serialized_end=1083
-  _globals['_ACCOUNTREPLY']._serialized_start=1085
-  _globals['_ACCOUNTREPLY']._serialized_end=1185
-  _globals['_BANKHISTORYREQUEST']._serialized_start=1187
-  _globals['_BANKHISTORYREQUEST']._serialized_end=1239
-  _globals['_BANKHISTORYREPLY']._serialized_start=1241
-  _globals['_BANKHISTORYREPLY']._serialized_end=1302
-  _globals['_AUDITREQUEST']._serialized_start=1304
-  _globals['_AUDITREQUEST']._serialized_end=1318
-  _globals['_ACCOUNTSTATE']._serialized_start=1320
-  _globals['_ACCOUNTSTATE']._serialized_end=1417
-  _globals['_BANKTXN']._serialized_start=1419
-  _globals['_BANKTXN']._serialized_end=1490
-  _globals['_BANKAUDITCHUNK']._serialized_start=1493
-  _globals['_BANKAUDITCHUNK']._serialized_end=1630
-  _globals['_BANK']._serialized_start=1807
-  _globals['_BANK']._serialized_end=2550
+  _globals['_BANKDEPOSITREQUEST']._serialized_start=896
+  _globals['_BANKDEPOSITREQUEST']._serialized_end=984
+  _globals['_OPENACCOUNTSREPLY']._serialized_start=986
+  _globals['_OPENACCOUNTSREPLY']._serialized_end=1021
+  _globals['_VERIFYPASSWORDREQUEST']._serialized_start=1023
+  _globals['_VERIFYPASSWORDREQUEST']._serialized_end=1081
+  _globals['_VERIFYPASSWORDREPLY']._serialized_start=1083
+  _globals['_VERIFYPASSWORDREPLY']._serialized_end=1138
+  _globals['_ACCOUNTREQUEST']._serialized_start=1140
+  _globals['_ACCOUNTREQUEST']._serialized_end=1173
+  _globals['_ACCOUNTREPLY']._serialized_start=1175
+  _globals['_ACCOUNTREPLY']._serialized_end=1275
+  _globals['_BANKHISTORYREQUEST']._serialized_start=1277
+  _globals['_BANKHISTORYREQUEST']._serialized_end=1329
+  _globals['_BANKHISTORYREPLY']._serialized_start=1331
+  _globals['_BANKHISTORYREPLY']._serialized_end=1392
+  _globals['_AUDITREQUEST']._serialized_start=1394
+  _globals['_AUDITREQUEST']._serialized_end=1408
+  _globals['_ACCOUNTSTATE']._serialized_start=1410
+  _globals['_ACCOUNTSTATE']._serialized_end=1507
+  _globals['_BANKTXN']._serialized_start=1509
+  _globals['_BANKTXN']._serialized_end=1580
+  _globals['_BANKAUDITCHUNK']._serialized_start=1583
+  _globals['_BANKAUDITCHUNK']._serialized_end=1744
+  _globals['_BANK']._serialized_start=1921
+  _globals['_BANK']._serialized_end=2733
 # @@protoc_insertion_point(module_scope)

@@ -121,6 +121,16 @@ class OpenAccountsRequest(_message.Message):
     initial: _common_pb2.Money
     def __init__(self, accounts: _Optional[_Iterable[str]] = ..., password_hash: _Optional[str] = ..., initial: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
 
+class BankDepositRequest(_message.Message):
+    __slots__ = ("txn_id", "account", "amount")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    account: str
+    amount: _common_pb2.Money
+    def __init__(self, txn_id: _Optional[str] = ..., account: _Optional[str] = ..., amount: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
+
 class OpenAccountsReply(_message.Message):
     __slots__ = ("opened",)
     OPENED_FIELD_NUMBER: _ClassVar[int]
@@ -200,13 +210,15 @@ class BankTxn(_message.Message):
     def __init__(self, txn_id: _Optional[str] = ..., state: _Optional[str] = ..., legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ...) -> None: ...
 
 class BankAuditChunk(_message.Message):
-    __slots__ = ("accounts", "txns", "deposits_minor", "currency")
+    __slots__ = ("accounts", "txns", "deposits_minor", "currency", "treasury_minor")
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     TXNS_FIELD_NUMBER: _ClassVar[int]
     DEPOSITS_MINOR_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    TREASURY_MINOR_FIELD_NUMBER: _ClassVar[int]
     accounts: _containers.RepeatedCompositeFieldContainer[AccountState]
     txns: _containers.RepeatedCompositeFieldContainer[BankTxn]
     deposits_minor: int
     currency: str
-    def __init__(self, accounts: _Optional[_Iterable[_Union[AccountState, _Mapping]]] = ..., txns: _Optional[_Iterable[_Union[BankTxn, _Mapping]]] = ..., deposits_minor: _Optional[int] = ..., currency: _Optional[str] = ...) -> None: ...
+    treasury_minor: int
+    def __init__(self, accounts: _Optional[_Iterable[_Union[AccountState, _Mapping]]] = ..., txns: _Optional[_Iterable[_Union[BankTxn, _Mapping]]] = ..., deposits_minor: _Optional[int] = ..., currency: _Optional[str] = ..., treasury_minor: _Optional[int] = ...) -> None: ...

@@ -64,6 +64,11 @@ class BankStub:
                 request_serializer=miniupi_dot_v1_dot_bank__pb2.OpenAccountsRequest.SerializeToString,
                 response_deserializer=miniupi_dot_v1_dot_bank__pb2.OpenAccountsReply.FromString,
                 _registered_method=True)
+        self.Deposit = channel.unary_unary(
+                '/miniupi.v1.Bank/Deposit',
+                request_serializer=miniupi_dot_v1_dot_bank__pb2.BankDepositRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_bank__pb2.AccountReply.FromString,
+                _registered_method=True)
         self.VerifyPassword = channel.unary_unary(
                 '/miniupi.v1.Bank/VerifyPassword',
                 request_serializer=miniupi_dot_v1_dot_bank__pb2.VerifyPasswordRequest.SerializeToString,
@@ -135,7 +140,18 @@ class BankServicer:
 
     def OpenAccounts(self, request, context):
         """Open many accounts that share one already-hashed password: the bulk
-        path for setting up benchmarks and migrations. Admin only.
+        path for setting up benchmarks and migrations. Gateway only (for the
+        treasury's Gateway.OpenAccounts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Deposit(self, request, context):
+        """Credit an account with money the treasury issues, applied at once and
+        durably, once per txn_id (see Gateway.Deposit). Gateway only. The
+        transaction is audited as state "DEPOSITED" and counted in
+        BankAuditChunk.deposits_minor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,6 +218,11 @@ def add_BankServicer_to_server(servicer, server):
                     servicer.OpenAccounts,
                     request_deserializer=miniupi_dot_v1_dot_bank__pb2.OpenAccountsRequest.FromString,
                     response_serializer=miniupi_dot_v1_dot_bank__pb2.OpenAccountsReply.SerializeToString,
+            ),
+            'Deposit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deposit,
+                    request_deserializer=miniupi_dot_v1_dot_bank__pb2.BankDepositRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_bank__pb2.AccountReply.SerializeToString,
             ),
             'VerifyPassword': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyPassword,
@@ -386,6 +407,33 @@ class Bank:
             '/miniupi.v1.Bank/OpenAccounts',
             miniupi_dot_v1_dot_bank__pb2.OpenAccountsRequest.SerializeToString,
             miniupi_dot_v1_dot_bank__pb2.OpenAccountsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deposit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Bank/Deposit',
+            miniupi_dot_v1_dot_bank__pb2.BankDepositRequest.SerializeToString,
+            miniupi_dot_v1_dot_bank__pb2.AccountReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -138,3 +138,39 @@ class TransactionChunk(_message.Message):
     TXNS_FIELD_NUMBER: _ClassVar[int]
     txns: _containers.RepeatedCompositeFieldContainer[GatewayTxn]
     def __init__(self, txns: _Optional[_Iterable[_Union[GatewayTxn, _Mapping]]] = ...) -> None: ...
+
+class DepositRequest(_message.Message):
+    __slots__ = ("txn_id", "account", "amount")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    account: str
+    amount: _common_pb2.Money
+    def __init__(self, txn_id: _Optional[str] = ..., account: _Optional[str] = ..., amount: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
+
+class DepositReply(_message.Message):
+    __slots__ = ("txn_id", "balance")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    balance: _common_pb2.Money
+    def __init__(self, txn_id: _Optional[str] = ..., balance: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
+
+class BulkOpenRequest(_message.Message):
+    __slots__ = ("bank", "accounts", "password_hash", "initial")
+    BANK_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_HASH_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_FIELD_NUMBER: _ClassVar[int]
+    bank: str
+    accounts: _containers.RepeatedScalarFieldContainer[str]
+    password_hash: str
+    initial: _common_pb2.Money
+    def __init__(self, bank: _Optional[str] = ..., accounts: _Optional[_Iterable[str]] = ..., password_hash: _Optional[str] = ..., initial: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
+
+class BulkOpenReply(_message.Message):
+    __slots__ = ("opened",)
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    opened: int
+    def __init__(self, opened: _Optional[int] = ...) -> None: ...

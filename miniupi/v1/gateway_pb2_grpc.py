@@ -74,6 +74,16 @@ class GatewayStub:
                 request_serializer=miniupi_dot_v1_dot_gateway__pb2.ListTransactionsRequest.SerializeToString,
                 response_deserializer=miniupi_dot_v1_dot_gateway__pb2.TransactionChunk.FromString,
                 _registered_method=True)
+        self.Deposit = channel.unary_unary(
+                '/miniupi.v1.Gateway/Deposit',
+                request_serializer=miniupi_dot_v1_dot_gateway__pb2.DepositRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_gateway__pb2.DepositReply.FromString,
+                _registered_method=True)
+        self.OpenAccounts = channel.unary_unary(
+                '/miniupi.v1.Gateway/OpenAccounts',
+                request_serializer=miniupi_dot_v1_dot_gateway__pb2.BulkOpenRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_gateway__pb2.BulkOpenReply.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -139,6 +149,27 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Deposit(self, request, context):
+        """Credit an account with new money: the one way money is issued after an
+        account is opened. Treasury only. Once per txn_id: a repeat with the
+        same account and amount gets the stored answer and credits nothing; the
+        same id with other details, or an id a payment used at that bank, is
+        ALREADY_EXISTS. A balance would pass cluster.max_balance (counting
+        credits in flight): FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenAccounts(self, request, context):
+        """Open many accounts at one bank, sharing one already-hashed password,
+        each with the same opening deposit, which counts as money issued: the
+        bulk path for benchmarks and migrations. Treasury only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +212,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ListTransactions,
                     request_deserializer=miniupi_dot_v1_dot_gateway__pb2.ListTransactionsRequest.FromString,
                     response_serializer=miniupi_dot_v1_dot_gateway__pb2.TransactionChunk.SerializeToString,
+            ),
+            'Deposit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deposit,
+                    request_deserializer=miniupi_dot_v1_dot_gateway__pb2.DepositRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_gateway__pb2.DepositReply.SerializeToString,
+            ),
+            'OpenAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenAccounts,
+                    request_deserializer=miniupi_dot_v1_dot_gateway__pb2.BulkOpenRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_gateway__pb2.BulkOpenReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +440,60 @@ class Gateway:
             '/miniupi.v1.Gateway/ListTransactions',
             miniupi_dot_v1_dot_gateway__pb2.ListTransactionsRequest.SerializeToString,
             miniupi_dot_v1_dot_gateway__pb2.TransactionChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deposit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Gateway/Deposit',
+            miniupi_dot_v1_dot_gateway__pb2.DepositRequest.SerializeToString,
+            miniupi_dot_v1_dot_gateway__pb2.DepositReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Gateway/OpenAccounts',
+            miniupi_dot_v1_dot_gateway__pb2.BulkOpenRequest.SerializeToString,
+            miniupi_dot_v1_dot_gateway__pb2.BulkOpenReply.FromString,
             options,
             channel_credentials,
             insecure,
