@@ -469,7 +469,7 @@ def test_a_bank_asking_for_the_decision_never_hears_one_that_is_not_yet_durable(
     async def scenario() -> list[tuple[str, bool]]:
         store = DecisionStore()
         coordinator = Coordinator(YesLinks(), GroupCommit(store), {}, TIMEOUT_S, TIMEOUT_S)  # type: ignore[arg-type]
-        servicer = GatewayServicer(SimpleNamespace(call_timeout_s=TIMEOUT_S), coordinator, YesLinks(), None)  # type: ignore[arg-type]
+        servicer = GatewayServicer(SimpleNamespace(call_timeout_s=TIMEOUT_S), coordinator, YesLinks(), None, None)  # type: ignore[arg-type]
         paying = asyncio.create_task(coordinator.pay(Payment(txn_id, "p@bank_a", "q@bank_b", AMOUNT, "INR")))
         await asyncio.to_thread(store.deciding.wait, 5)
         heard: list[tuple[str, bool]] = []  # (state told to the bank, was it durable by then)

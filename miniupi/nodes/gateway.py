@@ -11,12 +11,13 @@ from loguru import logger
 from miniupi.auth import Authenticator
 from miniupi.caller import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account, current_peer
 from miniupi.config import ClusterConfig
-from miniupi.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable, from_code
+from miniupi.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable, from_code
 from miniupi.logs import setup_node_logging
 from miniupi.money import format_amount
 from miniupi.nodes import validate
 from miniupi.nodes.bank_links import BankLinks
 from miniupi.nodes.coordinator import Coordinator, Payment
+from miniupi.nodes.issuance import DepositOrder, Issuer
 from miniupi.passwords import MAX_PASSWORD
 from miniupi.nodes.server import NodeStartError, open_store, serve
 from miniupi.nodes.status import grpc_errors, refuse_unknown_fields
@@ -27,8 +28,9 @@ from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, cluster: ClusterConfig, coordinator: Coordinator, links: BankLinks,
-                 sessions: Authenticator) -> None:
+                 sessions: Authenticator, issuer: Issuer) -> None:
         self.cluster, self.coordinator, self.links, self.sessions = cluster, coordinator, links, sessions
+        self.issuer = issuer
         self.timeout = cluster.call_timeout_s
 
     def _bank_of(self, account: str) -> tuple[str, str]:
@@ -130,6 +132,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if amount > self.cluster.max_balance:  # no payee could take it: refuse before any bank holds anything
             raise InvalidArgument(f"amount must be at most {format_amount(self.cluster.max_balance)} "
                                   f"{self.cluster.currency}, the most an account may hold")
+        if txn_id in self.issuer:
+            raise AlreadyExists(f"transaction {txn_id} is a deposit, not a payment")
         payment = Payment(txn_id, payer, request.to_account, amount, self.cluster.currency)
         state = await self.coordinator.pay(payment)
         return gateway_pb2.PayReply(txn_id=txn_id, state=common_pb2.TxnState.Value(state))
@@ -149,11 +153,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     @grpc_errors
     async def Deposit(self, request: gateway_pb2.DepositRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.DepositReply:
-        """New money, by the treasury only; the bank keeps it idempotent by txn_id and audits it."""
+        """New money, by the treasury only: its id bound here cluster-wide, then credited once by the bank."""
         _only_treasury()
         txn_id = validate.txn_id(request.txn_id)
         user, bank = self._bank_of(request.account)
         amount = validate.positive_amount(request.amount.minor, request.amount.currency, self.cluster.currency)
+        await self.issuer.record(DepositOrder(txn_id, f"{user}@{bank}", amount))
         reply = await self._bank_call(bank, "Deposit", bank_pb2.BankDepositRequest(
             txn_id=txn_id, account=user, amount=common_pb2.Money(minor=amount, currency=self.cluster.currency)))
         return gateway_pb2.DepositReply(txn_id=txn_id, balance=reply.balance)
@@ -204,7 +209,8 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
         logger.info("recovery: {} undecided payments aborted, {} decisions being resent", aborted, resent)
 
     def add_services(server: grpc.aio.Server) -> list[str]:
-        gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(cluster, coordinator, links, sessions), server)
+        servicer = GatewayServicer(cluster, coordinator, links, sessions, Issuer(commit, tables, coordinator.txns))
+        gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
         return [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name]
 
     async def on_stop() -> None:

@@ -1,0 +1,60 @@
+"""The gateway's record of treasury deposits: one id, one deposit, cluster-wide.
+
+A bank keeps a deposit idempotent by its id, but only among its own
+transactions: the same id sent for an account at another bank would credit
+twice. So the gateway records each id with its details durably before the
+bank hears of it, as it does for payments, and refuses an id that a payment
+or another deposit already took.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Container
+from dataclasses import dataclass
+from typing import Any
+
+from miniupi.errors import AlreadyExists, Unavailable
+from miniupi.storage import GroupCommit, Put
+
+TABLE = "deposits"
+
+
+@dataclass(frozen=True, slots=True)
+class DepositOrder:
+    txn_id: str
+    account: str  # user@bank
+    amount: int  # minor units
+
+
+class Issuer:
+    def __init__(self, commit: GroupCommit, tables: dict[str, dict[str, Any]], payments: Container[str]) -> None:
+        self._commit, self._payments = commit, payments
+        self._orders = {txn_id: (r["account"], r["amount"]) for txn_id, r in tables.get(TABLE, {}).items()}
+
+    def __contains__(self, txn_id: str) -> bool:
+        return txn_id in self._orders
+
+    async def record(self, order: DepositOrder) -> None:
+        """Bind the id to this deposit, durably; a repeat of the same deposit passes, anything else is refused.
+
+        The id stays bound even if the bank then refuses the deposit, so the
+        treasury retries it with the same details or takes a new id.
+        """
+        if order.txn_id in self._payments:
+            raise AlreadyExists(f"transaction {order.txn_id} is a payment, not a deposit")
+        known = self._orders.get(order.txn_id)
+        if known is not None:
+            if known != (order.account, order.amount):
+                raise AlreadyExists(f"deposit {order.txn_id} was made with other details")
+            await self._commit.barrier()  # the first record is durable before the repeat goes on
+            if order.txn_id not in self._orders:
+                raise Unavailable(f"gateway could not record deposit {order.txn_id}; send it again")
+            return
+        # Memory first, so a repeat arriving during the write finds the id taken.
+        self._orders[order.txn_id] = (order.account, order.amount)
+        try:
+            await self._commit.write([Put(TABLE, order.txn_id, {
+                "account": order.account, "amount": order.amount, "created_at": time.time()})])
+        except Exception:
+            del self._orders[order.txn_id]
+            raise
