@@ -336,3 +336,49 @@ def test_names_without_an_account_lock_like_accounts_in_a_bounded_table(
     answers, remembered = run(scenario())
     assert answers["alice"] == answers["nobody"] == [(False, False), (False, False), (False, True), (False, True)]
     assert remembered == ["x1", "x2", "x3"]  # the least recently guessed name was forgotten first
+
+
+def test_a_deposit_survives_a_restart_with_its_history_its_answer_and_the_issued_totals(tmp_path: Path) -> None:
+    """A deposit is one durable write: after a reopen the account, its history, the bank's issued
+    totals and the repeat's stored answer are as they were, and a repeat still credits nothing."""
+    txn = str(uuid.uuid4())
+
+    async def before() -> None:
+        ledger, commit = _open(tmp_path)
+        await ledger.open_account("alice", "pw", 1000)
+        assert await ledger.deposit(txn, "alice", 500) == 1500
+        paid = str(uuid.uuid4())
+        assert (await ledger.prepare(paid, "INR", _debit(200))).yes
+        await ledger.commit(paid)
+        await commit.close()
+
+    async def after() -> None:
+        ledger, commit = _open(tmp_path)
+        assert await ledger.deposit(txn, "alice", 500) == 1500  # the stored answer, not today's balance
+        assert ledger.accounts["alice"].balance == 1300
+        assert [(leg.delta, leg.counterparty) for _, leg in ledger.history("alice", 10)] == \
+            [(-200, "bob@bank_b"), (500, "treasury")]
+        assert (ledger.meta["deposits"], ledger.meta["treasury"]) == (1500, 500)
+        with pytest.raises(AlreadyExists):
+            await ledger.deposit(txn, "alice", 501)
+        await commit.close()
+
+    run(before())
+    run(after())
+
+
+def test_a_payment_reusing_a_deposits_id_is_refused_and_its_abort_leaves_the_deposit(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ledger, commit = _open(tmp_path)
+        await ledger.open_account("alice", "pw", 1000)
+        txn = str(uuid.uuid4())
+        await ledger.deposit(txn, "alice", 500)
+        vote = await ledger.prepare(txn, "INR", _debit(100))
+        assert (vote.yes, vote.refusal) == (False, "ALREADY_DECIDED")
+        assert await ledger.abort(txn) is False  # the gateway's abort of that payment: nothing to release
+        with pytest.raises(FailedPrecondition):
+            await ledger.commit(txn)
+        assert (ledger.accounts["alice"].balance, ledger.txns[txn].state) == (1500, "DEPOSITED")
+        await commit.close()
+
+    run(scenario())
