@@ -10,6 +10,7 @@ followed by a look at the banks (as the admin) to see that nothing changed.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,6 +263,20 @@ def test_a_deposit_is_once_per_id_and_the_same_id_for_anything_else_is_already_e
     audit_json(cluster, tmp_path)
 
 
+def test_a_deposit_id_stays_bound_across_a_gateway_restart(cluster: LocalCluster) -> None:
+    """The id is bound at the gateway, durably: after a restart it still cannot credit an account
+    at another bank, while the same deposit sent again gets its stored answer."""
+    txn_id = str(uuid.uuid4())
+    first = call(cluster, "gateway", "Deposit", deposit("bob@bank_b", 3_00, txn_id), "treasury")
+    assert first[0] == C.OK, first
+    cluster.restart_node("gateway")
+    before = everyones_money(cluster)
+    code, _, details = call(cluster, "gateway", "Deposit", deposit("alice@bank_a", 3_00, txn_id), "treasury")
+    assert code == C.ALREADY_EXISTS, details
+    assert call(cluster, "gateway", "Deposit", deposit("bob@bank_b", 3_00, txn_id), "treasury") == first
+    assert everyones_money(cluster) == before
+
+
 def test_a_deposit_past_max_balance_counting_credits_in_flight_is_refused(cluster: LocalCluster,
                                                                           tmp_path: Path) -> None:
     user = unique_name("full")
@@ -354,3 +369,10 @@ def test_miniupi_deposit_prints_one_line_and_never_credits_twice(cluster: LocalC
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
         assert words in r.stderr, (args, r.stderr)
     assert bank_account(cluster, "bank_a", user) == (26_50, 0)
+
+    r = cluster.cli("audit", "--wait", "10", home=tmp_path)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    summary, verdict = r.stdout.splitlines()
+    assert re.search(r"total (\d+\.\d\d) INR; issued \1 \(\d+\.\d\d at opening, \d+\.\d\d in [1-9]\d* treasury "
+                     r"deposits\)", summary), summary
+    assert verdict == "audit ok: every invariant holds"

@@ -204,13 +204,14 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
         links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s,
         fire=hook_firer(pm, node),
     )
+    issuer = Issuer(commit, tables, coordinator.txns)
     aborted, resent = await coordinator.recover()
     if aborted or resent:
         logger.info("recovery: {} undecided payments aborted, {} decisions being resent", aborted, resent)
 
     def add_services(server: grpc.aio.Server) -> list[str]:
-        servicer = GatewayServicer(cluster, coordinator, links, sessions, Issuer(commit, tables, coordinator.txns))
-        gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(
+            GatewayServicer(cluster, coordinator, links, sessions, issuer), server)
         return [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name]
 
     async def on_stop() -> None:
