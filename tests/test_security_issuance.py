@@ -119,6 +119,10 @@ def test_register_above_the_cap_is_refused_naming_the_cap_and_opens_nothing(
         account=f"{user}@bank_a", password="pw", initial=inr(initial)), "client")
     assert code == C.FAILED_PRECONDITION, details
     assert "capped at 100.00 INR" in details and "treasury" in details
+    # The bank checks the cap as well, should anything but this gateway ask.
+    code, _, details = call(cluster, "bank_a", "OpenAccount", bank_pb2.OpenAccountRequest(
+        account=user, password="pw", initial=inr(initial)), "gateway")
+    assert code == C.FAILED_PRECONDITION and "capped at 100.00 INR" in details, details
     assert bank_account(cluster, "bank_a", user) is None
     assert issued(cluster, tmp_path) == before
 

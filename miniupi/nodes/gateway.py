@@ -58,9 +58,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise PermissionDenied(f"{mine} may not act on {requested}")
         return mine
 
-    async def _bank_call(self, bank: str, method: str, request: object) -> object:
+    async def _bank_call(self, bank: str, method: str, request: object, timeout: float | None = None) -> object:
         try:
-            return await getattr(self.links.stub(bank), method)(request, timeout=self.timeout, wait_for_ready=True)
+            return await getattr(self.links.stub(bank), method)(request, timeout=timeout or self.timeout,
+                                                                wait_for_ready=True)
         except grpc.aio.AioRpcError as e:
             code = e.code()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -169,9 +170,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         _only_treasury()
         if request.bank not in self.links:
             raise NotFound(f"unknown bank {request.bank[:64]!r}")
+        # Thousands of accounts in one write may outlast call_timeout_s on a big store: the caller's
+        # own deadline bounds it instead, when it gave a longer one.
         reply = await self._bank_call(request.bank, "OpenAccounts", bank_pb2.OpenAccountsRequest(
             accounts=request.accounts, password_hash=request.password_hash,
-            initial=common_pb2.Money(minor=request.initial.minor, currency=request.initial.currency)))
+            initial=common_pb2.Money(minor=request.initial.minor, currency=request.initial.currency)),
+            timeout=max(self.timeout, context.time_remaining() or 0))
         logger.info("bulk opening at {}: {} of {} accounts opened with {} {} each by the treasury", request.bank,
                     reply.opened, len(request.accounts), request.initial.minor, self.cluster.currency)
         return gateway_pb2.BulkOpenReply(opened=reply.opened)
