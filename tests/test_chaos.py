@@ -51,8 +51,8 @@ TXN = "5f0c3b3e-6c1a-4d51-9a53-0d6c2f8e7a10"
 def reading(payer_state: str | None = "COMMITTED", payee_state: str | None = "COMMITTED", payer_balance: int = 70_00,
             payee_balance: int = 130_00, gateway_state: str = "COMMITTED"
             ) -> tuple[dict[str, GatewayTxnView], list[BankView]]:
-    a = BankView("bank_a", OPENING, {"acct0": (payer_balance, 0, OPENING)})
-    b = BankView("bank_b", OPENING, {"acct0": (payee_balance, 0, OPENING)})
+    a = BankView("bank_a", deposits=OPENING, accounts={"acct0": (payer_balance, 0, OPENING)})
+    b = BankView("bank_b", deposits=OPENING, accounts={"acct0": (payee_balance, 0, OPENING)})
     if payer_state:
         a.txns[TXN] = (payer_state, [("acct0", -30_00)])
     if payee_state:
