@@ -117,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> None:
     from miniupi import supervision
     from miniupi.certs import init_certs
+    from miniupi.registry import check_plugins
 
     cluster = load_config(args.cluster_file or args.config)
+    check_plugins(cluster)  # a bad plugin name stops us before certificates, data or supervisord
     written = init_certs(cluster)
     if written:
         print(f"made {len(written)} certificate files in {cluster.certs_dir}")
@@ -193,14 +195,20 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_bank(args: argparse.Namespace) -> None:
     from miniupi.nodes.bank import run_bank
+    from miniupi.registry import check_plugins
 
-    asyncio.run(run_bank(load_config(args.config), args.name, args.port, args.log_json))
+    cluster = load_config(args.config)
+    plugins = check_plugins(cluster)
+    asyncio.run(run_bank(cluster, args.name, args.port, args.log_json, plugins))
 
 
 def cmd_gateway(args: argparse.Namespace) -> None:
     from miniupi.nodes.gateway import run_gateway
+    from miniupi.registry import check_plugins
 
-    asyncio.run(run_gateway(load_config(args.config), args.port, args.log_json))
+    cluster = load_config(args.config)
+    plugins = check_plugins(cluster)
+    asyncio.run(run_gateway(cluster, args.port, args.log_json, plugins))
 
 
 def cmd_client(args: argparse.Namespace) -> None:
@@ -268,5 +276,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message: Any = getattr(e, "message", None) or str(e)
         print(f"miniupi: {message}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)  # 2: the cluster file named what no plugin provides
     return 0
