@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from miniupi.config import DEFAULT_CONFIG, ConfigError, load_config
@@ -124,7 +125,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     written = init_certs(cluster)
     if written:
         print(f"made {len(written)} certificate files in {cluster.certs_dir}")
-    supervision.run(cluster)
+    code = supervision.run(cluster)
+    if code:
+        raise SystemExit(code)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -193,22 +196,40 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+@contextlib.contextmanager
+def _refusing_to_start() -> Iterator[None]:
+    """A node's user errors all mean it cannot start: exit as NodeStartError does, so supervisord
+    does not retry it, except a bad plugin name, which keeps its own exit code 2."""
+    from miniupi.nodes.server import NodeStartError
+    from miniupi.registry import PluginChoiceError
+    from miniupi.tls import CertsMissing
+
+    try:
+        yield
+    except PluginChoiceError:
+        raise
+    except (ConfigError, PluginError, CertsMissing) as e:
+        raise NodeStartError(str(e)) from None
+
+
 def cmd_bank(args: argparse.Namespace) -> None:
     from miniupi.nodes.bank import run_bank
     from miniupi.registry import check_plugins
 
-    cluster = load_config(args.config)
-    plugins = check_plugins(cluster)
-    asyncio.run(run_bank(cluster, args.name, args.port, args.log_json, plugins))
+    with _refusing_to_start():
+        cluster = load_config(args.config)
+        plugins = check_plugins(cluster)
+        asyncio.run(run_bank(cluster, args.name, args.port, args.log_json, plugins))
 
 
 def cmd_gateway(args: argparse.Namespace) -> None:
     from miniupi.nodes.gateway import run_gateway
     from miniupi.registry import check_plugins
 
-    cluster = load_config(args.config)
-    plugins = check_plugins(cluster)
-    asyncio.run(run_gateway(cluster, args.port, args.log_json, plugins))
+    with _refusing_to_start():
+        cluster = load_config(args.config)
+        plugins = check_plugins(cluster)
+        asyncio.run(run_gateway(cluster, args.port, args.log_json, plugins))
 
 
 def cmd_client(args: argparse.Namespace) -> None:

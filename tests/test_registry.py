@@ -166,7 +166,7 @@ def test_an_auth_kind_that_issues_no_sessions_cannot_be_the_gateways(tmp_path: P
     (tmp_path / "c.toml").write_text(tomli_w.dumps(raw))
     result = miniupi(tmp_path, "gateway", "--config", str(tmp_path / "c.toml"),
                      env={"PYTHONPATH": str(PLUGIN_DIR)})
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert result.stderr == (f"miniupi: {tmp_path / 'c.toml'}: gateway.auth: the auth plugin 'open' issues no "
                              "sessions, and the gateway must authenticate customers\n")
     assert not (tmp_path / "data").exists()

@@ -14,15 +14,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from supervisor.datatypes import RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 
 from miniupi import supervision
 from miniupi.config import ClusterConfig, parse_config
 from miniupi.supervision import ClusterRunning, Supervisor, SupervisorUnavailable
+from miniupi.testing import LocalCluster
 from conftest import wait_for
 
 
@@ -102,7 +105,11 @@ def test_conf_has_a_program_per_node_that_supervisor_reads_back(cluster: Cluster
         # Round-trips despite the '%' and ' ' in the paths.
         assert shlex.split(program.command) == supervision.node_command(cluster, cluster.node(name))
         assert program.directory == os.getcwd()
-        assert program.autorestart and program.startretries == 1000
+        # Restarted after any exit but a refusal to start; FATAL after a few quick exits in a row.
+        assert program.autorestart is RestartWhenExitUnexpected
+        assert program.exitcodes == list(supervision.REFUSED_EXIT_CODES)
+        assert (program.startsecs, program.startretries) == (supervision.STARTSECS, supervision.START_RETRIES)
+        assert program.stderr_logfile == str(supervision.stderr_path(cluster, cluster.node(name)))
         assert program.stopasgroup and program.killasgroup
         assert program.environment["PYTHONUNBUFFERED"] == "1"
     assert options.server_configs[0]["file"] == str(supervision.socket_path(cluster))
@@ -220,27 +227,27 @@ def test_run_refuses_a_second_supervisor(
     supervised: tuple[subprocess.Popen, Supervisor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proc, sup = supervised
-    monkeypatch.setattr(os, "execv", _no_exec)
+    monkeypatch.setattr(supervision, "_spawn", _no_spawn)
     with pytest.raises(ClusterRunning, match=rf"cluster already running \(pid {proc.pid}\)"):
         supervision.run(sup.cluster)
     assert sup.is_running()
 
 
-def test_run_clears_a_stale_socket_and_execs_supervisord(
+def test_run_clears_a_stale_socket_and_spawns_supervisord(
     cluster: ClusterConfig, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sock = supervision.socket_path(cluster)
     _stale_socket(sock)
-    execs: list[list[str]] = []
+    spawned: list[list[str]] = []
 
-    def fake_execv(path: str, argv: list[str]) -> None:
-        execs.append(list(argv))
-        raise _Exec
+    def fake_spawn(argv: list[str]) -> None:
+        spawned.append(list(argv))
+        raise _Spawn
 
-    monkeypatch.setattr(os, "execv", fake_execv)
-    with pytest.raises(_Exec):
+    monkeypatch.setattr(supervision, "_spawn", fake_spawn)
+    with pytest.raises(_Spawn):
         supervision.run(cluster)
-    assert execs == [supervision.supervisord_argv(cluster)]
+    assert spawned == [supervision.supervisord_argv(cluster)]
     assert not sock.exists()
     assert (cluster.data_dir / "supervisord.conf").exists()
     out = capsys.readouterr().out
@@ -248,12 +255,95 @@ def test_run_clears_a_stale_socket_and_execs_supervisord(
     assert "Ctrl-C" in out
 
 
-class _Exec(Exception):
-    """Stands in for os.execv so a broken run() cannot replace the test process."""
+class _Spawn(Exception):
+    """Stands in for starting supervisord, so run() stops there."""
+
+
+def _no_spawn(argv: list[str]) -> None:
+    raise _Spawn(argv)
 
 
 def _no_exec(path: str, argv: list[str]) -> None:
-    raise _Exec(argv)
+    raise _Spawn(argv)
+
+
+def test_a_node_killed_more_often_than_the_start_retries_is_restarted_each_time(
+        supervised: tuple[subprocess.Popen, Supervisor]) -> None:
+    """Only failing to start is fatal: a node that was up comes back however often it dies."""
+    _, sup = supervised
+    for _ in range(supervision.START_RETRIES + 2):
+        old = sup.pid("bank_a")
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        wait_for("bank_a to be restarted", lambda: (s := {s.name: s for s in sup.status()}["bank_a"]).state
+                 == "RUNNING" and s.pid not in (None, old), timeout_s=10)
+
+
+# Refuses to start as a node does (cli.main): one line on stderr, then exit 3 (NodeStartError)
+# after a while, or crashes at once (exit 1). SLEEP is replaced per case.
+REFUSER = """\
+import sys, time
+time.sleep(SLEEP)
+print("miniupi: bank_b: refusing to start: the store is damaged", file=sys.stderr)
+sys.exit(CODE)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("sleep_s", "exit_code"), [(supervision.STARTSECS + 0.5, 3), (0, 1)],
+                         ids=["refuses-late", "crashes-at-once"])
+def test_run_stops_everything_and_names_a_node_that_cannot_start(
+        cluster: ClusterConfig, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+        sleep_s: float, exit_code: int) -> None:
+    """A node that refuses, however late, or that keeps exiting at once: run stops, with its line."""
+    scripts = cluster.path.parent
+    (scripts / "stand_in.py").write_text(STAND_IN)
+    (scripts / "refuser.py").write_text(REFUSER.replace("SLEEP", str(sleep_s)).replace("CODE", str(exit_code)))
+    monkeypatch.setattr(supervision, "node_command", lambda cluster, node: [
+        sys.executable, str(scripts / ("refuser.py" if node.name == "bank_b" else "stand_in.py"))])
+    monkeypatch.setattr(os, "execv", _no_exec)  # a run() that replaced its process would take pytest along
+    started = time.monotonic()
+    with pytest.raises(supervision.NodeFailedToStart) as failed:
+        supervision.run(cluster)
+    assert time.monotonic() - started < 30
+    assert str(failed.value) == "bank_b failed to start: bank_b: refusing to start: the store is damaged"
+    assert not Supervisor(cluster).is_running()
+    assert "refusing to start" in capfd.readouterr().err  # the node's stderr was shown as it came
+    assert _processes_running(str(scripts)) == []
+
+
+@pytest.mark.timeout(90)
+def test_miniupi_run_exits_with_the_error_of_a_bank_whose_store_is_damaged(tmp_path: Path) -> None:
+    """The real command and nodes: no crash loop, one line naming the node and its error, nothing left."""
+    local = LocalCluster(tmp_path, {"cluster": {}, "gateway": {}, "banks": {"bank_a": {}, "bank_b": {"storage": "json"}}})
+    snapshot = local.config.data_dir / "bank_b" / "snapshot.json"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.write_text("this is not a snapshot\n")
+    proc = subprocess.Popen([sys.executable, "-m", "miniupi", "run", str(local.config_path)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # the old crash loop: stop it as Ctrl-C would, then look for leftovers
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert err.splitlines()[-1] == (f"miniupi: bank_b failed to start: bank_b: refusing to start: {snapshot}: "
+                                    "not a snapshot this store wrote")
+    assert _processes_running(str(local.config_path)) == []
+    assert not local.supervisor.is_running()
+
+
+def _processes_running(text: str) -> list[int]:
+    """Pids of live processes whose command line mentions `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def _stale_socket(path: Path) -> None:

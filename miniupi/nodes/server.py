@@ -39,6 +39,9 @@ SERVER_OPTIONS = [
 class NodeStartError(Exception):
     """The node cannot start; the message says why in one line."""
 
+    # The node refused to start: `miniupi run` does not restart it but stops, showing why.
+    exit_code = 3
+
 
 async def open_store(plugins: Plugins, node: NodeConfig) -> tuple[GroupCommit, dict]:
     """Open the storage kind the cluster file names for `node` (checked at load) and load its tables."""
