@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -198,18 +199,27 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def _refusing_to_start() -> Iterator[None]:
-    """A node's user errors all mean it cannot start: exit as NodeStartError does, so supervisord
-    does not retry it, except a bad plugin name, which keeps its own exit code 2."""
-    from miniupi.nodes.server import NodeStartError
+    """Any failure before a node serves means it cannot start: exit as NodeStartError does.
+
+    Then supervisord does not restart it and `miniupi run` stops with its
+    line; a bad plugin name keeps its own exit code 2. A bug shows its
+    traceback first. A failure once the node served is a crash: restarted.
+    """
+    from miniupi.nodes.server import NodeStartError, has_served
     from miniupi.registry import PluginChoiceError
     from miniupi.tls import CertsMissing
 
     try:
         yield
-    except PluginChoiceError:
+    except (PluginChoiceError, NodeStartError):
         raise
     except (ConfigError, PluginError, CertsMissing) as e:
         raise NodeStartError(str(e)) from None
+    except Exception as e:
+        if has_served():
+            raise
+        traceback.print_exc()
+        raise NodeStartError(f"crashed while starting: {type(e).__name__}: {e}") from None
 
 
 def cmd_bank(args: argparse.Namespace) -> None:

@@ -38,14 +38,18 @@ RPC_TIMEOUT_S = 60.0
 # once but waits a poll tick (~1 s) between groups, so one group per node
 # made Ctrl-C take a second per node. supervisorctl names are GROUP:NODE.
 GROUP = "miniupi"
-# A node that exits within STARTSECS of being spawned has failed to start;
-# after START_RETRIES such failures in a row supervisord marks it FATAL.
-STARTSECS = 1
-START_RETRIES = 3
-# Exit codes of a node that refused to start (2: the cluster file names what
-# no plugin provides; 3: NodeStartError, e.g. a damaged store): expected,
-# so supervisord does not restart it even when the refusal came late.
+# A node says it cannot start by its exit code (2: the cluster file names
+# what no plugin provides; 3: anything else before it serves, such as a
+# damaged store): expected, so supervisord does not restart it, and `run`
+# stops. Every other exit is restarted, however often and however soon.
 REFUSED_EXIT_CODES = (2, 3)
+# 0: a process is RUNNING once spawned. supervisord counts an exit within
+# startsecs as a failed start and gives up after startretries of them in a
+# row; but a node serves well within a second, so a node killed that soon,
+# again and again (the crash matrix does it), must be restarted, not given up on.
+STARTSECS = 0
+# Only for a command that cannot even be spawned (supervisord retries those with backoff).
+START_RETRIES = 3
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How often `run` forwards the nodes' stderr and looks for a node that failed to start.
 WATCH_EVERY_S = 0.25
@@ -96,7 +100,7 @@ class NodeStatus:
 
     @property
     def failed_to_start(self) -> bool:
-        """FATAL (START_RETRIES quick exits), or exited saying it refuses to start."""
+        """Exited saying it cannot start, or FATAL: supervisord could not even spawn it."""
         return self.state == "FATAL" or (self.state == "EXITED" and self.exit_status in REFUSED_EXIT_CODES)
 
 
@@ -191,7 +195,7 @@ def write_supervisord_conf(cluster: ClusterConfig) -> Path:
             f"priority = {200 if node.role == 'gateway' else 100}",
             "autostart = true",
             # Every exit but a refusal to start is restarted, however often: a node
-            # killed under load must come back. Failing to start ends in FATAL instead.
+            # killed under load must come back.
             "autorestart = unexpected",
             f"exitcodes = {','.join(map(str, REFUSED_EXIT_CODES))}",
             f"startsecs = {STARTSECS}",

@@ -15,10 +15,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import tomli_w
 from supervisor.datatypes import RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 
@@ -27,6 +29,8 @@ from miniupi.config import ClusterConfig, parse_config
 from miniupi.supervision import ClusterRunning, Supervisor, SupervisorUnavailable
 from miniupi.testing import LocalCluster
 from conftest import wait_for
+
+PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 
 
 # Exits by itself once orphaned (checked every second), so a test that dies
@@ -267,38 +271,38 @@ def _no_exec(path: str, argv: list[str]) -> None:
     raise _Spawn(argv)
 
 
-def test_a_node_killed_more_often_than_the_start_retries_is_restarted_each_time(
+def test_a_node_killed_again_and_again_just_after_it_started_is_restarted_each_time(
         supervised: tuple[subprocess.Popen, Supervisor]) -> None:
-    """Only failing to start is fatal: a node that was up comes back however often it dies."""
+    """Only a node that says it cannot start is given up on; one killed within its first second,
+    more times in a row than supervisord's startretries, comes back each time."""
     _, sup = supervised
     for _ in range(supervision.START_RETRIES + 2):
         old = sup.pid("bank_a")
         assert old is not None
         os.kill(old, signal.SIGKILL)
-        wait_for("bank_a to be restarted", lambda: (s := {s.name: s for s in sup.status()}["bank_a"]).state
-                 == "RUNNING" and s.pid not in (None, old), timeout_s=10)
+        wait_for("bank_a to be restarted", lambda: sup.pid("bank_a") not in (None, old), timeout_s=10)
+    wait_for("bank_a RUNNING", lambda: {s.name: s.state for s in sup.status()}["bank_a"] == "RUNNING",
+             timeout_s=10)
 
 
-# Refuses to start as a node does (cli.main): one line on stderr, then exit 3 (NodeStartError)
-# after a while, or crashes at once (exit 1). SLEEP is replaced per case.
+# Refuses to start as a node does (cli.main): one line on stderr, then exit 3 (NodeStartError).
 REFUSER = """\
 import sys, time
 time.sleep(SLEEP)
 print("miniupi: bank_b: refusing to start: the store is damaged", file=sys.stderr)
-sys.exit(CODE)
+sys.exit(3)
 """
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("sleep_s", "exit_code"), [(supervision.STARTSECS + 0.5, 3), (0, 1)],
-                         ids=["refuses-late", "crashes-at-once"])
+@pytest.mark.parametrize("sleep_s", [0, 1.5], ids=["refuses-at-once", "refuses-late"])
 def test_run_stops_everything_and_names_a_node_that_cannot_start(
         cluster: ClusterConfig, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
-        sleep_s: float, exit_code: int) -> None:
-    """A node that refuses, however late, or that keeps exiting at once: run stops, with its line."""
+        sleep_s: float) -> None:
+    """However soon or late a node refuses, run stops every node at once and quotes its line."""
     scripts = cluster.path.parent
     (scripts / "stand_in.py").write_text(STAND_IN)
-    (scripts / "refuser.py").write_text(REFUSER.replace("SLEEP", str(sleep_s)).replace("CODE", str(exit_code)))
+    (scripts / "refuser.py").write_text(REFUSER.replace("SLEEP", str(sleep_s)))
     monkeypatch.setattr(supervision, "node_command", lambda cluster, node: [
         sys.executable, str(scripts / ("refuser.py" if node.name == "bank_b" else "stand_in.py"))])
     monkeypatch.setattr(os, "execv", _no_exec)  # a run() that replaced its process would take pytest along
@@ -312,24 +316,39 @@ def test_run_stops_everything_and_names_a_node_that_cannot_start(
     assert _processes_running(str(scripts)) == []
 
 
-@pytest.mark.timeout(90)
-def test_miniupi_run_exits_with_the_error_of_a_bank_whose_store_is_damaged(tmp_path: Path) -> None:
-    """The real command and nodes: no crash loop, one line naming the node and its error, nothing left."""
-    local = LocalCluster(tmp_path, {"cluster": {}, "gateway": {}, "banks": {"bank_a": {}, "bank_b": {"storage": "json"}}})
+def damage_snapshot(local: LocalCluster) -> str:
     snapshot = local.config.data_dir / "bank_b" / "snapshot.json"
     snapshot.parent.mkdir(parents=True)
     snapshot.write_text("this is not a snapshot\n")
+    return f"bank_b: refusing to start: {snapshot}: not a snapshot this store wrote"
+
+
+def use_broken_storage(local: LocalCluster) -> str:
+    spec = tomllib.loads(local.config_path.read_text())
+    spec["banks"]["bank_b"]["storage"] = "broken"
+    spec["plugins"] = {"load": ["broken_storage"]}
+    local.config_path.write_text(tomli_w.dumps(spec))
+    return "crashed while starting: RuntimeError: this store has a bug"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("spoil", [damage_snapshot, use_broken_storage], ids=["damaged-store", "bug-at-start"])
+def test_miniupi_run_exits_with_the_error_of_a_bank_that_cannot_start(
+        tmp_path: Path, spoil: Callable[[LocalCluster], str]) -> None:
+    """The real command and nodes: no crash loop, one line naming the node and its error, nothing left."""
+    local = LocalCluster(tmp_path, {"cluster": {}, "gateway": {}, "banks": {"bank_a": {}, "bank_b": {"storage": "json"}}})
+    error = spoil(local)
     proc = subprocess.Popen([sys.executable, "-m", "miniupi", "run", str(local.config_path)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(PLUGIN_DIR)})
     try:
         _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:  # the old crash loop: stop it as Ctrl-C would, then look for leftovers
+        if proc.poll() is None:  # a crash loop: stop it as Ctrl-C would, then look for leftovers
             proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=30)
     assert proc.returncode == 1
-    assert err.splitlines()[-1] == (f"miniupi: bank_b failed to start: bank_b: refusing to start: {snapshot}: "
-                                    "not a snapshot this store wrote")
+    assert err.splitlines()[-1] == f"miniupi: bank_b failed to start: {error}"
     assert _processes_running(str(local.config_path)) == []
     assert not local.supervisor.is_running()
 

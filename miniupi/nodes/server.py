@@ -43,6 +43,14 @@ class NodeStartError(Exception):
     exit_code = 3
 
 
+_served = False  # one node per process
+
+
+def has_served() -> bool:
+    """Whether this process's node got as far as serving: a failure after that is a crash, not a refusal."""
+    return _served
+
+
 async def open_store(plugins: Plugins, node: NodeConfig) -> tuple[GroupCommit, dict]:
     """Open the storage kind the cluster file names for `node` (checked at load) and load its tables."""
     store: Store | None = None
@@ -94,6 +102,8 @@ async def serve(
     address = f"{node.host}:{port}"
     quiet_garbage_collector()
     await server.start()
+    global _served
+    _served = True
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("{} serving on {} (pid {}, storage {}, auth {})", node.name, address, os.getpid(),
