@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from miniupi.config import DEFAULT_CONFIG, ConfigError, load_config
@@ -117,12 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> None:
     from miniupi import supervision
     from miniupi.certs import init_certs
+    from miniupi.registry import check_plugins
 
     cluster = load_config(args.cluster_file or args.config)
+    check_plugins(cluster)  # a bad plugin name stops us before certificates, data or supervisord
     written = init_certs(cluster)
     if written:
         print(f"made {len(written)} certificate files in {cluster.certs_dir}")
-    supervision.run(cluster)
+    code = supervision.run(cluster)
+    if code:
+        raise SystemExit(code)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -191,16 +197,49 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+@contextlib.contextmanager
+def _refusing_to_start() -> Iterator[None]:
+    """Any failure before a node serves means it cannot start: exit as NodeStartError does.
+
+    Then supervisord does not restart it and `miniupi run` stops with its
+    line; a bad plugin name keeps its own exit code 2. A bug shows its
+    traceback first. A failure once the node served is a crash: restarted.
+    """
+    from miniupi.nodes.server import NodeStartError, has_served
+    from miniupi.registry import PluginChoiceError
+    from miniupi.tls import CertsMissing
+
+    try:
+        yield
+    except (PluginChoiceError, NodeStartError):
+        raise
+    except (ConfigError, PluginError, CertsMissing) as e:
+        raise NodeStartError(str(e)) from None
+    except Exception as e:
+        if has_served():
+            raise
+        traceback.print_exc()
+        raise NodeStartError(f"crashed while starting: {type(e).__name__}: {e}") from None
+
+
 def cmd_bank(args: argparse.Namespace) -> None:
     from miniupi.nodes.bank import run_bank
+    from miniupi.registry import check_plugins
 
-    asyncio.run(run_bank(load_config(args.config), args.name, args.port, args.log_json))
+    with _refusing_to_start():
+        cluster = load_config(args.config)
+        plugins = check_plugins(cluster)
+        asyncio.run(run_bank(cluster, args.name, args.port, args.log_json, plugins))
 
 
 def cmd_gateway(args: argparse.Namespace) -> None:
     from miniupi.nodes.gateway import run_gateway
+    from miniupi.registry import check_plugins
 
-    asyncio.run(run_gateway(load_config(args.config), args.port, args.log_json))
+    with _refusing_to_start():
+        cluster = load_config(args.config)
+        plugins = check_plugins(cluster)
+        asyncio.run(run_gateway(cluster, args.port, args.log_json, plugins))
 
 
 def cmd_client(args: argparse.Namespace) -> None:
@@ -268,5 +307,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message: Any = getattr(e, "message", None) or str(e)
         print(f"miniupi: {message}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)  # 2: the cluster file named what no plugin provides
     return 0

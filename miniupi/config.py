@@ -41,10 +41,18 @@ class NodeConfig:
     auth: str
     cluster: ClusterConfig = field(repr=False, compare=False)
     accounts: Path | None = None
+    # Sub-tables named after the node's storage or auth kind, such as [banks.bank_b.json]:
+    # that plugin's own settings, checked against what it declares by miniupi.registry.
+    plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def where(self) -> str:
+        """The node's table in the cluster file, for messages: "gateway" or "banks.bank_a"."""
+        return "gateway" if self.role == "gateway" else f"banks.{self.name}"
 
     @property
     def data_dir(self) -> Path:
@@ -137,6 +145,11 @@ class _Section:
         except BadAmount as e:
             raise self.error(key, f'an amount as a string, such as "10000.00" ({e})') from None
 
+    def plugin_tables(self, *kinds: str) -> dict[str, dict[str, Any]]:
+        """The sub-tables named after the node's chosen kinds; their keys are the plugins' to check."""
+        return {kind: self.get(kind, dict, expected=f"a table of the {kind!r} plugin's settings")
+                for kind in dict.fromkeys(kinds) if kind in self.table and kind not in self.used}
+
     def done(self) -> None:
         extra = sorted(set(self.table) - self.used)
         if extra:
@@ -205,14 +218,16 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     c.done()
 
     g = _Section(path, "gateway", top.get("gateway", dict, expected="a [gateway] table"))
+    storage, auth = g.get("storage", str, "sqlite"), g.get("auth", str, "session")
     gateway = NodeConfig(
         name="gateway",
         role="gateway",
         host=g.get("host", str, "127.0.0.1"),
         port=g.port(),
-        storage=g.get("storage", str, "sqlite"),
-        auth=g.get("auth", str, "session"),
+        storage=storage,
+        auth=auth,
         cluster=cluster,
+        plugin_settings=g.plugin_tables(storage, auth),
     )
     object.__setattr__(cluster, "session_idle_s", g.positive("session_idle_s", 15 * 60))
     object.__setattr__(cluster, "session_max_s", g.positive("session_max_s", 24 * 3600))
@@ -227,15 +242,17 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
             )
         b = _Section(path, f"banks.{bank_name}", banks_table.get(bank_name, dict))
         accounts = b.get("accounts", str, None)
+        storage, auth = b.get("storage", str, "sqlite"), b.get("auth", str, "session")
         banks[bank_name] = NodeConfig(
             name=bank_name,
             role="bank",
             host=b.get("host", str, "127.0.0.1"),
             port=b.port(),
-            storage=b.get("storage", str, "sqlite"),
-            auth=b.get("auth", str, "session"),
+            storage=storage,
+            auth=auth,
             cluster=cluster,
             accounts=Path(accounts).resolve() if accounts else None,
+            plugin_settings=b.plugin_tables(storage, auth),
         )
         b.done()
     if not banks:

@@ -6,7 +6,6 @@ like a third-party plugin. Set MINIUPI_TRACE_PLUGINS=1 to print every call.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -14,33 +13,29 @@ import pluggy
 if TYPE_CHECKING:
     import grpc
 
-    from miniupi.auth import Authenticator
     from miniupi.config import NodeConfig
-    from miniupi.storage import Store
+    from miniupi.registry import Register
 
 hookspec = pluggy.HookspecMarker("miniupi")
 hookimpl = pluggy.HookimplMarker("miniupi")
 
 
-@hookspec(firstresult=True)
-def miniupi_make_storage(node: NodeConfig, path: Path) -> Store | None:
-    """Open the durable store for `node` in directory `path`.
+@hookspec
+def miniupi_register_kinds(register: Register) -> None:
+    """Plugins are loaded and the cluster file not yet checked: add the kinds you provide.
 
-    Return a Store when `node.storage` is the name your plugin provides,
-    else None; the first non-None answer wins.
+    Call `register.add_storage(StorageKind(...))` or `register.add_auth(AuthKind(...))`
+    (miniupi.registry) with each kind's name, factory and declared settings.
+    A node picks its kinds by name; the core looks them up and refuses an
+    unknown name or setting before anything starts.
     """
-
-
-@hookspec(firstresult=True)
-def miniupi_make_authenticator(node: NodeConfig) -> Authenticator | None:
-    """The gateway's session issuer and checker when `node.auth` names your plugin."""
 
 
 @hookspec
 def miniupi_server_interceptors(node: NodeConfig) -> list[grpc.aio.ServerInterceptor]:
-    """Server interceptors to install on `node`; each plugin adds a list.
+    """Server interceptors to install on every node, whatever its kinds; each plugin adds a list.
 
-    Auth plugins check `node.auth` and add theirs only when it names them.
+    They run outside the auth kind's interceptors and the core caller check.
     """
 
 

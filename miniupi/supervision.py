@@ -1,10 +1,12 @@
 """Run the whole cluster under supervisord, and talk to it afterwards.
 
-`miniupi run` writes a supervisord config for the topology and execs
-supervisord in the foreground, so one Ctrl-C (or SIGTERM) reaches one
-process that stops every node and leaves nothing behind, and a node that
-dies is restarted. The `Supervisor` client drives that supervisord over
-XML-RPC on a unix socket for `status`, `start`, `stop` and `restart`.
+`miniupi run` writes a supervisord config for the topology and runs
+supervisord as its child, passing on Ctrl-C and SIGTERM, so one signal
+stops every node and leaves nothing behind. A node that dies once it is up
+is restarted, however often; a node that cannot start is not: `run` stops
+the cluster and exits with that node's own last error line. The
+`Supervisor` client drives that supervisord over XML-RPC on a unix socket
+for `status`, `start`, `stop` and `restart`.
 """
 from __future__ import annotations
 
@@ -13,13 +15,15 @@ import http.client
 import os
 import re
 import shlex
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
@@ -34,6 +38,21 @@ RPC_TIMEOUT_S = 60.0
 # once but waits a poll tick (~1 s) between groups, so one group per node
 # made Ctrl-C take a second per node. supervisorctl names are GROUP:NODE.
 GROUP = "miniupi"
+# A node says it cannot start by its exit code (2: the cluster file names
+# what no plugin provides; 3: anything else before it serves, such as a
+# damaged store): expected, so supervisord does not restart it, and `run`
+# stops. Every other exit is restarted, however often and however soon.
+REFUSED_EXIT_CODES = (2, 3)
+# 0: a process is RUNNING once spawned. supervisord counts an exit within
+# startsecs as a failed start and gives up after startretries of them in a
+# row; but a node serves well within a second, so a node killed that soon,
+# again and again (the crash matrix does it), must be restarted, not given up on.
+STARTSECS = 0
+# Only for a command that cannot even be spawned (supervisord retries those with backoff).
+START_RETRIES = 3
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How often `run` forwards the nodes' stderr and looks for a node that failed to start.
+WATCH_EVERY_S = 0.25
 
 
 class SupervisionError(Exception):
@@ -56,6 +75,10 @@ class ClusterRunning(SupervisionError):
     """`run` was asked for while a supervisord already serves this cluster."""
 
 
+class NodeFailedToStart(SupervisionError):
+    """A node could not start, so `run` stopped the cluster; the message has the node's own error line."""
+
+
 class SupervisorFault(SupervisionError):
     """supervisord refused a request; `code` is one of supervisor.xmlrpc.Faults."""
 
@@ -73,6 +96,12 @@ class NodeStatus:
     pid: int | None
     address: str
     description: str  # supervisor's own line, e.g. "pid 123, uptime 0:01:02" or "Not started"
+    exit_status: int | None = None  # of the last exit, once EXITED
+
+    @property
+    def failed_to_start(self) -> bool:
+        """Exited saying it cannot start, or FATAL: supervisord could not even spawn it."""
+        return self.state == "FATAL" or (self.state == "EXITED" and self.exit_status in REFUSED_EXIT_CODES)
 
 
 # --- the config file ---------------------------------------------------------
@@ -101,8 +130,13 @@ def socket_path(cluster: ClusterConfig) -> Path:
     return Path(tempfile.gettempdir()) / f"miniupi-{os.getuid()}-{digest}.sock"
 
 
+def stderr_path(cluster: ClusterConfig, node: NodeConfig) -> Path:
+    """Where supervisord keeps a node's stderr, for `run` to show it and quote its last line."""
+    return cluster.data_dir / f"{node.name}.stderr"
+
+
 def supervisord_argv(cluster: ClusterConfig) -> list[str]:
-    """How to start supervisord for this cluster (run() execs it, tests Popen it)."""
+    """How to start supervisord for this cluster (run() and tests spawn it)."""
     return [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf_path(cluster))]
 
 
@@ -160,16 +194,23 @@ def write_supervisord_conf(cluster: ClusterConfig) -> Path:
             # Banks are spawned first and the gateway is signalled first.
             f"priority = {200 if node.role == 'gateway' else 100}",
             "autostart = true",
-            "autorestart = true",
-            "startsecs = 1",
-            "startretries = 1000",
+            # Every exit but a refusal to start is restarted, however often: a node
+            # killed under load must come back.
+            "autorestart = unexpected",
+            f"exitcodes = {','.join(map(str, REFUSED_EXIT_CODES))}",
+            f"startsecs = {STARTSECS}",
+            f"startretries = {START_RETRIES}",
             "stopsignal = TERM",
             "stopwaitsecs = 10",
             "stopasgroup = true",
             "killasgroup = true",
-            "redirect_stderr = true",
             "stdout_logfile = /dev/stdout",
             "stdout_logfile_maxbytes = 0",
+            # A file `run` copies to its own stderr, so it also knows each node's last error line.
+            # supervisord %-expands a program's log file names twice.
+            f"stderr_logfile = {_ini(stderr_path(cluster, node)).replace('%', '%%')}",
+            "stderr_logfile_maxbytes = 1MB",
+            "stderr_logfile_backups = 0",
             'environment = PYTHONUNBUFFERED="1"',
         ]
     path = conf_path(cluster)
@@ -276,6 +317,7 @@ class Supervisor:
                 pid=i["pid"] or None,
                 address=addresses.get(i["name"], "?"),
                 description=i["description"],
+                exit_status=i.get("exitstatus"),
             )
             for i in infos
         ]
@@ -330,17 +372,92 @@ def _clear_stale_socket(cluster: ClusterConfig) -> None:
     raise ClusterRunning(f"cluster already running (pid {pid}); stop it with Ctrl-C in its terminal or kill {pid}")
 
 
-def run(cluster: ClusterConfig) -> NoReturn:
-    """Replace this process with supervisord running every node of the cluster."""
+def run(cluster: ClusterConfig) -> int:
+    """Run supervisord with every node of the cluster until it stops; its exit code.
+
+    Raises NodeFailedToStart, once every node is stopped, if one could not start.
+    """
     _clear_stale_socket(cluster)
     write_supervisord_conf(cluster)
     width = max(len(n.name) for n in cluster.nodes)
     for node in cluster.nodes:
         print(f"{node.name:<{width}}  {node.address}")
     print(f"logs below; Ctrl-C stops everything (data in {cluster.data_dir})", flush=True)
-    argv = supervisord_argv(cluster)
-    # exec, not spawn: Ctrl-C and SIGTERM then reach supervisord directly.
+    tails = _StderrTails(cluster)
     # supervisord applies its own umask only when it daemonizes: set it here, for its log and pid files.
     os.umask(0o077)
-    os.execv(argv[0], argv)
-    raise AssertionError("unreachable")  # os.execv only returns by raising
+    proc = _spawn(supervisord_argv(cluster))
+    # Ctrl-C reaches supervisord from the terminal too; SIGTERM from a script reaches only us.
+    forwarded = {sig: signal.signal(sig, lambda signum, frame: proc.send_signal(signum)) for sig in FORWARDED}
+    try:
+        failed = _watch(Supervisor(cluster), proc, tails)
+    finally:
+        if proc.poll() is None:  # we are failing ourselves: still leave no node behind
+            proc.terminate()
+            proc.wait()
+        for sig, handler in forwarded.items():
+            signal.signal(sig, handler)
+    tails.pump()
+    if failed is None:
+        return proc.returncode
+    line = tails.last_line.get(failed.name, "").removeprefix("miniupi: ") or failed.description
+    raise NodeFailedToStart(f"{failed.name} failed to start: {line}")
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+
+
+def _watch(sup: Supervisor, proc: subprocess.Popen[bytes], tails: _StderrTails) -> NodeStatus | None:
+    """Until supervisord exits: copy node stderr, and stop everything if a node cannot start."""
+    while True:
+        try:
+            proc.wait(timeout=WATCH_EVERY_S)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        tails.pump()
+        try:
+            failed = next((s for s in sup.status() if s.failed_to_start), None)
+        except SupervisorUnavailable:  # not listening yet, or already stopping
+            continue
+        if failed is not None:
+            try:
+                sup.shutdown()
+            except SupervisorUnavailable:
+                pass  # it was stopping anyway
+            proc.wait()
+            return failed
+
+
+class _StderrTails:
+    """Copies what each node writes to stderr onto ours, remembering each node's last line."""
+
+    def __init__(self, cluster: ClusterConfig) -> None:
+        self.paths = {node.name: stderr_path(cluster, node) for node in cluster.nodes}
+        for path in self.paths.values():
+            path.unlink(missing_ok=True)  # a line from an earlier run is not this run's error
+        self.offsets = dict.fromkeys(self.paths, 0)
+        self.partial = dict.fromkeys(self.paths, b"")
+        self.last_line: dict[str, str] = {}
+
+    def pump(self) -> None:
+        for name, path in self.paths.items():
+            try:
+                with open(path, "rb") as f:
+                    if os.fstat(f.fileno()).st_size < self.offsets[name]:
+                        self.offsets[name] = 0  # supervisord truncated it at its size limit
+                    f.seek(self.offsets[name])
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            if not data:
+                continue
+            self.offsets[name] += len(data)
+            sys.stderr.buffer.write(data)
+            sys.stderr.flush()
+            *lines, self.partial[name] = (self.partial[name] + data).split(b"\n")
+            for line in reversed(lines):
+                if line.strip():
+                    self.last_line[name] = line.decode(errors="replace").strip()
+                    break

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from miniupi.certs import init_certs
 from miniupi.client.api import Client
 from miniupi.config import NodeConfig, load_config
+from miniupi.registry import PluginChoiceError
 from miniupi.supervision import Supervisor
 from miniupi.tls import dial
 
@@ -127,6 +128,8 @@ class LocalCluster:
         pending = set(names)
         while pending:
             if self._proc is not None and self._proc.poll() is not None:
+                if self._proc.returncode == PluginChoiceError.exit_code:  # refused at load: its one line is the story
+                    raise PluginChoiceError(self.log_path.read_text().splitlines()[-1].removeprefix("miniupi: "))
                 raise RuntimeError(f"miniupi run exited with {self._proc.returncode}; see {self.log_path}:\n"
                                    + self.log_path.read_text()[-3000:])
             pending = {n for n in pending if not is_serving(self.config.node(n), 0.5)}

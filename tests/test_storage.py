@@ -9,7 +9,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,10 @@ from loguru import logger
 
 from miniupi.config import ClusterConfig, parse_config
 from miniupi.errors import Unavailable
-from miniupi.plugin_manager import make_plugin_manager
 from miniupi.plugins import storage_json, storage_sqlite
 from miniupi.plugins.storage_json import JsonStore
 from miniupi.plugins.storage_sqlite import SqliteStore
+from miniupi.registry import Register, check_plugins
 from miniupi.storage import GroupCommit, Put, Store, StoreDamaged
 
 Opener = Callable[[Path], Store]
@@ -379,39 +378,40 @@ def test_json_files_are_private(tmp_path: Path, umask_022: None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("plugin", "store_type", "own"),
-    [(storage_sqlite, SqliteStore, "gateway"), (storage_json, JsonStore, "b")],
+    ("plugin", "store_type", "name"),
+    [(storage_sqlite, SqliteStore, "sqlite"), (storage_json, JsonStore, "json")],
     ids=["sqlite", "json"],
 )
-def test_hookimpl_answers_only_for_its_own_name(
-    tmp_path: Path, umask_022: None, plugin: Any, store_type: type, own: str
+def test_each_store_plugin_registers_its_kind_by_name(
+    tmp_path: Path, umask_022: None, plugin: Any, store_type: type, name: str
 ) -> None:
-    nodes = cluster(tmp_path)
-    for node in nodes.nodes:
-        path = tmp_path / "stores" / node.name
-        store = plugin.miniupi_make_storage(node=node, path=path)
-        if node.name == own:
-            assert isinstance(store, store_type)
-            assert mode(path) == 0o700
-            store.write([Put("t", "k", 1)])
-            store.close()
-        else:
-            assert store is None
-            assert not path.exists()
+    register = Register()
+    plugin.miniupi_register_kinds(register=register)
+    assert list(register.storage) == [name] and register.auth == {}
+    kind = register.storage[name]
+    path = tmp_path / "stores" / name
+    store = kind.open(cluster(tmp_path).gateway, path, {s.name: s.default for s in kind.settings})
+    assert isinstance(store, store_type)
+    assert mode(path) == 0o700
+    store.write([Put("t", "k", 1)])
+    store.close()
 
 
-def test_default_plugins_come_through_the_entry_points(tmp_path: Path) -> None:
-    nodes = cluster(tmp_path)
-    hook = make_plugin_manager().hook.miniupi_make_storage
-    sqlite = hook(node=nodes.gateway, path=tmp_path / "gateway")
-    json_store = hook(node=nodes.banks["b"], path=tmp_path / "b")
+def test_each_node_opens_the_store_its_cluster_file_names_with_its_settings(tmp_path: Path) -> None:
+    raw = {"cluster": {"data_dir": str(tmp_path / "data")}, "gateway": {"port": 1},
+           "banks": {"b": {"port": 2, "storage": "json", "json": {"compact_after": 7, "journal_share": 0.5}},
+                     "c": {"port": 3, "storage": "json"}}}
+    nodes = parse_config(raw, tmp_path / "c.toml")
+    plugins = check_plugins(nodes)
+    stores = {node.name: plugins.open_store(node) for node in nodes.nodes}
     try:
-        assert isinstance(sqlite, SqliteStore)
-        assert isinstance(json_store, JsonStore)
+        assert isinstance(stores["gateway"], SqliteStore)
+        assert (stores["b"]._compact_after, stores["b"]._journal_share) == (7, 0.5)
+        assert (stores["c"]._compact_after, stores["c"]._journal_share) == (
+            storage_json.COMPACT_AFTER, storage_json.JOURNAL_SHARE)
     finally:
-        sqlite.close()
-        json_store.close()
-    assert hook(node=replace(nodes.banks["b"], storage="nope"), path=tmp_path / "nope") is None
+        for store in stores.values():
+            store.close()
 
 
 # --- GroupCommit -------------------------------------------------------------

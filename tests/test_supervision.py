@@ -14,16 +14,23 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import tomli_w
+from supervisor.datatypes import RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 
 from miniupi import supervision
 from miniupi.config import ClusterConfig, parse_config
 from miniupi.supervision import ClusterRunning, Supervisor, SupervisorUnavailable
+from miniupi.testing import LocalCluster
 from conftest import wait_for
+
+PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 
 
 # Exits by itself once orphaned (checked every second), so a test that dies
@@ -102,7 +109,11 @@ def test_conf_has_a_program_per_node_that_supervisor_reads_back(cluster: Cluster
         # Round-trips despite the '%' and ' ' in the paths.
         assert shlex.split(program.command) == supervision.node_command(cluster, cluster.node(name))
         assert program.directory == os.getcwd()
-        assert program.autorestart and program.startretries == 1000
+        # Restarted after any exit but a refusal to start; FATAL after a few quick exits in a row.
+        assert program.autorestart is RestartWhenExitUnexpected
+        assert program.exitcodes == list(supervision.REFUSED_EXIT_CODES)
+        assert (program.startsecs, program.startretries) == (supervision.STARTSECS, supervision.START_RETRIES)
+        assert program.stderr_logfile == str(supervision.stderr_path(cluster, cluster.node(name)))
         assert program.stopasgroup and program.killasgroup
         assert program.environment["PYTHONUNBUFFERED"] == "1"
     assert options.server_configs[0]["file"] == str(supervision.socket_path(cluster))
@@ -220,27 +231,27 @@ def test_run_refuses_a_second_supervisor(
     supervised: tuple[subprocess.Popen, Supervisor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proc, sup = supervised
-    monkeypatch.setattr(os, "execv", _no_exec)
+    monkeypatch.setattr(supervision, "_spawn", _no_spawn)
     with pytest.raises(ClusterRunning, match=rf"cluster already running \(pid {proc.pid}\)"):
         supervision.run(sup.cluster)
     assert sup.is_running()
 
 
-def test_run_clears_a_stale_socket_and_execs_supervisord(
+def test_run_clears_a_stale_socket_and_spawns_supervisord(
     cluster: ClusterConfig, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sock = supervision.socket_path(cluster)
     _stale_socket(sock)
-    execs: list[list[str]] = []
+    spawned: list[list[str]] = []
 
-    def fake_execv(path: str, argv: list[str]) -> None:
-        execs.append(list(argv))
-        raise _Exec
+    def fake_spawn(argv: list[str]) -> None:
+        spawned.append(list(argv))
+        raise _Spawn
 
-    monkeypatch.setattr(os, "execv", fake_execv)
-    with pytest.raises(_Exec):
+    monkeypatch.setattr(supervision, "_spawn", fake_spawn)
+    with pytest.raises(_Spawn):
         supervision.run(cluster)
-    assert execs == [supervision.supervisord_argv(cluster)]
+    assert spawned == [supervision.supervisord_argv(cluster)]
     assert not sock.exists()
     assert (cluster.data_dir / "supervisord.conf").exists()
     out = capsys.readouterr().out
@@ -248,12 +259,110 @@ def test_run_clears_a_stale_socket_and_execs_supervisord(
     assert "Ctrl-C" in out
 
 
-class _Exec(Exception):
-    """Stands in for os.execv so a broken run() cannot replace the test process."""
+class _Spawn(Exception):
+    """Stands in for starting supervisord, so run() stops there."""
+
+
+def _no_spawn(argv: list[str]) -> None:
+    raise _Spawn(argv)
 
 
 def _no_exec(path: str, argv: list[str]) -> None:
-    raise _Exec(argv)
+    raise _Spawn(argv)
+
+
+def test_a_node_killed_again_and_again_just_after_it_started_is_restarted_each_time(
+        supervised: tuple[subprocess.Popen, Supervisor]) -> None:
+    """Only a node that says it cannot start is given up on; one killed within its first second,
+    more times in a row than supervisord's startretries, comes back each time."""
+    _, sup = supervised
+    for _ in range(supervision.START_RETRIES + 2):
+        old = sup.pid("bank_a")
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        wait_for("bank_a to be restarted", lambda: sup.pid("bank_a") not in (None, old), timeout_s=10)
+    wait_for("bank_a RUNNING", lambda: {s.name: s.state for s in sup.status()}["bank_a"] == "RUNNING",
+             timeout_s=10)
+
+
+# Refuses to start as a node does (cli.main): one line on stderr, then exit 3 (NodeStartError).
+REFUSER = """\
+import sys, time
+time.sleep(SLEEP)
+print("miniupi: bank_b: refusing to start: the store is damaged", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sleep_s", [0, 1.5], ids=["refuses-at-once", "refuses-late"])
+def test_run_stops_everything_and_names_a_node_that_cannot_start(
+        cluster: ClusterConfig, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+        sleep_s: float) -> None:
+    """However soon or late a node refuses, run stops every node at once and quotes its line."""
+    scripts = cluster.path.parent
+    (scripts / "stand_in.py").write_text(STAND_IN)
+    (scripts / "refuser.py").write_text(REFUSER.replace("SLEEP", str(sleep_s)))
+    monkeypatch.setattr(supervision, "node_command", lambda cluster, node: [
+        sys.executable, str(scripts / ("refuser.py" if node.name == "bank_b" else "stand_in.py"))])
+    monkeypatch.setattr(os, "execv", _no_exec)  # a run() that replaced its process would take pytest along
+    started = time.monotonic()
+    with pytest.raises(supervision.NodeFailedToStart) as failed:
+        supervision.run(cluster)
+    assert time.monotonic() - started < 30
+    assert str(failed.value) == "bank_b failed to start: bank_b: refusing to start: the store is damaged"
+    assert not Supervisor(cluster).is_running()
+    assert "refusing to start" in capfd.readouterr().err  # the node's stderr was shown as it came
+    assert _processes_running(str(scripts)) == []
+
+
+def damage_snapshot(local: LocalCluster) -> str:
+    snapshot = local.config.data_dir / "bank_b" / "snapshot.json"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.write_text("this is not a snapshot\n")
+    return f"bank_b: refusing to start: {snapshot}: not a snapshot this store wrote"
+
+
+def use_broken_storage(local: LocalCluster) -> str:
+    spec = tomllib.loads(local.config_path.read_text())
+    spec["banks"]["bank_b"]["storage"] = "broken"
+    spec["plugins"] = {"load": ["broken_storage"]}
+    local.config_path.write_text(tomli_w.dumps(spec))
+    return "crashed while starting: RuntimeError: this store has a bug"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("spoil", [damage_snapshot, use_broken_storage], ids=["damaged-store", "bug-at-start"])
+def test_miniupi_run_exits_with_the_error_of_a_bank_that_cannot_start(
+        tmp_path: Path, spoil: Callable[[LocalCluster], str]) -> None:
+    """The real command and nodes: no crash loop, one line naming the node and its error, nothing left."""
+    local = LocalCluster(tmp_path, {"cluster": {}, "gateway": {}, "banks": {"bank_a": {}, "bank_b": {"storage": "json"}}})
+    error = spoil(local)
+    proc = subprocess.Popen([sys.executable, "-m", "miniupi", "run", str(local.config_path)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(PLUGIN_DIR)})
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # a crash loop: stop it as Ctrl-C would, then look for leftovers
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert err.splitlines()[-1] == f"miniupi: bank_b failed to start: {error}"
+    assert _processes_running(str(local.config_path)) == []
+    assert not local.supervisor.is_running()
+
+
+def _processes_running(text: str) -> list[int]:
+    """Pids of live processes whose command line mentions `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def _stale_socket(path: Path) -> None:

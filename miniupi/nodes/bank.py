@@ -22,7 +22,8 @@ from miniupi.nodes.setup_accounts import read_setup_file
 from miniupi.nodes.status import grpc_errors, refuse_unknown_fields
 from miniupi.nodes.validate import account_name, new_account_name, opening_deposit
 from miniupi.nodes.validate import positive_amount as validate_positive_amount, txn_id as valid_txn_id
-from miniupi.plugin_manager import hook_firer, make_plugin_manager
+from miniupi.plugin_manager import hook_firer
+from miniupi.registry import Plugins, check_plugins
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 
 DEFAULT_HISTORY = 50
@@ -231,16 +232,19 @@ async def open_setup_accounts(ledger: Ledger, path: Path | None, reserved: froze
     return opened
 
 
-async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, log_json: bool = False) -> None:
+async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, log_json: bool = False,
+                   plugins: Plugins | None = None) -> None:
+    """Serve bank `name`; `plugins` is check_plugins(cluster), done here if not given."""
     if name not in cluster.banks:
         raise ConfigError(f"{cluster.path}: no bank named {name!r} (have {', '.join(cluster.banks)})")
+    if plugins is None:
+        plugins = check_plugins(cluster)  # before the node creates anything
     node = cluster.banks[name]
     if port is not None:
         node = dataclasses.replace(node, port=port)
     setup_node_logging(node, log_json or cluster.log_json)
-    pm = make_plugin_manager(cluster.plugins)
-    commit, tables = await open_store(pm, node)
-    ledger = Ledger(node.name, cluster.currency, commit, tables, fire=hook_firer(pm, node),
+    commit, tables = await open_store(plugins, node)
+    ledger = Ledger(node.name, cluster.currency, commit, tables, fire=hook_firer(plugins.pm, node),
                     login_attempts=cluster.login_attempts, login_lockout_s=cluster.login_lockout_s,
                     max_balance=cluster.max_balance)
     opened = await open_setup_accounts(ledger, node.accounts, cluster.reserved_user_names)
@@ -260,5 +264,5 @@ async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, l
         await asyncio.gather(resolver, return_exceptions=True)
         await commit.close()
 
-    await serve(node, pm, add_services, on_stop, on_stopping=servicer.end_streams)
+    await serve(node, plugins, plugins.auth(node), add_services, on_stop, on_stopping=servicer.end_streams)
 

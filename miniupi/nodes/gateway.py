@@ -21,7 +21,8 @@ from miniupi.nodes.issuance import DepositOrder, Issuer
 from miniupi.passwords import MAX_PASSWORD
 from miniupi.nodes.server import NodeStartError, open_store, serve
 from miniupi.nodes.status import grpc_errors, refuse_unknown_fields
-from miniupi.plugin_manager import hook_firer, make_plugin_manager
+from miniupi.plugin_manager import hook_firer
+from miniupi.registry import Plugins, check_plugins
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 
@@ -192,21 +193,26 @@ def _only_treasury() -> None:
         raise PermissionDenied("only the treasury may issue money")
 
 
-async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json: bool = False) -> None:
+async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json: bool = False,
+                      plugins: Plugins | None = None) -> None:
+    """Serve the gateway; `plugins` is check_plugins(cluster), done here if not given."""
+    if plugins is None:
+        plugins = check_plugins(cluster)  # before the node creates anything
     node = cluster.gateway
     if port is not None:
         node = dataclasses.replace(node, port=port)
+    auth = plugins.auth(node)
+    if auth.authenticator is None:
+        raise NodeStartError(f"{cluster.path}: gateway.auth: the auth plugin {node.auth!r} "
+                             "issues no sessions, and the gateway must authenticate customers")
+    sessions = auth.authenticator
     setup_node_logging(node, log_json or cluster.log_json)
-    pm = make_plugin_manager(cluster.plugins)
-    sessions = pm.hook.miniupi_make_authenticator(node=node)
-    if sessions is None:
-        raise NodeStartError(f"{cluster.path}: no auth plugin named {node.auth!r} for the gateway")
-    commit, tables = await open_store(pm, node)
+    commit, tables = await open_store(plugins, node)
     links = BankLinks(cluster)
     links.watch()
     coordinator = Coordinator(
         links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s,
-        fire=hook_firer(pm, node),
+        fire=hook_firer(plugins.pm, node),
     )
     issuer = Issuer(commit, tables, coordinator.txns)
     aborted, resent = await coordinator.recover()
@@ -223,4 +229,4 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
         await links.close()
         await commit.close()
 
-    await serve(node, pm, add_services, on_stop)
+    await serve(node, plugins, auth, add_services, on_stop)

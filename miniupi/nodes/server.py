@@ -7,7 +7,6 @@ import signal
 from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
-import pluggy
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from loguru import logger
@@ -15,6 +14,8 @@ from loguru import logger
 from miniupi.config import NodeConfig
 from miniupi.garbage import quiet_garbage_collector
 from miniupi.logs import flush_logs_periodically
+from miniupi.nodes.callers import core_interceptors
+from miniupi.registry import Auth, Plugins
 from miniupi.storage import GroupCommit, Store, StoreDamaged
 from miniupi.tls import server_credentials
 
@@ -38,14 +39,23 @@ SERVER_OPTIONS = [
 class NodeStartError(Exception):
     """The node cannot start; the message says why in one line."""
 
+    # The node refused to start: `miniupi run` does not restart it but stops, showing why.
+    exit_code = 3
 
-async def open_store(pm: pluggy.PluginManager, node: NodeConfig) -> tuple[GroupCommit, dict]:
-    """Open the storage plugin the cluster file names for `node` and load its tables."""
+
+_served = False  # one node per process
+
+
+def has_served() -> bool:
+    """Whether this process's node got as far as serving: a failure after that is a crash, not a refusal."""
+    return _served
+
+
+async def open_store(plugins: Plugins, node: NodeConfig) -> tuple[GroupCommit, dict]:
+    """Open the storage kind the cluster file names for `node` (checked at load) and load its tables."""
     store: Store | None = None
     try:
-        store = pm.hook.miniupi_make_storage(node=node, path=node.data_dir)
-        if store is None:
-            raise NodeStartError(f"{node.cluster.path}: no storage plugin named {node.storage!r} for {node.name}")
+        store = plugins.open_store(node)
         tables = await asyncio.to_thread(store.load)
     except StoreDamaged as e:  # opening checks the files too, not only load()
         if store is not None:
@@ -54,9 +64,21 @@ async def open_store(pm: pluggy.PluginManager, node: NodeConfig) -> tuple[GroupC
     return GroupCommit(store), tables
 
 
+def node_interceptors(node: NodeConfig, plugins: Plugins, auth: Auth) -> list[grpc.aio.ServerInterceptor]:
+    """Outermost first: every plugin's (the call log, so refused calls are logged too),
+    the auth kind's, then the core caller check, whatever the auth kind.
+
+    The core check wraps the servicer's handler itself, so no call reaches a
+    servicer without passing it.
+    """
+    hooked = [i for group in plugins.pm.hook.miniupi_server_interceptors(node=node) for i in group]
+    return [*hooked, *auth.interceptors, *core_interceptors(node)]
+
+
 async def serve(
     node: NodeConfig,
-    pm: pluggy.PluginManager,
+    plugins: Plugins,
+    auth: Auth,
     add_services: Callable[[grpc.aio.Server], Iterable[str]],
     on_stop: Callable[[], Awaitable[None]],
     on_stopping: Callable[[], None] = lambda: None,
@@ -67,8 +89,7 @@ async def serve(
     progress have their grace: the moment to end calls that would
     otherwise sit out the whole grace, such as a stream between rounds.
     """
-    interceptors = [i for group in pm.hook.miniupi_server_interceptors(node=node) for i in group]
-    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=node_interceptors(node, plugins, auth), options=SERVER_OPTIONS)
     names = list(add_services(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -81,11 +102,13 @@ async def serve(
     address = f"{node.host}:{port}"
     quiet_garbage_collector()
     await server.start()
+    global _served
+    _served = True
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("{} serving on {} (pid {}, storage {}, auth {})", node.name, address, os.getpid(),
                 node.storage, node.auth)
-    pm.hook.miniupi_node_started(node=node, address=address)
+    plugins.pm.hook.miniupi_node_started(node=node, address=address)
 
     flusher = asyncio.create_task(flush_logs_periodically())
     stopping = asyncio.Event()

@@ -4,8 +4,10 @@ The gateway hands out a key with a 256-bit random secret at login and
 keeps only the secret's SHA-256, so a copy of its memory cannot be
 replayed as a key. Sessions live in memory: a gateway restart ends them
 all, cleanly (UNAUTHENTICATED, log in again), never half-valid.
-Banks serve only the gateway's and the admin's certificates. The treasury's
-certificate is a credential by itself for issuing money, and for nothing else.
+The treasury's certificate is a credential by itself for issuing money, and
+for nothing else. Which certificate may call a bank, or ask the gateway for
+a decision, is not this plugin's business: those checks are core
+(miniupi.nodes.callers) and hold whatever auth a node names.
 """
 from __future__ import annotations
 
@@ -14,18 +16,19 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from miniupi.caller import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account, current_peer
+from miniupi.caller import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account
 from miniupi.config import NodeConfig
 from miniupi.errors import Unauthenticated
 from miniupi.handlers import CheckFirst, wrap_handler
 from miniupi.hookspecs import hookimpl
-from miniupi.tls import peer_identity
+from miniupi.nodes.callers import ALWAYS_OPEN_PREFIXES, GATEWAY_FOR_NODES, set_peer
+from miniupi.registry import Auth, AuthKind, Register
 
 NAME = "session"
 # Methods that run before anyone has a session.
@@ -33,14 +36,8 @@ GATEWAY_PUBLIC = frozenset({
     "/miniupi.v1.Gateway/Register",
     "/miniupi.v1.Gateway/Login",
 })
-# Banks ask the gateway for decisions with their own certificates, not a session.
-GATEWAY_FOR_NODES = frozenset({"/miniupi.v1.Gateway/GetDecision"})
 # Issuing money: the treasury's certificate alone, and the only methods it may call.
 GATEWAY_FOR_TREASURY = frozenset({"/miniupi.v1.Gateway/Deposit", "/miniupi.v1.Gateway/OpenAccounts"})
-ALWAYS_OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-GATEWAY = "gateway"
-# The admin's reads; every other bank method (2PC, OpenAccount(s), Deposit, VerifyPassword) is the gateway's alone.
-BANK_ADMIN_METHODS = frozenset(f"/miniupi.v1.Bank/{m}" for m in ("GetAccount", "History", "Audit"))
 
 
 @dataclass
@@ -114,25 +111,20 @@ class SessionStore:
             del self._sessions[found[0]]
 
 
-_stores: dict[str, SessionStore] = {}
-
-
-def _store_for(node: NodeConfig) -> SessionStore:
-    if node.name not in _stores:
-        _stores[node.name] = SessionStore(node.cluster.session_idle_s, node.cluster.session_max_s)
-    return _stores[node.name]
-
-
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
 class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
-    """Every gateway method but Register and Login needs a live session key."""
+    """Every gateway method but Register, Login and those for nodes or the treasury needs a live session key.
 
-    def __init__(self, sessions: SessionStore, banks: frozenset[str]) -> None:
-        self.sessions, self.banks = sessions, banks
+    Methods for nodes (GetDecision) are checked by certificate in the core
+    (miniupi.nodes.callers), whatever the auth kind.
+    """
+
+    def __init__(self, sessions: SessionStore) -> None:
+        self.sessions = sessions
         # One `around` each, made once, so wrap_handler's cache serves every call.
-        self._public, self._for_nodes = CheckFirst(_not_treasury), CheckFirst(self._bank_or_admin)
+        self._public, self._for_nodes = CheckFirst(_not_treasury), CheckFirst(set_peer)
         self._for_customers, self._for_treasury = CheckFirst(self._session), CheckFirst(_only_treasury)
 
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
@@ -158,74 +150,28 @@ class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
         except Unauthenticated as e:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, e.message)
 
-    async def _bank_or_admin(self, context: grpc.aio.ServicerContext) -> None:
-        peer = await _set_peer(context)
-        if peer != ADMIN and peer not in self.banks:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer or 'an unknown peer'} is not a bank")
-
-
-async def _set_peer(context: grpc.aio.ServicerContext) -> str | None:
-    peer = peer_identity(context)
-    current_peer.set(peer)
-    return peer
-
 
 async def _only_treasury(context: grpc.aio.ServicerContext) -> None:
-    if await _set_peer(context) != TREASURY:
+    if await set_peer(context) != TREASURY:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the treasury may issue money")
 
 
 async def _not_treasury(context: grpc.aio.ServicerContext) -> str | None:
     """The treasury issues money and does nothing else, so a stolen treasury key reads and pays nothing."""
-    peer = await _set_peer(context)
+    peer = await set_peer(context)
     if peer == TREASURY:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the treasury may only deposit and open accounts in bulk")
     return peer
 
 
-class BankCallerInterceptor(grpc.aio.ServerInterceptor):
-    """A bank answers the gateway's certificate, and the admin's for reading and bulk set-up only.
-
-    The admin must not be able to do at a bank what it may not do at the
-    gateway: move money (2PC calls), open single accounts or guess passwords.
-    """
-
-    def __init__(self) -> None:
-        self._gateway_only, self._admin_reads = CheckFirst(_only_gateway), CheckFirst(_gateway_or_admin)
-
-    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        method = details.method
-        if handler is None or method.startswith(ALWAYS_OPEN_PREFIXES):
-            return handler
-        return wrap_handler(handler, self._admin_reads if method in BANK_ADMIN_METHODS else self._gateway_only)
-
-
-async def _only_gateway(context: grpc.aio.ServicerContext) -> None:
-    peer = await _set_peer(context)  # first, so a refused call is logged with its caller
-    if peer == ADMIN:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the admin may only read a bank")
-    if peer != GATEWAY:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"{peer or 'an unknown peer'} may not call a bank; only the gateway may")
-
-
-async def _gateway_or_admin(context: grpc.aio.ServicerContext) -> None:
-    peer = await _set_peer(context)
-    if peer not in (GATEWAY, ADMIN):
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"{peer or 'an unknown peer'} may not call a bank; only the gateway may")
+def make_session_auth(node: NodeConfig, settings: Mapping[str, Any]) -> Auth:
+    """At the gateway, sessions and their check; a bank needs nothing from this kind."""
+    if node.role != "gateway":
+        return Auth()
+    sessions = SessionStore(node.cluster.session_idle_s, node.cluster.session_max_s)
+    return Auth(authenticator=sessions, interceptors=[GatewaySessionInterceptor(sessions)])
 
 
 @hookimpl
-def miniupi_make_authenticator(node: NodeConfig) -> SessionStore | None:
-    return _store_for(node) if node.auth == NAME and node.role == "gateway" else None
-
-
-@hookimpl
-def miniupi_server_interceptors(node: NodeConfig) -> list[grpc.aio.ServerInterceptor]:
-    if node.auth != NAME:
-        return []
-    if node.role == "gateway":
-        return [GatewaySessionInterceptor(_store_for(node), frozenset(node.cluster.banks))]
-    return [BankCallerInterceptor()]
+def miniupi_register_kinds(register: Register) -> None:
+    register.add_auth(AuthKind(NAME, make_session_auth))

@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from miniupi.hookspecs import hookimpl
+from miniupi.registry import Register, StorageKind, setting_at_least
 from miniupi.storage import Put, StoreDamaged
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from miniupi.config import NodeConfig
 
 NAME = "json"
@@ -62,6 +65,9 @@ _sync_data = getattr(os, "fdatasync", os.fsync)
 # Rows encoded and written at once while compacting: the snapshot goes to
 # disk in pieces rather than as a second copy of the whole state in memory.
 SNAPSHOT_PIECE_ROWS = 10_000
+# Compaction defaults; a node's [NODE.json] sub-table may set either.
+COMPACT_AFTER = 10_000
+JOURNAL_SHARE = 1.0
 
 Ops = list[tuple[str, str, str | None]]  # (table, key, encoded value or None to delete)
 
@@ -74,7 +80,7 @@ def _no_constant(name: str) -> Any:
 class JsonStore:
     """A Store in directory `directory`; see miniupi.storage.Store."""
 
-    def __init__(self, directory: Path, compact_after: int = 10_000, journal_share: float = 1.0) -> None:
+    def __init__(self, directory: Path, compact_after: int = COMPACT_AFTER, journal_share: float = JOURNAL_SHARE) -> None:
         if compact_after < 1:
             raise ValueError("compact_after must be at least 1")
         if not journal_share >= 0:  # also refuses NaN
@@ -285,9 +291,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-@hookimpl
-def miniupi_make_storage(node: NodeConfig, path: Path) -> JsonStore | None:
-    if node.storage != NAME:
-        return None
+def open_json(node: NodeConfig, path: Path, settings: Mapping[str, Any]) -> JsonStore:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return JsonStore(path)
+    return JsonStore(path, settings["compact_after"], settings["journal_share"])
+
+
+@hookimpl
+def miniupi_register_kinds(register: Register) -> None:
+    # Set per node in its sub-table, such as [banks.bank_b.json] compact_after = 50000.
+    register.add_storage(StorageKind(NAME, open_json, settings=(
+        setting_at_least("compact_after", COMPACT_AFTER, 1, whole=True),
+        setting_at_least("journal_share", JOURNAL_SHARE, 0),
+    )))

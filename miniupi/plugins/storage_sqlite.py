@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from miniupi.hookspecs import hookimpl
+from miniupi.registry import Register, StorageKind
 from miniupi.storage import Put, StoreDamaged
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from miniupi.config import NodeConfig
 
 NAME = "sqlite"
@@ -102,9 +105,11 @@ class SqliteStore:
         self._conn.close()
 
 
-@hookimpl
-def miniupi_make_storage(node: NodeConfig, path: Path) -> SqliteStore | None:
-    if node.storage != NAME:
-        return None
+def open_sqlite(node: NodeConfig, path: Path, settings: Mapping[str, Any]) -> SqliteStore:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return SqliteStore(path / FILE_NAME)
+
+
+@hookimpl
+def miniupi_register_kinds(register: Register) -> None:
+    register.add_storage(StorageKind(NAME, open_sqlite))
