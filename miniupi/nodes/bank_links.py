@@ -19,6 +19,7 @@ by the call timeout).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import grpc
@@ -47,6 +48,9 @@ CHANNEL_OPTIONS = [
 # being free, so a busy link sends almost no round of decisions alone: at
 # 16 banks and 64 payers, 21 of 2,631 rounds.
 DECISION_PATIENCE_S = 0.050
+
+# How often a failing link's reason is read again, to log a new one (an impostor after a crash).
+REPROBE_FAILING_LINK_S = 1.0
 
 BankItem = bank_pb2.PrepareRequest | bank_pb2.Decision
 BankAnswer = bank_pb2.PrepareReply | bank_pb2.DecisionOutcome
@@ -171,6 +175,12 @@ class BankLinks:
                     else:
                         logger.warning("link to {} at {} failed: {}", bank, self._addresses[bank], why)
                     said = why
+                # A failing channel stays in TRANSIENT_FAILURE while it keeps redialling, whatever
+                # now answers there, so its reason is read again rather than awaited as a change.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(REPROBE_FAILING_LINK_S):
+                        await channel.wait_for_state_change(state)
+                continue
             await channel.wait_for_state_change(state)
 
     def prepare(self, bank: str, request: bank_pb2.PrepareRequest,
