@@ -20,8 +20,8 @@ from pathlib import Path
 
 import grpc
 
-from miniupi.bench import bench_spec, open_bench_accounts
-from miniupi.testing import LocalCluster
+from miniupi.ops.bench import bench_spec, open_bench_accounts
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc
 

@@ -19,8 +19,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from miniupi.bench import bench_spec
-from miniupi.testing import LocalCluster
+from miniupi.ops.bench import bench_spec
+from miniupi.ops.testing import LocalCluster
 
 from bench_run import bench_json
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import grpc
 
-from miniupi.bench import percentile
-from miniupi.certs import init_certs
+from miniupi.ops.bench import percentile
+from miniupi.ops.certs import init_certs
 from miniupi.config import parse_config
-from miniupi.testing import free_port
+from miniupi.ops.testing import free_port
 from miniupi.tls import channel_credentials, server_credentials
 
 from cpu_per_payment import cpu_seconds

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 from miniupi.plugins.storage_json import JsonStore
-from miniupi.storage import Put
+from miniupi.contract.store import Put
 
 PER_BATCH = 8
 HASH = "$argon2id$v=19$m=19456,t=2,p=1$" + "s" * 22 + "$" + "h" * 43

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from miniupi.bench import bench_spec
-from miniupi.testing import LocalCluster
+from miniupi.ops.bench import bench_spec
+from miniupi.ops.testing import LocalCluster
 
 from bench_run import bench_json
 

@@ -19,7 +19,7 @@ from miniupi.config import DEFAULT_CONFIG, ConfigError, load_config
 from miniupi.errors import MiniupiError
 from miniupi.inputs import HISTORY_MAX, QUEUE_MAX, count
 from miniupi.money import BadAmount
-from miniupi.plugin_manager import PluginError
+from miniupi.contract.manager import PluginError
 
 # A process killed by SIGPIPE exits 128 + 13 in the shell's eyes; we exit the same when the reader goes away.
 EXIT_BROKEN_PIPE = 141
@@ -117,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from miniupi import supervision
-    from miniupi.certs import init_certs
-    from miniupi.registry import check_plugins
+    from miniupi.ops import supervision
+    from miniupi.ops.certs import init_certs
+    from miniupi.contract.registry import check_plugins
 
     cluster = load_config(args.cluster_file or args.config)
     check_plugins(cluster)  # a bad plugin name stops us before certificates, data or supervisord
@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from miniupi.supervision import Supervisor
+    from miniupi.ops.supervision import Supervisor
 
     rows = Supervisor(load_config(args.config)).status()
     if args.json:
@@ -143,14 +143,14 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_control(args: argparse.Namespace) -> None:
-    from miniupi.supervision import Supervisor
+    from miniupi.ops.supervision import Supervisor
 
     getattr(Supervisor(load_config(args.config)), args.command)(args.node)
     print(f"{args.node}: {args.command} done")
 
 
 def cmd_certs(args: argparse.Namespace) -> None:
-    from miniupi.certs import init_certs
+    from miniupi.ops.certs import init_certs
 
     cluster = load_config(args.config)
     written = init_certs(cluster, force=args.force, extra_hosts=args.host)
@@ -161,7 +161,7 @@ def cmd_certs(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from miniupi.audit import audit
+    from miniupi.ops.audit import audit
     from miniupi.money import format_amount
 
     cluster = load_config(args.config)
@@ -182,7 +182,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from miniupi.bench import BenchOptions, default_seed, run_bench
+    from miniupi.ops.bench import BenchOptions, default_seed, run_bench
 
     if min(args.banks, args.accounts, args.concurrency, args.processes) < 1 or args.payments < 0:
         raise BadAmount("--banks, --accounts, --concurrency and --processes must be at least 1")
@@ -206,7 +206,7 @@ def _refusing_to_start() -> Iterator[None]:
     traceback first. A failure once the node served is a crash: restarted.
     """
     from miniupi.nodes.server import NodeStartError, has_served
-    from miniupi.registry import PluginChoiceError
+    from miniupi.contract.registry import PluginChoiceError
     from miniupi.tls import CertsMissing
 
     try:
@@ -224,7 +224,7 @@ def _refusing_to_start() -> Iterator[None]:
 
 def cmd_bank(args: argparse.Namespace) -> None:
     from miniupi.nodes.bank import run_bank
-    from miniupi.registry import check_plugins
+    from miniupi.contract.registry import check_plugins
 
     with _refusing_to_start():
         cluster = load_config(args.config)
@@ -234,7 +234,7 @@ def cmd_bank(args: argparse.Namespace) -> None:
 
 def cmd_gateway(args: argparse.Namespace) -> None:
     from miniupi.nodes.gateway import run_gateway
-    from miniupi.registry import check_plugins
+    from miniupi.contract.registry import check_plugins
 
     with _refusing_to_start():
         cluster = load_config(args.config)
@@ -267,7 +267,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the user (or the world) said no, not that we have a bug."""
     from miniupi.nodes.server import NodeStartError
-    from miniupi.supervision import SupervisionError
+    from miniupi.ops.supervision import SupervisionError
     from miniupi.tls import CertsMissing
 
     return (MiniupiError, ConfigError, BadAmount, PluginError, CertsMissing, NodeStartError, SupervisionError)

@@ -42,7 +42,7 @@ class NodeConfig:
     cluster: ClusterConfig = field(repr=False, compare=False)
     accounts: Path | None = None
     # Sub-tables named after the node's storage or auth kind, such as [banks.bank_b.json]:
-    # that plugin's own settings, checked against what it declares by miniupi.registry.
+    # that plugin's own settings, checked against what it declares by miniupi.contract.registry.
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     @property

@@ -1,7 +1,7 @@
 """The small set of errors the domain raises; servicers turn them into statuses.
 
 The domain knows nothing of gRPC: each error names its status code as a
-string, and miniupi/nodes/status.py is the one door where it becomes a
+string, and miniupi/nodes/grpc_status.py is the one door where it becomes a
 `context.abort`. The client maps codes back to the same classes.
 """
 from __future__ import annotations

@@ -18,7 +18,10 @@ from typing import Any, Literal, overload
 
 import grpc
 
-from miniupi.certs import CA_CERT
+
+
+# The cluster CA's certificate in the certs dir; its key (ca.key) is needed only to issue leaves.
+CA_CERT = "ca.pem"
 
 
 class CertsMissing(Exception):

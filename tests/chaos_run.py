@@ -16,7 +16,7 @@ Every payment is recorded with every answer it got: ok (COMMITTED), failed
 connection). When the time is up the nemesis stops, every node is thawed
 and running, and every unknown payment is sent again with its own id until
 the gateway gives its stored answer. Then the checker reads the gateway and
-every bank (miniupi.audit.collect) and requires:
+every bank (miniupi.ops.audit.collect) and requires:
 
 - the audit of DESIGN.md section 2 passes, with nothing in doubt after
   `settle_s` (30 s): total conserved, no negative balance, holds match;
@@ -59,11 +59,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from miniupi.audit import COMMITTED, BankView, GatewayTxnView, audit, check, collect
+from miniupi.ops.audit import COMMITTED, BankView, GatewayTxnView, audit, check, collect
 from miniupi.client.api import AsyncClient, Session
 from miniupi.errors import MiniupiError, NotFound, Unauthenticated, Unavailable
-from miniupi.supervision import SupervisionError
-from miniupi.testing import LocalCluster
+from miniupi.ops.supervision import SupervisionError
+from miniupi.ops.testing import LocalCluster
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 sys.path.insert(0, str(PLUGIN_DIR))

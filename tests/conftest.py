@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from miniupi.client.api import Client
-from miniupi.testing import Accounts, LocalCluster
+from miniupi.ops.testing import Accounts, LocalCluster
 from miniupi.tls import dial
 from miniupi.v1 import bank_pb2, bank_pb2_grpc
 
@@ -127,7 +127,7 @@ def new_user(cluster: LocalCluster) -> Iterator[Callable[..., Client]]:
 def log_lines(cluster: LocalCluster, node: str) -> list[str]:
     """Every line the node has logged: its file, and its stdout as supervisord relays it (cluster.log).
 
-    The file sink is buffered (miniupi/logs.py), so while the node runs its newest lines may be on
+    The file sink is buffered (miniupi/nodes/logs.py), so while the node runs its newest lines may be on
     stdout only, which the node flushes every 0.2 s. Together they are the node's whole log.
     """
     path = cluster.config.node(node).data_dir / f"{node}.log"

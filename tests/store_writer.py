@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from miniupi.storage import Put, Store
+from miniupi.contract.store import Put, Store
 
 ACCOUNTS = 6
 BIG_KEYS = 48

@@ -1,7 +1,7 @@
 """The invariant checker, over hand-made readings of a cluster."""
 from __future__ import annotations
 
-from miniupi.audit import BankView, GatewayTxnView, check
+from miniupi.ops.audit import BankView, GatewayTxnView, check
 
 TXN = "0b7c1f7e-8f7e-4a53-9d0e-2b9f3f5d9a11"
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from miniupi.certs import init_certs
+from miniupi.ops.certs import init_certs
 from miniupi.client.api import AsyncClient, Session
 from miniupi.backoff import RetryPolicy
 from miniupi.client.outbox import Outbox
 from miniupi.errors import InvalidArgument
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,7 +16,7 @@ import pytest
 
 from miniupi.nodes.bank_links import CHANNEL_OPTIONS, BankLinks, _Rounds
 from miniupi.nodes.server import SERVER_OPTIONS
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials, server_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc
 from conftest import PASSWORD, bank_account, open_account, running_cluster

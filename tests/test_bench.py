@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from miniupi.bench import percentile, summary, Result
+from miniupi.ops.bench import percentile, summary, Result
 
 
 def test_percentiles_pick_the_nearest_rank() -> None:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from miniupi.certs import cert_pem, identities, init_certs, issue_cert, key_pem, make_ca
+from miniupi.ops.certs import cert_pem, identities, init_certs, issue_cert, key_pem, make_ca
 from miniupi.config import ClusterConfig, parse_config
 from miniupi.tls import CertsMissing, channel_credentials, peer_identity, server_credentials
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from chaos_run import FAULT_KINDS, PLUGIN_DIR, ChaosSettings, Op, report_text, run_chaos, verify
-from miniupi.audit import BankView, GatewayTxnView
+from miniupi.ops.audit import BankView, GatewayTxnView
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -13,7 +13,7 @@ import pytest
 
 from miniupi.client.api import Session
 from miniupi.errors import Unauthenticated
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 from conftest import PASSWORD, running_cluster, unique_name, wait_for
 
 pytestmark = pytest.mark.timeout(120)

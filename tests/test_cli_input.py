@@ -23,13 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from miniupi.backoff import RetryPolicy
-from miniupi.certs import init_certs
+from miniupi.ops.certs import init_certs
 from miniupi.client.api import AsyncClient, Session
 from miniupi.client.home import client_home, save_session
 from miniupi.client.outbox import Outbox
 from miniupi.client.repl import Repl
 from miniupi.errors import FailedPrecondition
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -71,14 +71,14 @@ from typing import Any
 import pytest
 
 from conftest import PASSWORD, running_cluster, unique_name, wait_for
-from miniupi.audit import audit, collect
+from miniupi.ops.audit import audit, collect
 from miniupi.client.api import Client
 from miniupi.errors import FailedPrecondition, MiniupiError, NotFound, Unauthenticated, Unavailable
 from miniupi.nodes.coordinator import Coordinator, Payment
 from miniupi.nodes.gateway import GatewayServicer
 from miniupi.nodes.patience import BUSY_IN_FLIGHT, PATIENCE_AT_REFERENCE_S, REFERENCE_RATE_PER_S, PreparePatience
-from miniupi.storage import GroupCommit
-from miniupi.testing import LocalCluster
+from miniupi.nodes.group_commit import GroupCommit
+from miniupi.ops.testing import LocalCluster
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"

@@ -15,7 +15,7 @@ import pytest
 
 from miniupi.client.api import Client
 from miniupi.errors import AlreadyExists, Aborted, FailedPrecondition, MiniupiError, Unavailable
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 from conftest import PASSWORD, me, money, running_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(180)

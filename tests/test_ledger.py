@@ -12,7 +12,7 @@ from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, U
 from miniupi.nodes import ledger as ledger_module
 from miniupi.nodes.ledger import Ledger, LegSpec
 from miniupi.plugins.storage_json import JsonStore
-from miniupi.storage import GroupCommit
+from miniupi.nodes.group_commit import GroupCommit
 
 
 def _open(path: Path, **kwargs: object) -> tuple[Ledger, GroupCommit]:

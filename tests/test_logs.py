@@ -16,9 +16,9 @@ import pytest
 from loguru import logger
 
 from miniupi.errors import InsufficientFunds
-from miniupi import logs
-from miniupi.logs import LINE_FORMAT, MAX_HELD_LINES, _CallLines, _SizeRotation
-from miniupi.testing import DEFAULT_SPEC, LocalCluster
+from miniupi.nodes import logs
+from miniupi.nodes.logs import LINE_FORMAT, MAX_HELD_LINES, _CallLines, _SizeRotation
+from miniupi.ops.testing import DEFAULT_SPEC, LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2
 from conftest import PASSWORD, open_account, running_cluster, wait_for

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from miniupi.client.api import AsyncClient, Client
-from miniupi.testing import LocalCluster, free_ports
+from miniupi.ops.testing import LocalCluster, free_ports
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,11 +15,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from miniupi.certs import CA_CERT, cert_pem, issue_cert, make_ca
+from miniupi.ops.certs import CA_CERT, cert_pem, issue_cert, make_ca
 from miniupi.client.api import Client
 from miniupi.errors import Unauthenticated
 from miniupi.nodes.server import HANDSHAKE_TIMEOUT_S
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 from conftest import running_cluster

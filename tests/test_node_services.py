@@ -4,7 +4,7 @@ from __future__ import annotations
 import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from miniupi.testing import is_serving
+from miniupi.ops.testing import is_serving
 from miniupi.tls import channel_credentials
 
 

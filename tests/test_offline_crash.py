@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 from conftest import PASSWORD, open_account, running_cluster, wait_for
 from conftest import cli_login as login, cli_ok as ok
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from miniupi.caller import SESSION_METADATA_KEY
+from miniupi.contract.identity import SESSION_METADATA_KEY
 from miniupi.client.api import AsyncClient, Client, HistoryItem, Session
 from miniupi.errors import (
     AlreadyExists,
@@ -25,7 +25,7 @@ from miniupi.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from conftest import PASSWORD, me, money, running_cluster, unique_name

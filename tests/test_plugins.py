@@ -10,8 +10,8 @@ import pytest
 from miniupi.config import NodeConfig, parse_config
 from miniupi.errors import NotFound
 from miniupi.nodes.server import node_interceptors
-from miniupi.plugin_manager import PluginError, make_plugin_manager
-from miniupi.registry import check_plugins
+from miniupi.contract.manager import PluginError, make_plugin_manager
+from miniupi.contract.registry import check_plugins
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 

@@ -18,9 +18,9 @@ import pytest
 import tomli_w
 
 from miniupi.config import ConfigError, parse_config
-from miniupi.plugin_manager import PluginError
-from miniupi.registry import PluginChoiceError, Register, StorageKind, check_plugins
-from miniupi.supervision import socket_path
+from miniupi.contract.manager import PluginError
+from miniupi.contract.registry import PluginChoiceError, Register, StorageKind, check_plugins
+from miniupi.ops.supervision import socket_path
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 COMMANDS = {

@@ -15,7 +15,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 from conftest import PASSWORD, open_account, running_cluster
 
 pytestmark = pytest.mark.timeout(120)

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from miniupi.caller import SESSION_METADATA_KEY
+from miniupi.contract.identity import SESSION_METADATA_KEY
 from miniupi.client.api import AsyncClient
 from miniupi.errors import MiniupiError
 from miniupi.nodes.server import NodeStartError
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from conftest import bank_account

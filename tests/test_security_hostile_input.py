@@ -33,7 +33,7 @@ Keeping "no money moves" a true invariant:
   balance plus exactly what its new DEPOSITED transactions credited, with
   its holds unchanged.
 After each example the watched accounts' balances and holds are compared;
-after each method the whole cluster is audited (miniupi.audit) and every
+after each method the whole cluster is audited (miniupi.ops.audit) and every
 account, plus the number of committed transactions, is compared.
 Examples are derandomized, so `make test` is reproducible.
 """
@@ -57,9 +57,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from miniupi import audit
-from miniupi.caller import SESSION_METADATA_KEY
-from miniupi.testing import LocalCluster
+from miniupi.ops import audit
+from miniupi.contract.identity import SESSION_METADATA_KEY
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 

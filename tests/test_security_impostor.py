@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 import miniupi
 from miniupi.errors import Aborted, Unavailable
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import CLIENT_ONLY_LEAF, WRONG_IDENTITY, dial, server_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2
 from conftest import bank_account, lines_with, presented_certificate, wait_for

@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 import pytest
 
-from miniupi.caller import SESSION_METADATA_KEY
-from miniupi.passwords import hash_password
-from miniupi.testing import LocalCluster
+from miniupi.contract.identity import SESSION_METADATA_KEY
+from miniupi.nodes.passwords import hash_password
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 

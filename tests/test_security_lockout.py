@@ -23,7 +23,7 @@ import pytest
 
 from miniupi.client.api import AsyncClient
 from miniupi.errors import MiniupiError, PermissionDenied, Unauthenticated
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
 

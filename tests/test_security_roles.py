@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 import pytest
 
-from miniupi.caller import SESSION_METADATA_KEY
-from miniupi.testing import LocalCluster
+from miniupi.contract.identity import SESSION_METADATA_KEY
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 

@@ -1,7 +1,7 @@
 """Security, secrets at rest: what a copy of a node's disk would give away.
 
 DESIGN.md section 3: passwords are stored only as a slow salted hash, the
-call log never records passwords or session keys, and (miniupi/logs.py)
+call log never records passwords or session keys, and (miniupi/nodes/logs.py)
 everything a node writes is its owner's alone. One cluster is put through
 registrations, logins (right, wrong and overlong passwords), payments,
 logouts and restarts, through the library and the command line; then every
@@ -25,8 +25,8 @@ import pytest
 from argon2 import PasswordHasher
 
 from miniupi.errors import AlreadyExists, Unauthenticated
-from miniupi.passwords import hash_password, verify_password
-from miniupi.testing import LocalCluster
+from miniupi.nodes.passwords import hash_password, verify_password
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from conftest import bank_account, unique_name
@@ -46,7 +46,7 @@ WRONG_PASSWORD = "Nëar-Miss-Guess-9K4vWq"
 OVERLONG_PASSWORD = "Overlöng-Secret-3J8" * 60  # past the 1024-character limit
 CLI_PASSWORD = "Cli-Typed-Secret-5T6yHm"
 KEY_RE = re.compile(rb"[0-9a-f]{32}\.[A-Za-z0-9_-]{43}")
-# OWASP's minimum for argon2id, which miniupi/passwords.py promises.
+# OWASP's minimum for argon2id, which miniupi/nodes/passwords.py promises.
 MIN_MEMORY_KIB, MIN_TIME_COST = 19 * 1024, 2
 
 

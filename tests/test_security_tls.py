@@ -21,11 +21,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from miniupi import audit
-from miniupi.caller import SESSION_METADATA_KEY
-from miniupi.certs import CA_CERT, CA_KEY, issue_cert, make_ca
+from miniupi.ops import audit
+from miniupi.contract.identity import SESSION_METADATA_KEY
+from miniupi.ops.certs import CA_CERT, CA_KEY, issue_cert, make_ca
 from miniupi.errors import Aborted
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials, dial
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 from conftest import admin_bank, bank_account, lines_with, presented_certificate, wait_logged

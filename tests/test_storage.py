@@ -20,8 +20,9 @@ from miniupi.errors import Unavailable
 from miniupi.plugins import storage_json, storage_sqlite
 from miniupi.plugins.storage_json import JsonStore
 from miniupi.plugins.storage_sqlite import SqliteStore
-from miniupi.registry import Register, check_plugins
-from miniupi.storage import GroupCommit, Put, Store, StoreDamaged
+from miniupi.contract.registry import Register, check_plugins
+from miniupi.contract.store import Put, Store, StoreDamaged
+from miniupi.nodes.group_commit import GroupCommit
 
 Opener = Callable[[Path], Store]
 

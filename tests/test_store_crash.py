@@ -57,11 +57,11 @@ import pytest
 import tomli_w
 
 import miniupi
-from miniupi.certs import init_certs
+from miniupi.ops.certs import init_certs
 from miniupi.config import load_config
 from miniupi.plugins import storage_json, storage_sqlite
-from miniupi.storage import StoreDamaged
-from miniupi.testing import free_port
+from miniupi.contract.store import StoreDamaged
+from miniupi.ops.testing import free_port
 from store_writer import Tables, apply, batch, open_store
 
 pytestmark = pytest.mark.timeout(120)

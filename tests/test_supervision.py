@@ -24,10 +24,10 @@ import tomli_w
 from supervisor.datatypes import RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 
-from miniupi import supervision
+from miniupi.ops import supervision
 from miniupi.config import ClusterConfig, parse_config
-from miniupi.supervision import ClusterRunning, Supervisor, SupervisorUnavailable
-from miniupi.testing import LocalCluster
+from miniupi.ops.supervision import ClusterRunning, Supervisor, SupervisorUnavailable
+from miniupi.ops.testing import LocalCluster
 from conftest import wait_for
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"

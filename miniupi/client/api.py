@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from miniupi.caller import ADMIN, SESSION_METADATA_KEY
+from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY
 from miniupi.config import ClusterConfig, split_address
 from miniupi.errors import InvalidArgument, MiniupiError, NotFound, Unauthenticated, Unavailable, from_code
-from miniupi.nodes import validate
+from miniupi import validate
 from miniupi.tls import dial, impostor
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 

@@ -26,7 +26,7 @@ from miniupi.client.outbox import DONE, FAILED, Outbox
 from miniupi.config import ClusterConfig
 from miniupi.errors import InvalidArgument, MiniupiError, Unauthenticated, Unavailable
 from miniupi.money import format_amount, parse_amount
-from miniupi.nodes import validate
+from miniupi import validate
 
 
 def read_password(args: argparse.Namespace, confirm: bool = False) -> str:

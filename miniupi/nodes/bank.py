@@ -12,18 +12,18 @@ from loguru import logger
 
 from miniupi.config import ClusterConfig, ConfigError
 from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MiniupiError, caught, unwrap
-from miniupi.logs import setup_node_logging
+from miniupi.nodes.logs import setup_node_logging
 from miniupi.nodes.in_doubt import resolve_in_doubt
 from miniupi.money import format_amount
-from miniupi.passwords import MAX_PASSWORD, hash_problem
+from miniupi.nodes.passwords import MAX_PASSWORD, hash_problem
 from miniupi.nodes.ledger import Ledger, LegSpec
 from miniupi.nodes.server import open_store, serve
 from miniupi.nodes.setup_accounts import read_setup_file
-from miniupi.nodes.status import grpc_errors, refuse_unknown_fields
-from miniupi.nodes.validate import account_name, new_account_name, opening_deposit
-from miniupi.nodes.validate import positive_amount as validate_positive_amount, txn_id as valid_txn_id
-from miniupi.plugin_manager import hook_firer
-from miniupi.registry import Plugins, check_plugins
+from miniupi.nodes.grpc_status import grpc_errors, refuse_unknown_fields
+from miniupi.validate import account_name, new_account_name, opening_deposit
+from miniupi.validate import positive_amount as validate_positive_amount, txn_id as valid_txn_id
+from miniupi.contract.manager import hook_firer
+from miniupi.contract.registry import Plugins, check_plugins
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 
 DEFAULT_HISTORY = 50

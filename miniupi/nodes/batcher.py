@@ -23,7 +23,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from miniupi.running_loop import RunningLoop
+from miniupi.nodes.running_loop import RunningLoop
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

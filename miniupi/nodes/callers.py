@@ -12,9 +12,9 @@ from typing import Any
 
 import grpc
 
-from miniupi.caller import ADMIN, current_peer
+from miniupi.contract.identity import ADMIN, current_peer
 from miniupi.config import NodeConfig
-from miniupi.handlers import CheckFirst, wrap_handler
+from miniupi.contract.interceptors import CheckFirst, wrap_handler
 from miniupi.tls import peer_identity
 
 GATEWAY = "gateway"

@@ -34,8 +34,9 @@ from miniupi.errors import (
 )
 from miniupi.nodes.bank_links import BankLinks
 from miniupi.nodes.patience import PreparePatience
-from miniupi.plugin_manager import Fire, fire_after
-from miniupi.storage import GroupCommit, Put
+from miniupi.contract.manager import Fire, fire_after
+from miniupi.contract.store import Put
+from miniupi.nodes.group_commit import GroupCommit
 from miniupi.v1 import bank_pb2
 
 INITIATED, COMMITTED, ABORTED = "INITIATED", "COMMITTED", "ABORTED"

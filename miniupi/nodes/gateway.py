@@ -8,21 +8,21 @@ from collections.abc import AsyncIterator
 import grpc
 from loguru import logger
 
-from miniupi.auth import Authenticator
-from miniupi.caller import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account, current_peer
+from miniupi.contract.auth import Authenticator
+from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account, current_peer
 from miniupi.config import ClusterConfig
 from miniupi.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable, from_code
-from miniupi.logs import setup_node_logging
+from miniupi.nodes.logs import setup_node_logging
 from miniupi.money import format_amount
-from miniupi.nodes import validate
+from miniupi import validate
 from miniupi.nodes.bank_links import BankLinks
 from miniupi.nodes.coordinator import Coordinator, Payment
 from miniupi.nodes.issuance import DepositOrder, Issuer
-from miniupi.passwords import MAX_PASSWORD
+from miniupi.nodes.passwords import MAX_PASSWORD
 from miniupi.nodes.server import NodeStartError, open_store, serve
-from miniupi.nodes.status import grpc_errors, refuse_unknown_fields
-from miniupi.plugin_manager import hook_firer
-from miniupi.registry import Plugins, check_plugins
+from miniupi.nodes.grpc_status import grpc_errors, refuse_unknown_fields
+from miniupi.contract.manager import hook_firer
+from miniupi.contract.registry import Plugins, check_plugins
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 

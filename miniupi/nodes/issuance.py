@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from miniupi.errors import AlreadyExists, Unavailable
-from miniupi.storage import GroupCommit, Put
+from miniupi.contract.store import Put
+from miniupi.nodes.group_commit import GroupCommit
 
 TABLE = "deposits"
 

@@ -30,9 +30,10 @@ from miniupi.errors import (
 )
 from miniupi.config import DEFAULT_MAX_BALANCE
 from miniupi.money import INT64_MAX, format_amount
-from miniupi.plugin_manager import Fire, fire_after
-from miniupi.passwords import hash_password, needs_rehash, verify_password
-from miniupi.storage import GroupCommit, Put
+from miniupi.contract.manager import Fire, fire_after
+from miniupi.nodes.passwords import hash_password, needs_rehash, verify_password
+from miniupi.contract.store import Put
+from miniupi.nodes.group_commit import GroupCommit
 
 PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
 # A treasury deposit: applied when made, never part of two-phase commit.

@@ -12,11 +12,12 @@ from grpc_reflection.v1alpha import reflection
 from loguru import logger
 
 from miniupi.config import NodeConfig
-from miniupi.garbage import quiet_garbage_collector
-from miniupi.logs import flush_logs_periodically
+from miniupi.nodes.garbage import quiet_garbage_collector
+from miniupi.nodes.logs import flush_logs_periodically
 from miniupi.nodes.callers import core_interceptors
-from miniupi.registry import Auth, Plugins
-from miniupi.storage import GroupCommit, Store, StoreDamaged
+from miniupi.contract.registry import Auth, Plugins
+from miniupi.contract.store import Store, StoreDamaged
+from miniupi.nodes.group_commit import GroupCommit
 from miniupi.tls import server_credentials
 
 MAX_MESSAGE_BYTES = 1 << 20

@@ -22,13 +22,13 @@ from typing import Any
 
 import grpc
 
-from miniupi.caller import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account
+from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account
 from miniupi.config import NodeConfig
 from miniupi.errors import Unauthenticated
-from miniupi.handlers import CheckFirst, wrap_handler
-from miniupi.hookspecs import hookimpl
+from miniupi.contract.interceptors import CheckFirst, wrap_handler
+from miniupi.contract.hookspecs import hookimpl
 from miniupi.nodes.callers import ALWAYS_OPEN_PREFIXES, GATEWAY_FOR_NODES, set_peer
-from miniupi.registry import Auth, AuthKind, Register
+from miniupi.contract.registry import Auth, AuthKind, Register
 
 NAME = "session"
 # Methods that run before anyone has a session.

@@ -13,11 +13,11 @@ from typing import Any
 
 import grpc
 
-from miniupi.caller import current_account, current_peer
+from miniupi.contract.identity import current_account, current_peer
 from miniupi.config import NodeConfig
-from miniupi.handlers import wrap_handler
-from miniupi.logs import log_call
-from miniupi.hookspecs import hookimpl
+from miniupi.contract.interceptors import wrap_handler
+from miniupi.nodes.logs import log_call
+from miniupi.contract.hookspecs import hookimpl
 
 QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 

@@ -21,9 +21,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from miniupi.hookspecs import hookimpl
-from miniupi.registry import Register, StorageKind, setting_at_least
-from miniupi.storage import Put, StoreDamaged
+from miniupi.contract.hookspecs import hookimpl
+from miniupi.contract.registry import Register, StorageKind, setting_at_least
+from miniupi.contract.store import Put, StoreDamaged
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -78,7 +78,7 @@ def _no_constant(name: str) -> Any:
 
 
 class JsonStore:
-    """A Store in directory `directory`; see miniupi.storage.Store."""
+    """A Store in directory `directory`; see miniupi.nodes.group_commit.Store."""
 
     def __init__(self, directory: Path, compact_after: int = COMPACT_AFTER, journal_share: float = JOURNAL_SHARE) -> None:
         if compact_after < 1:

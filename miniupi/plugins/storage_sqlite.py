@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from miniupi.hookspecs import hookimpl
-from miniupi.registry import Register, StorageKind
-from miniupi.storage import Put, StoreDamaged
+from miniupi.contract.hookspecs import hookimpl
+from miniupi.contract.registry import Register, StorageKind
+from miniupi.contract.store import Put, StoreDamaged
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS kv (
 
 
 class SqliteStore:
-    """A Store in one SQLite file; see miniupi.storage.Store."""
+    """A Store in one SQLite file; see miniupi.nodes.group_commit.Store."""
 
     def __init__(self, file: Path) -> None:
         self.file = Path(file)

@@ -13,8 +13,8 @@ from typing import Any
 import pluggy
 
 from miniupi.config import NodeConfig
-from miniupi.registry import Register, StorageKind
-from miniupi.storage import Store
+from miniupi.contract.registry import Register, StorageKind
+from miniupi.contract.store import Store
 
 hookimpl = pluggy.HookimplMarker("miniupi")
 

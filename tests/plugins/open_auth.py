@@ -13,7 +13,7 @@ from typing import Any
 import pluggy
 
 from miniupi.config import NodeConfig
-from miniupi.registry import Auth, AuthKind, Register
+from miniupi.contract.registry import Auth, AuthKind, Register
 
 hookimpl = pluggy.HookimplMarker("miniupi")
 

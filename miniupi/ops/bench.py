@@ -28,7 +28,7 @@ from typing import Any
 
 from miniupi.config import ClusterConfig
 from miniupi.errors import MiniupiError
-from miniupi.garbage import quiet_garbage_collector
+from miniupi.nodes.garbage import quiet_garbage_collector
 
 PASSWORD = "bench-password"
 PAYMENT_MINOR = 1  # one paisa: payers never run dry, whatever N is
@@ -150,7 +150,7 @@ async def open_bench_accounts(cluster: ClusterConfig, per_bank: int) -> dict[str
     Their opening balances are money issued, which the audit at the end counts.
     """
     from miniupi.client.api import AsyncClient
-    from miniupi.passwords import hash_password
+    from miniupi.nodes.passwords import hash_password
 
     password_hash = await asyncio.to_thread(hash_password, PASSWORD)
     names = tuple(f"a{i}" for i in range(per_bank))
@@ -187,7 +187,7 @@ class BenchOptions:
 def run_bench(opts: BenchOptions, json_output: bool) -> dict[str, Any]:
     """Set up, drive the load with a progress bar, print the table, audit."""
     from miniupi.config import load_config
-    from miniupi.testing import LocalCluster
+    from miniupi.ops.testing import LocalCluster
 
     local: LocalCluster | None = None
     if opts.config:
@@ -205,7 +205,7 @@ def run_bench(opts: BenchOptions, json_output: bool) -> dict[str, Any]:
         say(f"bench: opened {opts.accounts * len(cluster.banks)} accounts in {time.perf_counter() - t:.1f}s")
         result = _run_load(cluster, payees, opts, show_progress=True)
         if opts.audit:
-            from miniupi.audit import audit
+            from miniupi.ops.audit import audit
 
             report = asyncio.run(audit(cluster, settle_s=60))
             result["audit_ok"] = report.ok

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import grpc
 
     from miniupi.config import NodeConfig
-    from miniupi.registry import Register
+    from miniupi.contract.registry import Register
 
 hookspec = pluggy.HookspecMarker("miniupi")
 hookimpl = pluggy.HookimplMarker("miniupi")
@@ -25,7 +25,7 @@ def miniupi_register_kinds(register: Register) -> None:
     """Plugins are loaded and the cluster file not yet checked: add the kinds you provide.
 
     Call `register.add_storage(StorageKind(...))` or `register.add_auth(AuthKind(...))`
-    (miniupi.registry) with each kind's name, factory and declared settings.
+    (miniupi.contract.registry) with each kind's name, factory and declared settings.
     A node picks its kinds by name; the core looks them up and refuses an
     unknown name or setting before anything starts.
     """

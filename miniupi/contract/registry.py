@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from miniupi.config import ClusterConfig, ConfigError, NodeConfig
-from miniupi.plugin_manager import PluginError, make_plugin_manager
+from miniupi.contract.manager import PluginError, make_plugin_manager
 
 if TYPE_CHECKING:
     import grpc
 
-    from miniupi.auth import Authenticator
-    from miniupi.storage import Store
+    from miniupi.contract.auth import Authenticator
+    from miniupi.contract.store import Store
 
 
 class PluginChoiceError(ConfigError):

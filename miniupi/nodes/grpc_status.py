@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import grpc
 
 from miniupi.errors import MiniupiError
-from miniupi.nodes.validate import no_unknown_fields
+from miniupi.validate import no_unknown_fields
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 

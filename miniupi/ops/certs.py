@@ -28,8 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from miniupi.config import ClusterConfig
+from miniupi.tls import CA_CERT
 
-CA_CERT, CA_KEY = "ca.pem", "ca.key"
+CA_KEY = "ca.key"
 CA_VALIDITY = dt.timedelta(days=3650)
 LEAF_VALIDITY = dt.timedelta(days=730)
 # Back-date certificates a little so a peer whose clock lags ours accepts them.

@@ -27,7 +27,7 @@ from typing import Any
 
 from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
-from miniupi.certs import write_file
+from miniupi.ops.certs import write_file
 from miniupi.config import ClusterConfig, NodeConfig
 
 # sun_path is 108 bytes with the NUL on Linux, 104 on macOS; stay under both.

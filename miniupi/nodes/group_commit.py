@@ -1,9 +1,7 @@
-"""What a storage plugin provides, and the group commit that feeds it.
+"""The group commit: many concurrent writers share one durable write of the node's store.
 
-A store is a small durable key-value log: named tables of JSON values,
-loaded whole at start and written in atomic, fsync'd batches. Nodes keep
-their working state in memory and use the store only to survive a crash,
-which keeps every storage plugin small and the hot path free of queries.
+The store itself is a storage plugin's (miniupi/contract/store.py says what
+one provides); this is how a node feeds it without an fsync per change.
 """
 from __future__ import annotations
 
@@ -11,12 +9,13 @@ import asyncio
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, Protocol
+
 
 from loguru import logger
 
+from miniupi.contract.store import Put, Store
 from miniupi.errors import Unavailable
-from miniupi.running_loop import RunningLoop
+from miniupi.nodes.running_loop import RunningLoop
 
 
 # A store that finished its last write this long ago, with nothing queued,
@@ -29,29 +28,6 @@ from miniupi.running_loop import RunningLoop
 # write failed is never quiet: a failing disk is often a slow one too, and
 # the gateway retries a failed decision's abort from a quiet store.
 INLINE_AFTER_QUIET_S = 0.002
-
-
-class Put(NamedTuple):
-    """Set table[key] = value; a value of None deletes the key."""
-
-    table: str
-    key: str
-    value: Any
-
-
-class StoreDamaged(Exception):
-    """The files on disk are not a state this store ever wrote; refuse to serve."""
-
-
-class Store(Protocol):
-    def load(self) -> dict[str, dict[str, Any]]:
-        """Every table as last written: {table: {key: value}}."""
-
-    def write(self, batch: Sequence[Put]) -> None:
-        """Apply the whole batch atomically and durably, or raise and apply none."""
-
-    def close(self) -> None:
-        """Release files; later calls are errors."""
 
 
 def _unavailable(error: Exception, puts: int) -> Unavailable:

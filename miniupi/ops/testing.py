@@ -23,11 +23,11 @@ import grpc
 import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from miniupi.certs import init_certs
+from miniupi.ops.certs import init_certs
 from miniupi.client.api import Client
 from miniupi.config import NodeConfig, load_config
-from miniupi.registry import PluginChoiceError
-from miniupi.supervision import Supervisor
+from miniupi.contract.registry import PluginChoiceError
+from miniupi.ops.supervision import Supervisor
 from miniupi.tls import dial
 
 DEFAULT_SPEC: dict[str, Any] = {

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from miniupi.testing import LocalCluster
+from miniupi.ops.testing import LocalCluster
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import pluggy
 from loguru import logger
 
-from miniupi import hookspecs
+from miniupi.contract import hookspecs
 from miniupi.config import NodeConfig
 
 PROJECT = "miniupi"

@@ -1,0 +1,1 @@
+"""Cluster operations: certificates, supervision, the audit, the benchmark and the pytest fixture."""
