@@ -1,6 +1,8 @@
 """Plugins: ours come through the entry point group, and a cluster file can add others."""
 from __future__ import annotations
 
+import importlib.metadata
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 from miniupi.config import NodeConfig, parse_config
 from miniupi.errors import NotFound
 from miniupi.nodes.server import node_interceptors
-from miniupi.contract.manager import PluginError, make_plugin_manager
+from miniupi.contract.manager import DEFAULT_PLUGINS, PluginError, make_plugin_manager
 from miniupi.contract.registry import check_plugins
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
@@ -18,10 +20,24 @@ from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 
 
-def test_default_plugins_are_registered_through_the_entry_point_group() -> None:
+def test_default_plugins_are_the_entry_point_group_and_registered_by_its_names() -> None:
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+        entry_points = tomllib.load(f)["project"]["entry-points"]["miniupi"]
+    assert entry_points == DEFAULT_PLUGINS
     pm = make_plugin_manager()
-    from_entry_points = {pm.get_name(plugin) for plugin, _ in pm.list_plugin_distinfo()}
-    assert {"storage_sqlite", "storage_json", "auth_session", "call_log"} <= from_entry_points
+    assert all(pm.has_plugin(name) for name in DEFAULT_PLUGINS)
+
+
+def test_a_source_checkout_without_entry_points_still_has_every_default_kind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As when miniupi runs from a clone that was never pip-installed: no distribution declares a plugin."""
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: [])
+    cluster = parse_config({"cluster": {}, "gateway": {"port": 1},
+                            "banks": {"bank_a": {"port": 2, "storage": "json"}, "bank_b": {"port": 3}}},
+                           tmp_path / "c.toml")
+    plugins = check_plugins(cluster)
+    assert {"sqlite", "json"} <= set(plugins.kinds.storage) and "session" in plugins.kinds.auth
+    assert plugins.pm.list_plugin_distinfo() == []  # none of them came from an entry point here
 
 
 def test_every_node_gets_the_core_caller_check_whatever_auth_it_names(

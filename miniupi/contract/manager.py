@@ -1,7 +1,10 @@
-"""The one plugin manager: entry points first, then the cluster file's modules.
+"""The one plugin manager: our default plugins, entry points, then the cluster file's modules.
 
-Our own storage, auth and logging plugins arrive through the `miniupi`
-entry point group like anyone else's; nothing here names them.
+Our own storage, auth and logging plugins are registered exactly as a
+third-party plugin is, by module and name, the way datasette lists its
+defaults. They are also declared in the `miniupi` entry point group, which
+pluggy then skips for names already registered: listing them here is what
+lets a source checkout that was never pip-installed run a cluster.
 """
 from __future__ import annotations
 
@@ -18,26 +21,39 @@ from miniupi.contract import hookspecs
 from miniupi.config import NodeConfig
 
 PROJECT = "miniupi"
+# Entry-point name -> module, as in pyproject.toml's [project.entry-points.miniupi] (a test keeps them equal).
+DEFAULT_PLUGINS = {
+    "storage_sqlite": "miniupi.plugins.storage_sqlite",
+    "storage_json": "miniupi.plugins.storage_json",
+    "auth_session": "miniupi.plugins.auth_session",
+    "call_log": "miniupi.plugins.call_log",
+}
 
 
 def make_plugin_manager(extra_modules: Iterable[str] = ()) -> pluggy.PluginManager:
-    """Every installed plugin plus `extra_modules` (the cluster file's [plugins] load)."""
+    """The default plugins, every installed one, and `extra_modules` (the cluster file's [plugins] load)."""
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
+    for name, module_name in DEFAULT_PLUGINS.items():
+        _register_module(pm, module_name, name)
     pm.load_setuptools_entrypoints(PROJECT)
     for name in extra_modules:
-        if pm.has_plugin(name):
-            continue
-        try:
-            module = importlib.import_module(name)
-        except ImportError as e:
-            raise PluginError(f"cannot load plugin module {name!r}: {e}") from None
-        pm.register(module, name)
+        _register_module(pm, name, name)
     pm.check_pending()
     if os.environ.get("MINIUPI_TRACE_PLUGINS") == "1":
         pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
         pm.enable_tracing()
     return pm
+
+
+def _register_module(pm: pluggy.PluginManager, module_name: str, name: str) -> None:
+    """Import `module_name` and register it as plugin `name`, once however often it is named."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise PluginError(f"cannot load plugin module {module_name!r}: {e}") from None
+    if not pm.has_plugin(name) and not pm.is_registered(module):
+        pm.register(module, name)
 
 
 class Fire(Protocol):
