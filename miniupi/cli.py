@@ -226,9 +226,9 @@ def cmd_bank(args: argparse.Namespace) -> None:
     from miniupi.nodes.bank import run_bank
     from miniupi.contract.registry import check_plugins
 
+    cluster = load_config(args.config)  # a wrong cluster file is exit 2, before anything starts
+    plugins = check_plugins(cluster)
     with _refusing_to_start():
-        cluster = load_config(args.config)
-        plugins = check_plugins(cluster)
         asyncio.run(run_bank(cluster, args.name, args.port, args.log_json, plugins))
 
 
@@ -236,9 +236,9 @@ def cmd_gateway(args: argparse.Namespace) -> None:
     from miniupi.nodes.gateway import run_gateway
     from miniupi.contract.registry import check_plugins
 
+    cluster = load_config(args.config)  # a wrong cluster file is exit 2, before anything starts
+    plugins = check_plugins(cluster)
     with _refusing_to_start():
-        cluster = load_config(args.config)
-        plugins = check_plugins(cluster)
         asyncio.run(run_gateway(cluster, args.port, args.log_json, plugins))
 
 
@@ -307,5 +307,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message: Any = getattr(e, "message", None) or str(e)
         print(f"miniupi: {message}", file=sys.stderr)
-        return getattr(e, "exit_code", 1)  # 2: the cluster file named what no plugin provides
+        return getattr(e, "exit_code", 1)  # 2: a wrong cluster file; 3: a node that cannot start
     return 0

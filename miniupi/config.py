@@ -21,12 +21,16 @@ DEFAULT_CONFIG = "config/cluster.toml"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 # Certificate identities other than the banks': no bank, and no user, may take one of these names.
 RESERVED_NAMES = frozenset({"gateway", "client", "admin", "treasury", "ca"})
+# Every node certificate names this host, so a bank of that name would be passed by any node's leaf.
+LOCALHOST = "localhost"
 # Far below 2**63 - 1 minor units, so no sum of balances and credits in flight can overflow an int64.
 DEFAULT_MAX_BALANCE = 10**15
 
 
 class ConfigError(Exception):
     """The cluster file is missing, unreadable or wrong; the message says where."""
+
+    exit_code = 2  # like a usage error: what was asked for cannot be started as written
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class _Section:
             raise self.error("", "a table")
         self.table = table
         self.used: set[str] = set()
+        self.kinds: tuple[str, ...] = ()  # the node's storage and auth kinds, whose tables it may hold
 
     def error(self, key: str, expected: str) -> ConfigError:
         name = f"{self.where}.{key}" if key else self.where
@@ -147,11 +152,16 @@ class _Section:
 
     def plugin_tables(self, *kinds: str) -> dict[str, dict[str, Any]]:
         """The sub-tables named after the node's chosen kinds; their keys are the plugins' to check."""
+        self.kinds = tuple(dict.fromkeys(kinds))
         return {kind: self.get(kind, dict, expected=f"a table of the {kind!r} plugin's settings")
-                for kind in dict.fromkeys(kinds) if kind in self.table and kind not in self.used}
+                for kind in self.kinds if kind in self.table and kind not in self.used}
 
     def done(self) -> None:
         extra = sorted(set(self.table) - self.used)
+        if extra and isinstance(self.table[extra[0]], dict) and self.kinds:
+            raise ConfigError(
+                f"{self.path}: unknown table '{self.where}.{extra[0]}': a node's plugin settings go in a table "
+                f"named after its storage or auth kind ({', '.join(self.kinds)})")
         if extra:
             raise ConfigError(
                 f"{self.path}: unknown key '{self.where}.{extra[0]}' (known: {', '.join(sorted(self.used))})"
@@ -236,9 +246,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     banks_table = _Section(path, "banks", top.get("banks", dict, expected="a [banks.NAME] table per bank"))
     banks: dict[str, NodeConfig] = {}
     for bank_name in banks_table.table:
-        if not NAME_RE.match(bank_name) or bank_name in RESERVED_NAMES:
+        if not NAME_RE.match(bank_name) or bank_name in RESERVED_NAMES or bank_name == LOCALHOST:
             raise banks_table.error(
-                bank_name, "a bank name of lower-case letters, digits and _ (not gateway, client, admin, treasury or ca)"
+                bank_name,
+                "a bank name of lower-case letters, digits and _ (not gateway, client, admin, treasury, ca or localhost)",
             )
         b = _Section(path, f"banks.{bank_name}", banks_table.get(bank_name, dict))
         accounts = b.get("accounts", str, None)
@@ -265,6 +276,11 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     p.done()
     top.done()
 
+    identities = RESERVED_NAMES | frozenset(banks)
+    for node in (gateway, *banks.values()):
+        problem = host_problem(node.host, identities)
+        if problem:
+            raise ConfigError(f"{path}: key '{node.where}.host': {problem}")
     ports: dict[tuple[str, int], str] = {}
     for node in (gateway, *banks.values()):
         other = ports.setdefault((node.host, node.port), node.name)
@@ -274,6 +290,23 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     object.__setattr__(cluster, "gateway", gateway)
     object.__setattr__(cluster, "banks", banks)
     return cluster
+
+
+def host_problem(host: str, identities: frozenset[str]) -> str | None:
+    """Why `host` may not be a name in a node's certificate, or None.
+
+    Clients check that a certificate *names* the identity they dial, so a host
+    spelt like an identity (gRPC compares names without case or a trailing
+    dot) would let that node's leaf pass for the identity: bank_a's key
+    would serve as the gateway.
+    """
+    if not host.strip():
+        return "a host name or address, not empty"
+    if "*" in host:
+        return f"a host name without wildcards, not {host!r}"
+    if host.casefold().rstrip(".") in identities:
+        return f"{host!r} is an identity's name (a certificate naming it would pass for that identity)"
+    return None
 
 
 def split_address(address: str) -> tuple[str, str]:

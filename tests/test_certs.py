@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from miniupi.ops.certs import cert_pem, identities, init_certs, issue_cert, key_pem, make_ca
-from miniupi.config import ClusterConfig, parse_config
+from miniupi.config import ClusterConfig, ConfigError, parse_config
 from miniupi.tls import CertsMissing, channel_credentials, peer_identity, server_credentials
 
 TIMEOUT = 5.0
@@ -145,6 +145,28 @@ def test_new_extra_host_reissues_leaves(cluster: ClusterConfig) -> None:
     d = cluster.certs_dir
     assert set(written) == {d / f"{n}.{ext}" for n in NODES for ext in ("pem", "key")}  # users name no host
     assert x509.DNSName("node.example.test") in sans(load_cert(cluster.certs_dir / "gateway.pem"))
+
+
+@pytest.mark.parametrize("host", ["gateway", "GATEWAY.", "bank_b", "treasury", "", "*.example.test"])
+def test_a_host_spelt_like_an_identity_is_refused_and_writes_nothing(cluster: ClusterConfig, host: str) -> None:
+    """Clients accept a server whose certificate names the identity anywhere: `--host gateway` on every
+    node leaf would let bank_a's key pass for the gateway."""
+    with pytest.raises(ConfigError, match="--host"):
+        init_certs(cluster, extra_hosts=[host])
+    assert not cluster.certs_dir.exists()
+
+
+def test_a_node_leaf_naming_another_identity_is_reissued(cluster: ClusterConfig) -> None:
+    """Such a leaf, made before hosts were checked, must not survive the next `certs init` or `miniupi run`."""
+    init_certs(cluster)
+    d = cluster.certs_dir
+    ca = load_cert(d / "ca.pem")
+    ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
+    pem, key = issue_cert(ca, ca_key, "bank_a", ["localhost", "127.0.0.1", "::1", "10.1.2.3", "Gateway."])  # type: ignore[arg-type]
+    (d / "bank_a.pem").write_bytes(pem)
+    (d / "bank_a.key").write_bytes(key)
+    assert sorted(init_certs(cluster)) == sorted([d / "bank_a.pem", d / "bank_a.key"])
+    assert x509.DNSName("Gateway.") not in sans(load_cert(d / "bank_a.pem"))
 
 
 def test_user_side_leaf_from_before_roles_is_reissued_client_only(cluster: ClusterConfig) -> None:

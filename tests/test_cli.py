@@ -256,6 +256,26 @@ def test_session_file_is_0600_and_follows_no_link_whatever_a_crash_or_someone_le
     assert ok(cluster, "balance", home=home).strip() == f"{account}: 0.00 INR"
 
 
+@pytest.mark.parametrize("damage", [
+    {"key": "abc\ndef"}, {"key": "k\u00e9y"}, {"key": "k\u0000y"}, {"key": 5}, {"key": "k" * 20_000},
+    {"account": ["alice", "bank_a"]}, {"account": "not an address"}, {"expires_at": "soon"},
+])
+def test_a_damaged_session_file_is_no_session_and_never_a_traceback(cluster: LocalCluster, home: Path,
+                                                                     damage: dict) -> None:
+    """A session.json we did not write went into gRPC metadata or the outbox and failed there, on every command."""
+    account = quick_account(cluster, "bank_a", 1_00)
+    login(cluster, account, home)
+    session = home / "session.json"
+    session.write_text(json.dumps({**json.loads(session.read_text()), **damage}))
+    for args in (("balance",), ("pay", "x@bank_b", "1.00"), ("queue",)):
+        r = cluster.cli(*args, home=home)
+        assert "Traceback" not in r.stderr, (args, r.stderr)
+        if args[0] != "queue":
+            assert r.returncode == 1 and "not logged in" in r.stderr, (args, r.stderr)
+    assert ok(cluster, "logout", home=home)
+    assert library_balance(cluster, account) == (1_00, 1_00)
+
+
 @pytest.mark.parametrize("limit", ["-1", "0", "4294967296", "\u0661"])
 def test_history_limit_out_of_range_is_one_line_for_a_logged_in_customer(cluster: LocalCluster, home: Path,
                                                                           limit: str) -> None:

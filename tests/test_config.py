@@ -40,6 +40,13 @@ def test_defaults_fill_what_the_file_leaves_out() -> None:
     ({"cluster": {"currency": "rupees"}}, ["cluster.currency", "ISO 4217"]),
     ({"plugins": {"load": [1]}}, ["plugins.load", "module names"]),
     ({"banks": {"bank_a": {"port": 1}}}, ["both use 127.0.0.1:1"]),
+    # Every node certificate names localhost: a bank of that name would be passed by any node's leaf.
+    ({"banks": {"localhost": {"port": 2}}}, ["banks.localhost", "not gateway"]),
+    # A host is a name in the node's certificate, and clients accept any name that matches the identity.
+    ({"banks": {"bank_a": {"port": 2, "host": "gateway"}}}, ["banks.bank_a.host", "identity's name"]),
+    ({"banks": {"bank_a": {"port": 2, "host": "Bank_A."}}}, ["banks.bank_a.host", "identity's name"]),
+    ({"gateway": {"port": 1, "host": "*.example.com"}}, ["gateway.host", "wildcards"]),
+    ({"gateway": {"port": 1, "host": ""}}, ["gateway.host", "not empty"]),
 ])
 def test_a_wrong_key_names_the_file_the_key_and_what_was_expected(change: dict, words: list[str]) -> None:
     with pytest.raises(ConfigError) as e:

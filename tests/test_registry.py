@@ -77,10 +77,11 @@ def test_a_plugin_setting_is_checked_against_what_the_plugin_declares(
     assert str(refused.value) == f"{tmp_path / 'c.toml'}: {line}"
 
 
-def test_settings_of_a_plugin_the_node_does_not_use_are_an_unknown_key(tmp_path: Path) -> None:
+def test_settings_of_a_plugin_the_node_does_not_use_are_an_unknown_table_naming_its_kinds(tmp_path: Path) -> None:
     raw = spec(tmp_path)
     raw["banks"]["bank_a"]["json"] = {"compact_after": 5}  # bank_a stores in sqlite
-    with pytest.raises(ConfigError, match=r"unknown key 'banks\.bank_a\.json'"):
+    with pytest.raises(ConfigError, match=r"unknown table 'banks\.bank_a\.json': .* its storage or auth kind "
+                                          r"\(sqlite, session\)"):
         parse_config(raw, tmp_path / "c.toml")
 
 
@@ -156,6 +157,20 @@ def test_each_command_refuses_an_unknown_plugin_setting_before_starting_anything
     assert_refused_having_started_nothing(
         tmp_path, result, "banks.bank_b.json.compact_aftr: no setting 'compact_aftr' for the json plugin "
                           "(it has: compact_after, journal_share)")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_command_refuses_a_misnamed_plugin_table_before_starting_anything(
+        tmp_path: Path, command: str) -> None:
+    """`[banks.bank_b.jsn]` is a cluster-file mistake like any other: one line, exit 2, nothing started."""
+    raw = spec(tmp_path)
+    raw["banks"]["bank_b"]["jsn"] = {"compact_after": 5}
+    (tmp_path / "c.toml").write_text(tomli_w.dumps(raw))
+    result = miniupi(tmp_path, *COMMANDS[command], "--config", str(tmp_path / "c.toml"))
+    assert_refused_having_started_nothing(
+        tmp_path, result, "unknown table 'banks.bank_b.jsn': a node's plugin settings go in a table named after "
+                          "its storage or auth kind (json, session)")
 
 
 @pytest.mark.timeout(60)

@@ -244,14 +244,17 @@ def test_outdated_password_hash_is_replaced_at_the_next_successful_login(rehash_
 def test_bulk_opening_refuses_a_hash_that_could_never_verify_or_is_cheaper_than_today(
         rehash_cluster: LocalCluster) -> None:
     """OpenAccounts takes a hash, not a password. A malformed one locked its accounts out for
-    good (every login just fails), and a cheap one stored new accounts below the cost the test
-    above holds every hash to. Both are refused and open nothing; a hash at today's cost opens."""
+    good (every login just fails), a cheap one stored new accounts below the cost the test
+    above holds every hash to, and a dear one made each login to them a denial of service. All are
+    refused and open nothing; a hash at today's cost opens."""
     cluster = rehash_cluster
     hashes = {
         "malformed": "$argon2id$v=19$m=19456,t=2,p=1$not-a-salt",
         "cheap": PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD),
         "today": hash_password(PASSWORD),
     }
+    # Far dearer than any bank should run at each login: written, not computed, since computing it is the attack.
+    hashes["dear"] = hashes["today"].replace("m=19456,t=2,p=1", "m=4194304,t=4294967295,p=255")
     names = {kind: unique_name() for kind in hashes}
     answers: dict[str, object] = {}
     # The treasury's bulk door at the gateway, which hands the bank's refusal on word for word.
@@ -269,6 +272,8 @@ def test_bulk_opening_refuses_a_hash_that_could_never_verify_or_is_cheaper_than_
     assert answers["malformed"] == (grpc.StatusCode.INVALID_ARGUMENT, "password_hash is not a well-formed argon2 hash")
     assert answers["cheap"] == (grpc.StatusCode.INVALID_ARGUMENT,
                                 "password_hash is cheaper than m=19456,t=2 (got m=8192,t=1)")
-    assert [bank_account(cluster, "bank_a", names[k]) for k in hashes] == [None, None, (5_00, 0)]
+    assert answers["dear"] == (grpc.StatusCode.INVALID_ARGUMENT, "password_hash is dearer than m=65536,t=4,p=4 "
+                                                                 "(got m=4194304,t=4294967295,p=255)")
+    assert [bank_account(cluster, "bank_a", names[k]) for k in hashes] == [None, None, (5_00, 0), None]
     with cluster.client() as c:
         c.login(f"{names['today']}@bank_a", PASSWORD)

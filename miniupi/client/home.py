@@ -11,15 +11,20 @@ us write the key where they can read it, and a chmod now would not undo that.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
 
 from miniupi.client.api import Session
+from miniupi.config import split_address
 from miniupi.errors import FailedPrecondition
 
 SESSION_FILE = "session.json"
+# What the gateway hands out: ID.SECRET, hex and URL-safe base64 (auth_session.SessionStore.start).
+_SESSION_KEY = re.compile(r"[0-9A-Za-z_.-]{1,256}")
 
 
 def client_home(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -85,9 +90,19 @@ def load_session(home: Path) -> Session | None:
         fd = os.open(home / SESSION_FILE, os.O_RDONLY | os.O_NOFOLLOW)  # a link there is not our session
         with os.fdopen(fd) as f:
             raw = json.loads(f.read())
-        return Session(raw["account"], raw["key"], float(raw["expires_at"]))
+        account, key, expires_at = raw["account"], raw["key"], float(raw["expires_at"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    # A file we did not write (edited, damaged) is no session: its key would go into gRPC metadata and
+    # its account into the outbox, and fail there with a traceback on every command, logout included.
+    if not (isinstance(account, str) and isinstance(key, str) and _SESSION_KEY.fullmatch(key)
+            and math.isfinite(expires_at)):
+        return None
+    try:
+        split_address(account)
+    except ValueError:
+        return None
+    return Session(account, key, expires_at)
 
 
 def clear_session(home: Path) -> None:

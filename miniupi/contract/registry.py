@@ -28,9 +28,7 @@ if TYPE_CHECKING:
 
 
 class PluginChoiceError(ConfigError):
-    """The cluster file names a kind or a plugin setting that no plugin provides."""
-
-    exit_code = 2  # a configuration refused before anything started, as for a usage error
+    """The cluster file names a kind or a plugin setting that no plugin provides (exit 2, as any ConfigError)."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from miniupi.config import ClusterConfig
+from miniupi.config import RESERVED_NAMES, ClusterConfig, ConfigError, host_problem
 from miniupi.tls import CA_CERT
 
 CA_KEY = "ca.key"
@@ -190,6 +190,18 @@ def issue_cert(
     return cert_pem(cert), key_pem(key)
 
 
+def check_extra_hosts(cluster: ClusterConfig, extra_hosts: Sequence[str]) -> None:
+    """Refuse a `--host` that no node certificate may name: one spelt like an identity, empty, or a wildcard."""
+    for host in extra_hosts:
+        problem = host_problem(host, _identity_names(cluster))
+        if problem:
+            raise ConfigError(f"--host {host!r}: {problem}")
+
+
+def _identity_names(cluster: ClusterConfig) -> frozenset[str]:
+    return RESERVED_NAMES | frozenset(identities(cluster))
+
+
 def leaf_hosts(cluster: ClusterConfig, name: str, extra_hosts: Sequence[str] = ()) -> list[str]:
     """The hosts a node's leaf names besides its identity; a user-side leaf names none."""
     if not is_node(cluster, name):
@@ -232,9 +244,10 @@ def _load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, Priva
 
 
 def _leaf_ok(name: str, cert_path: Path, key_path: Path, ca: x509.Certificate, hosts: Sequence[str],
-             server: bool) -> bool:
+             server: bool, identity_names: frozenset[str]) -> bool:
     """Whether an existing leaf can stay: signed by this CA, in date, matching its key, of its role
-    (a user-side leaf from before roles, which was also a server naming hosts, is not), naming every host."""
+    (a user-side leaf from before roles, which was also a server naming hosts, is not), naming every
+    host, and naming no other identity (a host added as `--host gateway` would pass for the gateway)."""
     pair = _load_pair(cert_path, key_path)
     if pair is None:
         return False
@@ -255,6 +268,9 @@ def _leaf_ok(name: str, cert_path: Path, key_path: Path, ca: x509.Certificate, h
     want = san_names(name, hosts)
     if not server:
         return list(have) == want
+    others = [n.value for n in list(have)[1:] if isinstance(n, x509.DNSName)]
+    if any(host_problem(other, identity_names) for other in others):
+        return False
     return list(have)[:1] == want[:1] and all(n in have for n in want)
 
 
@@ -264,6 +280,7 @@ def init_certs(cluster: ClusterConfig, *, force: bool = False, extra_hosts: Sequ
     With `force` everything is made anew. A new CA invalidates every leaf,
     and any leaf that does not verify against the current CA is re-issued.
     """
+    check_extra_hosts(cluster, extra_hosts)
     certs_dir = cluster.certs_dir
     certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(certs_dir, 0o700)
@@ -286,7 +303,7 @@ def init_certs(cluster: ClusterConfig, *, force: bool = False, extra_hosts: Sequ
     for name in identities(cluster):
         cert_path, key_path = certs_dir / f"{name}.pem", certs_dir / f"{name}.key"
         hosts, server = leaf_hosts(cluster, name, extra_hosts), is_node(cluster, name)
-        if not force and _leaf_ok(name, cert_path, key_path, ca_cert, hosts, server):
+        if not force and _leaf_ok(name, cert_path, key_path, ca_cert, hosts, server, _identity_names(cluster)):
             continue
         leaf_pem, leaf_key_pem = issue_cert(ca_cert, ca_key, name, hosts, server=server)
         write_file(key_path, leaf_key_pem, 0o600)
