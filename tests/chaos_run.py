@@ -59,11 +59,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from miniupi.ops.audit import COMMITTED, BankView, GatewayTxnView, audit, check, collect
+from miniupi.ops.audit import BankView, GatewayTxnView, audit, check, collect
 from miniupi.client.api import AsyncClient, Session
 from miniupi.errors import MiniupiError, NotFound, Unauthenticated, Unavailable
 from miniupi.ops.supervision import SupervisionError
 from miniupi.ops.testing import LocalCluster
+from miniupi.states import TxnState
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 sys.path.insert(0, str(PLUGIN_DIR))
@@ -529,7 +530,7 @@ def verify(ops: list[Op], gateway: dict[str, GatewayTxnView], banks: list[BankVi
         legs[payer_bank].append((payer_user, -op.amount))
         legs[payee_bank].append((payee_user, op.amount))
         records = {bank: by_bank[bank].txns.get(op.txn_id) for bank in legs}
-        committed = [bank for bank, r in records.items() if r is not None and r[0] == COMMITTED]
+        committed = [bank for bank, r in records.items() if r is not None and r[0] == TxnState.COMMITTED]
         applied = len(committed) == len(legs)
         what = f"{op.txn_id} ({op.payer} -> {op.payee} {op.amount}, answers {op.answers})"
         if committed and not applied:
@@ -538,7 +539,7 @@ def verify(ops: list[Op], gateway: dict[str, GatewayTxnView], banks: list[BankVi
             if sorted(records[bank][1]) != sorted(legs[bank]):
                 bad.append(f"{what} committed at {bank} with legs {records[bank][1]}, not {legs[bank]}")
         g = gateway.get(op.txn_id)
-        if applied and (g is None or g.state != COMMITTED):
+        if applied and (g is None or g.state != TxnState.COMMITTED):
             bad.append(f"{what} applied but the gateway says {g.state if g else 'nothing'}")
         if len({a.split(": ")[0] for a in op.definite()}) > 1:  # ok, or failed:ErrorClass
             bad.append(f"{what} got different definite answers")
@@ -552,7 +553,7 @@ def verify(ops: list[Op], gateway: dict[str, GatewayTxnView], banks: list[BankVi
     total = 0
     for bank in banks:
         for txn_id, (state, _) in bank.txns.items():
-            if state == COMMITTED and txn_id not in known:
+            if state == TxnState.COMMITTED and txn_id not in known:
                 bad.append(f"{txn_id} committed at {bank.name}, but no client ever sent it")
         for account, (balance, held, account_opening) in bank.accounts.items():
             total += balance

@@ -10,11 +10,14 @@ import asyncio
 import signal
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import grpc
 import pytest
 
-from miniupi.nodes.bank_links import CHANNEL_OPTIONS, BankLinks, _Rounds
+from miniupi.errors import Unavailable
+from miniupi.nodes.bank_links import CHANNEL_OPTIONS, BankLinks, _answer, _Rounds
+from miniupi.nodes.participants import YES, Ack, Refusal, Vote
 from miniupi.nodes.server import SERVER_OPTIONS
 from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials, server_credentials
@@ -209,3 +212,37 @@ def test_banks_accept_the_gateways_keepalive_pings_on_an_idle_stream() -> None:
     Reproducing it takes minutes of idling, so this pins the rule the two settings must keep."""
     server, client = dict(SERVER_OPTIONS), dict(CHANNEL_OPTIONS)
     assert server["grpc.http2.min_ping_interval_without_data_ms"] < client["grpc.keepalive_time_ms"]
+
+
+# -- the adapter's translation, without a bank ------------------------------------------------
+
+
+def test_every_refusal_a_bank_can_send_reaches_the_coordinator_by_its_domain_name() -> None:
+    for number in [*bank_pb2.VoteRefusal.values(), 99]:  # 99: a reason from a newer bank
+        vote = _answer(bank_pb2.PrepareReply(yes=False, refusal=number, detail="why"))
+        name = bank_pb2.VoteRefusal.Name(number) if number != 99 else "VOTE_REFUSAL_UNSPECIFIED"
+        assert vote == Vote(False, Refusal(name), "why")
+    assert _answer(bank_pb2.PrepareReply(yes=True)) == YES
+    assert _answer(bank_pb2.DecisionOutcome(applied=True, known=False)) == Ack(True)
+    assert _answer(bank_pb2.DecisionOutcome(applied=False, error="never prepared")) == Ack(False, "never prepared")
+
+
+class _RefusedCall:
+    """A DecideAndPrepare stream whose first write fails, as on a link that is down."""
+
+    def done(self) -> bool:
+        return False
+
+    def cancel(self) -> None:
+        pass
+
+    async def write(self, request: object) -> None:
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                   "connection refused")
+
+
+def test_a_failed_round_reaches_the_coordinator_as_unavailable_not_as_a_grpc_error() -> None:
+    stub = SimpleNamespace(DecideAndPrepare=lambda wait_for_ready: _RefusedCall())
+    rounds = _Rounds(stub, prepare_timeout=1, call_timeout=1)  # type: ignore[arg-type]
+    with pytest.raises(Unavailable, match="UNAVAILABLE connection refused"):
+        asyncio.run(rounds.answers([_abort(str(uuid.uuid4()))]))

@@ -74,12 +74,15 @@ from conftest import PASSWORD, running_cluster, unique_name, wait_for
 from miniupi.ops.audit import audit, collect
 from miniupi.client.api import Client
 from miniupi.errors import FailedPrecondition, MiniupiError, NotFound, Unauthenticated, Unavailable
+from miniupi.contract.hookspecs import hookimpl
+from miniupi.contract.manager import NodeHooks, plugin_manager
 from miniupi.nodes.coordinator import Coordinator, Payment
 from miniupi.nodes.gateway import GatewayServicer
 from miniupi.nodes.patience import BUSY_IN_FLIGHT, PATIENCE_AT_REFERENCE_S, REFERENCE_RATE_PER_S, PreparePatience
 from miniupi.nodes.group_commit import GroupCommit
+from miniupi.nodes.participants import YES, Ack, Vote
 from miniupi.ops.testing import LocalCluster
-from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2
+from miniupi.v1 import common_pb2, gateway_pb2
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 sys.path.insert(0, str(PLUGIN_DIR))  # the nodes load it from PYTHONPATH; the test arms it directly
@@ -363,19 +366,19 @@ def test_the_matrix_covers_every_2pc_step_on_every_node() -> None:
 
 
 class YesLinks:
-    """The gateway's links to banks (miniupi/nodes/bank_links.py), every bank voting YES and acknowledging."""
+    """The coordinator's participants (miniupi/nodes/participants.py), every bank voting YES and acknowledging."""
 
     def __init__(self) -> None:
         self.patience: list[float] = []  # each prepare's, in the order sent
         self.decisions: list[tuple[str, bool]] = []  # (bank, commit), in the order sent
 
-    async def prepare(self, bank: str, request: Any, patience_s: float = 0.0) -> Any:
+    async def prepare(self, bank: str, txn_id: str, currency: str, legs: Any, patience_s: float = 0.0) -> Vote:
         self.patience.append(patience_s)
-        return bank_pb2.PrepareReply(yes=True)
+        return YES
 
-    async def decide(self, bank: str, txn_id: str, commit: bool) -> Any:
+    async def decide(self, bank: str, txn_id: str, commit: bool) -> Ack:
         self.decisions.append((bank, commit))
-        return bank_pb2.DecisionOutcome(applied=True, known=True)
+        return Ack(True)
 
     def __contains__(self, bank: str) -> bool:
         return True
@@ -423,15 +426,17 @@ def test_a_plugin_hook_that_raises_after_a_bank_acknowledged_does_not_stop_phase
     ended the resend task: the payment stayed unacknowledged, resent after every restart."""
     fired: list[str] = []
 
-    def fire(point: str, **details: Any) -> None:
-        if point == "after_decision_sent":
-            fired.append(details["bank"])
+    class AuditTrail:
+        @hookimpl
+        def miniupi_after_decision_sent(self, bank: str) -> None:
+            fired.append(bank)
             raise RuntimeError("the plugin's audit trail is down")
 
     async def scenario() -> bool:
         store = DecisionStore()
         store.release.set()
-        coordinator = Coordinator(YesLinks(), GroupCommit(store), {}, TIMEOUT_S, TIMEOUT_S, fire)  # type: ignore[arg-type]
+        coordinator = Coordinator(YesLinks(), GroupCommit(store), {}, TIMEOUT_S, TIMEOUT_S,  # type: ignore[arg-type]
+                                  NodeHooks(plugin_manager(AuditTrail()), None))
         txn_id = str(uuid.uuid4())
         assert await coordinator.pay(Payment(txn_id, "p@bank_a", "q@bank_b", AMOUNT, "INR")) == "COMMITTED"
         return await _acked(coordinator, txn_id, within_s=1.0)  # phase 2 runs after the answer

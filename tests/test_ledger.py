@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from miniupi.contract.hookspecs import hookimpl
+from miniupi.contract.manager import NodeHooks, plugin_manager
 from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from miniupi.nodes import ledger as ledger_module
-from miniupi.nodes.ledger import Ledger, LegSpec
+from miniupi.nodes.ledger import Ledger
+from miniupi.nodes.participants import Leg
 from miniupi.plugins.storage_json import JsonStore
 from miniupi.nodes.group_commit import GroupCommit
 
@@ -21,8 +24,8 @@ def _open(path: Path, **kwargs: object) -> tuple[Ledger, GroupCommit]:
     return Ledger("bank_a", "INR", commit, store.load(), **kwargs), commit
 
 
-def _debit(amount: int) -> tuple[LegSpec, ...]:
-    return (LegSpec("alice", -amount, "bob@bank_b"),)
+def _debit(amount: int) -> tuple[Leg, ...]:
+    return (Leg("alice", -amount, "bob@bank_b"),)
 
 
 def run(coro):  # one event loop per test, as the node has one
@@ -183,11 +186,13 @@ def test_a_plugin_hook_that_raises_refuses_only_its_own_item(tmp_path: Path) -> 
     async def scenario() -> None:
         bad = str(uuid.uuid4())
 
-        def fire(point: str, **details: object) -> None:
-            if point == "before_vote" and details["txn_id"] == bad:
-                raise RuntimeError("fraud rules are down")
+        class FraudRules:
+            @hookimpl
+            def miniupi_before_vote(self, txn_id: str) -> None:
+                if txn_id == bad:
+                    raise RuntimeError("fraud rules are down")
 
-        ledger, commit = _open(tmp_path, fire=fire)
+        ledger, commit = _open(tmp_path, hooks=NodeHooks(plugin_manager(FraudRules()), None))
         await ledger.open_account("alice", "pw", 1000)
         good = str(uuid.uuid4())
         votes = await ledger.prepare_many([(good, "INR", _debit(100)), (bad, "INR", _debit(100))])
@@ -224,8 +229,8 @@ def test_failed_logins_lock_the_account_durably(tmp_path: Path) -> None:
     assert not ok and locked_for > 0
 
 
-def _credit(amount: int) -> tuple[LegSpec, ...]:
-    return (LegSpec("bob", amount, "alice@bank_b"),)
+def _credit(amount: int) -> tuple[Leg, ...]:
+    return (Leg("bob", amount, "alice@bank_b"),)
 
 
 def test_credits_in_flight_count_against_the_ceiling_and_are_rebuilt_on_reopen(tmp_path: Path) -> None:
@@ -277,9 +282,14 @@ def test_concurrent_logins_check_at_most_login_attempts_passwords(
     monkeypatch.setattr(ledger_module, "verify_password", held_verify)
     fired: list[str] = []
 
+    class CountChecks:
+        @hookimpl
+        def miniupi_before_password_check(self, account: str) -> None:
+            fired.append(account)
+
     async def scenario() -> tuple[list[tuple[bool, float]], tuple[bool, float]]:
         ledger, commit = _open(tmp_path, login_attempts=attempts, login_lockout_s=60,
-                               fire=lambda point, **d: fired.append(d["account"]))
+                               hooks=NodeHooks(plugin_manager(CountChecks()), None))
         await ledger.open_account("alice", "right", 0)
         passwords = ["wrong"] * logins
         passwords[29] = "right"

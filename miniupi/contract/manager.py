@@ -8,11 +8,12 @@ lets a source checkout that was never pip-installed run a cluster.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import pluggy
 from loguru import logger
@@ -30,10 +31,18 @@ DEFAULT_PLUGINS = {
 }
 
 
-def make_plugin_manager(extra_modules: Iterable[str] = ()) -> pluggy.PluginManager:
-    """The default plugins, every installed one, and `extra_modules` (the cluster file's [plugins] load)."""
+def plugin_manager(*plugins: object) -> pluggy.PluginManager:
+    """A manager that knows every hook spec and holds only `plugins` (a test's, say)."""
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
+    for plugin in plugins:
+        pm.register(plugin)
+    return pm
+
+
+def make_plugin_manager(extra_modules: Iterable[str] = ()) -> pluggy.PluginManager:
+    """The default plugins, every installed one, and `extra_modules` (the cluster file's [plugins] load)."""
+    pm = plugin_manager()
     for name, module_name in DEFAULT_PLUGINS.items():
         _register_module(pm, module_name, name)
     pm.load_setuptools_entrypoints(PROJECT)
@@ -56,42 +65,47 @@ def _register_module(pm: pluggy.PluginManager, module_name: str, name: str) -> N
         pm.register(module, name)
 
 
-class Fire(Protocol):
-    """Announces a step of 2PC by its hook name without the miniupi_ prefix."""
-
-    def __call__(self, point: str, **details: Any) -> None: ...
+def _unimplemented(**details: Any) -> None:
+    """What a hook that no plugin implements does."""
 
 
-def hook_firer(pm: pluggy.PluginManager, node: NodeConfig) -> Fire:
-    """fire("after_vote", txn_id=...) calls hook miniupi_after_vote(node=node, txn_id=...).
+class NodeHooks:
+    """`pm.hook` for one node: `hooks.miniupi_after_vote(txn_id=..., yes=...)` calls every plugin's
+    implementation with `node=` this node.
 
-    A step no plugin implements costs a dict lookup: these fire several
-    times per payment. Plugins are all registered before a node serves.
+    2PC fires several hooks per payment, so a hook is looked up once, on its
+    first call, and kept as a plain attribute; one that no plugin implements
+    becomes a function that does nothing. Plugins are all registered before a
+    node serves. A name the hook specs lack is an AttributeError.
     """
-    wanted: dict[str, Any] = {}
 
-    def fire(point: str, **details: Any) -> None:
-        if point not in wanted:
-            caller = getattr(pm.hook, f"miniupi_{point}")
-            wanted[point] = caller if caller.get_hookimpls() else None
-        caller = wanted[point]
-        if caller is not None:
-            caller(node=node, **details)
+    def __init__(self, pm: pluggy.PluginManager, node: NodeConfig | None) -> None:
+        self._relay, self._node = pm.hook, node
 
-    return fire
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if not name.startswith(f"{PROJECT}_"):
+            raise AttributeError(name)
+        caller: pluggy.HookCaller = getattr(self._relay, name)
+        hook = functools.partial(caller, node=self._node) if caller.get_hookimpls() else _unimplemented
+        setattr(self, name, hook)  # found in the instance from now on: __getattr__ runs once per hook
+        return hook
+
+
+NO_HOOKS = NodeHooks(plugin_manager(), None)
 
 
 class PluginError(Exception):
     """A plugin named in the cluster file could not be loaded or found."""
 
 
-def fire_after(fire: Fire, point: str, **details: Any) -> None:
+def fire_after(hook: Callable[..., None], **details: Any) -> None:
     """A hook after a step that is already durable: the step stands whatever the plugin does.
 
     So a failing plugin is logged, not raised: raised, it would make the
     caller take a done step for a failed one (resend it, or stop there).
     """
     try:
-        fire(point, **details)
+        hook(**details)
     except Exception:
-        logger.exception("hook {} failed: {}", point, details)
+        caller = getattr(hook, "func", hook)
+        logger.exception("hook {} failed: {}", getattr(caller, "name", caller), details)

@@ -16,13 +16,14 @@ from miniupi.nodes.logs import setup_node_logging
 from miniupi.nodes.in_doubt import resolve_in_doubt
 from miniupi.money import format_amount
 from miniupi.nodes.passwords import MAX_PASSWORD, hash_problem
-from miniupi.nodes.ledger import Ledger, LegSpec
+from miniupi.nodes.ledger import Ledger
+from miniupi.nodes.participants import Leg
 from miniupi.nodes.server import open_store, serve
 from miniupi.nodes.setup_accounts import read_setup_file
 from miniupi.nodes.grpc_status import grpc_errors, refuse_unknown_fields
 from miniupi.validate import account_name, new_account_name, opening_deposit
 from miniupi.validate import positive_amount as validate_positive_amount, txn_id as valid_txn_id
-from miniupi.contract.manager import hook_firer
+from miniupi.contract.manager import NodeHooks
 from miniupi.contract.registry import Plugins, check_plugins
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 
@@ -207,10 +208,10 @@ def _merge(checked: list[Any], answers: list[Answer]) -> list[Answer | MiniupiEr
     return [c if isinstance(c, MiniupiError) else next(it) for c in checked]
 
 
-def _prepare_spec(request: bank_pb2.PrepareRequest) -> tuple[str, str, list[LegSpec]]:
+def _prepare_spec(request: bank_pb2.PrepareRequest) -> tuple[str, str, list[Leg]]:
     if len(request.legs) > MAX_LEGS:
         raise InvalidArgument(f"at most {MAX_LEGS} legs in one prepare")
-    legs = [LegSpec(account_name(leg.account), leg.delta_minor, leg.counterparty[:80]) for leg in request.legs]
+    legs = [Leg(account_name(leg.account), leg.delta_minor, leg.counterparty[:80]) for leg in request.legs]
     return valid_txn_id(request.txn_id), request.currency, legs
 
 
@@ -244,7 +245,7 @@ async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, l
         node = dataclasses.replace(node, port=port)
     setup_node_logging(node, log_json or cluster.log_json)
     commit, tables = await open_store(plugins, node)
-    ledger = Ledger(node.name, cluster.currency, commit, tables, fire=hook_firer(plugins.pm, node),
+    ledger = Ledger(node.name, cluster.currency, commit, tables, hooks=NodeHooks(plugins.pm, node),
                     login_attempts=cluster.login_attempts, login_lockout_s=cluster.login_lockout_s,
                     max_balance=cluster.max_balance)
     opened = await open_setup_accounts(ledger, node.accounts, cluster.reserved_user_names)

@@ -1,4 +1,8 @@
-"""The gateway's long-lived mTLS channels to every bank, one per bank.
+"""The gateway's long-lived mTLS channels to every bank, one per bank: the coordinator's Participants.
+
+The coordinator speaks in votes and acknowledgements (participants.py);
+this adapter turns them into bank protos and back, and a failed call into
+Unavailable, so nothing of gRPC reaches it.
 
 Prepares and decisions go out through one Batcher per bank, so one
 DecideAndPrepare round carries the decisions of some payments and the
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -27,6 +32,7 @@ import grpc
 from miniupi.config import ClusterConfig
 from miniupi.errors import NotFound, Unavailable
 from miniupi.nodes.batcher import Batcher
+from miniupi.nodes.participants import YES, Ack, Leg, Refusal, Vote
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loguru import logger
 
@@ -54,6 +60,18 @@ REPROBE_FAILING_LINK_S = 1.0
 
 BankItem = bank_pb2.PrepareRequest | bank_pb2.Decision
 BankAnswer = bank_pb2.PrepareReply | bank_pb2.DecisionOutcome
+
+ACKED = Ack(True)
+_REFUSALS = {bank_pb2.VoteRefusal.Value(refusal): refusal for refusal in Refusal}
+
+
+def _answer(reply: BankAnswer) -> Vote | Ack:
+    """A bank's answer in domain terms; the common ones are shared constants, so a round allocates none."""
+    if isinstance(reply, bank_pb2.PrepareReply):
+        if reply.yes:
+            return YES
+        return Vote(False, _REFUSALS.get(reply.refusal, Refusal.UNSPECIFIED), reply.detail)
+    return ACKED if reply.applied else Ack(False, reply.error)
 
 
 class _Rounds:
@@ -90,6 +108,13 @@ class _Rounds:
             raise
         outcomes, votes = iter(reply.outcomes), iter(reply.votes)
         return [next(outcomes) if isinstance(i, bank_pb2.Decision) else next(votes) for i in items]
+
+    async def answers(self, items: list[BankItem]) -> list[Vote | Ack]:
+        """`send` in domain terms: a Vote or an Ack per item; a call that failed raises Unavailable."""
+        try:
+            return [_answer(reply) for reply in await self.send(items)]
+        except grpc.aio.AioRpcError as e:
+            raise Unavailable(f"{e.code().name} {e.details()}") from e
 
     async def _exchange(self, request: bank_pb2.DecideAndPrepareRequest) -> Any:
         """The round's reply, or EOF, on the open stream or a new one."""
@@ -150,8 +175,8 @@ class BankLinks:
         self._stubs = {name: bank_pb2_grpc.BankStub(ch) for name, ch in self._channels.items()}
         self._rounds = {name: _Rounds(stub, cluster.prepare_timeout_s, cluster.call_timeout_s)
                         for name, stub in self._stubs.items()}
-        self._batchers: dict[str, Batcher[BankItem, BankAnswer]] = {
-            name: Batcher(rounds.send) for name, rounds in self._rounds.items()}
+        self._batchers: dict[str, Batcher[BankItem, Vote | Ack]] = {
+            name: Batcher(rounds.answers) for name, rounds in self._rounds.items()}
         self._call_timeout = cluster.call_timeout_s
 
     def watch(self) -> None:
@@ -183,17 +208,19 @@ class BankLinks:
                 continue
             await channel.wait_for_state_change(state)
 
-    def prepare(self, bank: str, request: bank_pb2.PrepareRequest,
-                patience_s: float = 0.0) -> asyncio.Future[bank_pb2.PrepareReply]:
+    def prepare(self, bank: str, txn_id: str, currency: str, legs: Sequence[Leg],
+                patience_s: float = 0.0) -> asyncio.Future[Vote]:
         """The bank's vote, sent in a batch with other payments' prepares to that bank.
 
         `patience_s`: how long the prepare may wait for others to ride with.
         """
         if bank not in self._batchers:
             return _failed(NotFound(f"unknown bank {bank}"))
+        request = bank_pb2.PrepareRequest(txn_id=txn_id, currency=currency, legs=[
+            bank_pb2.Leg(account=leg.account, delta_minor=leg.delta, counterparty=leg.counterparty) for leg in legs])
         return self._batchers[bank].submit(request, patience_s)  # type: ignore[return-value]
 
-    def decide(self, bank: str, txn_id: str, commit: bool) -> asyncio.Future[bank_pb2.DecisionOutcome]:
+    def decide(self, bank: str, txn_id: str, commit: bool) -> asyncio.Future[Ack]:
         """Phase 2 for one transaction at one bank, batched like `prepare`."""
         if bank not in self._batchers:  # a decision from before the bank left the cluster file: keep retrying
             return _failed(NotFound(f"unknown bank {bank}"))

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from loguru import logger
 
 from miniupi.backoff import RetryPolicy
@@ -32,14 +31,12 @@ from miniupi.errors import (
     Unavailable,
     from_code,
 )
-from miniupi.nodes.bank_links import BankLinks
+from miniupi.nodes.participants import Ack, Leg, Participants, Refusal, Vote
 from miniupi.nodes.patience import PreparePatience
-from miniupi.contract.manager import Fire, fire_after
+from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after
 from miniupi.contract.store import Put
 from miniupi.nodes.group_commit import GroupCommit
-from miniupi.v1 import bank_pb2
-
-INITIATED, COMMITTED, ABORTED = "INITIATED", "COMMITTED", "ABORTED"
+from miniupi.states import TxnState
 # Phase 2 resends, and the abort of a payment whose decision write failed:
 # 0.1-0.2 s, then doubling up to 5-10 s.
 RETRY = RetryPolicy(base_s=0.2, factor=2.0, cap_s=10.0, jitter=0.5)
@@ -68,7 +65,7 @@ class Payment:
 @dataclass(slots=True)
 class Txn:
     payment: Payment
-    state: str
+    state: TxnState
     code: str = ""  # status code name of a refusal; empty when committed
     message: str = ""
     acked: bool = False
@@ -86,50 +83,51 @@ class Txn:
     @classmethod
     def from_record(cls, txn_id: str, r: dict[str, Any]) -> Txn:
         payment = Payment(txn_id, r["payer"], r["payee"], r["amount"], r["currency"])
-        return cls(payment, r["state"], r["code"], r["message"], r["acked"], r["created_at"])
+        return cls(payment, TxnState(r["state"]), r["code"], r["message"], r["acked"], r["created_at"])
 
-    def outcome(self) -> str:
+    def outcome(self) -> TxnState:
         """The stored answer: COMMITTED, or raise the stored refusal."""
-        if self.state == COMMITTED:
-            return COMMITTED
-        if self.state == INITIATED:
+        if self.state == TxnState.COMMITTED:
+            return TxnState.COMMITTED
+        if self.state == TxnState.INITIATED:
             raise Unavailable(f"payment {self.payment.txn_id} is not decided yet; ask again")
         raise from_code(self.code, self.message)
 
 
-def banks_and_legs(payment: Payment) -> dict[str, list[bank_pb2.Leg]]:
+def banks_and_legs(payment: Payment) -> dict[str, list[Leg]]:
     """One prepare per bank: a payment inside one bank sends both legs together."""
     payer_user, payer_bank = payment.payer.split("@")
     payee_user, payee_bank = payment.payee.split("@")
-    legs: dict[str, list[bank_pb2.Leg]] = {payer_bank: []}
-    legs[payer_bank].append(bank_pb2.Leg(account=payer_user, delta_minor=-payment.amount, counterparty=payment.payee))
-    legs.setdefault(payee_bank, []).append(
-        bank_pb2.Leg(account=payee_user, delta_minor=payment.amount, counterparty=payment.payer))
+    legs: dict[str, list[Leg]] = {payer_bank: [Leg(payer_user, -payment.amount, payment.payee)]}
+    legs.setdefault(payee_bank, []).append(Leg(payee_user, payment.amount, payment.payer))
     return legs
 
 
-_REFUSALS: dict[int, Callable[[str], MiniupiError]] = {
-    bank_pb2.INSUFFICIENT_FUNDS: InsufficientFunds,
-    bank_pb2.UNKNOWN_ACCOUNT: NotFound,
-    bank_pb2.WRONG_CURRENCY: InvalidArgument,
-    bank_pb2.ALREADY_DECIDED: Aborted,
-    bank_pb2.BALANCE_CEILING: FailedPrecondition,
+# What the client hears for a bank's NO; a reason not listed here aborts.
+_REFUSALS: dict[Refusal | None, Callable[[str], MiniupiError]] = {
+    Refusal.INSUFFICIENT_FUNDS: InsufficientFunds,
+    Refusal.UNKNOWN_ACCOUNT: NotFound,
+    Refusal.WRONG_CURRENCY: InvalidArgument,
+    Refusal.ALREADY_DECIDED: Aborted,
+    Refusal.BALANCE_CEILING: FailedPrecondition,
 }
 
 
 class Coordinator:
+    """2PC over `banks`, with every step made durable through `commit`; knows nothing of gRPC."""
+
     def __init__(
         self,
-        links: BankLinks,
+        banks: Participants,
         commit: GroupCommit,
         tables: dict[str, dict[str, Any]],
         prepare_timeout_s: float,
         call_timeout_s: float,
-        fire: Fire = lambda point, **details: None,
+        hooks: NodeHooks = NO_HOOKS,
     ) -> None:
-        self._links, self._commit = links, commit
+        self._banks, self._commit = banks, commit
         self._prepare_timeout, self._call_timeout = prepare_timeout_s, call_timeout_s
-        self._fire = fire
+        self._hooks = hooks
         self.txns: dict[str, Txn] = {
             txn_id: Txn.from_record(txn_id, r) for txn_id, r in tables.get("txns", {}).items()
         }
@@ -142,9 +140,10 @@ class Coordinator:
 
     async def recover(self) -> tuple[int, int]:
         """Presumed abort for undecided ids; resend every unacknowledged decision."""
-        undecided = [t for t in self.txns.values() if t.state == INITIATED]
+        undecided = [t for t in self.txns.values() if t.state == TxnState.INITIATED]
         for txn in undecided:
-            txn.state, txn.code, txn.message = ABORTED, "ABORTED", "payment aborted: the gateway restarted before deciding"
+            txn.state, txn.code = TxnState.ABORTED, "ABORTED"
+            txn.message = "payment aborted: the gateway restarted before deciding"
         if undecided:
             await self._commit.write([Put("txns", t.payment.txn_id, t.record()) for t in undecided])
         pending = [t for t in self.txns.values() if not t.acked]
@@ -154,12 +153,12 @@ class Coordinator:
 
     # -- payments -------------------------------------------------------
 
-    async def pay(self, payment: Payment) -> str:
+    async def pay(self, payment: Payment) -> TxnState:
         """Run the payment once per id and return COMMITTED, or raise its refusal."""
         txn = self.txns.get(payment.txn_id)
         if txn is not None:
             return await self._repeat(txn, payment)
-        txn = Txn(payment, INITIATED, finished=asyncio.get_running_loop().create_future())
+        txn = Txn(payment, TxnState.INITIATED, finished=asyncio.get_running_loop().create_future())
         self.txns[payment.txn_id] = txn
         try:
             await self._commit.write([Put("txns", payment.txn_id, txn.record())])
@@ -167,7 +166,7 @@ class Coordinator:
             del self.txns[payment.txn_id]
             txn.finished.set_result(None)
             raise Unavailable(f"gateway could not record the payment: {e}") from e
-        self._fire("before_prepare", txn_id=payment.txn_id)
+        self._hooks.miniupi_before_prepare(txn_id=payment.txn_id)
         self._in_flight += 1
         try:
             await self._two_phase(txn)
@@ -177,10 +176,10 @@ class Coordinator:
             txn.finished = None  # repeats already waiting hold it; kept, it cost every payment a future
         return txn.outcome()
 
-    async def _repeat(self, txn: Txn, payment: Payment) -> str:
+    async def _repeat(self, txn: Txn, payment: Payment) -> TxnState:
         if txn.payment.details != payment.details:
             raise AlreadyExists(f"transaction id {payment.txn_id} was already used for a different payment")
-        if txn.state == INITIATED and txn.finished is not None:
+        if txn.state == TxnState.INITIATED and txn.finished is not None:
             wait = self._prepare_timeout + self._call_timeout + 1
             try:
                 await asyncio.wait_for(asyncio.shield(txn.finished), wait)
@@ -191,15 +190,13 @@ class Coordinator:
 
     async def _two_phase(self, txn: Txn) -> None:
         p = txn.payment
-        sent = [(bank, self._links.prepare(bank, bank_pb2.PrepareRequest(txn_id=p.txn_id, currency=p.currency,
-                                                                         legs=bank_legs),
-                                           self._patience(bank, self._in_flight)))
-                for bank, bank_legs in banks_and_legs(p).items()]  # all banks at once, then collect
-        replies = await asyncio.gather(*(reply for _, reply in sent), return_exceptions=True)  # futures: no tasks
-        votes = [self._vote(p.txn_id, bank, reply) for (bank, _), reply in zip(sent, replies)]
-        refusal = next((v for v in votes if v is not None), None)
-        decision = COMMITTED if refusal is None else ABORTED
-        self._fire("before_decision", txn_id=txn.payment.txn_id, decision=decision)
+        sent = [(bank, self._banks.prepare(bank, p.txn_id, p.currency, legs, self._patience(bank, self._in_flight)))
+                for bank, legs in banks_and_legs(p).items()]  # all banks at once, then collect
+        votes = await asyncio.gather(*(vote for _, vote in sent), return_exceptions=True)  # futures: no tasks
+        refusals = [self._refusal(p.txn_id, bank, vote) for (bank, _), vote in zip(sent, votes)]
+        refusal = next((r for r in refusals if r is not None), None)
+        decision = TxnState.COMMITTED if refusal is None else TxnState.ABORTED
+        self._hooks.miniupi_before_decision(txn_id=txn.payment.txn_id, decision=decision)
         code, message = (refusal.code, refusal.message) if refusal else ("", "")
         decided = {**txn.record(), "state": decision, "code": code, "message": message}
         try:
@@ -214,23 +211,21 @@ class Coordinator:
             raise Unavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.
         txn.state, txn.code, txn.message = decision, code, message
-        self._fire("after_decision", txn_id=txn.payment.txn_id, decision=txn.state)
+        self._hooks.miniupi_after_decision(txn_id=txn.payment.txn_id, decision=txn.state)
         self._start_phase_two(txn)
 
-    def _vote(self, txn_id: str, bank: str, reply: bank_pb2.PrepareReply | BaseException) -> MiniupiError | None:
+    def _refusal(self, txn_id: str, bank: str, vote: Vote | BaseException) -> MiniupiError | None:
         """None for a YES vote, else the refusal to give the client."""
-        if isinstance(reply, grpc.aio.AioRpcError):
-            logger.warning("prepare {} at {} failed: {} {}", txn_id, bank, reply.code().name, reply.details())
-            return Aborted(f"payment aborted: bank {bank} unavailable")
-        if isinstance(reply, TimeoutError):  # rounds have no gRPC deadline: the round's own timeout
+        if isinstance(vote, Vote):
+            if vote.yes:
+                return None
+            return _REFUSALS.get(vote.refusal, Aborted)(vote.detail or "payment refused")
+        if isinstance(vote, TimeoutError):
             logger.warning("prepare {} at {} timed out", txn_id, bank)
             return Aborted(f"payment aborted: bank {bank} did not answer within {self._prepare_timeout:g}s")
-        if isinstance(reply, BaseException):
-            logger.warning("prepare {} at {} failed: {!r}", txn_id, bank, reply)
-            return Aborted(f"payment aborted: bank {bank} unavailable")
-        if reply.yes:
-            return None
-        return _REFUSALS.get(reply.refusal, Aborted)(reply.detail or "payment refused")
+        logger.warning("prepare {} at {} failed: {}", txn_id, bank,
+                       vote.message if isinstance(vote, MiniupiError) else repr(vote))
+        return Aborted(f"payment aborted: bank {bank} unavailable")
 
     # -- phase 2 --------------------------------------------------------
 
@@ -248,7 +243,7 @@ class Coordinator:
             if answers.cancelled():
                 return
             if self._closing:  # start nothing new; what is not marked acknowledged is resent after the restart
-                if all(isinstance(r, bank_pb2.DecisionOutcome) and r.applied for r in answers.result()):
+                if all(isinstance(r, Ack) and r.applied for r in answers.result()):
                     self._mark_acked(txn)
                 return
             if self._all_acked(txn, answers.result()):
@@ -275,7 +270,7 @@ class Coordinator:
         in between leaves it to the restart's presumed abort.
         """
         message = "payment aborted: the gateway could not record its decision"
-        aborted = {**txn.record(), "state": ABORTED, "code": "ABORTED", "message": message}
+        aborted = {**txn.record(), "state": TxnState.ABORTED, "code": "ABORTED", "message": message}
         failures = 0
         while True:
             failures += 1
@@ -286,26 +281,27 @@ class Coordinator:
             except Exception as e:
                 logger.error("abort of undecided {} could not be made durable ({!r}); trying again",
                              txn.payment.txn_id, e)
-        txn.state, txn.code, txn.message = ABORTED, "ABORTED", message
+        txn.state, txn.code, txn.message = TxnState.ABORTED, "ABORTED", message
         logger.warning("{} aborted: its decision could not be recorded", txn.payment.txn_id)
-        fire_after(self._fire, "after_decision", txn_id=txn.payment.txn_id, decision=ABORTED)
+        fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=TxnState.ABORTED)
         self._start_phase_two(txn)
 
-    def _decide_at_banks(self, txn: Txn) -> asyncio.Future[list[Any]]:
-        commit = txn.state == COMMITTED
-        return asyncio.gather(*(self._links.decide(b, txn.payment.txn_id, commit) for b in txn.payment.banks),
+    def _decide_at_banks(self, txn: Txn) -> asyncio.Future[list[Ack | BaseException]]:
+        commit = txn.state == TxnState.COMMITTED
+        return asyncio.gather(*(self._banks.decide(b, txn.payment.txn_id, commit) for b in txn.payment.banks),
                               return_exceptions=True)  # futures: no tasks
 
-    def _all_acked(self, txn: Txn, results: list[Any]) -> bool:
+    def _all_acked(self, txn: Txn, results: list[Ack | BaseException]) -> bool:
         acked = True
         for bank, result in zip(txn.payment.banks, results):
-            if isinstance(result, BaseException) or not result.applied:
-                acked = False
-                detail = (f"{result.code().name} {result.details()}" if isinstance(result, grpc.aio.AioRpcError)
-                          else result.error if isinstance(result, bank_pb2.DecisionOutcome) else repr(result))
-                logger.warning("{} of {} at {} not acknowledged: {}", txn.state, txn.payment.txn_id, bank, detail)
-            else:
-                fire_after(self._fire, "after_decision_sent", txn_id=txn.payment.txn_id, bank=bank, decision=txn.state)
+            if isinstance(result, Ack) and result.applied:
+                fire_after(self._hooks.miniupi_after_decision_sent, txn_id=txn.payment.txn_id, bank=bank,
+                           decision=txn.state)
+                continue
+            acked = False
+            detail = (result.detail if isinstance(result, Ack) else result.message
+                      if isinstance(result, MiniupiError) else repr(result))
+            logger.warning("{} of {} at {} not acknowledged: {}", txn.state, txn.payment.txn_id, bank, detail)
         return acked
 
     def _mark_acked(self, txn: Txn) -> None:
@@ -318,10 +314,10 @@ class Coordinator:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def decision(self, txn_id: str) -> str:
+    def decision(self, txn_id: str) -> TxnState:
         """For a bank in doubt. Presumed abort: an id never recorded is ABORTED."""
         txn = self.txns.get(txn_id)
-        return txn.state if txn is not None else ABORTED
+        return txn.state if txn is not None else TxnState.ABORTED
 
     async def close(self) -> None:
         self._closing = True

@@ -21,7 +21,7 @@ from miniupi.nodes.issuance import DepositOrder, Issuer
 from miniupi.nodes.passwords import MAX_PASSWORD
 from miniupi.nodes.server import NodeStartError, open_store, serve
 from miniupi.nodes.grpc_status import grpc_errors, refuse_unknown_fields
-from miniupi.contract.manager import hook_firer
+from miniupi.contract.manager import NodeHooks
 from miniupi.contract.registry import Plugins, check_plugins
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -212,7 +212,7 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
     links.watch()
     coordinator = Coordinator(
         links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s,
-        fire=hook_firer(plugins.pm, node),
+        hooks=NodeHooks(plugins.pm, node),
     )
     issuer = Issuer(commit, tables, coordinator.txns)
     aborted, resent = await coordinator.recover()

@@ -30,14 +30,13 @@ from miniupi.errors import (
 )
 from miniupi.config import DEFAULT_MAX_BALANCE
 from miniupi.money import INT64_MAX, format_amount
-from miniupi.contract.manager import Fire, fire_after
+from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after
 from miniupi.nodes.passwords import hash_password, needs_rehash, verify_password
 from miniupi.contract.store import Put
 from miniupi.nodes.group_commit import GroupCommit
+from miniupi.nodes.participants import YES, Leg, Refusal, Vote
+from miniupi.states import TxnState
 
-PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
-# A treasury deposit: applied when made, never part of two-phase commit.
-DEPOSITED = "DEPOSITED"
 # The counterparty a deposit shows in the account's history.
 TREASURY = "treasury"
 BULK_CHUNK = 5000
@@ -73,18 +72,11 @@ class _Stranger:
     locked_until: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class LegSpec:
-    account: str
-    delta: int  # negative: debit under a hold; positive: credit
-    counterparty: str
-
-
 @dataclass(slots=True)
 class BankTxn:
     txn_id: str
-    state: str
-    legs: tuple[LegSpec, ...]
+    state: TxnState
+    legs: tuple[Leg, ...]
     prepared_at: float
     decided_at: float | None = None
 
@@ -97,14 +89,7 @@ class BankTxn:
         }
 
 
-PrepareSpec = tuple[str, str, Sequence[LegSpec]]  # txn_id, currency, legs
-
-
-@dataclass(frozen=True)
-class Vote:
-    yes: bool
-    refusal: str = ""  # INSUFFICIENT_FUNDS, UNKNOWN_ACCOUNT, ALREADY_DECIDED, WRONG_CURRENCY, BALANCE_CEILING
-    detail: str = ""
+PrepareSpec = tuple[str, str, Sequence[Leg]]  # txn_id, currency, legs
 
 
 class Ledger:
@@ -116,12 +101,12 @@ class Ledger:
         currency: str,
         commit: GroupCommit,
         tables: dict[str, dict[str, Any]],
-        fire: Fire = lambda point, **details: None,
+        hooks: NodeHooks = NO_HOOKS,
         login_attempts: int = 5,
         login_lockout_s: float = 300.0,
         max_balance: int = DEFAULT_MAX_BALANCE,
     ) -> None:
-        self.bank, self.currency, self._commit, self._fire = bank, currency, commit, fire
+        self.bank, self.currency, self._commit, self._hooks = bank, currency, commit, hooks
         self.max_balance = max_balance
         self.login_attempts, self.login_lockout_s = login_attempts, login_lockout_s
         self.accounts: dict[str, Account] = {
@@ -132,19 +117,19 @@ class Ledger:
         self.txns: dict[str, BankTxn] = {}
         self.prepared: set[str] = set()  # voted YES, decision not yet known
         for txn_id, r in sorted(tables.get("txns", {}).items(), key=lambda kv: kv[1]["decided_at"] or 0):
-            txn = BankTxn(txn_id, r["state"], tuple(LegSpec(*leg) for leg in r["legs"]), r["prepared_at"],
+            txn = BankTxn(txn_id, TxnState(r["state"]), tuple(Leg(*leg) for leg in r["legs"]), r["prepared_at"],
                           r["decided_at"])
             self.txns[txn_id] = txn
-            if txn.state == PREPARED:
+            if txn.state == TxnState.PREPARED:
                 self.prepared.add(txn_id)
                 self._hold(txn, +1)
-            elif txn.state in (COMMITTED, DEPOSITED):
+            elif txn.state in (TxnState.COMMITTED, TxnState.DEPOSITED):
                 for leg in txn.legs:
                     self.accounts[leg.account].history.append(txn_id)
         self.meta: dict[str, Any] = dict(tables.get("meta", {}))
         # A deposit's answer (the balance it left), so that a repeat gets the same one.
         self.deposited: dict[str, int] = {txn_id: r["balance"] for txn_id, r in tables.get("txns", {}).items()
-                                          if r["state"] == DEPOSITED}
+                                          if r["state"] == TxnState.DEPOSITED}
         self._opening: set[str] = set()
         self._strangers: OrderedDict[str, _Stranger] = OrderedDict()
 
@@ -214,7 +199,7 @@ class Ledger:
             raise InvalidArgument("amount must be positive")
         known = self.txns.get(txn_id)
         if known is not None:
-            if known.state != DEPOSITED or known.legs != (LegSpec(name, amount, TREASURY),):
+            if known.state != TxnState.DEPOSITED or known.legs != (Leg(name, amount, TREASURY),):
                 raise AlreadyExists(f"transaction {txn_id} is already used at {self.bank} for something else")
             await self._commit.barrier()  # the first answer only once the first write is durable
             if self.txns.get(txn_id) is not known:
@@ -229,7 +214,7 @@ class Ledger:
         if deposits > INT64_MAX:
             raise FailedPrecondition(f"bank {self.bank} cannot hold that much money")
         now = time.time()
-        txn = BankTxn(txn_id, DEPOSITED, (LegSpec(name, amount, TREASURY),), now, now)
+        txn = BankTxn(txn_id, TxnState.DEPOSITED, (Leg(name, amount, TREASURY),), now, now)
         # Memory first, as for a payment, so a repeat arriving during the write finds the id taken.
         self.txns[txn_id] = txn
         account.balance += amount
@@ -267,7 +252,7 @@ class Ledger:
         if locked_for:
             return False, locked_for
         try:
-            self._fire("before_password_check", account=name)
+            self._hooks.miniupi_before_password_check(account=name)
         except Exception as e:  # a plugin's failure is the bank's, not the caller's: no UNKNOWN, no check
             logger.exception("bank {}: before_password_check failed for {}", self.bank, name)
             raise Unavailable(f"bank {self.bank} could not check the password: {e!r}") from None
@@ -307,7 +292,7 @@ class Ledger:
             self._strangers.popitem(last=False)
         return stranger
 
-    def history(self, name: str, limit: int) -> list[tuple[BankTxn, LegSpec]]:
+    def history(self, name: str, limit: int) -> list[tuple[BankTxn, Leg]]:
         account = self.account(name)
         out = []
         for txn_id in reversed(account.history[-limit:]):
@@ -321,7 +306,7 @@ class Ledger:
 
     # -- two-phase commit -----------------------------------------------
 
-    async def prepare(self, txn_id: str, currency: str, legs: Sequence[LegSpec]) -> Vote:
+    async def prepare(self, txn_id: str, currency: str, legs: Sequence[Leg]) -> Vote:
         """Reserve every leg and vote. YES is durable before it is returned."""
         return unwrap((await self.prepare_many([(txn_id, currency, legs)]))[0])
 
@@ -353,9 +338,9 @@ class Ledger:
             failed = Unavailable(f"bank {self.bank} could not make the batch durable: {e}")
             return [failed] * len(outcomes), [failed] * len(votes)
         for txn in batch.applied:
-            fire_after(self._fire, "after_apply", txn_id=txn.txn_id, decision=txn.state)
+            fire_after(self._hooks.miniupi_after_apply, txn_id=txn.txn_id, decision=txn.state)
         for txn in batch.voted:
-            fire_after(self._fire, "after_vote", txn_id=txn.txn_id, yes=True)
+            fire_after(self._hooks.miniupi_after_vote, txn_id=txn.txn_id, yes=True)
         return outcomes, votes
 
     def _item(self, step: Callable[..., Answer], batch: _Batch, txn_id: str, *args: Any) -> Answer | MiniupiError:
@@ -372,21 +357,22 @@ class Ledger:
             logger.exception("bank {}: {} failed for {}", self.bank, step.__name__.strip("_"), txn_id)
             return Unavailable(f"bank {self.bank} could not take {txn_id}: {e!r}")
 
-    def _reserve(self, batch: _Batch, txn_id: str, currency: str, legs: Sequence[LegSpec]) -> Vote:
+    def _reserve(self, batch: _Batch, txn_id: str, currency: str, legs: Sequence[Leg]) -> Vote:
         if not legs:
             raise InvalidArgument("a prepare needs at least one leg")
         known = self.txns.get(txn_id)
         if known is not None:
-            if known.state == PREPARED and known.legs == tuple(legs):
-                return Vote(True)
-            if known.state == PREPARED:
-                return Vote(False, "ALREADY_DECIDED", f"transaction {txn_id} is prepared here with other legs")
-            return Vote(False, "ALREADY_DECIDED", f"transaction {txn_id} is already {known.state.lower()}")
+            if known.state == TxnState.PREPARED and known.legs == tuple(legs):
+                return YES
+            if known.state == TxnState.PREPARED:
+                return Vote(False, Refusal.ALREADY_DECIDED,
+                            f"transaction {txn_id} is prepared here with other legs")
+            return Vote(False, Refusal.ALREADY_DECIDED, f"transaction {txn_id} is already {known.state.lower()}")
         vote = self._check(currency, legs)
-        self._fire("before_vote", txn_id=txn_id, yes=vote.yes)
+        self._hooks.miniupi_before_vote(txn_id=txn_id, yes=vote.yes)
         if not vote.yes:
             return vote
-        txn = BankTxn(txn_id, PREPARED, tuple(legs), time.time())
+        txn = BankTxn(txn_id, TxnState.PREPARED, tuple(legs), time.time())
         self._hold(txn, +1)
         self.txns[txn_id] = txn
         self.prepared.add(txn_id)
@@ -399,13 +385,13 @@ class Ledger:
         del self.txns[txn.txn_id]
         self.prepared.discard(txn.txn_id)
 
-    def _check(self, currency: str, legs: Sequence[LegSpec]) -> Vote:
+    def _check(self, currency: str, legs: Sequence[Leg]) -> Vote:
         if currency != self.currency:
-            return Vote(False, "WRONG_CURRENCY", f"bank {self.bank} holds {self.currency}, not {currency}")
+            return Vote(False, Refusal.WRONG_CURRENCY, f"bank {self.bank} holds {self.currency}, not {currency}")
         for leg in legs:
             account = self.accounts.get(leg.account)
             if account is None:
-                return Vote(False, "UNKNOWN_ACCOUNT", f"unknown account {leg.account}@{self.bank}")
+                return Vote(False, Refusal.UNKNOWN_ACCOUNT, f"unknown account {leg.account}@{self.bank}")
             if leg.delta == 0:
                 raise InvalidArgument("a leg must move a non-zero amount")
         debits: dict[str, int] = {}
@@ -416,14 +402,14 @@ class Ledger:
         for name, amount in debits.items():
             account = self.accounts[name]
             if account.balance - account.held < amount:
-                return Vote(False, "INSUFFICIENT_FUNDS", INSUFFICIENT_FUNDS)
+                return Vote(False, Refusal.INSUFFICIENT_FUNDS, INSUFFICIENT_FUNDS)
         for name, amount in credits.items():
             # Credits in flight count: each alone may fit while together they would not.
             account = self.accounts[name]
             if account.balance + account.incoming + amount > self.max_balance:
-                return Vote(False, "BALANCE_CEILING", f"account {name}@{self.bank} would exceed its ceiling of "
-                                                      f"{format_amount(self.max_balance)} {self.currency}")
-        return Vote(True)
+                return Vote(False, Refusal.BALANCE_CEILING, f"account {name}@{self.bank} would exceed its "
+                            f"ceiling of {format_amount(self.max_balance)} {self.currency}")
+        return YES
 
     def _hold(self, txn: BankTxn, sign: int) -> None:
         """Place (+1) or release (-1) what a prepared transaction reserves: debits held, credits incoming."""
@@ -448,24 +434,24 @@ class Ledger:
 
     def _apply(self, batch: _Batch, txn_id: str, commit: bool) -> bool:
         txn = self.txns.get(txn_id)
-        decision = COMMITTED if commit else ABORTED
+        decision = TxnState.COMMITTED if commit else TxnState.ABORTED
         if txn is None:
             if commit:
                 raise FailedPrecondition(f"transaction {txn_id} was never prepared at {self.bank}")
-            txn = BankTxn(txn_id, ABORTED, (), time.time(), time.time())
+            txn = BankTxn(txn_id, TxnState.ABORTED, (), time.time(), time.time())
             self.txns[txn_id] = txn
             batch.puts.append(Put("txns", txn_id, txn.record()))
             batch.undo.append(lambda: self.txns.pop(txn_id))
             return False
         if txn.state == decision:
             return True  # a repeat: the batch's write is its barrier
-        if txn.state == DEPOSITED:
+        if txn.state == TxnState.DEPOSITED:
             if commit:
                 raise FailedPrecondition(f"transaction {txn_id} is a deposit at {self.bank}, not a payment")
             return False  # a payment that reused a deposit's id was never prepared here: nothing to release
-        if txn.state != PREPARED:
+        if txn.state != TxnState.PREPARED:
             raise FailedPrecondition(f"transaction {txn_id} was {txn.state.lower()} at {self.bank}")
-        self._fire("before_apply", txn_id=txn_id, decision=decision)
+        self._hooks.miniupi_before_apply(txn_id=txn_id, decision=decision)
         self._hold(txn, -1)
         self.prepared.discard(txn_id)
         txn.state, txn.decided_at = decision, time.time()
@@ -484,12 +470,12 @@ class Ledger:
 
     def _unapply(self, txn: BankTxn) -> None:
         """Back to PREPARED, holds and all; undone in reverse order, so each history's last id is txn's."""
-        if txn.state == COMMITTED:
+        if txn.state == TxnState.COMMITTED:
             for leg in reversed(txn.legs):
                 account = self.accounts[leg.account]
                 account.balance -= leg.delta
                 account.history.pop()
-        txn.state, txn.decided_at = PREPARED, None
+        txn.state, txn.decided_at = TxnState.PREPARED, None
         self._hold(txn, +1)
         self.prepared.add(txn.txn_id)
 

@@ -21,11 +21,10 @@ import grpc
 
 from miniupi.config import ClusterConfig
 from miniupi.errors import Unavailable
+from miniupi.states import TxnState
 from miniupi.tls import dial
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 
-PREPARED, COMMITTED, ABORTED, INITIATED = "PREPARED", "COMMITTED", "ABORTED", "INITIATED"
-DEPOSITED = "DEPOSITED"  # a treasury deposit at a bank: applied at once, unknown to the gateway
 
 
 @dataclass
@@ -82,18 +81,18 @@ def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bo
         deposited = 0
         for txn_id, (state, legs) in bank.txns.items():
             for account, delta in legs:
-                if state in (COMMITTED, DEPOSITED):
+                if state in (TxnState.COMMITTED, TxnState.DEPOSITED):
                     committed_sum[account] += delta
-                elif state == PREPARED and delta < 0:
+                elif state == TxnState.PREPARED and delta < 0:
                     prepared_holds[account] -= delta
-            if state == DEPOSITED:
+            if state == TxnState.DEPOSITED:
                 r.deposits += 1
                 deposited += sum(delta for _, delta in legs)
-            if state == PREPARED:
+            if state == TxnState.PREPARED:
                 r.in_doubt.append(f"{txn_id} prepared at {bank.name}")
             g = gateway.get(txn_id)
-            if state == COMMITTED and (g is None or g.state != COMMITTED):
-                if not settled and (g is None or g.state == INITIATED):
+            if state == TxnState.COMMITTED and (g is None or g.state != TxnState.COMMITTED):
+                if not settled and (g is None or g.state == TxnState.INITIATED):
                     # Read after the gateway: decided in between. The settled re-read judges it.
                     r.in_doubt.append(f"{txn_id} committed at {bank.name}, not yet seen decided")
                 else:
@@ -119,22 +118,22 @@ def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bo
             if name not in bank.accounts:
                 bad(f"{bank.name} has transactions for unknown account {name}")
     for txn_id, g in gateway.items():
-        if g.state == COMMITTED:
+        if g.state == TxnState.COMMITTED:
             r.committed += 1
-        elif g.state == ABORTED:
+        elif g.state == TxnState.ABORTED:
             r.aborted += 1
         else:
             r.in_doubt.append(f"{txn_id} undecided at the gateway")
-        if g.state == COMMITTED and not g.acked:
+        if g.state == TxnState.COMMITTED and not g.acked:
             r.in_doubt.append(f"{txn_id} committed, not yet acknowledged by every bank")
         for account in {g.payer, g.payee}:
             bank_name = account.split("@")[1]
             bank = by_bank.get(bank_name)
             state = bank.txns.get(txn_id, ("", []))[0] if bank else ""
-            if g.state == COMMITTED and state not in (COMMITTED, PREPARED):
+            if g.state == TxnState.COMMITTED and state not in (TxnState.COMMITTED, TxnState.PREPARED):
                 bad(f"{txn_id} committed at the gateway but {state.lower() or 'unknown'} at {bank_name}")
-            if g.state != COMMITTED and state == COMMITTED:
-                if not settled and g.state == INITIATED:
+            if g.state != TxnState.COMMITTED and state == TxnState.COMMITTED:
+                if not settled and g.state == TxnState.INITIATED:
                     r.in_doubt.append(f"{txn_id} committed at {bank_name}, not yet seen decided")
                 else:
                     bad(f"{txn_id} is {g.state.lower()} at the gateway but committed at {bank_name}")
