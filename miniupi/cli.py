@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
+from miniupi import __version__
 from miniupi.config import DEFAULT_CONFIG, ConfigError, load_config
 from miniupi.errors import MiniupiError
 from miniupi.money import BadAmount
@@ -32,10 +33,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"miniupi: {message} (see: {self.prog} --help)\n")
 
 
-def _common(*, json_output: bool = False) -> argparse.ArgumentParser:
+def _common(*, home: bool = False, json_output: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--config", help=f"cluster file (default: $MINIUPI_CONFIG or {DEFAULT_CONFIG})")
-    p.add_argument("--home", help="client home for the session (default: $MINIUPI_HOME or ~/.local/state/miniupi)")
+    if home:
+        p.add_argument("--home", help="client home for the session and the outbox "
+                                      "(default: $MINIUPI_HOME or ~/.local/state/miniupi)")
     if json_output:
         p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -45,20 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     from miniupi.client.verbs import VERBS
 
     parser = _Parser(prog="miniupi", description="A small distributed payment gateway.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"miniupi {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of these (miniupi COMMAND --help tells more):")
 
-    def add(name: str, help: str, *, json_output: bool = False,
+    def add(name: str, help: str, *, json_output: bool = False, home: bool = False,
             parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[*parents, _common(json_output=json_output)])
+        return sub.add_parser(name, help=help, description=help,
+                              parents=[*parents, _common(home=home, json_output=json_output)])
 
     p = add("run", "start the whole cluster under supervision")
     p.add_argument("cluster_file", nargs="?", metavar="CONFIG", help=f"cluster file (default {DEFAULT_CONFIG})")
     add("status", "show each node of the running cluster", json_output=True)
     for verb in ("stop", "start", "restart"):
-        add(verb, f"{verb} one node of the running cluster").add_argument("node", metavar="NODE")
+        add(verb, f"{verb} one node of the running cluster").add_argument(
+            "node", metavar="NODE", help="the node's name: gateway or a bank's name")
 
     certs = add("certs", "cluster CA and certificates")
-    certs.add_argument("action", choices=["init"])
+    certs.add_argument("action", choices=["init"], help="init: make whatever is missing")
     certs.add_argument("--force", action="store_true", help="make a new CA and re-issue every certificate")
     certs.add_argument("--host", action="append", default=[], help="extra host name or IP for node certificates")
 
@@ -79,19 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-audit", action="store_true", help="skip the invariant check at the end")
 
     p = add("bank", "run one bank node in the foreground")
-    p.add_argument("--name", required=True)
-    p.add_argument("--port", type=int)
+    p.add_argument("--name", required=True, help="the bank's name in the cluster file")
+    p.add_argument("--port", type=int, help="listen on this port (default: the cluster file's)")
     p.add_argument("--log-json", action="store_true", help="structured log lines")
     p = add("gateway", "run the gateway node in the foreground")
-    p.add_argument("--port", type=int)
+    p.add_argument("--port", type=int, help="listen on this port (default: the cluster file's)")
     p.add_argument("--log-json", action="store_true", help="structured log lines")
 
     # The customer's verbs: their own arguments are those the REPL parses (client/verbs.py).
     for verb in VERBS.values():
-        p = add(verb.name, verb.help, parents=[verb.parser])
+        p = add(verb.name, verb.help, home=verb.uses_home, parents=[verb.parser])
         if verb.asks_password:
             p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    p = add("client", "interactive client (REPL) that sends queued payments in the background")
+    p = add("client", "interactive client (REPL) that sends queued payments in the background", home=True)
     p.add_argument("--retry-base", type=float, metavar="S", help="first retry wait (default $MINIUPI_RETRY_BASE_S or 5)")
     p.add_argument("--retry-cap", type=float, metavar="S", help="longest retry wait (default $MINIUPI_RETRY_CAP_S or 300)")
     return parser
