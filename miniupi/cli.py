@@ -15,9 +15,9 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
+from miniupi import __version__
 from miniupi.config import DEFAULT_CONFIG, ConfigError, load_config
 from miniupi.errors import MiniupiError
-from miniupi.inputs import HISTORY_MAX, QUEUE_MAX, count
 from miniupi.money import BadAmount
 from miniupi.contract.manager import PluginError
 
@@ -33,31 +33,40 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"miniupi: {message} (see: {self.prog} --help)\n")
 
 
-def _common(json_output: bool = False) -> argparse.ArgumentParser:
+def _common(*, home: bool = False, json_output: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--config", help=f"cluster file (default: $MINIUPI_CONFIG or {DEFAULT_CONFIG})")
-    p.add_argument("--home", help="client home for the session (default: $MINIUPI_HOME or ~/.local/state/miniupi)")
+    if home:
+        p.add_argument("--home", help="client home for the session and the outbox "
+                                      "(default: $MINIUPI_HOME or ~/.local/state/miniupi)")
     if json_output:
         p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="miniupi", description="A small distributed payment gateway.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    plain, with_json = _common(), _common(json_output=True)
+    from miniupi.client.verbs import VERBS
 
-    def add(name: str, help: str, json_output: bool = False) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[with_json if json_output else plain])
+    parser = _Parser(prog="miniupi", description="A small distributed payment gateway.")
+    parser.add_argument("--version", action="version", version=f"miniupi {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of these (miniupi COMMAND --help tells more):")
+
+    def add(name: str, help: str, *, json_output: bool = False, home: bool = False,
+            parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help,
+                              parents=[*parents, _common(home=home, json_output=json_output)])
 
     p = add("run", "start the whole cluster under supervision")
     p.add_argument("cluster_file", nargs="?", metavar="CONFIG", help=f"cluster file (default {DEFAULT_CONFIG})")
     add("status", "show each node of the running cluster", json_output=True)
     for verb in ("stop", "start", "restart"):
-        add(verb, f"{verb} one node of the running cluster").add_argument("node", metavar="NODE")
+        add(verb, f"{verb} one node of the running cluster").add_argument(
+            "node", metavar="NODE", help="the node's name: gateway or a bank's name")
 
     certs = add("certs", "cluster CA and certificates")
-    certs.add_argument("action", choices=["init"])
+    certs.add_argument("action", choices=["init"], help="init: make whatever is missing")
     certs.add_argument("--force", action="store_true", help="make a new CA and re-issue every certificate")
     certs.add_argument("--host", action="append", default=[], help="extra host name or IP for node certificates")
 
@@ -78,39 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-audit", action="store_true", help="skip the invariant check at the end")
 
     p = add("bank", "run one bank node in the foreground")
-    p.add_argument("--name", required=True)
-    p.add_argument("--port", type=int)
+    p.add_argument("--name", required=True, help="the bank's name in the cluster file")
+    p.add_argument("--port", type=int, help="listen on this port (default: the cluster file's)")
     p.add_argument("--log-json", action="store_true", help="structured log lines")
     p = add("gateway", "run the gateway node in the foreground")
-    p.add_argument("--port", type=int)
+    p.add_argument("--port", type=int, help="listen on this port (default: the cluster file's)")
     p.add_argument("--log-json", action="store_true", help="structured log lines")
 
-    p = add("register", "open an account", json_output=True)
-    p.add_argument("account", metavar="USER@BANK")
-    p.add_argument("--initial", default="0", metavar="AMOUNT", help="opening deposit, such as 500.00")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    p = add("login", "log in and keep the session key in the client home", json_output=True)
-    p.add_argument("account", metavar="USER@BANK")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    add("logout", "revoke the session", json_output=True)
-    p = add("balance", "your balance", json_output=True)
-    p.add_argument("--admin", metavar="ACCOUNT", help="read ACCOUNT with the admin certificate")
-    p = add("history", "your applied payments, newest first", json_output=True)
-    p.add_argument("--admin", metavar="ACCOUNT", help="read ACCOUNT with the admin certificate")
-    p.add_argument("--limit", type=count(HISTORY_MAX), default=20, help=f"how many, 1 to {HISTORY_MAX} (default 20)")
-    p = add("pay", "pay another account", json_output=True)
-    p.add_argument("to", metavar="TO", help="payee, user@bank")
-    p.add_argument("amount", metavar="AMOUNT", help="such as 125.50")
-    p.add_argument("--id", metavar="UUID", help="transaction id (default: a new UUID4); reuse it to retry safely")
-    p = add("deposit", "issue money to an account with the treasury certificate", json_output=True)
-    p.add_argument("account", metavar="ACCOUNT", help="the account credited, user@bank")
-    p.add_argument("amount", metavar="AMOUNT", help="such as 500.00")
-    p.add_argument("--id", metavar="UUID", help="transaction id (default: a new UUID4); reuse it to retry safely")
-    p = add("queue", "payments waiting in the outbox, with attempts and next attempt time", json_output=True)
-    p.add_argument("--all", action="store_true", help="also the latest done and failed payments")
-    p.add_argument("--limit", type=count(QUEUE_MAX), default=50, help=f"with --all: how many, 1 to {QUEUE_MAX}")
-    add("sync", "send the queued payments now and report each result", json_output=True)
-    p = add("client", "interactive client (REPL) that sends queued payments in the background")
+    # The customer's verbs: their own arguments are those the REPL parses (client/verbs.py).
+    for verb in VERBS.values():
+        p = add(verb.name, verb.help, home=verb.uses_home, parents=[verb.parser])
+        if verb.asks_password:
+            p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p = add("client", "interactive client (REPL) that sends queued payments in the background", home=True)
     p.add_argument("--retry-base", type=float, metavar="S", help="first retry wait (default $MINIUPI_RETRY_BASE_S or 5)")
     p.add_argument("--retry-cap", type=float, metavar="S", help="longest retry wait (default $MINIUPI_RETRY_CAP_S or 300)")
     return parser
@@ -145,7 +134,9 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_control(args: argparse.Namespace) -> None:
     from miniupi.ops.supervision import Supervisor
 
-    getattr(Supervisor(load_config(args.config)), args.command)(args.node)
+    supervisor = Supervisor(load_config(args.config))
+    control = {"stop": supervisor.stop, "start": supervisor.start, "restart": supervisor.restart}
+    control[args.command](args.node)
     print(f"{args.node}: {args.command} done")
 
 
@@ -242,10 +233,17 @@ def cmd_gateway(args: argparse.Namespace) -> None:
         asyncio.run(run_gateway(cluster, args.port, args.log_json, plugins))
 
 
-def cmd_client(args: argparse.Namespace) -> None:
-    from miniupi.client import commands
+def cmd_verb(args: argparse.Namespace) -> None:
+    from miniupi.client.commands import run_verb
+    from miniupi.client.verbs import VERBS
 
-    getattr(commands, args.command)(load_config(args.config), args)
+    run_verb(VERBS[args.command], load_config(args.config), args)
+
+
+def cmd_client(args: argparse.Namespace) -> None:
+    from miniupi.client.commands import run_client
+
+    run_client(load_config(args.config), args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -259,9 +257,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "bench": cmd_bench,
     "bank": cmd_bank,
     "gateway": cmd_gateway,
-    **{verb: cmd_client for verb in ("register", "login", "logout", "balance", "history", "pay",
-                                     "deposit", "queue", "sync", "client")},
-}
+    "client": cmd_client,
+}  # and each customer verb of client/verbs.py's table, run by cmd_verb
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -288,13 +285,16 @@ def _stdout_gone() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command not in NODE_COMMANDS:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The command is the first word that is not an option: the top level takes none with a value.
+    if next((word for word in argv if not word.startswith("-")), None) not in NODE_COMMANDS:
         # gRPC's core writes lines of its own to stderr (a refused handshake, for one) when it is first
-        # imported with its default verbosity; a user gets our one line instead. Nodes keep them.
+        # imported with its default verbosity, as building the parser does (the verbs' module); a user
+        # gets our one line instead. Nodes keep them.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        (COMMANDS[args.command] if args.command in COMMANDS else cmd_verb)(args)
         sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
     except KeyboardInterrupt:
         # After the terminal's ^C, on a line of its own.

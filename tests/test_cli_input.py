@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,12 +210,14 @@ def test_an_outbox_that_is_not_a_database_is_one_line(offline: LocalCluster, tmp
 # -- the REPL's line handling ------------------------------------------------------------
 
 
-VERBS = ["login", "logout", "balance", "pay", "history", "queue", "sync", "help", "PAY", "Balance", "do_pay",
-         "__init__", "say", "run", "frobnicate", "_need_session", "handle_line"]
+VERBS = ["login", "logout", "balance", "pay", "history", "queue", "sync", "register", "deposit", "help", "PAY",
+         "Balance", "do_pay", "__init__", "say", "run", "frobnicate", "_need_session", "handle_line", "tell", "note",
+         "password", "client"]
 AMOUNTISH = st.text(st.sampled_from("0123456789.,_+-eE \u0663\uff15\u00a0"), max_size=8)
 WORDS = st.one_of(
     AMOUNTISH, st.sampled_from(["bob@bank_b", "alice@bank_a", "x@bank_zz", "--id", "-1", "1e999999", "1,50",
-                                "00000000-0000-4000-8000-000000000000", "", "--limit"]),
+                                "00000000-0000-4000-8000-000000000000", "", "--limit", "--all", "--admin",
+                                "--json", "-h"]),
     st.text(max_size=12))
 LINES = st.one_of(
     st.builds(lambda verb, words: " ".join([verb, *map(shlex.quote, words)]), st.sampled_from(VERBS),
@@ -278,12 +281,33 @@ def test_no_typed_line_stops_the_repl_or_goes_unanswered(offline: LocalCluster, 
 @pytest.mark.parametrize("line, words", [
     ("pay bob@bank_b 1e999999", "error: not an amount: '1e999999'"),
     ("pay bob@bank_b 1,50", "error: not an amount: '1,50'"),
-    ("history -1", "error: not a count from 1 to 1000: '-1'"),
-    ("history --limit -1", "error: usage: history [N]"),
-    ("history 99999999999", "error: not a count from 1 to 1000"),
+    ("history --limit -1", "error: argument --limit: not a count from 1 to 1000: '-1' (usage: history "),
+    ("history -1", "error: unrecognized arguments: -1 (usage: history [--admin ACCOUNT] [--limit N] [--json])"),
+    ("history --limit 99999999999", "error: argument --limit: not a count from 1 to 1000"),
+    ("pay", "error: the following arguments are required: TO, AMOUNT (usage: pay [--id UUID] [--json] TO AMOUNT)"),
     ("__init__", "unknown command '__init__'"),
 ])
 def test_the_findings_lines_get_one_error_line_in_the_repl(offline: LocalCluster, tmp_path: Path, line: str,
                                                            words: str) -> None:
     (_, going, said), = asyncio.run(answer(offline, client_home(tmp_path / "home"), True, "pw", [line]))
     assert going and said.startswith(words) and said.count("\n") == 1, said
+
+
+@pytest.mark.parametrize("words", [["queue"], ["queue", "--all"], ["queue", "--json"], ["queue", "--all", "--json"]])
+def test_the_repl_prints_the_lines_the_command_line_prints(offline: LocalCluster, tmp_path: Path,
+                                                          words: list[str]) -> None:
+    home = logged_in_home(tmp_path / "home")
+    box = Outbox.in_home(home)
+    try:
+        refused = str(uuid.uuid4())
+        box.add(refused, ME, "bob@bank_b", 1_50, "INR", now=time.time() - 60)
+        box.finish_failed(refused, box.claim(refused), "FAILED_PRECONDITION", "insufficient funds")
+        box.add(str(uuid.uuid4()), ME, "bob@bank_b", 2_00, "INR", now=time.time() - 30)  # due: "next now"
+    finally:
+        box.close()
+
+    r = miniupi(offline, *words, home=home)
+    (_, going, said), = asyncio.run(answer(offline, home, True, None, [" ".join(words)]))
+
+    assert (r.returncode, r.stderr) == (0, "")
+    assert going and said == r.stdout and "bob@bank_b" in said

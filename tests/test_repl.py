@@ -114,6 +114,10 @@ def test_repl_pays_queues_while_the_gateway_is_down_and_announces_the_completion
         repl.sendline("balance")
         repl.expect_exact(f"{payer}: 87.50 INR")
         repl.expect_exact(f"{payer}> ")  # nothing queued any more
+        repl.sendline("history --limit 1")  # the command line's arguments, parsed by the same parser
+        repl.expect_exact(f"{payer}> ")
+        assert re.search(rf"-2\.50 INR  to   {payee}  {queued_id}", repl.before), repl.before
+        assert "-10.00" not in repl.before
 
         repl.sendeof()
         repl.expect_exact("bye")
@@ -137,7 +141,8 @@ def test_repl_explains_mistakes_and_quits_on_quit(cluster: LocalCluster, tmp_pat
         repl.sendline("frobnicate")
         repl.expect_exact("unknown command 'frobnicate'; type help for the list")
         repl.sendline("pay")
-        repl.expect_exact("error: usage: pay TO AMOUNT [--id UUID]")
+        repl.expect_exact("error: the following arguments are required: TO, AMOUNT "
+                          "(usage: pay [--id UUID] [--json] TO AMOUNT)")
         repl.sendline("queue")
         repl.expect_exact("no queued payments")
         quit_cleanly(repl)
@@ -156,8 +161,8 @@ def test_repl_answers_the_attack_runs_lines_in_one_line_each_and_stays_alive(clu
         repl.expect_exact(f"{payer}> ")
         for line, answer in [
             (f"pay {payee} 1e999999", "error: not an amount: '1e999999'"),
-            ("history -1", "error: not a count from 1 to 1000: '-1'"),
-            ("history --limit -1", "error: usage: history [N]"),
+            ("history --limit -1", "error: argument --limit: not a count from 1 to 1000: '-1'"),
+            ("history -1", "error: unrecognized arguments: -1 (usage: history [--admin ACCOUNT] [--limit N] [--json])"),
             (f"pay {payee} 1,50", "error: not an amount: '1,50'"),
             (f"pay {payee} \u0661", "error: not an amount: '\u0661'"),
             ("__class__", "unknown command '__class__'"),

@@ -1,5 +1,8 @@
 """`miniupi client`: the customer's verbs at a prompt, with the outbox sent in the background.
 
+A typed line goes through the verb's own parser, the one the command line
+uses (verbs.py), and the verb writes the lines it writes there.
+
 One asyncio loop runs three things: the prompt (stdin is watched with
 add_reader, so reading never blocks the loop), the command the user typed,
 and the background task that sends queued payments when their retry time
@@ -11,6 +14,7 @@ Ctrl-D or `quit` leaves.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shlex
@@ -18,34 +22,31 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from miniupi.client import describe
-from miniupi.client.api import AsyncClient, is_transport_failure
 from miniupi.backoff import RetryPolicy
-from miniupi.client.home import clear_session, load_session, save_session
-from miniupi.client.outbox import DONE, FAILED, Outbox, OutboxEntry
+from miniupi.client import describe
+from miniupi.client.api import AsyncClient
+from miniupi.client.home import load_session
+from miniupi.client.outbox import Outbox, OutboxEntry
+from miniupi.client.verbs import VERBS, Verb
 from miniupi.config import ClusterConfig
 from miniupi.errors import InvalidArgument, MiniupiError, Unauthenticated
-from miniupi.inputs import HISTORY_MAX, parse_count, quoted
-from miniupi.money import BadAmount, format_amount, parse_amount
+from miniupi.inputs import quoted
+from miniupi.money import BadAmount
 
-HELP = """\
-commands:
-  login USER@BANK            log in (the password is not echoed)
-  balance                    your balance
-  pay TO AMOUNT [--id UUID]  pay, such as: pay bob@bank_b 125.50 (queued if the gateway is unreachable)
-  history [N]                your last N applied payments (default 10)
-  queue                      payments waiting in the outbox, with attempts and next attempt time
-  sync                       send the queued payments now
-  logout                     end the session; queued payments stay queued
-  help                       this text
-  quit                       leave (or Ctrl-D)
+FOOTER = """\
 Queued payments are sent in the background with backoff, and a line is printed as each one
 completes. Ctrl-C clears the line, or stops a command that is waiting for the gateway."""
+
+
+def help_text() -> str:
+    """Every verb's usage and what it does, from the parsers the typed lines go through."""
+    rows = [(verb.parser.usage_line(), verb.help) for verb in VERBS.values()]
+    rows += [("help", "this text"), ("quit", "leave (or Ctrl-D)")]
+    width = max(len(usage) for usage, _ in rows)
+    return "\n".join(["commands:", *(f"  {usage:<{width}}  {what}" for usage, what in rows), FOOTER])
 
 
 class LineReader:
@@ -124,6 +125,8 @@ def line_reader(fd: int) -> LineReader | FileLineReader:
 
 
 class Repl:
+    """The prompt, the background sender, and the Front the verbs of verbs.py run on."""
+
     def __init__(self, cluster: ClusterConfig, home: Path, retry: RetryPolicy,
                  stdin_fd: int | None = None, out: TextIO | None = None) -> None:
         self.cluster, self.home, self.retry = cluster, home, retry
@@ -162,11 +165,6 @@ class Repl:
         self.out.write(("\r\x1b[K" if self.tty else "\n") + text + "\n")
         self.show_prompt()
 
-    def announce(self, entry: OutboxEntry, prefix: str = "") -> None:
-        if entry.txn_id not in self._announced:
-            self._announced.add(entry.txn_id)
-            self.notify(prefix + describe.finished(entry))
-
     # -- the loop ---------------------------------------------------------
 
     async def run(self) -> int:
@@ -176,7 +174,7 @@ class Repl:
         self.reader = line_reader(self.stdin_fd)
         loop.add_signal_handler(signal.SIGINT, self._interrupt)
         background = asyncio.create_task(self.client.deliver_forever(
-            on_finished=lambda e: self.announce(e, "sent from the queue: "), on_stuck=self._stuck))
+            on_finished=self.sent, on_stuck=self._stuck))
         try:
             self.say("miniupi client: type help for the commands, quit or Ctrl-D to leave")
             if session is not None and session.expires_at < time.time():
@@ -222,22 +220,31 @@ class Repl:
             return True
         if not words:
             return True
-        verb = words[0].lower()
-        if verb in ("quit", "exit"):
+        name = words[0].lower()
+        if name in ("quit", "exit"):
             return False
-        await self._run_command(verb, words[1:])
+        if name == "help":
+            self.say(help_text())
+            return True
+        verb = VERBS.get(name)
+        if verb is None:
+            self.say(f"unknown command {quoted(name)}; type help for the list")
+            return True
+        try:
+            args = verb.parser.parse_args(words[1:])
+        except InvalidArgument as e:
+            self.say(f"error: {e.message}")
+            return True
+        await self._run_command(verb, args)
         return True
 
-    async def _run_command(self, verb: str, args: list[str]) -> None:
-        handler = VERBS.get(verb)
-        if handler is None:
-            self.say(f"unknown command {quoted(verb)}; type help for the list")
-            return
-        self._command = asyncio.create_task(handler(self, args))
+    async def _run_command(self, verb: Verb, args: argparse.Namespace) -> None:
+        self._command = asyncio.create_task(verb.run(self, args))
         try:
             await asyncio.wait([self._command])
         finally:
             task, self._command = self._command, None
+        self.out.flush()
         error = None if task.cancelled() else task.exception()
         if task.cancelled():
             self.say("interrupted")
@@ -246,38 +253,46 @@ class Repl:
         elif error is not None:
             # A bug, not the user's mistake; the session goes on, and a queued payment stays queued.
             detail = " ".join(str(error).split())[:200]
-            self.say(f"error: {verb} failed inside miniupi ({type(error).__name__}: {detail}); this is a bug")
+            self.say(f"error: {verb.name} failed inside miniupi ({type(error).__name__}: {detail}); this is a bug")
 
     def _stuck(self, error: MiniupiError, pending: int) -> None:
         if pending:
             account = self.client.session.account if self.client.session else "USER@BANK"
-            hint = f" (type: login {account})" if isinstance(error, Unauthenticated) else ""
+            hint = f" ({self.tell(f'login {account}')})" if isinstance(error, Unauthenticated) else ""
             self.notify(f"{pending} queued payment{'s' if pending != 1 else ''} waiting: {error.message}{hint}")
 
-    # -- helpers for the verbs --------------------------------------------
+    # -- the Front the verbs run on (verbs.py) -------------------------------
 
-    def _need_session(self) -> str:
-        session = self.client.session
-        if session is None:
-            raise Unauthenticated("not logged in; type: login USER@BANK")
-        if session.expires_at < time.time():
-            raise Unauthenticated(f"session for {session.account} expired; type: login {session.account}")
-        return session.account
+    @property
+    def outbox(self) -> Outbox:
+        return self.client.outbox
 
-    async def _send_queued_first(self) -> None:
-        """As at the command line: queued payments go before the command's own call."""
-        account = self._need_session()
-        if not self.client.queued(account):
-            return
-        report = await self.client.sync(wait_s=0)
-        for entry in report.finished:
-            self.announce(entry, "sent from the queue: ")
-        if is_transport_failure(report.stopped):
-            assert report.stopped is not None
-            raise report.stopped
+    def tell(self, command: str) -> str:
+        return f"type: {command}"
 
-    async def _read_password(self) -> str:
-        self.out.write("password: ")
+    def note(self, text: str) -> None:
+        self.notify(text)
+
+    def sent(self, entry: OutboxEntry) -> None:
+        if entry.txn_id not in self._announced:
+            self._announced.add(entry.txn_id)
+            self.notify(f"sent from the queue: {describe.finished(entry)}")
+
+    def left_queued(self, account: str, waiting: int) -> None:
+        if self.client.session is None:
+            return  # logged out: they wait for the next login, which says so
+        if waiting:
+            self.say(f"sending {waiting} queued payment{'s' if waiting != 1 else ''} in the background")
+        self.client.wake_outbox()
+
+    async def password(self, confirm: bool) -> str:
+        password = await self._read_password("password: ")
+        if confirm and self.tty and await self._read_password("again: ") != password:
+            raise InvalidArgument("the passwords do not match")
+        return password
+
+    async def _read_password(self, prompt: str) -> str:
+        self.out.write(prompt)
         self.out.flush()
         if not os.isatty(self.stdin_fd):
             line = await self.reader.readline()
@@ -298,99 +313,6 @@ class Repl:
         if not line:
             raise InvalidArgument("empty password")
         return line
-
-    # -- the verbs ----------------------------------------------------------
-
-    async def do_help(self, args: list[str]) -> None:
-        self.say(HELP)
-
-    async def do_login(self, args: list[str]) -> None:
-        if len(args) != 1:
-            raise InvalidArgument("usage: login USER@BANK")
-        password = await self._read_password()
-        session = await self.client.login(args[0], password)
-        save_session(self.home, session)
-        until = datetime.fromtimestamp(session.expires_at).strftime("%Y-%m-%d %H:%M")
-        self.say(f"logged in as {session.account} (until {until})")
-        waiting = len(self.client.queued(session.account))
-        if waiting:
-            self.say(f"sending {waiting} queued payment{'s' if waiting != 1 else ''} in the background")
-        self.client.wake_outbox()
-
-    async def do_logout(self, args: list[str]) -> None:
-        if self.client.session is not None:
-            if self.client.session.expires_at >= time.time():
-                await self._send_queued_first()
-            try:
-                await self.client.logout()
-            except Unauthenticated:
-                pass  # already ended at the gateway
-        self.client.session = None
-        clear_session(self.home)
-        self.say("logged out")
-
-    async def do_balance(self, args: list[str]) -> None:
-        await self._send_queued_first()
-        b = await self.client.balance()
-        extra = f" ({format_amount(b.available)} available)" if b.available != b.balance else ""
-        self.say(f"{b.account}: {format_amount(b.balance)} {b.currency}{extra}")
-
-    async def do_history(self, args: list[str]) -> None:
-        if len(args) > 1:
-            raise InvalidArgument("usage: history [N]")
-        limit = parse_count(args[0], HISTORY_MAX) if args else 10
-        await self._send_queued_first()
-        items = await self.client.history(limit=limit)
-        if not items:
-            self.say("no payments yet")
-        for i in items:
-            when = datetime.fromtimestamp(i.applied_at).strftime("%Y-%m-%d %H:%M:%S")
-            direction = "from" if i.delta > 0 else "to  "
-            self.say(f"{when}  {format_amount(i.delta):>12} {i.currency}  {direction} {i.counterparty}  {i.txn_id}")
-
-    async def do_pay(self, args: list[str]) -> None:
-        txn_id = None
-        if len(args) == 4 and args[2] == "--id":
-            txn_id = args[3]
-        elif len(args) != 2:
-            raise InvalidArgument("usage: pay TO AMOUNT [--id UUID]")
-        self._need_session()
-        entry = self.client.enqueue(args[0], parse_amount(args[1]), txn_id=txn_id)
-        report = await self.client.sync() if entry.pending else None
-        for earlier in report.finished if report else ():
-            if earlier.txn_id != entry.txn_id:
-                self.announce(earlier, "sent from the queue: ")
-        entry = self.client.outbox.get(entry.txn_id) or entry
-        if entry.state in (DONE, FAILED):
-            self._announced.add(entry.txn_id)
-            self.say(describe.finished(entry))
-        else:
-            self.say(describe.queued(report.stopped if report else None))
-
-    async def do_queue(self, args: list[str]) -> None:
-        entries = self.client.queued()
-        if not entries:
-            self.say("no queued payments")
-            return
-        now = time.time()
-        for entry in entries:
-            self.say(describe.queue_line(entry, now))
-
-    async def do_sync(self, args: list[str]) -> None:
-        self._need_session()
-        report = await self.client.sync()
-        for entry in report.finished:
-            self._announced.add(entry.txn_id)
-            self.say(describe.finished(entry))
-        if report.stopped is not None or report.busy:
-            self.say(f"{report.pending} still queued: {describe.reason(report.stopped)}")
-        elif not report.finished:
-            self.say("nothing to send")
-
-
-# The verbs a typed line may name, and nothing else: `help` -> Repl.do_help.
-VERBS: dict[str, Callable[[Repl, list[str]], Awaitable[None]]] = {
-    name.removeprefix("do_"): method for name, method in vars(Repl).items() if name.startswith("do_")}
 
 
 def run_repl(cluster: ClusterConfig, home: Path, retry: RetryPolicy) -> int:
