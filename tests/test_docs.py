@@ -1,0 +1,77 @@
+"""The docs keep up with the code: every hook documented with its exact signature and tested,
+the example plugin works in a real cluster, and no doc points outside the repository."""
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from miniupi.contract import hookspecs
+from miniupi.contract.manager import make_plugin_manager
+from miniupi.ops.testing import LocalCluster
+from conftest import lines_with, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGINS_MD = ROOT / "docs" / "PLUGINS.md"
+
+
+def hook_specs() -> dict[str, Callable[..., Any]]:
+    """Every hook of the specs module, as pluggy sees it: marked with the project's hookspec marker."""
+    return {name: f for name, f in vars(hookspecs).items()
+            if name.startswith("miniupi_") and hasattr(f, "miniupi_spec")}
+
+
+def signature(name: str, spec: Callable[..., Any]) -> str:
+    """`miniupi_x(node: NodeConfig, txn_id: str) -> None`, annotations as written in the specs."""
+    sig = inspect.signature(spec)
+    params = ", ".join(f"{p.name}: {p.annotation}" for p in sig.parameters.values())
+    return f"{name}({params}) -> {sig.return_annotation}"
+
+
+def test_the_specs_module_holds_every_hook_of_the_plugin_manager() -> None:
+    pm = make_plugin_manager()
+    assert {name for name in dir(pm.hook) if name.startswith("miniupi_")} == set(hook_specs())
+    assert len(hook_specs()) >= 12
+
+
+@pytest.mark.parametrize("name", sorted(hook_specs()))
+def test_every_hook_has_a_heading_with_its_exact_signature_in_the_plugin_guide(name: str) -> None:
+    heading = f"### `{signature(name, hook_specs()[name])}`"
+    assert heading in PLUGINS_MD.read_text().splitlines(), f"docs/PLUGINS.md lacks the heading: {heading}"
+
+
+def test_the_plugin_guide_documents_no_hook_that_does_not_exist() -> None:
+    documented = re.findall(r"^### `(miniupi_\w+)\(", PLUGINS_MD.read_text(), re.MULTILINE)
+    assert sorted(documented) == sorted(hook_specs())
+
+
+@pytest.mark.parametrize("name", sorted(hook_specs()))
+def test_every_hook_is_named_by_a_test(name: str) -> None:
+    tests = [p for p in (ROOT / "tests").glob("test_*.py") if p.name != "test_docs.py"]
+    assert any(re.search(rf"\b{name}\b", p.read_text()) for p in tests), f"no tests/test_*.py names {name}"
+
+
+def test_the_example_plugin_counts_every_decision_in_a_real_cluster(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/count_decisions.py, loaded as docs/PLUGINS.md says: [plugins] load and PYTHONPATH."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT / "examples"),
+                                                                   os.environ.get("PYTHONPATH")])))
+    spec = {"cluster": {}, "gateway": {}, "banks": {"bank_a": {}, "bank_b": {"storage": "json"}},
+            "plugins": {"load": ["count_decisions"]}}
+    with LocalCluster(tmp_path, spec, accounts={"bank_a": {"alice": ("10.00", "pw")},
+                                                "bank_b": {"bob": ("0", "pw")}}) as cluster:
+        with cluster.client() as c:
+            c.login("alice@bank_a", "pw")
+            c.pay("bob@bank_b", 100)
+            with pytest.raises(Exception, match="insufficient funds"):
+                c.pay("bob@bank_b", 100_000)
+        wait_for("the count of both decisions",
+                 lambda: lines_with(cluster, "gateway", "decisions so far: 1 committed, 1 aborted"))
+        assert lines_with(cluster, "gateway", "count_decisions: counting the decisions of gateway at")
+        assert not lines_with(cluster, "bank_a", "count_decisions")  # the banks decide nothing
+
