@@ -75,3 +75,34 @@ def test_the_example_plugin_counts_every_decision_in_a_real_cluster(tmp_path: Pa
         assert lines_with(cluster, "gateway", "count_decisions: counting the decisions of gateway at")
         assert not lines_with(cluster, "bank_a", "count_decisions")  # the banks decide nothing
 
+
+
+def test_the_cluster_file_in_the_operations_guide_shows_every_default_as_the_code_has_it(tmp_path: Path) -> None:
+    """docs/OPERATIONS.md spells out every key with its default: it must load, pass the plugin
+    check, and mean exactly what a file giving only the required keys means."""
+    import tomllib
+
+    from miniupi.config import parse_config
+    from miniupi.contract.registry import check_plugins
+
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    block = re.search(r"^## The cluster file$.*?^```toml\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    assert block, "docs/OPERATIONS.md has no cluster file"
+    documented = parse_config(tomllib.loads(block.group(1)), tmp_path / "c.toml")
+    plugins = check_plugins(documented)
+    minimal = parse_config({"cluster": {}, "gateway": {"port": 50050},
+                            "banks": {"bank_a": {"port": 50051}, "bank_b": {"port": 50052, "storage": "json"}}},
+                           tmp_path / "c.toml")
+    fields = ["name", "data_dir", "certs_dir", "currency", "prepare_timeout_s", "call_timeout_s", "session_idle_s",
+              "session_max_s", "login_attempts", "login_lockout_s", "max_opening_deposit", "max_balance",
+              "log_json", "plugins"]
+    from dataclasses import fields as dataclass_fields
+
+    from miniupi.config import ClusterConfig
+    assert set(fields) == {f.name for f in dataclass_fields(ClusterConfig)} - {"path", "raw", "gateway", "banks"}
+    assert {f: getattr(documented, f) for f in fields} == {f: getattr(minimal, f) for f in fields}
+    for name in ("gateway", "bank_a", "bank_b"):
+        a, b = documented.node(name), minimal.node(name)
+        assert (a.host, a.port, a.storage, a.auth) == (b.host, b.port, b.storage, b.auth)
+    json_kind = plugins.kinds.storage["json"]
+    assert plugins.settings["bank_b", "json"] == {s.name: s.default for s in json_kind.settings}
