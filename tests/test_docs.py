@@ -106,3 +106,17 @@ def test_the_cluster_file_in_the_operations_guide_shows_every_default_as_the_cod
         assert (a.host, a.port, a.storage, a.auth) == (b.host, b.port, b.storage, b.auth)
     json_kind = plugins.kinds.storage["json"]
     assert plugins.settings["bank_b", "json"] == {s.name: s.default for s in json_kind.settings}
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_docs_point_only_inside_the_repository(doc: Path) -> None:
+    text = doc.read_text()
+    assert "../shared" not in text and "DESIGN.md" not in text
+    for target in re.findall(r"\]\(([^)#\s]+)", text):  # markdown links
+        if re.match(r"[a-z]+:", target):
+            continue  # a web address
+        assert (doc.parent / target).resolve().is_relative_to(ROOT), (doc.name, target)
+        assert (doc.parent / target).exists(), (doc.name, target)
