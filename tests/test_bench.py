@@ -15,6 +15,7 @@ import pytest
 
 from miniupi.ops.bench import percentile, summary, Result
 from miniupi.ops.testing import LocalCluster
+from conftest import alive
 
 BENCH = [sys.executable, "-m", "miniupi", "bench"]
 
@@ -100,21 +101,13 @@ def test_bench_interrupted_stops_its_cluster_and_removes_its_folder(tmp_path) ->
         supervisord_pid = int((tmp / folder / "data" / "supervisord.pid").read_text())
         proc.send_signal(signal.SIGINT)  # Ctrl-C, to the bench alone: it must stop what it started itself
         assert proc.wait(60) == 130
-        assert not _alive(supervisord_pid)  # checked before the clean-up below could kill it
+        assert not alive(supervisord_pid)  # checked before the clean-up below could kill it
     finally:
         with contextlib.suppress(ProcessLookupError):  # whatever the bench left running, on a failure
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     assert left_behind(tmp) == []
     assert "miniupi: interrupted" in err.read_text()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def audited(cluster: LocalCluster) -> dict:
