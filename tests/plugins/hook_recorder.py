@@ -6,6 +6,7 @@ order is the order of cause and effect across processes.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ import grpc
 import pluggy
 
 from miniupi.config import NodeConfig
+from miniupi.contract import hookspecs
 
 hookimpl = pluggy.HookimplMarker("miniupi")
 
@@ -37,51 +39,17 @@ def miniupi_server_interceptors(node: NodeConfig) -> list[grpc.aio.ServerInterce
     return [MethodRecorder(node)]
 
 
-@hookimpl
-def miniupi_node_started(node: NodeConfig, address: str) -> None:
-    record(node, "miniupi_node_started", address)
+def _recorder(name: str, spec: Callable[..., None]) -> Callable[..., None]:
+    """An implementation of hook `name` that records its arguments in the order of the spec."""
+
+    @functools.wraps(spec)  # pluggy reads the argument names through __wrapped__: the spec's own
+    def record_call(node: NodeConfig, *args: object) -> None:
+        record(node, name, *args)
+
+    return hookimpl(record_call)
 
 
-@hookimpl
-def miniupi_before_prepare(node: NodeConfig, txn_id: str) -> None:
-    record(node, "miniupi_before_prepare", txn_id)
-
-
-@hookimpl
-def miniupi_before_decision(node: NodeConfig, txn_id: str, decision: str) -> None:
-    record(node, "miniupi_before_decision", txn_id, decision)
-
-
-@hookimpl
-def miniupi_after_decision(node: NodeConfig, txn_id: str, decision: str) -> None:
-    record(node, "miniupi_after_decision", txn_id, decision)
-
-
-@hookimpl
-def miniupi_after_decision_sent(node: NodeConfig, txn_id: str, bank: str, decision: str) -> None:
-    record(node, "miniupi_after_decision_sent", txn_id, bank, decision)
-
-
-@hookimpl
-def miniupi_before_vote(node: NodeConfig, txn_id: str, yes: bool) -> None:
-    record(node, "miniupi_before_vote", txn_id, yes)
-
-
-@hookimpl
-def miniupi_after_vote(node: NodeConfig, txn_id: str, yes: bool) -> None:
-    record(node, "miniupi_after_vote", txn_id, yes)
-
-
-@hookimpl
-def miniupi_before_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
-    record(node, "miniupi_before_apply", txn_id, decision)
-
-
-@hookimpl
-def miniupi_after_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
-    record(node, "miniupi_after_apply", txn_id, decision)
-
-
-@hookimpl
-def miniupi_before_password_check(node: NodeConfig, account: str) -> None:
-    record(node, "miniupi_before_password_check", account)
+# Every hook whose result is None: the moments of 2PC, logins and start-up, present and future.
+for _name, _spec in vars(hookspecs).items():
+    if hasattr(_spec, "miniupi_spec") and _name not in {"miniupi_register_kinds", "miniupi_server_interceptors"}:
+        globals()[_name] = _recorder(_name, _spec)
