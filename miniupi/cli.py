@@ -21,6 +21,9 @@ from miniupi.errors import MiniupiError
 from miniupi.money import BadAmount
 from miniupi.contract.manager import PluginError
 
+# `miniupi bench` defaults, kept apart so that an option given can be told from one left out.
+BENCH_BANKS, BENCH_STORAGE, BENCH_PAYMENTS, BENCH_DURATION = 2, "sqlite", 10000, 10.0
+
 # A process killed by SIGPIPE exits 128 + 13 in the shell's eyes; we exit the same when the reader goes away.
 EXIT_BROKEN_PIPE = 141
 EXIT_INTERRUPTED = 130
@@ -75,13 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to let in-flight payments settle before judging (default 30)")
 
     p = add("bench", "load test: cross-bank payments with latency percentiles", json_output=True)
-    p.add_argument("--banks", type=int, default=2, help="banks in the throw-away cluster (default 2)")
-    p.add_argument("--storage", default="sqlite", help="storage plugin of every node (default sqlite)")
+    p.add_argument("--live", action="store_true",
+                   help="bench the running cluster of the cluster file instead of a throw-away one; "
+                        "the accounts it opens and the money it issues there stay")
+    p.add_argument("--banks", type=int, help=f"banks in the throw-away cluster (default {BENCH_BANKS})")
+    p.add_argument("--storage", help=f"storage plugin of every node of the throw-away cluster (default {BENCH_STORAGE})")
     p.add_argument("--accounts", type=int, default=1000, help="accounts opened per bank (default 1000)")
     p.add_argument("--concurrency", type=int, default=64, help="payers paying at once (default 64)")
-    p.add_argument("--payments", type=int, default=10000, help="closed loop: how many payments (default 10000)")
-    p.add_argument("--rate", type=float, default=0.0, help="open loop: payments per second")
-    p.add_argument("--duration", type=float, default=10.0, help="open loop: seconds (default 10)")
+    p.add_argument("--payments", type=int, help=f"closed loop: how many payments (default {BENCH_PAYMENTS})")
+    p.add_argument("--rate", type=float, help="open loop: payments per second")
+    p.add_argument("--duration", type=float, help=f"open loop, with --rate: seconds (default {BENCH_DURATION:g})")
     p.add_argument("--processes", type=int, default=1, help="load processes (default 1)")
     p.add_argument("--seed", type=int, help="random seed (printed; default random)")
     p.add_argument("--no-audit", action="store_true", help="skip the invariant check at the end")
@@ -172,16 +178,42 @@ def cmd_audit(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _bench_conflict(args: argparse.Namespace) -> str | None:
+    """Why these bench options cannot all be meant at once, or None."""
+    if args.payments is not None and (args.rate is not None or args.duration is not None):
+        return "--payments (closed loop) cannot go with --rate or --duration (open loop)"
+    if args.duration is not None and args.rate is None:
+        return "--duration needs --rate (open loop); a closed loop runs --payments"
+    if args.live and (args.banks is not None or args.storage is not None):
+        return "--banks and --storage shape a throw-away cluster; with --live the cluster file does"
+    if args.config is not None and not args.live:
+        return ("--config names a running cluster, which bench drives only with --live; "
+                "without both it boots a throw-away one")
+    return None
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from miniupi.ops.bench import BenchOptions, default_seed, run_bench
 
-    if min(args.banks, args.accounts, args.concurrency, args.processes) < 1 or args.payments < 0:
+    conflict = _bench_conflict(args)
+    if conflict:  # a usage error, told as argparse tells its own: one line, exit 2
+        print(f"miniupi: {conflict} (see: miniupi bench --help)", file=sys.stderr)
+        raise SystemExit(2)
+    banks = BENCH_BANKS if args.banks is None else args.banks
+    payments = BENCH_PAYMENTS if args.payments is None else args.payments
+    if min(banks, args.accounts, args.concurrency, args.processes) < 1 or payments < 0:
         raise BadAmount("--banks, --accounts, --concurrency and --processes must be at least 1")
-    if args.banks < 2:
+    if banks < 2:
         raise BadAmount("--banks must be at least 2: the benchmark pays across banks")
+    if args.rate is not None and args.rate <= 0 or args.duration is not None and args.duration <= 0:
+        raise BadAmount("--rate and --duration must be above 0")
+    if not args.live and os.environ.get("MINIUPI_CONFIG"):
+        print("bench: a throw-away cluster; the cluster of $MINIUPI_CONFIG is benched only with --live",
+              file=sys.stderr)
     result = run_bench(BenchOptions(
-        config=args.config, banks=args.banks, storage=args.storage, accounts=args.accounts,
-        concurrency=args.concurrency, payments=args.payments, rate=args.rate, duration=args.duration,
+        config=args.config, live=args.live, banks=banks, storage=args.storage or BENCH_STORAGE,
+        accounts=args.accounts, concurrency=args.concurrency, payments=payments if args.rate is None else 0,
+        rate=args.rate or 0.0, duration=BENCH_DURATION if args.duration is None else args.duration,
         processes=args.processes, seed=args.seed if args.seed is not None else default_seed(),
         audit=not args.no_audit), args.json)
     if result.get("audit_ok") is False:

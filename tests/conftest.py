@@ -6,6 +6,7 @@ by `miniupi run` under supervisord; nothing is mocked.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 import time
@@ -49,6 +50,15 @@ def wait_for(what: str, probe: Callable[[], T], timeout_s: float = 15.0, interva
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(interval_s)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this id exists (a zombie counts until it is reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def me(client: Client) -> str:

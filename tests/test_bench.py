@@ -1,11 +1,34 @@
 """`miniupi bench` and `miniupi audit` as a user runs them (the figures live in docs/BENCHMARKS.md)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from miniupi.ops.bench import percentile, summary, Result
+from miniupi.ops.testing import LocalCluster
+from conftest import alive
+
+BENCH = [sys.executable, "-m", "miniupi", "bench"]
+
+
+def bench_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user's shell, with the temporary directory where the test can look into it."""
+    tmp.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "MINIUPI_CONFIG"}
+    return {**env, "TMPDIR": str(tmp), **extra}
+
+
+def left_behind(tmp: Path) -> list[str]:
+    return sorted(p.name for p in tmp.glob("miniupi-bench-*"))
 
 
 def test_percentiles_pick_the_nearest_rank() -> None:
@@ -20,12 +43,14 @@ def test_summary_counts_only_acknowledged_payments_in_the_throughput() -> None:
     assert set(result["latency_ms"]) == {"p50", "p90", "p99", "p999", "max"}
 
 
-def test_bench_boots_a_cluster_pays_across_banks_and_audits(tmp_path) -> None:
+def test_bench_boots_a_cluster_pays_across_banks_audits_and_leaves_no_folder_behind(tmp_path) -> None:
+    tmp = tmp_path / "tmp"
     run = subprocess.run(
-        [sys.executable, "-m", "miniupi", "bench", "--payments", "300", "--concurrency", "8",
+        [*BENCH, "--payments", "300", "--concurrency", "8",
          "--accounts", "50", "--banks", "3", "--storage", "json", "--seed", "1", "--json"],
-        capture_output=True, text=True, timeout=180, cwd=tmp_path)
+        capture_output=True, text=True, timeout=180, cwd=tmp_path, env=bench_env(tmp))
     assert run.returncode == 0, run.stderr[-2000:]
+    assert left_behind(tmp) == []
     result = json.loads(run.stdout)
     assert (result["payments"], result["ok"], result["failed"]) == (300, 300, 0)
     assert result["throughput_per_s"] > 0 and 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["max"]
@@ -39,3 +64,84 @@ def test_bench_refuses_a_single_bank_in_one_line(tmp_path) -> None:
     assert run.returncode == 1
     assert run.stderr.strip().startswith("miniupi:") and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("options, why", [
+    (["--payments", "10", "--rate", "5"], "--payments (closed loop) cannot go with --rate or --duration"),
+    (["--payments", "10", "--duration", "5"], "--payments (closed loop) cannot go with --rate or --duration"),
+    (["--duration", "5"], "--duration needs --rate"),
+    (["--live", "--banks", "3"], "--banks and --storage shape a throw-away cluster"),
+    (["--live", "--storage", "json"], "--banks and --storage shape a throw-away cluster"),
+    (["--config", "elsewhere.toml"], "drives only with --live"),
+])
+def test_bench_refuses_contradictory_options_in_one_line_and_boots_nothing(tmp_path, options, why) -> None:
+    tmp = tmp_path / "tmp"
+    run = subprocess.run([*BENCH, *options], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env=bench_env(tmp))
+    assert run.returncode == 2
+    assert run.stderr.startswith("miniupi: ") and why in run.stderr and len(run.stderr.splitlines()) == 1
+    assert run.stdout == "" and left_behind(tmp) == []
+
+
+def test_bench_interrupted_stops_its_cluster_and_removes_its_folder(tmp_path) -> None:
+    tmp = tmp_path / "tmp"
+    err = tmp_path / "stderr"
+    with open(err, "w") as stderr:
+        # An open loop long enough to be interrupted in the middle of its load.
+        proc = subprocess.Popen([*BENCH, "--rate", "20", "--duration", "120", "--concurrency", "2",
+                                 "--accounts", "4", "--seed", "1", "--json"], stdout=subprocess.DEVNULL, stderr=stderr,
+                                cwd=tmp_path, env=bench_env(tmp), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "bench: opened" not in err.read_text():
+            assert proc.poll() is None, err.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the bench never got to its load"
+            time.sleep(0.2)
+        [folder] = left_behind(tmp)
+        supervisord_pid = int((tmp / folder / "data" / "supervisord.pid").read_text())
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, to the bench alone: it must stop what it started itself
+        assert proc.wait(60) == 130
+        assert not alive(supervisord_pid)  # checked before the clean-up below could kill it
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever the bench left running, on a failure
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert left_behind(tmp) == []
+    assert "miniupi: interrupted" in err.read_text()
+
+
+def audited(cluster: LocalCluster) -> dict:
+    run = cluster.cli("audit", "--json", "--wait", "5")
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_bench_drives_a_running_cluster_only_with_live_and_says_what_it_leaves_there(tmp_path) -> None:
+    tmp = tmp_path / "tmp"
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        before = audited(cluster)
+        small = ["--payments", "20", "--concurrency", "2", "--accounts", "3", "--seed", "1", "--json"]
+
+        # $MINIUPI_CONFIG names the running cluster; without --live it is left alone.
+        run = subprocess.run([*BENCH, *small], capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                             env=bench_env(tmp, MINIUPI_CONFIG=str(cluster.config_path)))
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "benched only with --live" in run.stderr
+        assert json.loads(run.stdout)["ok"] == 20
+        assert audited(cluster)["accounts"] == before["accounts"] and left_behind(tmp) == []
+
+        run = subprocess.run([*BENCH, "--live", *small], capture_output=True, text=True, timeout=180,
+                             cwd=tmp_path, env=bench_env(tmp, MINIUPI_CONFIG=str(cluster.config_path)))
+        assert run.returncode == 0, run.stderr[-2000:]
+        result = json.loads(run.stdout)
+        assert (result["ok"], result["audit_ok"]) == (20, True)
+        [warning] = [line for line in run.stderr.splitlines() if "--live" in line]
+        opened = re.search(r"opening 6 accounts \((bench_[0-9a-f]{8}_)0 to \1(2) at bank_a, bank_b\) "
+                           r"in the running cluster of (\S+), and issuing (\S+) INR", warning)
+        assert opened, warning
+        assert Path(opened.group(3)) == cluster.config_path.resolve()
+        after = audited(cluster)
+        assert after["ok"] and after["accounts"] == before["accounts"] + 6
+        # The figure in the warning is exactly what the treasury issued: 6 accounts, 20 paise each.
+        assert opened.group(4) == "1.20" and after["issued_minor"] - before["issued_minor"] == 120
+        assert left_behind(tmp) == []  # nothing was booted

@@ -28,7 +28,7 @@ from miniupi.ops import supervision
 from miniupi.config import ClusterConfig, parse_config
 from miniupi.ops.supervision import ClusterRunning, Supervisor, SupervisorUnavailable
 from miniupi.ops.testing import LocalCluster
-from conftest import wait_for
+from conftest import alive, wait_for
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 
@@ -43,14 +43,6 @@ while os.getppid() == parent:
     time.sleep(1)
 """
 NODES = ["gateway", "bank_a", "bank_b"]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture

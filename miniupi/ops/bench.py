@@ -5,8 +5,12 @@ their last payment returned. Open loop (`--rate R --duration S`): payment i
 is due at start + i/R whatever happened before, and its latency is counted
 from that due time, so queueing inside the system is not hidden.
 
-Without --config it boots a throw-away cluster (same path as `miniupi run`);
-with --config it drives the running cluster that file describes. Accounts
+By default it boots a throw-away cluster (same path as `miniupi run`) on
+free ports in a temporary directory, and removes that directory at the end,
+on an error or Ctrl-C too. Only with --live does it drive a running cluster:
+the one the cluster file names, found as every command finds it (--config,
+then $MINIUPI_CONFIG, then config/cluster.toml); it says first which
+accounts it opens there and how much money it issues, as both stay. Accounts
 are opened through the treasury's bulk path with one shared password hash, so
 setting up 100,000 accounts costs one argon2 hash, not 100,000.
 """
@@ -18,6 +22,8 @@ import math
 import multiprocessing as mp
 import os
 import random
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -144,8 +150,13 @@ def _load_process(plan: LoadPlan, progress: Any, out: Any) -> None:
 # -- set-up ---------------------------------------------------------------
 
 
-async def open_bench_accounts(cluster: ClusterConfig, per_bank: int) -> dict[str, tuple[str, ...]]:
-    """Open a{0..per_bank-1} at every bank through the treasury's bulk door at the gateway.
+def account_names(per_bank: int, prefix: str = "a") -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}" for i in range(per_bank))
+
+
+async def open_bench_accounts(cluster: ClusterConfig, per_bank: int, opening: int = OPENING_MINOR,
+                              prefix: str = "a") -> dict[str, tuple[str, ...]]:
+    """Open PREFIX0..PREFIX{per_bank-1} at every bank through the treasury's bulk door at the gateway.
 
     Their opening balances are money issued, which the audit at the end counts.
     """
@@ -153,11 +164,11 @@ async def open_bench_accounts(cluster: ClusterConfig, per_bank: int) -> dict[str
     from miniupi.nodes.passwords import hash_password
 
     password_hash = await asyncio.to_thread(hash_password, PASSWORD)
-    names = tuple(f"a{i}" for i in range(per_bank))
+    names = account_names(per_bank, prefix)
     async with AsyncClient(cluster, identity="treasury", timeout=120) as treasury:
         for bank in cluster.banks:
             for i in range(0, len(names), BULK_CHUNK):
-                await treasury.open_accounts(bank, names[i:i + BULK_CHUNK], password_hash, OPENING_MINOR)
+                await treasury.open_accounts(bank, names[i:i + BULK_CHUNK], password_hash, opening)
     return {bank: names for bank in cluster.banks}
 
 
@@ -171,7 +182,8 @@ def bench_spec(banks: int, storage: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BenchOptions:
-    config: str | None
+    config: str | None  # the cluster file, found as every command finds it; only read with `live`
+    live: bool  # drive the running cluster of `config` instead of a throw-away one
     banks: int
     storage: str
     accounts: int
@@ -184,24 +196,49 @@ class BenchOptions:
     audit: bool
 
 
+def planned_payments(opts: BenchOptions) -> int:
+    return opts.payments if opts.rate <= 0 else int(opts.rate * opts.duration)
+
+
+def opening_per_account(opts: BenchOptions) -> int:
+    """Enough for every payment of the run to come from one payer: nobody runs dry, little is issued."""
+    return max(1, planned_payments(opts)) * PAYMENT_MINOR
+
+
+def live_warning(cluster: ClusterConfig, opts: BenchOptions, prefix: str) -> str:
+    """What --live leaves in a running cluster, said before it is done."""
+    from miniupi.money import format_amount
+
+    names = account_names(opts.accounts, prefix)
+    span = names[0] if len(names) == 1 else f"{names[0]} to {names[-1]}"
+    issued = opening_per_account(opts) * opts.accounts * len(cluster.banks)
+    return (f"bench: --live: opening {opts.accounts * len(cluster.banks)} accounts ({span} at "
+            f"{', '.join(cluster.banks)}) in the running cluster of {cluster.path}, and issuing "
+            f"{format_amount(issued)} {cluster.currency} to them through the treasury; they stay there")
+
+
 def run_bench(opts: BenchOptions, json_output: bool) -> dict[str, Any]:
-    """Set up, drive the load with a progress bar, print the table, audit."""
+    """Set up, drive the load with a progress bar, print the table, audit; remove what was booted."""
     from miniupi.config import load_config
     from miniupi.ops.testing import LocalCluster
 
+    say = (lambda *a: print(*a, file=sys.stderr)) if json_output else print
+    root: Path | None = None
     local: LocalCluster | None = None
-    if opts.config:
-        cluster = load_config(opts.config)
-    else:
-        root = Path(tempfile.mkdtemp(prefix="miniupi-bench-"))
-        local = LocalCluster(root, bench_spec(opts.banks, opts.storage)).start()
-        cluster = local.config
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupted)  # so `finally` runs on SIGTERM too
     try:
-        say = (lambda *a: print(*a, file=sys.stderr)) if json_output else print
+        if opts.live:
+            cluster = load_config(opts.config)
+            prefix = f"bench_{os.urandom(4).hex()}_"  # never a name someone has, never one of an earlier run
+            say(live_warning(cluster, opts, prefix))
+        else:
+            root = Path(tempfile.mkdtemp(prefix="miniupi-bench-"))
+            local = LocalCluster(root, bench_spec(opts.banks, opts.storage)).start()
+            cluster, prefix = local.config, "a"
         say(f"bench: seed {opts.seed}; {len(cluster.banks)} banks, {opts.accounts} accounts each, "
             f"concurrency {opts.concurrency}, {opts.processes} load process(es)")
         t = time.perf_counter()
-        payees = asyncio.run(open_bench_accounts(cluster, opts.accounts))
+        payees = asyncio.run(open_bench_accounts(cluster, opts.accounts, opening_per_account(opts), prefix))
         say(f"bench: opened {opts.accounts * len(cluster.banks)} accounts in {time.perf_counter() - t:.1f}s")
         result = _run_load(cluster, payees, opts, show_progress=True)
         if opts.audit:
@@ -216,8 +253,17 @@ def run_bench(opts: BenchOptions, json_output: bool) -> dict[str, Any]:
             print_table(result)
         return result
     finally:
-        if local is not None:
-            local.stop()
+        try:
+            if local is not None:
+                local.stop()
+        finally:
+            if root is not None:
+                shutil.rmtree(root, ignore_errors=True)
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _run_load(cluster: ClusterConfig, payees: dict[str, tuple[str, ...]], opts: BenchOptions,
@@ -236,7 +282,7 @@ def _run_load(cluster: ClusterConfig, payees: dict[str, tuple[str, ...]], opts: 
         share = opts.payments // opts.processes + (1 if k < opts.payments % opts.processes else 0)
         plans.append(LoadPlan(str(cluster.path), mine, payees, share, opts.rate / opts.processes,
                               opts.duration, opts.seed + k))
-    total = opts.payments if opts.rate <= 0 else int(opts.rate * opts.duration)
+    total = planned_payments(opts)
     procs = [ctx.Process(target=_load_process, args=(plan, progress[k], out), daemon=True)
              for k, plan in enumerate(plans)]
     start = time.perf_counter()
