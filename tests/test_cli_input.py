@@ -311,3 +311,14 @@ def test_the_repl_prints_the_lines_the_command_line_prints(offline: LocalCluster
 
     assert (r.returncode, r.stderr) == (0, "")
     assert going and said == r.stdout and "bob@bank_b" in said
+
+
+def test_the_repl_with_standard_input_closed_is_one_line(tmp_path: Path) -> None:
+    """`miniupi client <&-`: Python has no sys.stdin at all, and the REPL failed on its fileno."""
+    config = tmp_path / "c.toml"
+    config.write_text('[cluster]\n[gateway]\nport = 1\n[banks.bank_a]\nport = 2\n')
+    r = subprocess.run(["bash", "-c", f'"{sys.executable}" -m miniupi client <&-'], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "MINIUPI_CONFIG": str(config),
+                                                   "MINIUPI_HOME": str(tmp_path / "home")})
+    assert r.returncode == 1
+    assert r.stderr == "miniupi: miniupi client reads commands from standard input, which is closed\n"

@@ -176,3 +176,21 @@ def test_repl_answers_the_attack_runs_lines_in_one_line_each_and_stays_alive(clu
     finally:
         repl.close(force=True)
     assert_exited_cleanly(repl, tmp_path / "transcript.txt")
+
+
+def test_ctrl_d_at_the_password_prompt_cancels_the_login_and_the_repl_goes_on(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """A terminal's Ctrl-D ends one read; it used to end the whole session after 'no password given'."""
+    account = open_account(cluster, "bank_a", 1_00)
+    transcript = tmp_path / "transcript.txt"
+    repl = spawn(cluster, tmp_path / "home", transcript)
+    repl.expect_exact("miniupi> ")
+    repl.sendline(f"login {account}")
+    repl.expect_exact("password: ")
+    repl.sendeof()
+    repl.expect_exact("error: no password given")
+    repl.expect_exact("miniupi> ")
+    log_in(repl, account)
+    quit_cleanly(repl)
+    repl.close()
+    assert_exited_cleanly(repl, transcript)

@@ -32,7 +32,7 @@ from miniupi.client.home import load_session
 from miniupi.client.outbox import Outbox, OutboxEntry
 from miniupi.client.verbs import VERBS, Verb
 from miniupi.config import ClusterConfig
-from miniupi.errors import InvalidArgument, MiniupiError, Unauthenticated
+from miniupi.errors import FailedPrecondition, InvalidArgument, MiniupiError, Unauthenticated
 from miniupi.inputs import quoted
 from miniupi.money import BadAmount
 
@@ -95,6 +95,12 @@ class LineReader:
         """Forget a partly typed line (the terminal has already dropped it on Ctrl-C)."""
         self._buffer = b""
 
+    def go_on(self) -> None:
+        """Read on after an end of input that was a terminal's Ctrl-D, which ends one read, not the terminal."""
+        if self._eof and os.isatty(self.fd):
+            self._eof = False
+            self._loop.add_reader(self.fd, self._readable)
+
     def close(self) -> None:
         if not self._eof:
             self._loop.remove_reader(self.fd)
@@ -113,6 +119,9 @@ class FileLineReader:
     def discard(self) -> None:
         pass
 
+    def go_on(self) -> None:
+        pass  # a file's end is final
+
     def close(self) -> None:
         self._file.close()
 
@@ -130,6 +139,8 @@ class Repl:
     def __init__(self, cluster: ClusterConfig, home: Path, retry: RetryPolicy,
                  stdin_fd: int | None = None, out: TextIO | None = None) -> None:
         self.cluster, self.home, self.retry = cluster, home, retry
+        if stdin_fd is None and sys.stdin is None:  # started with standard input closed (`<&-`)
+            raise FailedPrecondition("miniupi client reads commands from standard input, which is closed")
         self.stdin_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
         self.out = out or sys.stdout
         self.tty = os.isatty(self.stdin_fd) and self.out.isatty()
@@ -309,6 +320,7 @@ class Repl:
                 termios.tcsetattr(self.stdin_fd, termios.TCSADRAIN, saved)
                 self.say("")
         if line is None:
+            self.reader.go_on()  # Ctrl-D at the password prompt cancels the login, not the session
             raise InvalidArgument("no password given")
         if not line:
             raise InvalidArgument("empty password")
