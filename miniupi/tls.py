@@ -104,15 +104,24 @@ def _first(auth: dict[str, list[bytes]], key: str) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def peer_identity(context: Any) -> str | None:
-    """The caller's identity: the first SAN of its certificate (our leaves put the name there), else its CN.
+SAN_KEY = "x509_subject_alternative_name"
 
-    None when the call did not come over mutual TLS.
+
+def peer_identity(context: Any) -> str | None:
+    """The caller's identity: the first SAN of its certificate, where the cluster's leaves put the name.
+
+    Never the common name: gRPC names a certificate by its CN when it has no
+    SAN, and the cluster CA issues none such, so a certificate without SANs
+    is nobody here. None when the call did not come over mutual TLS.
     """
-    # peer_identities() is the SAN list alone: far cheaper than the whole auth_context on every call.
-    identities = context.peer_identities() if hasattr(context, "peer_identities") else None
-    if identities:
-        first = identities[0]
-        return first.decode() if isinstance(first, bytes) else str(first)
-    auth = context.auth_context() or {}
-    return _first(auth, "x509_subject_alternative_name") or _first(auth, "x509_common_name")
+    # peer_identities() is the identity list alone: far cheaper than the whole auth_context on every call.
+    if hasattr(context, "peer_identities"):
+        key = context.peer_identity_key()
+        if (key.decode() if isinstance(key, bytes) else key) != SAN_KEY:
+            return None
+        identities = context.peer_identities()
+        if identities:
+            first = identities[0]
+            return first.decode() if isinstance(first, bytes) else str(first)
+        return None
+    return _first(context.auth_context() or {}, SAN_KEY)

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -249,8 +249,9 @@ class FakeContext:
         return self.auth
 
 
-def test_peer_identity_falls_back_to_common_name() -> None:
-    assert peer_identity(FakeContext({"x509_common_name": [b"bank_a"]})) == "bank_a"
+def test_peer_identity_is_never_the_common_name() -> None:
+    """A certificate without SANs is no identity here, whatever its CN says (the CA issues none such)."""
+    assert peer_identity(FakeContext({"x509_common_name": [b"gateway"]})) is None
     assert peer_identity(FakeContext({})) is None
 
 
@@ -396,3 +397,27 @@ def test_issue_cert_round_trips_through_pem() -> None:
         x509.DNSName("localhost"),
     ]
     assert key_pem(serialization.load_pem_private_key(key_bytes, password=None)) == key_bytes
+
+
+def test_a_client_certificate_without_sans_is_nobody_even_named_gateway_in_its_cn(cluster: ClusterConfig) -> None:
+    """gRPC reports a SAN-less certificate by its CN; that must not make its holder the gateway."""
+    init_certs(cluster)
+    d = cluster.certs_dir
+    ca, ca_key = load_ca(d)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+
+    async def go() -> None:
+        async with serving(server_credentials(d, "bank_a")) as (port, servicer):
+            assert await check(port, client_with(d, cert_pem(cert), key_pem(key))) == \
+                health_pb2.HealthCheckResponse.SERVING
+            assert servicer.auth[0]["x509_common_name"] == [b"gateway"]  # gRPC does see the CN...
+            assert servicer.callers == [None]  # ...and it names nobody
+
+    asyncio.run(go())
