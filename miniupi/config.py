@@ -11,6 +11,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,25 @@ class ClusterConfig:
     log_json: bool
     plugins: tuple[str, ...]
     raw: dict[str, Any] = field(repr=False, compare=False)
-    gateway: NodeConfig = field(init=False, repr=False, compare=False)
-    banks: dict[str, NodeConfig] = field(init=False, repr=False, compare=False)
+    # What the file says of each node, the gateway first. The NodeConfigs point back at this cluster,
+    # so they are made from it once, on first use: a cached_property writes no frozen field.
+    node_fields: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
+
+    @cached_property
+    def _nodes(self) -> tuple[NodeConfig, ...]:
+        return tuple(NodeConfig(**fields, cluster=self) for fields in self.node_fields)
 
     @property
     def nodes(self) -> list[NodeConfig]:
-        return [self.gateway, *self.banks.values()]
+        return list(self._nodes)
+
+    @cached_property
+    def gateway(self) -> NodeConfig:
+        return self._nodes[0]
+
+    @cached_property
+    def banks(self) -> dict[str, NodeConfig]:
+        return {node.name: node for node in self._nodes[1:]}
 
     @property
     def reserved_user_names(self) -> frozenset[str]:
@@ -201,7 +215,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     currency = c.get("currency", str, "INR")
     if not re.fullmatch(r"[A-Z]{3}", currency):
         raise c.error("currency", "a three-letter ISO 4217 code such as \"INR\"")
-    cluster = ClusterConfig(
+    settings: dict[str, Any] = dict(
         path=path.resolve(),
         name=name,
         data_dir=Path(c.get("data_dir", str, "var/data")).resolve(),
@@ -209,42 +223,37 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         currency=currency,
         prepare_timeout_s=c.positive("prepare_timeout_s", 10),
         call_timeout_s=c.positive("call_timeout_s", 10),
-        session_idle_s=0.0,
-        session_max_s=0.0,
         login_attempts=c.get("login_attempts", int, 5, expected="a whole number of attempts, at least 1"),
         login_lockout_s=c.positive("login_lockout_s", 300),
         max_opening_deposit=c.amount("max_opening_deposit", 0),
         max_balance=c.amount("max_balance", DEFAULT_MAX_BALANCE),
         log_json=c.get("log_json", bool, False, expected="true or false"),
-        plugins=(),
         raw=raw,
     )
-    if cluster.login_attempts < 1:
+    if settings["login_attempts"] < 1:
         raise c.error("login_attempts", "a whole number of attempts, at least 1")
-    if not 0 < cluster.max_balance <= DEFAULT_MAX_BALANCE:
+    if not 0 < settings["max_balance"] <= DEFAULT_MAX_BALANCE:
         raise c.error("max_balance", f"a positive amount of at most {DEFAULT_MAX_BALANCE // 100}.00")
-    if cluster.max_opening_deposit > cluster.max_balance:
+    if settings["max_opening_deposit"] > settings["max_balance"]:
         raise c.error("max_opening_deposit", "an amount no larger than max_balance")
     c.done()
 
     g = _Section(path, "gateway", top.get("gateway", dict, expected="a [gateway] table"))
     storage, auth = g.get("storage", str, "sqlite"), g.get("auth", str, "session")
-    gateway = NodeConfig(
+    nodes = [dict(
         name="gateway",
         role="gateway",
         host=g.get("host", str, "127.0.0.1"),
         port=g.port(),
         storage=storage,
         auth=auth,
-        cluster=cluster,
         plugin_settings=g.plugin_tables(storage, auth),
-    )
-    object.__setattr__(cluster, "session_idle_s", g.positive("session_idle_s", 15 * 60))
-    object.__setattr__(cluster, "session_max_s", g.positive("session_max_s", 24 * 3600))
+    )]
+    settings["session_idle_s"] = g.positive("session_idle_s", 15 * 60)
+    settings["session_max_s"] = g.positive("session_max_s", 24 * 3600)
     g.done()
 
     banks_table = _Section(path, "banks", top.get("banks", dict, expected="a [banks.NAME] table per bank"))
-    banks: dict[str, NodeConfig] = {}
     for bank_name in banks_table.table:
         if not NAME_RE.match(bank_name) or bank_name in RESERVED_NAMES or bank_name == LOCALHOST:
             raise banks_table.error(
@@ -254,19 +263,18 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         b = _Section(path, f"banks.{bank_name}", banks_table.get(bank_name, dict))
         accounts = b.get("accounts", str, None)
         storage, auth = b.get("storage", str, "sqlite"), b.get("auth", str, "session")
-        banks[bank_name] = NodeConfig(
+        nodes.append(dict(
             name=bank_name,
             role="bank",
             host=b.get("host", str, "127.0.0.1"),
             port=b.port(),
             storage=storage,
             auth=auth,
-            cluster=cluster,
             accounts=Path(accounts).resolve() if accounts else None,
             plugin_settings=b.plugin_tables(storage, auth),
-        )
+        ))
         b.done()
-    if not banks:
+    if len(nodes) == 1:
         raise banks_table.error("", "at least one [banks.NAME] table")
 
     p = _Section(path, "plugins", top.get("plugins", dict, {}))
@@ -276,19 +284,17 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     p.done()
     top.done()
 
-    identities = RESERVED_NAMES | frozenset(banks)
-    for node in (gateway, *banks.values()):
+    cluster = ClusterConfig(**settings, plugins=tuple(load), node_fields=tuple(nodes))
+    identities = RESERVED_NAMES | frozenset(cluster.banks)
+    for node in cluster.nodes:
         problem = host_problem(node.host, identities)
         if problem:
             raise ConfigError(f"{path}: key '{node.where}.host': {problem}")
     ports: dict[tuple[str, int], str] = {}
-    for node in (gateway, *banks.values()):
+    for node in cluster.nodes:
         other = ports.setdefault((node.host, node.port), node.name)
         if other != node.name:
             raise ConfigError(f"{path}: {node.name} and {other} both use {node.address}")
-    object.__setattr__(cluster, "plugins", tuple(load))
-    object.__setattr__(cluster, "gateway", gateway)
-    object.__setattr__(cluster, "banks", banks)
     return cluster
 
 
