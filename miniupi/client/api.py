@@ -17,10 +17,13 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
+from miniupi.backoff import RetryPolicy
+from miniupi.client.outbox import Outbox, OutboxEntry
+from miniupi.client.sync import Courier, SyncReport
 from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY
 from miniupi.config import ClusterConfig, split_address
 from miniupi.errors import InvalidArgument, MiniupiError, NotFound, Unauthenticated, Unavailable, from_code
@@ -28,10 +31,6 @@ from miniupi import validate
 from miniupi.tls import dial, impostor
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
-if TYPE_CHECKING:
-    from miniupi.backoff import RetryPolicy
-    from miniupi.client.outbox import Outbox, OutboxEntry
-    from miniupi.client.sync import Courier, SyncReport
 
 T = TypeVar("T")
 # Our own nodes word UNAVAILABLE this way; anything else is the transport.
@@ -112,10 +111,6 @@ class AsyncClient:
         self._courier: Courier | None = None
         self._wake = asyncio.Event()
         if outbox is not None:
-            from miniupi.backoff import RetryPolicy
-            from miniupi.client.outbox import Outbox
-            from miniupi.client.sync import Courier
-
             box = outbox if isinstance(outbox, Outbox) else Outbox(outbox)
             self._courier = Courier(box, retry or RetryPolicy.from_env(), rng)
 

@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from miniupi.backoff import RetryPolicy
 from miniupi.client.outbox import Outbox, OutboxEntry
@@ -42,8 +42,27 @@ from miniupi.errors import (
     Unavailable,
 )
 
-if TYPE_CHECKING:
-    from miniupi.client.api import AsyncClient
+
+
+class _Session(Protocol):
+    account: str
+    expires_at: float
+
+
+class _Paid(Protocol):
+    state: str
+
+
+class Payer(Protocol):
+    """What a Courier needs of a client (AsyncClient is one): who is logged in, and a pay that takes an id.
+
+    A protocol rather than the client class, so this module and the client's do not import each other.
+    """
+
+    session: _Session | None
+
+    async def pay(self, to: str, amount: int, *, txn_id: str | None = None,
+                  from_account: str | None = None) -> _Paid: ...
 
 # The gateway's final answers for a payment id (DESIGN.md section 2); anything else may be resent.
 FINAL_REFUSALS: tuple[type[MiniupiError], ...] = (
@@ -74,7 +93,7 @@ class Courier:
 
     # -- one flush --------------------------------------------------------
 
-    async def flush(self, client: AsyncClient, *, due_only: bool = False, wait_s: float = 0.0,
+    async def flush(self, client: Payer, *, due_only: bool = False, wait_s: float = 0.0,
                     on_finished: Callable[[OutboxEntry], None] | None = None) -> SyncReport:
         """Send the logged-in payer's queue now (or, with due_only, only if its retry time has come).
 
@@ -106,7 +125,7 @@ class Courier:
         finally:
             self._release(fd)
 
-    async def _send(self, client: AsyncClient, entry: OutboxEntry) -> OutboxEntry | MiniupiError:
+    async def _send(self, client: Payer, entry: OutboxEntry) -> OutboxEntry | MiniupiError:
         """One attempt: the finished entry, or the error that leaves it queued."""
         n = self.outbox.claim(entry.txn_id, self.clock())
         try:
@@ -155,7 +174,7 @@ class Courier:
 
     # -- in the background ------------------------------------------------
 
-    async def deliver_forever(self, client: AsyncClient, wake: asyncio.Event, *,
+    async def deliver_forever(self, client: Payer, wake: asyncio.Event, *,
                               on_finished: Callable[[OutboxEntry], None] | None = None,
                               on_stuck: Callable[[MiniupiError, int], None] | None = None,
                               poll_s: float = 2.0) -> None:
