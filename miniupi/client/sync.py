@@ -116,7 +116,7 @@ class Courier:
                                 transport_failure=False)
             return e
         except FINAL_REFUSALS as e:
-            return self.outbox.finish_failed(entry.txn_id, n, e.code, e.message, self.clock())
+            return self.outbox.finish_failed(entry.txn_id, n, e.code, e.message, self.clock(), reason=e.reason)
         except MiniupiError as e:
             now = self.clock()
             delay = self.policy.delay(entry.failures + 1, self.rng)

@@ -24,13 +24,14 @@ from miniupi.backoff import RetryPolicy
 from miniupi.errors import (
     AlreadyExists,
     Aborted,
-    FailedPrecondition,
+    BalanceCeiling,
     InsufficientFunds,
-    InvalidArgument,
+    InvalidAmount,
     MiniupiError,
-    NotFound,
+    StoreUnavailable,
+    UnknownAccount,
     Unavailable,
-    from_code,
+    from_status,
 )
 from miniupi.nodes.bank_links import BankLinks
 from miniupi.nodes.patience import PreparePatience
@@ -74,19 +75,21 @@ class Txn:
     acked: bool = False
     created_at: float = field(default_factory=time.time)
     finished: asyncio.Future[None] | None = None
+    reason: str = ""  # the refusal's reason (errors.py); empty when committed
 
     def record(self) -> dict[str, Any]:
         p = self.payment
         return {
             "payer": p.payer, "payee": p.payee, "amount": p.amount, "currency": p.currency,
             "state": self.state, "code": self.code, "message": self.message, "acked": self.acked,
-            "created_at": self.created_at,
+            "created_at": self.created_at, "reason": self.reason,
         }
 
     @classmethod
     def from_record(cls, txn_id: str, r: dict[str, Any]) -> Txn:
         payment = Payment(txn_id, r["payer"], r["payee"], r["amount"], r["currency"])
-        return cls(payment, r["state"], r["code"], r["message"], r["acked"], r["created_at"])
+        return cls(payment, r["state"], r["code"], r["message"], r["acked"], r["created_at"],
+                   reason=r.get("reason", ""))
 
     def outcome(self) -> str:
         """The stored answer: COMMITTED, or raise the stored refusal."""
@@ -94,7 +97,7 @@ class Txn:
             return COMMITTED
         if self.state == INITIATED:
             raise Unavailable(f"payment {self.payment.txn_id} is not decided yet; ask again")
-        raise from_code(self.code, self.message)
+        raise from_status(self.code, self.message, self.reason)
 
 
 def banks_and_legs(payment: Payment) -> dict[str, list[bank_pb2.Leg]]:
@@ -110,10 +113,10 @@ def banks_and_legs(payment: Payment) -> dict[str, list[bank_pb2.Leg]]:
 
 _REFUSALS: dict[int, Callable[[str], MiniupiError]] = {
     bank_pb2.INSUFFICIENT_FUNDS: InsufficientFunds,
-    bank_pb2.UNKNOWN_ACCOUNT: NotFound,
-    bank_pb2.WRONG_CURRENCY: InvalidArgument,
+    bank_pb2.UNKNOWN_ACCOUNT: UnknownAccount,
+    bank_pb2.WRONG_CURRENCY: InvalidAmount,
     bank_pb2.ALREADY_DECIDED: Aborted,
-    bank_pb2.BALANCE_CEILING: FailedPrecondition,
+    bank_pb2.BALANCE_CEILING: BalanceCeiling,
 }
 
 
@@ -144,7 +147,8 @@ class Coordinator:
         """Presumed abort for undecided ids; resend every unacknowledged decision."""
         undecided = [t for t in self.txns.values() if t.state == INITIATED]
         for txn in undecided:
-            txn.state, txn.code, txn.message = ABORTED, "ABORTED", "payment aborted: the gateway restarted before deciding"
+            txn.state, txn.code, txn.message = ABORTED, Aborted.code, "payment aborted: the gateway restarted before deciding"
+            txn.reason = Aborted.reason
         if undecided:
             await self._commit.write([Put("txns", t.payment.txn_id, t.record()) for t in undecided])
         pending = [t for t in self.txns.values() if not t.acked]
@@ -166,7 +170,7 @@ class Coordinator:
         except Exception as e:
             del self.txns[payment.txn_id]
             txn.finished.set_result(None)
-            raise Unavailable(f"gateway could not record the payment: {e}") from e
+            raise StoreUnavailable(f"gateway could not record the payment: {e}") from e
         self._fire("before_prepare", txn_id=payment.txn_id)
         self._in_flight += 1
         try:
@@ -200,8 +204,8 @@ class Coordinator:
         refusal = next((v for v in votes if v is not None), None)
         decision = COMMITTED if refusal is None else ABORTED
         self._fire("before_decision", txn_id=txn.payment.txn_id, decision=decision)
-        code, message = (refusal.code, refusal.message) if refusal else ("", "")
-        decided = {**txn.record(), "state": decision, "code": code, "message": message}
+        code, message, reason = (refusal.code, refusal.message, refusal.reason) if refusal else ("", "", "")
+        decided = {**txn.record(), "state": decision, "code": code, "message": message, "reason": reason}
         try:
             await self._commit.write([Put("txns", txn.payment.txn_id, decided)])  # the commit point
         except Exception as e:
@@ -211,9 +215,9 @@ class Coordinator:
             logger.critical("decision for {} could not be made durable ({!r}); aborting it once the store writes "
                             "again (restart the gateway if the store stays broken)", txn.payment.txn_id, e)
             self._spawn(self._abort_undecided(txn))
-            raise Unavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
+            raise StoreUnavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.
-        txn.state, txn.code, txn.message = decision, code, message
+        txn.state, txn.code, txn.message, txn.reason = decision, code, message, reason
         self._fire("after_decision", txn_id=txn.payment.txn_id, decision=txn.state)
         self._start_phase_two(txn)
 
@@ -275,7 +279,8 @@ class Coordinator:
         in between leaves it to the restart's presumed abort.
         """
         message = "payment aborted: the gateway could not record its decision"
-        aborted = {**txn.record(), "state": ABORTED, "code": "ABORTED", "message": message}
+        aborted = {**txn.record(), "state": ABORTED, "code": Aborted.code, "message": message,
+                   "reason": Aborted.reason}
         failures = 0
         while True:
             failures += 1
@@ -286,7 +291,7 @@ class Coordinator:
             except Exception as e:
                 logger.error("abort of undecided {} could not be made durable ({!r}); trying again",
                              txn.payment.txn_id, e)
-        txn.state, txn.code, txn.message = ABORTED, "ABORTED", message
+        txn.state, txn.code, txn.message, txn.reason = ABORTED, Aborted.code, message, Aborted.reason
         logger.warning("{} aborted: its decision could not be recorded", txn.payment.txn_id)
         fire_after(self._fire, "after_decision", txn_id=txn.payment.txn_id, decision=ABORTED)
         self._start_phase_two(txn)
