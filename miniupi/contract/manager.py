@@ -16,6 +16,7 @@ from loguru import logger
 
 from miniupi.contract import hookspecs
 from miniupi.config import NodeConfig
+from miniupi.errors import Aborted, MiniupiError
 
 PROJECT = "miniupi"
 
@@ -67,6 +68,22 @@ def hook_firer(pm: pluggy.PluginManager, node: NodeConfig) -> Fire:
 
 class PluginError(Exception):
     """A plugin named in the cluster file could not be loaded or found."""
+
+
+def fire_before(fire: Fire, point: str, **details: Any) -> Aborted | None:
+    """A hook before a step of a payment, which may veto it: the refusal to decide the payment with, or None.
+
+    A plugin that raises here stops the step cleanly: the payment is
+    decided ABORTED like any refused one, never left half done. The
+    plugin's own words reach the caller only when it raised a MiniupiError.
+    """
+    try:
+        fire(point, **details)
+    except Exception as e:
+        logger.opt(exception=e).warning("hook {} vetoed the step: {}", point, details)
+        why = f": {e.message}" if isinstance(e, MiniupiError) else ""
+        return Aborted(f"payment aborted by a plugin at {point.replace('_', ' ')}{why}")
+    return None
 
 
 def fire_after(fire: Fire, point: str, **details: Any) -> None:

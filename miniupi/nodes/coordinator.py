@@ -35,7 +35,7 @@ from miniupi.errors import (
 )
 from miniupi.nodes.bank_links import BankLinks
 from miniupi.nodes.patience import PreparePatience
-from miniupi.contract.manager import Fire, fire_after
+from miniupi.contract.manager import Fire, fire_after, fire_before
 from miniupi.contract.store import Put
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.v1 import bank_pb2
@@ -171,10 +171,10 @@ class Coordinator:
             del self.txns[payment.txn_id]
             txn.finished.set_result(None)
             raise StoreUnavailable(f"gateway could not record the payment: {e}") from e
-        self._fire("before_prepare", txn_id=payment.txn_id)
+        vetoed = fire_before(self._fire, "before_prepare", txn_id=payment.txn_id)
         self._in_flight += 1
         try:
-            await self._two_phase(txn)
+            await self._two_phase(txn, vetoed)
         finally:
             self._in_flight -= 1
             txn.finished.set_result(None)
@@ -193,17 +193,21 @@ class Coordinator:
         await self._commit.barrier()
         return txn.outcome()
 
-    async def _two_phase(self, txn: Txn) -> None:
+    async def _two_phase(self, txn: Txn, refusal: MiniupiError | None = None) -> None:
+        """Prepare, decide, tell the banks; a `refusal` (a plugin's veto) skips the prepares and aborts."""
         p = txn.payment
-        sent = [(bank, self._links.prepare(bank, bank_pb2.PrepareRequest(txn_id=p.txn_id, currency=p.currency,
-                                                                         legs=bank_legs),
-                                           self._patience(bank, self._in_flight)))
-                for bank, bank_legs in banks_and_legs(p).items()]  # all banks at once, then collect
-        replies = await asyncio.gather(*(reply for _, reply in sent), return_exceptions=True)  # futures: no tasks
-        votes = [self._vote(p.txn_id, bank, reply) for (bank, _), reply in zip(sent, replies)]
-        refusal = next((v for v in votes if v is not None), None)
+        if refusal is None:
+            sent = [(bank, self._links.prepare(bank, bank_pb2.PrepareRequest(txn_id=p.txn_id, currency=p.currency,
+                                                                             legs=bank_legs),
+                                               self._patience(bank, self._in_flight)))
+                    for bank, bank_legs in banks_and_legs(p).items()]  # all banks at once, then collect
+            replies = await asyncio.gather(*(reply for _, reply in sent), return_exceptions=True)  # futures: no tasks
+            votes = [self._vote(p.txn_id, bank, reply) for (bank, _), reply in zip(sent, replies)]
+            refusal = next((v for v in votes if v is not None), None)
         decision = COMMITTED if refusal is None else ABORTED
-        self._fire("before_decision", txn_id=txn.payment.txn_id, decision=decision)
+        vetoed = fire_before(self._fire, "before_decision", txn_id=txn.payment.txn_id, decision=decision)
+        if refusal is None and vetoed is not None:
+            refusal, decision = vetoed, ABORTED
         code, message, reason = (refusal.code, refusal.message, refusal.reason) if refusal else ("", "", "")
         decided = {**txn.record(), "state": decision, "code": code, "message": message, "reason": reason}
         try:
@@ -218,7 +222,7 @@ class Coordinator:
             raise StoreUnavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.
         txn.state, txn.code, txn.message, txn.reason = decision, code, message, reason
-        self._fire("after_decision", txn_id=txn.payment.txn_id, decision=txn.state)
+        fire_after(self._fire, "after_decision", txn_id=txn.payment.txn_id, decision=txn.state)
         self._start_phase_two(txn)
 
     def _vote(self, txn_id: str, bank: str, reply: bank_pb2.PrepareReply | BaseException) -> MiniupiError | None:
