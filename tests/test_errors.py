@@ -1,6 +1,8 @@
 """The list of errors (miniupi/errors.py): one class per reason, each documented, and mapped back by reason alone."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -46,3 +48,8 @@ def test_an_unknown_reason_is_kept_on_the_class_of_its_code() -> None:
 def test_a_reason_under_another_code_than_its_own_falls_back_to_the_code() -> None:
     error = from_status("INVALID_ARGUMENT", "odd", UnknownAccount.reason)
     assert type(error) is BY_CODE["INVALID_ARGUMENT"] and error.reason == UnknownAccount.reason
+
+
+def test_the_readme_names_every_reason_a_node_sends() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert [cls.reason for cls in SENT_BY_NODES if f"`{cls.reason}`" not in readme] == []
