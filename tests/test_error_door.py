@@ -112,15 +112,20 @@ def test_a_unary_handler_that_raises_gets_its_code_and_reason() -> None:
     assert type(mapped) is InsufficientFunds and mapped.message == "insufficient funds"
 
 
+async def until_refused(call: AsyncIterator[Any]) -> tuple[list[str], grpc.aio.AioRpcError]:
+    """The replies a stream gave before it ended with an error, and that error."""
+    got: list[str] = []
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        async for reply in call:
+            got.append(reply.account)
+    return got, ended.value
+
+
 def test_a_server_stream_that_raises_after_a_reply_ends_with_its_code_and_reason() -> None:
     async def scenario(channel: grpc.aio.Channel, calls: Calls) -> tuple[list[str], grpc.aio.AioRpcError]:
-        call = channel.unary_stream(f"/{SERVICE}/Stream", request_serializer=Request.SerializeToString,
-                                    response_deserializer=Reply.FromString)(Request(account="nobody"), timeout=5)
-        got: list[str] = []
-        with pytest.raises(grpc.aio.AioRpcError) as ended:
-            async for reply in call:
-                got.append(reply.account)
-        return got, ended.value
+        return await until_refused(channel.unary_stream(
+            f"/{SERVICE}/Stream", request_serializer=Request.SerializeToString,
+            response_deserializer=Reply.FromString)(Request(account="nobody"), timeout=5))
 
     got, error = served(scenario)
     assert got == ["first"]
@@ -131,13 +136,9 @@ def test_a_server_stream_that_raises_after_a_reply_ends_with_its_code_and_reason
 def test_a_bidi_stream_answers_until_a_request_is_refused_then_ends_with_its_reason() -> None:
     async def scenario(channel: grpc.aio.Channel, calls: Calls) -> tuple[list[str], grpc.aio.AioRpcError]:
         requests = [Request(account=a) for a in ("alice", "bob", "locked", "never")]
-        call = channel.stream_stream(f"/{SERVICE}/Bidi", request_serializer=Request.SerializeToString,
-                                     response_deserializer=Reply.FromString)(iter(requests), timeout=5)
-        got: list[str] = []
-        with pytest.raises(grpc.aio.AioRpcError) as ended:
-            async for reply in call:
-                got.append(reply.account)
-        return got, ended.value
+        return await until_refused(channel.stream_stream(
+            f"/{SERVICE}/Bidi", request_serializer=Request.SerializeToString,
+            response_deserializer=Reply.FromString)(iter(requests), timeout=5))
 
     got, error = served(scenario)
     assert got == ["alice", "bob"]

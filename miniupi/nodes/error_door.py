@@ -105,10 +105,12 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, node: str) -> grpc.Rpc
 
         return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
-    if handler.unary_stream is not None:
-        inner_stream = handler.unary_stream
+    streaming = handler.unary_stream or handler.stream_stream
+    if streaming is not None:
+        inner_stream = streaming
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            """For both streaming kinds: `request` is one request, or the iterator of them."""
             try:
                 async for reply in inner_stream(request, context):
                     yield reply
@@ -117,20 +119,8 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, node: str) -> grpc.Rpc
             except Exception as e:
                 await _refuse(context, e, method, node)
 
-        return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
-                                                    response_serializer=handler.response_serializer)
-    if handler.stream_stream is not None:
-        inner_bidi = handler.stream_stream
-
-        async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            try:
-                async for reply in inner_bidi(requests, context):
-                    yield reply
-            except passed:
-                raise
-            except Exception as e:
-                await _refuse(context, e, method, node)
-
-        return grpc.stream_stream_rpc_method_handler(bidi, request_deserializer=handler.request_deserializer,
-                                                     response_serializer=handler.response_serializer)
+        make = (grpc.unary_stream_rpc_method_handler if handler.unary_stream is not None
+                else grpc.stream_stream_rpc_method_handler)
+        return make(stream, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
     raise TypeError("miniupi serves no client-streaming methods")
