@@ -1,81 +1,233 @@
-"""The small set of errors the domain raises; servicers turn them into statuses.
+"""Every error a caller can be told of, with its status code and its reason: the one list.
 
-The domain knows nothing of gRPC: each error names its status code as a
-string, and miniupi/nodes/grpc_status.py is the one door where it becomes a
-`context.abort`. The client maps codes back to the same classes.
+The domain raises these and knows nothing of gRPC. Each class names a
+status code (for gRPC, and for people choosing what to do) and a stable
+reason (for programs: it never changes wording). A node's one error door
+(miniupi/nodes/error_door.py) turns them into the call's status, with the
+reason in a `google.rpc.ErrorInfo` (miniupi/rich_status.py); a client reads
+the reason back and raises the same class, never parsing the message.
+
+The classes named after a status code are the fallback for a refusal with
+no more specific reason; catch them to catch every reason under that code.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+DOMAIN = "miniupi"  # ErrorInfo.domain of every reason below
+
 
 class MiniupiError(Exception):
-    """An answer for the caller: a status code name and a one-line reason."""
+    """An answer for the caller: a status code, a reason for programs and a one-line message for people.
+
+    `reason` defaults to the class's; it is given only to keep a reason
+    this version does not know, read from a newer node.
+    """
 
     code = "UNKNOWN"
+    reason = "UNKNOWN"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+# -- INVALID_ARGUMENT: the request itself is wrong; nothing changed ------------
 
 
 class InvalidArgument(MiniupiError):
-    code = "INVALID_ARGUMENT"
+    """A field is malformed or out of range: an address, a transaction id, a name, a password's length."""
+
+    code = reason = "INVALID_ARGUMENT"
+
+
+class InvalidAmount(InvalidArgument):
+    """An amount is not positive, is in another currency, or is more than any account may hold."""
+
+    reason = "INVALID_AMOUNT"
+
+
+class MalformedRequest(InvalidArgument):
+    """The request's bytes are not the method's message, or carry fields this version does not know."""
+
+    reason = "MALFORMED_REQUEST"
+
+
+# -- NOT_FOUND -----------------------------------------------------------------
 
 
 class NotFound(MiniupiError):
-    code = "NOT_FOUND"
+    """Something the request names does not exist."""
+
+    code = reason = "NOT_FOUND"
+
+
+class UnknownAccount(NotFound):
+    """No such account at that bank."""
+
+    reason = "UNKNOWN_ACCOUNT"
+
+
+class UnknownBank(NotFound):
+    """No such bank in this cluster."""
+
+    reason = "UNKNOWN_BANK"
+
+
+# -- ALREADY_EXISTS ------------------------------------------------------------
 
 
 class AlreadyExists(MiniupiError):
-    code = "ALREADY_EXISTS"
+    """The transaction id was already used with other details (another payment, or a deposit); the first stands."""
+
+    code = reason = "ALREADY_EXISTS"
+
+
+class AccountExists(AlreadyExists):
+    """An account with that name is already open at that bank."""
+
+    reason = "ACCOUNT_EXISTS"
+
+
+# -- FAILED_PRECONDITION: well formed, but the state of things refuses it -------
 
 
 class FailedPrecondition(MiniupiError):
-    code = "FAILED_PRECONDITION"
+    """The request is well formed but the state refuses it: an opening deposit over the cap, a bank step out of order."""
 
-
-INSUFFICIENT_FUNDS = "insufficient funds"
+    code = reason = "FAILED_PRECONDITION"
 
 
 class InsufficientFunds(FailedPrecondition):
-    """Always worded starting with INSUFFICIENT_FUNDS, which is how a client tells it apart."""
+    """The payer's available balance (balance less holds) is below the amount."""
+
+    reason = "INSUFFICIENT_FUNDS"
+
+
+class BalanceCeiling(FailedPrecondition):
+    """The credit would take an account, or a bank's total, past the most it may hold."""
+
+    reason = "BALANCE_CEILING"
+
+
+# -- UNAUTHENTICATED: log in (again) -------------------------------------------
 
 
 class Unauthenticated(MiniupiError):
-    code = "UNAUTHENTICATED"
+    """The caller is not known."""
+
+    code = reason = "UNAUTHENTICATED"
+
+
+class NotLoggedIn(Unauthenticated):
+    """No session key came with the call."""
+
+    reason = "NOT_LOGGED_IN"
+
+
+class SessionExpired(Unauthenticated):
+    """The session key is expired, revoked or unknown (a gateway restart ends every session)."""
+
+    reason = "SESSION_EXPIRED"
+
+
+class BadCredentials(Unauthenticated):
+    """Login refused: wrong account or password (which of the two is not said)."""
+
+    reason = "BAD_CREDENTIALS"
+
+
+# -- PERMISSION_DENIED ---------------------------------------------------------
 
 
 class PermissionDenied(MiniupiError):
-    code = "PERMISSION_DENIED"
+    """The caller is known but may not do this: another customer's account, or a certificate without that right."""
+
+    code = reason = "PERMISSION_DENIED"
+
+
+class AccountLocked(PermissionDenied):
+    """Too many failed logins: the account refuses logins for a while (the message says how long)."""
+
+    reason = "ACCOUNT_LOCKED"
+
+
+# -- ABORTED: final for this id ------------------------------------------------
 
 
 class Aborted(MiniupiError):
-    """The payment was decided ABORTED for a reason outside the caller's input
-    (a bank down or too slow). Final for this id: retrying it returns the same."""
+    """The payment was decided ABORTED for a reason outside the caller's input (a bank down or too slow,
+    a restart before deciding, a plugin's veto). Final for this id: sending it again returns the same."""
 
     code = "ABORTED"
+    reason = "PAYMENT_ABORTED"
+
+
+# -- UNAVAILABLE: nothing decided; send the same request again ------------------
 
 
 class Unavailable(MiniupiError):
-    """Not decided; the same request may be sent again."""
+    """Not decided yet (a payment still in progress); the same request may be sent again."""
 
-    code = "UNAVAILABLE"
+    code = reason = "UNAVAILABLE"
 
 
+class BankUnavailable(Unavailable):
+    """A bank did not answer the gateway; nothing was decided."""
+
+    reason = "BANK_UNAVAILABLE"
+
+
+class StoreUnavailable(Unavailable):
+    """A node could not make a write durable; nothing was decided."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
+class NoAnswer(Unavailable):
+    """Never sent by a node: the client's name for a call without an answer (gateway unreachable,
+    no answer in time, not the gateway's certificate). Whether it arrived is unknown: send it again."""
+
+    reason = "NO_ANSWER"
+
+
+# -- INTERNAL ------------------------------------------------------------------
+
+
+class Internal(MiniupiError):
+    """A fault in the node, not the caller's mistake; the node's log has the traceback."""
+
+    code = reason = "INTERNAL"
+
+
+# What a node may send, by reason: the client maps a status back with these.
+SENT_BY_NODES: tuple[type[MiniupiError], ...] = (
+    InvalidArgument, InvalidAmount, MalformedRequest,
+    NotFound, UnknownAccount, UnknownBank,
+    AlreadyExists, AccountExists,
+    FailedPrecondition, InsufficientFunds, BalanceCeiling,
+    Unauthenticated, NotLoggedIn, SessionExpired, BadCredentials,
+    PermissionDenied, AccountLocked,
+    Aborted,
+    Unavailable, BankUnavailable, StoreUnavailable,
+    Internal,
+)
+BY_REASON: dict[str, type[MiniupiError]] = {cls.reason: cls for cls in SENT_BY_NODES}
 BY_CODE: dict[str, type[MiniupiError]] = {
-    cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unauthenticated,
-                PermissionDenied, Aborted, Unavailable)
+    cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unauthenticated,
+                              PermissionDenied, Aborted, Unavailable, Internal)
 }
 
 
-def from_code(code: str, message: str) -> MiniupiError:
-    """The error for a status code name, as a client receives it."""
-    if code == InsufficientFunds.code and message.startswith(INSUFFICIENT_FUNDS):
-        return InsufficientFunds(message)
-    return BY_CODE.get(code, MiniupiError)(message)
+def from_status(code: str, message: str, reason: str = "") -> MiniupiError:
+    """The error a status stands for: by its reason, or by its code when the reason is missing or unknown."""
+    cls = BY_REASON.get(reason)
+    if cls is not None and cls.code == code:
+        return cls(message)
+    return BY_CODE.get(code, MiniupiError)(message, reason=reason or None)
 
 
 Result = TypeVar("Result")

@@ -1,4 +1,4 @@
-"""Checks on what arrives over the wire, raising InvalidArgument with the reason.
+"""Checks on what arrives over the wire, raising InvalidArgument (or a more specific reason) with the why.
 
 Every servicer runs its input through these before touching state, so
 bad input is refused whole and changes nothing.
@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from miniupi.config import NAME_RE, ClusterConfig, split_address
-from miniupi.errors import FailedPrecondition, InvalidArgument
+from miniupi.errors import FailedPrecondition, InvalidAmount, InvalidArgument, MalformedRequest
 from miniupi.money import format_amount
 
 
@@ -48,9 +48,9 @@ def address(value: str) -> tuple[str, str]:
 
 def positive_amount(minor: int, currency: str, expected_currency: str) -> int:
     if currency and currency != expected_currency:
-        raise InvalidArgument(f"unknown currency {currency[:16]!r}: this cluster uses {expected_currency}")
+        raise InvalidAmount(f"unknown currency {currency[:16]!r}: this cluster uses {expected_currency}")
     if minor <= 0:
-        raise InvalidArgument("amount must be positive")
+        raise InvalidAmount("amount must be positive")
     return minor
 
 
@@ -64,9 +64,9 @@ def new_account_name(value: str, cluster: ClusterConfig) -> str:
 def opening_deposit(minor: int, currency: str, cluster: ClusterConfig) -> int:
     """What a customer may bring to a new account: at most the cluster's max_opening_deposit."""
     if currency and currency != cluster.currency:
-        raise InvalidArgument(f"unknown currency {currency[:16]!r}: this cluster uses {cluster.currency}")
+        raise InvalidAmount(f"unknown currency {currency[:16]!r}: this cluster uses {cluster.currency}")
     if minor < 0:
-        raise InvalidArgument("initial deposit must not be negative")
+        raise InvalidAmount("initial deposit must not be negative")
     if minor > cluster.max_opening_deposit:
         if cluster.max_opening_deposit == 0:
             raise FailedPrecondition("accounts open at zero in this cluster; ask the treasury for a deposit")
@@ -87,14 +87,14 @@ def no_unknown_fields(message: Message) -> None:
     stripped.DiscardUnknownFields()
     if stripped.ByteSize() != message.ByteSize():
         _name_unknown_fields(message)
-        raise InvalidArgument(f"unknown fields in {message.DESCRIPTOR.name}")
+        raise MalformedRequest(f"unknown fields in {message.DESCRIPTOR.name}")
 
 
 def _name_unknown_fields(message: Message, path: str = "") -> None:
     unknown = UnknownFieldSet(message)
     if len(unknown):
         numbers = ", ".join(str(f.field_number) for f in unknown)
-        raise InvalidArgument(f"unknown field {numbers} in {path or message.DESCRIPTOR.name}")
+        raise MalformedRequest(f"unknown field {numbers} in {path or message.DESCRIPTOR.name}")
     for field, value in message.ListFields():
         if field.message_type is None:
             continue

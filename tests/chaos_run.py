@@ -61,7 +61,7 @@ from typing import Any
 
 from miniupi.ops.audit import BankView, GatewayTxnView, audit, check, collect
 from miniupi.client.api import AsyncClient, Session
-from miniupi.errors import MiniupiError, NotFound, Unauthenticated, Unavailable
+from miniupi.errors import Internal, MiniupiError, NotFound, Unauthenticated, Unavailable
 from miniupi.ops.supervision import SupervisionError
 from miniupi.ops.testing import LocalCluster
 from miniupi.states import TxnState
@@ -157,8 +157,8 @@ class ChaosResult:
 
 def classify(error: MiniupiError) -> str:
     """unknown when the payment may or may not have happened, else failed."""
-    if isinstance(error, Unavailable) or type(error) is MiniupiError:
-        return UNKNOWN  # a bare MiniupiError is a status we have no class for (INTERNAL, ...): no promise
+    if isinstance(error, (Unavailable, Internal)) or type(error) is MiniupiError:
+        return UNKNOWN  # a fault at the node, or a status we have no class for: no promise
     return FAILED
 
 

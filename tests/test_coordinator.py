@@ -22,14 +22,13 @@ from miniupi.contract.hookspecs import hookimpl
 from miniupi.contract.manager import NodeHooks, plugin_manager
 from miniupi.contract.store import Put
 from miniupi.errors import (
-    INSUFFICIENT_FUNDS,
     Aborted,
     AlreadyExists,
-    FailedPrecondition,
+    BalanceCeiling,
     InsufficientFunds,
-    InvalidArgument,
+    InvalidAmount,
     MiniupiError,
-    NotFound,
+    UnknownAccount,
     Unavailable,
 )
 from miniupi.nodes.coordinator import Coordinator, Payment
@@ -188,17 +187,17 @@ def test_prepares_go_to_every_bank_at_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("refusal", "error"), [
-    (Refusal.INSUFFICIENT_FUNDS, InsufficientFunds),  # told apart by its wording (errors.INSUFFICIENT_FUNDS)
-    (Refusal.BALANCE_CEILING, FailedPrecondition),
-    (Refusal.UNKNOWN_ACCOUNT, NotFound),
-    (Refusal.WRONG_CURRENCY, InvalidArgument),
+    (Refusal.INSUFFICIENT_FUNDS, InsufficientFunds),
+    (Refusal.BALANCE_CEILING, BalanceCeiling),
+    (Refusal.UNKNOWN_ACCOUNT, UnknownAccount),
+    (Refusal.WRONG_CURRENCY, InvalidAmount),
     (Refusal.ALREADY_DECIDED, Aborted),
     (Refusal.INVALID_REQUEST, Aborted),
     (Refusal.UNSPECIFIED, Aborted),
 ])
 def test_a_no_vote_aborts_durably_tells_every_bank_and_gives_the_client_the_banks_reason(
         tmp_path: Path, refusal: Refusal, error: type[MiniupiError]) -> None:
-    words = f"{INSUFFICIENT_FUNDS} in bob" if error is InsufficientFunds else "the bank's own words"
+    words = "the bank's own words"
 
     async def scenario() -> None:
         banks = Banks()

@@ -102,7 +102,8 @@ AMOUNT = 4_00
 SETTLE_S = 30.0
 
 COMMITTED, ABORTED = "COMMITTED", "Aborted"
-INSUFFICIENT, UNKNOWN_ACCOUNT, UNAVAILABLE = "InsufficientFunds", "NotFound", "Unavailable"
+# A client whose gateway died mid-call gets no status at all: NoAnswer, the transport failure.
+INSUFFICIENT, UNKNOWN_ACCOUNT, UNAVAILABLE = "InsufficientFunds", "UnknownAccount", "NoAnswer"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from miniupi.nodes import logs
 from miniupi.nodes.logs import LINE_FORMAT, MAX_HELD_LINES, _CallLines, _SizeRotation
 from miniupi.ops.testing import DEFAULT_SPEC, LocalCluster
 from miniupi.tls import channel_credentials
-from miniupi.v1 import bank_pb2
+from miniupi.v1 import bank_pb2, gateway_pb2
 from conftest import PASSWORD, open_account, running_cluster, wait_for
 
 
@@ -195,3 +195,26 @@ def test_each_round_on_a_stream_is_logged_as_a_call(cluster: LocalCluster) -> No
     assert [(f["method"], f["caller"], f["code"]) for f in lines[before:]] == [
         ("DecideAndPrepare", "gateway", "OK"), ("DecideAndPrepare", "gateway", "OK"),
         ("DecideAndPrepare", "gateway", "INVALID_ARGUMENT")]
+
+
+def test_a_call_refused_by_a_check_is_logged_with_the_status_the_caller_got(cluster: LocalCluster) -> None:
+    """Checks raise; the error door, outside the call log, sets the status after the line
+    is written, so the line must say what the door sends: never UNKNOWN."""
+    stranger = f"nobody{uuid.uuid4().hex[:12]}"
+    got: dict[str, grpc.StatusCode] = {}
+    with grpc.secure_channel(cluster.config.gateway.address,
+                             channel_credentials(cluster.config.certs_dir, "client")) as channel:
+        with pytest.raises(grpc.RpcError) as no_session:  # refused by the session check
+            channel.unary_unary("/miniupi.v1.Gateway/Balance")(
+                gateway_pb2.BalanceRequest(account=f"{stranger}@bank_a").SerializeToString(), timeout=10)
+        got["gateway"] = no_session.value.code()
+    with grpc.secure_channel(cluster.config.node("bank_a").address,
+                             channel_credentials(cluster.config.certs_dir, "client")) as channel:
+        with pytest.raises(grpc.RpcError) as not_the_gateway:  # refused by the core caller check
+            channel.unary_unary("/miniupi.v1.Bank/GetAccount")(
+                bank_pb2.AccountRequest(account=stranger).SerializeToString(), timeout=10)
+        got["bank_a"] = not_the_gateway.value.code()
+    assert got == {"gateway": grpc.StatusCode.UNAUTHENTICATED, "bank_a": grpc.StatusCode.PERMISSION_DENIED}
+    for node, code in got.items():
+        [line] = wait_for(f"the refused call in {node}'s log", lambda: _call_lines(cluster, node, stranger))
+        assert line["code"] == code.name, line

@@ -21,7 +21,7 @@ from miniupi.ops.certs import init_certs
 from miniupi.client.api import AsyncClient, Session
 from miniupi.backoff import RetryPolicy
 from miniupi.client.outbox import Outbox
-from miniupi.errors import AlreadyExists
+from miniupi.errors import AlreadyExists, InsufficientFunds, NotFound
 from miniupi.ops.testing import LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -111,3 +111,31 @@ def test_only_one_process_sends_an_outbox_at_a_time(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_a_refusal_is_kept_with_its_reason_and_read_back_as_its_class(tmp_path: Path) -> None:
+    txn_id = str(uuid.uuid4())
+    with contextlib.closing(Outbox(tmp_path / "outbox.sqlite3")) as box:
+        box.add(txn_id, "alice@bank_a", "bob@bank_b", 1_00, "INR")
+        n = box.claim(txn_id)
+        refusal = InsufficientFunds("worded any way")
+        box.finish_failed(txn_id, n, refusal.code, refusal.message, reason=refusal.reason)
+    with contextlib.closing(Outbox(tmp_path / "outbox.sqlite3")) as box:  # as the next command reads it
+        entry = box.get(txn_id)
+        assert entry is not None and entry.error_reason == "INSUFFICIENT_FUNDS"
+        assert type(entry.error) is InsufficientFunds and entry.error.message == "worded any way"
+
+
+def test_an_outbox_from_before_reasons_opens_and_keeps_its_refusals(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    txn_id = str(uuid.uuid4())
+    with contextlib.closing(Outbox(path)) as box:
+        box.add(txn_id, "alice@bank_a", "nobody@bank_b", 1_00, "INR")
+        box.finish_failed(txn_id, box.claim(txn_id), "NOT_FOUND", "unknown account nobody@bank_b")
+    with contextlib.closing(sqlite3.connect(path)) as db:  # the file as an older miniupi left it
+        db.execute("ALTER TABLE payments DROP COLUMN error_reason")
+        db.commit()
+    with contextlib.closing(Outbox(path)) as box:
+        entry = box.get(txn_id)
+        assert entry is not None and entry.state == "failed" and entry.error_reason == ""
+        assert type(entry.error) is NotFound and entry.error.message == "unknown account nobody@bank_b"

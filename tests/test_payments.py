@@ -19,11 +19,14 @@ from miniupi.errors import (
     AlreadyExists,
     FailedPrecondition,
     InsufficientFunds,
+    InvalidAmount,
     InvalidArgument,
     MiniupiError,
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    UnknownAccount,
+    UnknownBank,
 )
 from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
@@ -213,12 +216,12 @@ def test_insufficient_funds_is_raised_as_InsufficientFunds(new_user: Callable[..
 
 BAD_PAYMENTS = {
     # name: (how to build the payee address from the real payee, amount, txn id or None, expected error)
-    "insufficient_funds": (lambda payee, payer: payee, 10_01, None, FailedPrecondition),
+    "insufficient_funds": (lambda payee, payer: payee, 10_01, None, InsufficientFunds),
     "unknown_payee_account": (lambda payee, payer: f"{unique_name('nobody')}@{payee.split('@')[1]}", 1_00, None,
-                              NotFound),
-    "unknown_bank": (lambda payee, payer: f"{payee.split('@')[0]}@bank_zz", 1_00, None, NotFound),
-    "zero_amount": (lambda payee, payer: payee, 0, None, InvalidArgument),
-    "negative_amount": (lambda payee, payer: payee, -5_00, None, InvalidArgument),
+                              UnknownAccount),
+    "unknown_bank": (lambda payee, payer: f"{payee.split('@')[0]}@bank_zz", 1_00, None, UnknownBank),
+    "zero_amount": (lambda payee, payer: payee, 0, None, InvalidAmount),
+    "negative_amount": (lambda payee, payer: payee, -5_00, None, InvalidAmount),
     "malformed_txn_id": (lambda payee, payer: payee, 1_00, "not-a-uuid", InvalidArgument),
     "upper_case_txn_id": (lambda payee, payer: payee, 1_00, str(uuid.uuid4()).upper(), InvalidArgument),
     "timestamp_txn_id": (lambda payee, payer: payee, 1_00, str(int(time.time())), InvalidArgument),
@@ -239,9 +242,8 @@ def test_bad_payment_gets_clear_error_and_changes_no_balance(new_user: Callable[
     with pytest.raises(MiniupiError) as refused:
         payer.pay(to, amount, txn_id=txn_id)
 
-    assert type(refused.value) is expected or (expected is FailedPrecondition
-                                               and isinstance(refused.value, FailedPrecondition)), refused.value
-    assert refused.value.message and refused.value.code == expected.code
+    assert type(refused.value) is expected, refused.value
+    assert refused.value.message and refused.value.code == expected.code and refused.value.reason == expected.reason
     if case == "insufficient_funds":
         assert_insufficient_funds(refused.value)
     assert money(payer) == (10_00, 10_00)  # available == balance: no hold left behind

@@ -42,7 +42,8 @@ def test_a_source_checkout_without_entry_points_still_has_every_default_kind(
 
 def test_every_node_gets_the_core_caller_check_whatever_auth_it_names(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Outermost first: the call log, the auth kind's, then the core check; an auth kind cannot drop it."""
+    """Outermost first: the error door, the call log, the auth kind's, then the core check; an auth kind
+    cannot drop the door or the check."""
     monkeypatch.syspath_prepend(str(PLUGIN_DIR))
     cluster = parse_config({"cluster": {}, "gateway": {"port": 1},
                             "banks": {"bank_a": {"port": 2, "auth": "open"}, "bank_b": {"port": 3}},
@@ -52,10 +53,10 @@ def test_every_node_gets_the_core_caller_check_whatever_auth_it_names(
     def names(node: NodeConfig) -> list[str]:
         return [type(i).__name__ for i in node_interceptors(node, plugins, plugins.auth(node))]
 
-    assert names(cluster.gateway) == ["CallLogInterceptor", "GatewaySessionInterceptor",
+    assert names(cluster.gateway) == ["ErrorDoor", "CallLogInterceptor", "GatewaySessionInterceptor",
                                       "GatewayNodeMethodsInterceptor"]
-    assert names(cluster.banks["bank_a"]) == ["CallLogInterceptor", "BankCallerInterceptor"]
-    assert names(cluster.banks["bank_b"]) == ["CallLogInterceptor", "BankCallerInterceptor"]
+    assert names(cluster.banks["bank_a"]) == ["ErrorDoor", "CallLogInterceptor", "BankCallerInterceptor"]
+    assert names(cluster.banks["bank_b"]) == ["ErrorDoor", "CallLogInterceptor", "BankCallerInterceptor"]
 
 
 def test_an_unknown_plugin_module_is_a_clear_error() -> None:

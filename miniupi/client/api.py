@@ -26,15 +26,22 @@ from miniupi.client.outbox import Outbox, OutboxEntry
 from miniupi.client.sync import Courier, SyncReport
 from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY
 from miniupi.config import ClusterConfig, split_address
-from miniupi.errors import InvalidArgument, MiniupiError, NotFound, Unauthenticated, Unavailable, from_code
+from miniupi.errors import (
+    InvalidAmount,
+    InvalidArgument,
+    MiniupiError,
+    NoAnswer,
+    NotLoggedIn,
+    UnknownBank,
+    from_status,
+)
+from miniupi.rich_status import error_of
 from miniupi import validate
 from miniupi.tls import dial, impostor
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 
 T = TypeVar("T")
-# Our own nodes word UNAVAILABLE this way; anything else is the transport.
-_SERVER_UNAVAILABLE_PREFIXES = ("bank ", "gateway could", "payment ")
 
 
 @dataclass(frozen=True)
@@ -80,22 +87,27 @@ NOT_THE_GATEWAY = "the server at the gateway's address is not the gateway (its c
 
 
 def as_error(e: grpc.aio.AioRpcError) -> MiniupiError:
-    """A status from the wire as the domain error it stands for."""
+    """A status from the wire as the domain error it stands for, by its reason.
+
+    A status without a miniupi reason never came from the gateway's
+    handlers: the call failed on the way, and is told as NoAnswer.
+    """
+    error = error_of(e)
+    if error is not None:
+        return error
     code, details = e.code(), e.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE and impostor(details):
-        return Unavailable(NOT_THE_GATEWAY)  # refused in the handshake: nothing was sent to it
-    if code == grpc.StatusCode.UNAVAILABLE and not details.startswith(_SERVER_UNAVAILABLE_PREFIXES):
-        return Unavailable(UNREACHABLE)
+        return NoAnswer(NOT_THE_GATEWAY)  # refused in the handshake: nothing was sent to it
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):  # CANCELLED: it went away mid-call
+        return NoAnswer(UNREACHABLE)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return Unavailable(NO_ANSWER)
-    if code == grpc.StatusCode.CANCELLED:  # the gateway went away mid-call: nothing was decided for us
-        return Unavailable(UNREACHABLE)
-    return from_code(code.name, details or code.name.lower())
+        return NoAnswer(NO_ANSWER)
+    return from_status(code.name, details or code.name.lower())
 
 
 def is_transport_failure(error: BaseException | None) -> bool:
     """True when the gateway was not reached or did not answer, as opposed to answering UNAVAILABLE itself."""
-    return isinstance(error, Unavailable) and error.message in (UNREACHABLE, NO_ANSWER, NOT_THE_GATEWAY)
+    return isinstance(error, NoAnswer)
 
 
 class AsyncClient:
@@ -136,7 +148,7 @@ class AsyncClient:
         if authed and self.session is not None:
             metadata = ((SESSION_METADATA_KEY, self.session.key),)
         elif authed and self.identity != ADMIN:  # the admin's certificate is its credential
-            raise Unauthenticated("not logged in; run: miniupi login USER@BANK")
+            raise NotLoggedIn("not logged in; run: miniupi login USER@BANK")
         self._redial_if_failed()
         try:
             return await getattr(self._stub, method)(request, timeout=self.timeout, metadata=metadata)
@@ -211,7 +223,7 @@ class AsyncClient:
         for the same payment returns the entry it already has.
         """
         if self.session is None:
-            raise Unauthenticated("not logged in; run: miniupi login USER@BANK")
+            raise NotLoggedIn("not logged in; run: miniupi login USER@BANK")
         payer = self.session.account
         # The gateway's own rule, checked before the payment is queued.
         txn_id = validate.txn_id(txn_id) if txn_id is not None else str(uuid.uuid4())
@@ -220,11 +232,11 @@ class AsyncClient:
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
         if bank not in self.cluster.banks:
-            raise NotFound(f"unknown bank {bank} in {to}")
+            raise UnknownBank(f"unknown bank {bank} in {to}")
         if to == payer:
             raise InvalidArgument("payer and payee are the same account")
         if amount <= 0:
-            raise InvalidArgument("amount must be positive")
+            raise InvalidAmount("amount must be positive")
         courier = self._need_courier()
         entry = courier.outbox.add(txn_id, payer, to, amount, self.cluster.currency)
         self._wake.set()

@@ -4,7 +4,7 @@ One SQLite file in the client home (0600, WAL, synchronous=FULL). A row is
 keyed by its transaction id and belongs to its payer; `seq` keeps the order
 the payments were taken in. The states:
 
-    queued  --claim-->  sending  --final answer-->  done (result) | failed (code, reason)
+    queued  --claim-->  sending  --final answer-->  done (result) | failed (code, reason, message)
        ^                   |
        +--- no answer -----+   (transport failure, session expired, interrupted)
 
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from miniupi.errors import AlreadyExists, FailedPrecondition, MiniupiError, from_code
+from miniupi.errors import AlreadyExists, FailedPrecondition, MiniupiError, from_status
 
 OUTBOX_FILE = "outbox.sqlite3"
 QUEUED, SENDING, DONE, FAILED = "queued", "sending", "done", "failed"
@@ -48,8 +48,9 @@ CREATE TABLE IF NOT EXISTS payments (
     last_error      TEXT NOT NULL DEFAULT '',    -- why it is still queued
     result          TEXT NOT NULL DEFAULT '',    -- the gateway's state when done (COMMITTED)
     error_code      TEXT NOT NULL DEFAULT '',    -- the refusal's status code when failed
-    error           TEXT NOT NULL DEFAULT '',    -- the refusal's reason when failed
-    finished_at     REAL
+    error           TEXT NOT NULL DEFAULT '',    -- the refusal's message when failed
+    finished_at     REAL,
+    error_reason    TEXT NOT NULL DEFAULT ''     -- the refusal's reason (errors.py) when failed
 );
 CREATE INDEX IF NOT EXISTS payments_pending ON payments (payer, seq) WHERE state IN ('queued', 'sending');
 CREATE TABLE IF NOT EXISTS attempts (
@@ -83,6 +84,7 @@ class OutboxEntry:
     error_code: str
     error_message: str
     finished_at: float | None
+    error_reason: str
 
     @property
     def pending(self) -> bool:
@@ -91,7 +93,7 @@ class OutboxEntry:
     @property
     def error(self) -> MiniupiError | None:
         """The gateway's refusal, as the exception the client library would raise."""
-        return from_code(self.error_code, self.error_message) if self.state == FAILED else None
+        return from_status(self.error_code, self.error_message, self.error_reason) if self.state == FAILED else None
 
     def same_payment(self, payer: str, payee: str, amount: int, currency: str) -> bool:
         return (self.payer, self.payee, self.amount, self.currency) == (payer, payee, amount, currency)
@@ -109,7 +111,7 @@ class Attempt:
 
 
 _COLUMNS = ("txn_id, seq, payer, payee, amount, currency, state, attempts, failures, created_at, "
-            "next_attempt_at, last_error, result, error_code, error, finished_at")
+            "next_attempt_at, last_error, result, error_code, error, finished_at, error_reason")
 
 
 class Outbox:
@@ -128,6 +130,9 @@ class Outbox:
             with self._transaction() as db:
                 for statement in _statements(_SCHEMA):
                     db.execute(statement)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(payments)")}
+                if "error_reason" not in columns:  # an outbox from before reasons were kept
+                    db.execute("ALTER TABLE payments ADD COLUMN error_reason TEXT NOT NULL DEFAULT ''")
         except sqlite3.DatabaseError as e:  # not an outbox, or not ours to write: the user's to sort out
             self._db.close()
             raise FailedPrecondition(f"cannot use the outbox {self.path}: {e}") from None
@@ -223,12 +228,13 @@ class Outbox:
             self._end_attempt(db, txn_id, n, now, "done", result, None)
         return self._must_get(txn_id)
 
-    def finish_failed(self, txn_id: str, n: int, code: str, message: str, now: float | None = None) -> OutboxEntry:
+    def finish_failed(self, txn_id: str, n: int, code: str, message: str, now: float | None = None,
+                      reason: str = "") -> OutboxEntry:
         """The gateway's final answer was a refusal: keep it, never send again."""
         now = time.time() if now is None else now
         with self._transaction() as db:
-            db.execute("UPDATE payments SET state = 'failed', error_code = ?, error = ?, last_error = '', "
-                       "finished_at = ? WHERE txn_id = ?", (code, message, now, txn_id))
+            db.execute("UPDATE payments SET state = 'failed', error_code = ?, error = ?, error_reason = ?, "
+                       "last_error = '', finished_at = ? WHERE txn_id = ?", (code, message, reason, now, txn_id))
             self._end_attempt(db, txn_id, n, now, "failed", f"{code}: {message}", None)
         return self._must_get(txn_id)
 

@@ -37,7 +37,9 @@ from miniupi.errors import (
     InvalidArgument,
     MiniupiError,
     NotFound,
+    NotLoggedIn,
     PermissionDenied,
+    SessionExpired,
     Unauthenticated,
     Unavailable,
 )
@@ -101,10 +103,10 @@ class Courier:
         """
         session = client.session
         if session is None:
-            return SyncReport((), Unauthenticated("not logged in; run: miniupi login USER@BANK"), 0)
+            return SyncReport((), NotLoggedIn("not logged in; run: miniupi login USER@BANK"), 0)
         payer = session.account
         if session.expires_at <= self.clock():
-            expired = Unauthenticated(f"session for {payer} expired; log in again: miniupi login {payer}")
+            expired = SessionExpired(f"session for {payer} expired; log in again: miniupi login {payer}")
             self.outbox.note(payer, expired.message)
             return SyncReport((), expired, len(self.outbox.pending(payer)))
         fd = await self._acquire(wait_s)
@@ -135,7 +137,7 @@ class Courier:
                                 transport_failure=False)
             return e
         except FINAL_REFUSALS as e:
-            return self.outbox.finish_failed(entry.txn_id, n, e.code, e.message, self.clock())
+            return self.outbox.finish_failed(entry.txn_id, n, e.code, e.message, self.clock(), reason=e.reason)
         except MiniupiError as e:
             now = self.clock()
             delay = self.policy.delay(entry.failures + 1, self.rng)

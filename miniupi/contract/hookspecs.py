@@ -46,27 +46,43 @@ def miniupi_node_started(node: NodeConfig, address: str) -> None:
 
 # Two-phase commit, step by step. Observers watch these; fault-injection
 # plugins raise, sleep or exit in them to crash a node at an exact point.
+# The rule for a hook that raises:
+# - a hook *before* a step may veto it: the step is refused cleanly (the
+#   payment is decided ABORTED, a vote is NO, a decision is applied later),
+#   never left half done;
+# - a hook *after* a durable step is an observer: its exception is logged
+#   and ignored, and never changes the outcome nor stops phase 2.
 # Gateway side:
 
 
 @hookspec
 def miniupi_before_prepare(node: NodeConfig, txn_id: str) -> None:
-    """The gateway recorded the payment as INITIATED and is about to send the prepares."""
+    """The gateway recorded the payment as INITIATED and is about to send the prepares.
+
+    Raising vetoes the payment: no prepare is sent and it is decided ABORTED
+    (PAYMENT_ABORTED, with the message of a raised MiniupiError).
+    """
 
 
 @hookspec
 def miniupi_before_decision(node: NodeConfig, txn_id: str, decision: str) -> None:
-    """Every vote is in; the decision is not yet durable (a crash here means presumed abort)."""
+    """Every vote is in; the decision is not yet durable (a crash here means presumed abort).
+
+    Raising turns a COMMITTED decision into ABORTED (PAYMENT_ABORTED); an ABORTED one stays as it is.
+    """
 
 
 @hookspec
 def miniupi_after_decision(node: NodeConfig, txn_id: str, decision: str) -> None:
-    """The decision (COMMITTED or ABORTED) is durable; no bank has been told yet."""
+    """The decision (COMMITTED or ABORTED) is durable; no bank has been told yet.
+
+    An observer: an exception is logged and ignored; the client gets the decision and phase 2 runs.
+    """
 
 
 @hookspec
 def miniupi_after_decision_sent(node: NodeConfig, txn_id: str, bank: str, decision: str) -> None:
-    """`bank` acknowledged the decision; other banks may not have yet."""
+    """`bank` acknowledged the decision; other banks may not have yet. An observer: exceptions are logged."""
 
 
 # Bank side:
@@ -74,22 +90,25 @@ def miniupi_after_decision_sent(node: NodeConfig, txn_id: str, bank: str, decisi
 
 @hookspec
 def miniupi_before_vote(node: NodeConfig, txn_id: str, yes: bool) -> None:
-    """The bank has decided its vote; a YES is not yet durable."""
+    """The bank has decided its vote; a YES is not yet durable. Raising makes the vote NO."""
 
 
 @hookspec
 def miniupi_after_vote(node: NodeConfig, txn_id: str, yes: bool) -> None:
-    """A YES vote is durable and about to be sent."""
+    """A YES vote is durable and about to be sent. An observer: exceptions are logged."""
 
 
 @hookspec
 def miniupi_before_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
-    """The bank is about to apply a decision to a transaction it prepared."""
+    """The bank is about to apply a decision to a transaction it prepared.
+
+    Raising leaves it unapplied for now: the bank does not acknowledge, and the gateway sends the decision again.
+    """
 
 
 @hookspec
 def miniupi_after_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
-    """The decision is applied and durable; the acknowledgement is about to be sent."""
+    """The decision is applied and durable; the acknowledgement is about to be sent. An observer: exceptions are logged."""
 
 
 # Logins, bank side: observers count guesses; tests count the checks a lockout lets through.
@@ -101,5 +120,6 @@ def miniupi_before_password_check(node: NodeConfig, account: str) -> None:
 
     Called once per password check, for names without an account too (they
     are checked against a dummy hash); a locked account is refused without
-    a check, and without this call.
+    a check, and without this call. Raising refuses this login, unchecked,
+    as the bank being unavailable.
     """

@@ -6,7 +6,8 @@ handler itself. `wrap_handler` does that once for unary, server-streaming
 and bidirectional methods, so plugins write only what happens around.
 miniupi's bidirectional methods answer each request with one reply before
 reading the next, so each request and its reply are one call to `around`:
-checked, timed and logged like a unary call.
+checked, timed and logged like a unary call. Checks refuse by raising a
+MiniupiError, which the node's error door turns into the call's status.
 
 Interceptors run for every call, so the wrapping is remembered: the
 same handler and the same `around` give back the same wrapped handler,
@@ -21,41 +22,62 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
+
+from miniupi.errors import MalformedRequest, MiniupiError
+from miniupi.validate import no_unknown_fields
 
 Around = Callable[[Any, grpc.aio.ServicerContext], AbstractAsyncContextManager[Any]]
 
 
 class Malformed:
-    """Stands in for a request whose bytes are not the method's message.
+    """Stands in for a request this node will not act on: bytes that are not the method's
+    message, or a message with fields this version does not know.
 
     gRPC would answer a failed parse with UNKNOWN; a caller's bad bytes are
-    their mistake, so the wrapped handler answers INVALID_ARGUMENT instead.
+    their mistake, so the wrapped handler raises `error` (MALFORMED_REQUEST)
+    inside every `around`, and the call is refused and logged like any other.
+    `parsed` is the message when it parsed, for the call log's fields.
     """
 
-    def __init__(self, error: Exception) -> None:
-        self.error = error
+    __slots__ = ("error", "parsed")
+
+    def __init__(self, error: MiniupiError, parsed: Message | None = None) -> None:
+        self.error, self.parsed = error, parsed
 
 
 def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if deserialize is None:
-        return None
+    """A parser that never raises; already tolerant stays as it is, so each request is checked once."""
+    if deserialize is None or getattr(deserialize, "tolerant", False):
+        return deserialize
 
     def parse(data: bytes) -> Any:
         try:
-            return deserialize(data)
-        except Exception as e:
-            return Malformed(e)
+            message = deserialize(data)
+        except Exception:
+            return Malformed(MalformedRequest("request is not a valid protobuf message"))
+        try:
+            no_unknown_fields(message)  # money must never move on a half-understood request
+        except MalformedRequest as e:
+            return Malformed(e, message)
+        return message
 
+    parse.tolerant = True  # type: ignore[attr-defined]
     return parse
 
 
-async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
+def is_tolerant(handler: grpc.RpcMethodHandler) -> bool:
+    """Whether the handler's requests are already checked by `wrap_handler`."""
+    return bool(getattr(handler.request_deserializer, "tolerant", False))
+
+
+def _refuse_malformed(request: Any) -> None:
     if isinstance(request, Malformed):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message")
+        raise request.error
 
 
 class CheckFirst:
-    """An `around` that only awaits `check(context)` before the call; the check aborts to refuse."""
+    """An `around` that only awaits `check(context)` before the call; the check raises a MiniupiError to refuse."""
 
     __slots__ = ("check",)
 
@@ -88,7 +110,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with around(request, context):
-                await _refuse_malformed(request, context)
+                _refuse_malformed(request)
                 return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -99,7 +121,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with around(request, context):
-                await _refuse_malformed(request, context)
+                _refuse_malformed(request)
                 async for reply in inner_stream(request, context):
                     yield reply
 
@@ -117,7 +139,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
                     call = around(request, context)
                     await call.__aenter__()
                     entered.append(call)
-                    await _refuse_malformed(request, context)
+                    _refuse_malformed(request)
                     yield request
 
             try:

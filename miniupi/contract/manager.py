@@ -20,6 +20,7 @@ from loguru import logger
 
 from miniupi.contract import hookspecs
 from miniupi.config import NodeConfig
+from miniupi.errors import Aborted, MiniupiError
 
 PROJECT = "miniupi"
 # Entry-point name -> module, as in pyproject.toml's [project.entry-points.miniupi] (a test keeps them equal).
@@ -98,6 +99,29 @@ class PluginError(Exception):
     """A plugin named in the cluster file could not be loaded or found."""
 
 
+def _hook_name(hook: Callable[..., None]) -> str:
+    """miniupi_before_prepare, for a NodeHooks attribute (a partial over pluggy's HookCaller)."""
+    caller = getattr(hook, "func", hook)
+    return str(getattr(caller, "name", getattr(caller, "__name__", caller)))
+
+
+def fire_before(hook: Callable[..., None], **details: Any) -> Aborted | None:
+    """A hook before a step of a payment, which may veto it: the refusal to decide the payment with, or None.
+
+    A plugin that raises here stops the step cleanly: the payment is
+    decided ABORTED like any refused one, never left half done. The
+    plugin's own words reach the caller only when it raised a MiniupiError.
+    """
+    try:
+        hook(**details)
+    except Exception as e:
+        name = _hook_name(hook)
+        logger.opt(exception=e).warning("hook {} vetoed the step: {}", name, details)
+        why = f": {e.message}" if isinstance(e, MiniupiError) else ""
+        return Aborted(f"payment aborted by a plugin at {name.removeprefix('miniupi_').replace('_', ' ')}{why}")
+    return None
+
+
 def fire_after(hook: Callable[..., None], **details: Any) -> None:
     """A hook after a step that is already durable: the step stands whatever the plugin does.
 
@@ -107,5 +131,4 @@ def fire_after(hook: Callable[..., None], **details: Any) -> None:
     try:
         hook(**details)
     except Exception:
-        caller = getattr(hook, "func", hook)
-        logger.exception("hook {} failed: {}", getattr(caller, "name", caller), details)
+        logger.exception("hook {} failed: {}", _hook_name(hook), details)

@@ -11,7 +11,7 @@ import grpc
 from loguru import logger
 
 from miniupi.config import ClusterConfig, ConfigError
-from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MiniupiError, caught, unwrap
+from miniupi.errors import AlreadyExists, BalanceCeiling, InvalidAmount, InvalidArgument, MiniupiError, caught, unwrap
 from miniupi.nodes.logs import setup_node_logging
 from miniupi.nodes.in_doubt import resolve_in_doubt
 from miniupi.money import format_amount
@@ -20,7 +20,6 @@ from miniupi.nodes.ledger import Ledger
 from miniupi.nodes.participants import Leg
 from miniupi.nodes.server import open_store, serve
 from miniupi.nodes.setup_accounts import read_setup_file
-from miniupi.nodes.grpc_status import grpc_errors, refuse_unknown_fields
 from miniupi.validate import account_name, new_account_name, opening_deposit
 from miniupi.validate import positive_amount as validate_positive_amount, txn_id as valid_txn_id
 from miniupi.contract.manager import NodeHooks
@@ -60,15 +59,12 @@ class BankServicer(bank_pb2_grpc.BankServicer):
                 yes=v.yes, refusal=v.refusal or "VOTE_REFUSAL_UNSPECIFIED", detail=v.detail)
             for v in _merge(checked_prepares, votes)]
 
-    @grpc_errors
     async def Prepare(self, request: bank_pb2.PrepareRequest, context: grpc.aio.ServicerContext) -> bank_pb2.PrepareReply:
         return unwrap((await self._decide_and_prepare((), [request]))[1][0])
 
-    @grpc_errors
     async def Commit(self, request: bank_pb2.DecisionRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecisionReply:
         return bank_pb2.DecisionReply(known=unwrap((await self._decide_and_prepare([(request.txn_id, True)], ()))[0][0]))
 
-    @grpc_errors
     async def Abort(self, request: bank_pb2.DecisionRequest, context: grpc.aio.ServicerContext) -> bank_pb2.DecisionReply:
         return bank_pb2.DecisionReply(known=unwrap((await self._decide_and_prepare([(request.txn_id, False)], ()))[0][0]))
 
@@ -81,11 +77,7 @@ class BankServicer(bank_pb2_grpc.BankServicer):
         try:
             async for request in requests:
                 self._between_rounds.discard(task)
-                await refuse_unknown_fields(request, context)
-                try:
-                    reply = await self._round(request)
-                except MiniupiError as e:
-                    await context.abort(grpc.StatusCode[e.code], e.message)
+                reply = await self._round(request)  # a MiniupiError ends the stream through the error door
                 yield reply
                 if self._stopping:
                     return
@@ -121,7 +113,6 @@ class BankServicer(bank_pb2_grpc.BankServicer):
             votes=[bank_pb2.PrepareReply(yes=False, refusal=bank_pb2.INVALID_REQUEST, detail=v.message)
                    if isinstance(v, MiniupiError) else v for v in votes])
 
-    @grpc_errors
     async def OpenAccount(self, request: bank_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:
         if not 0 < len(request.password) <= MAX_PASSWORD:
             raise InvalidArgument(f"password must be 1 to {MAX_PASSWORD} characters")
@@ -132,22 +123,20 @@ class BankServicer(bank_pb2_grpc.BankServicer):
         return bank_pb2.AccountReply(account=account.name, balance=self._money(account.balance),
                                      held=self._money(0))
 
-    @grpc_errors
     async def OpenAccounts(self, request: bank_pb2.OpenAccountsRequest, context: grpc.aio.ServicerContext) -> bank_pb2.OpenAccountsReply:
         problem = hash_problem(request.password_hash)
         if problem is not None:
             raise InvalidArgument(f"password_hash is {problem}")
         if request.initial.currency and request.initial.currency != self.ledger.currency:
-            raise InvalidArgument(f"bank holds {self.ledger.currency}, not {request.initial.currency}")
+            raise InvalidAmount(f"bank holds {self.ledger.currency}, not {request.initial.currency}")
         initial = request.initial.minor
         if initial > self.ledger.max_balance:
-            raise FailedPrecondition(f"an account may hold at most {format_amount(self.ledger.max_balance)} "
+            raise BalanceCeiling(f"an account may hold at most {format_amount(self.ledger.max_balance)} "
                                      f"{self.ledger.currency}")
         names = [new_account_name(n, self.cluster) for n in request.accounts]
         opened = await self.ledger.open_accounts(names, request.password_hash, initial)
         return bank_pb2.OpenAccountsReply(opened=opened)
 
-    @grpc_errors
     async def Deposit(self, request: bank_pb2.BankDepositRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:
         amount = validate_positive_amount(request.amount.minor, request.amount.currency, self.ledger.currency)
         name = account_name(request.account)
@@ -155,20 +144,17 @@ class BankServicer(bank_pb2_grpc.BankServicer):
         return bank_pb2.AccountReply(account=name, balance=self._money(balance),
                                      held=self._money(self.ledger.account(name).held))
 
-    @grpc_errors
     async def VerifyPassword(self, request: bank_pb2.VerifyPasswordRequest, context: grpc.aio.ServicerContext) -> bank_pb2.VerifyPasswordReply:
         if len(request.password) > MAX_PASSWORD:
             return bank_pb2.VerifyPasswordReply(ok=False)
         ok, locked_for = await self.ledger.check_password(account_name(request.account), request.password)
         return bank_pb2.VerifyPasswordReply(ok=ok, locked_for_s=locked_for)
 
-    @grpc_errors
     async def GetAccount(self, request: bank_pb2.AccountRequest, context: grpc.aio.ServicerContext) -> bank_pb2.AccountReply:
         account = self.ledger.account(account_name(request.account))
         return bank_pb2.AccountReply(account=account.name, balance=self._money(account.balance),
                                      held=self._money(account.held))
 
-    @grpc_errors
     async def History(self, request: bank_pb2.BankHistoryRequest, context: grpc.aio.ServicerContext) -> bank_pb2.BankHistoryReply:
         limit = min(request.limit or DEFAULT_HISTORY, MAX_HISTORY)
         entries = [
@@ -179,7 +165,6 @@ class BankServicer(bank_pb2_grpc.BankServicer):
         return bank_pb2.BankHistoryReply(entries=entries)
 
     async def Audit(self, request: bank_pb2.AuditRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bank_pb2.BankAuditChunk]:
-        await refuse_unknown_fields(request, context)
         # Copy first: the chunks go out over many awaits while payments go on.
         accounts = [(a.name, a.balance, a.held, a.opening) for a in self.ledger.accounts.values()]
         txns = [(t.txn_id, t.state, t.legs) for t in self.ledger.txns.values()]

@@ -15,6 +15,7 @@ import grpc
 from miniupi.contract.identity import ADMIN, current_peer
 from miniupi.config import NodeConfig
 from miniupi.contract.interceptors import CheckFirst, wrap_handler
+from miniupi.errors import PermissionDenied
 from miniupi.tls import peer_identity
 
 GATEWAY = "gateway"
@@ -69,23 +70,21 @@ class GatewayNodeMethodsInterceptor(grpc.aio.ServerInterceptor):
     async def _bank_or_admin(self, context: grpc.aio.ServicerContext) -> None:
         peer = await set_peer(context)
         if peer != ADMIN and peer not in self.banks:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer or 'an unknown peer'} is not a bank")
+            raise PermissionDenied(f"{peer or 'an unknown peer'} is not a bank")
 
 
 async def _only_gateway(context: grpc.aio.ServicerContext) -> None:
     peer = await set_peer(context)  # first, so a refused call is logged with its caller
     if peer == ADMIN:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the admin may only read a bank")
+        raise PermissionDenied("the admin may only read a bank")
     if peer != GATEWAY:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"{peer or 'an unknown peer'} may not call a bank; only the gateway may")
+        raise PermissionDenied(f"{peer or 'an unknown peer'} may not call a bank; only the gateway may")
 
 
 async def _gateway_or_admin(context: grpc.aio.ServicerContext) -> None:
     peer = await set_peer(context)
     if peer not in (GATEWAY, ADMIN):
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"{peer or 'an unknown peer'} may not call a bank; only the gateway may")
+        raise PermissionDenied(f"{peer or 'an unknown peer'} may not call a bank; only the gateway may")
 
 
 def core_interceptors(node: NodeConfig) -> list[grpc.aio.ServerInterceptor]:

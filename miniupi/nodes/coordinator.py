@@ -23,17 +23,18 @@ from miniupi.backoff import RetryPolicy
 from miniupi.errors import (
     AlreadyExists,
     Aborted,
-    FailedPrecondition,
+    BalanceCeiling,
     InsufficientFunds,
-    InvalidArgument,
+    InvalidAmount,
     MiniupiError,
-    NotFound,
+    StoreUnavailable,
+    UnknownAccount,
     Unavailable,
-    from_code,
+    from_status,
 )
 from miniupi.nodes.participants import Ack, Leg, Participants, Refusal, Vote
 from miniupi.nodes.patience import PreparePatience
-from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after
+from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after, fire_before
 from miniupi.contract.store import Put
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.states import TxnState
@@ -71,19 +72,21 @@ class Txn:
     acked: bool = False
     created_at: float = field(default_factory=time.time)
     finished: asyncio.Future[None] | None = None
+    reason: str = ""  # the refusal's reason (errors.py); empty when committed
 
     def record(self) -> dict[str, Any]:
         p = self.payment
         return {
             "payer": p.payer, "payee": p.payee, "amount": p.amount, "currency": p.currency,
             "state": self.state, "code": self.code, "message": self.message, "acked": self.acked,
-            "created_at": self.created_at,
+            "created_at": self.created_at, "reason": self.reason,
         }
 
     @classmethod
     def from_record(cls, txn_id: str, r: dict[str, Any]) -> Txn:
         payment = Payment(txn_id, r["payer"], r["payee"], r["amount"], r["currency"])
-        return cls(payment, TxnState(r["state"]), r["code"], r["message"], r["acked"], r["created_at"])
+        return cls(payment, TxnState(r["state"]), r["code"], r["message"], r["acked"], r["created_at"],
+                   reason=r.get("reason", ""))
 
     def outcome(self) -> TxnState:
         """The stored answer: COMMITTED, or raise the stored refusal."""
@@ -91,7 +94,7 @@ class Txn:
             return TxnState.COMMITTED
         if self.state == TxnState.INITIATED:
             raise Unavailable(f"payment {self.payment.txn_id} is not decided yet; ask again")
-        raise from_code(self.code, self.message)
+        raise from_status(self.code, self.message, self.reason)
 
 
 def banks_and_legs(payment: Payment) -> dict[str, list[Leg]]:
@@ -106,10 +109,10 @@ def banks_and_legs(payment: Payment) -> dict[str, list[Leg]]:
 # What the client hears for a bank's NO; a reason not listed here aborts.
 _REFUSALS: dict[Refusal | None, Callable[[str], MiniupiError]] = {
     Refusal.INSUFFICIENT_FUNDS: InsufficientFunds,
-    Refusal.UNKNOWN_ACCOUNT: NotFound,
-    Refusal.WRONG_CURRENCY: InvalidArgument,
+    Refusal.UNKNOWN_ACCOUNT: UnknownAccount,
+    Refusal.WRONG_CURRENCY: InvalidAmount,
     Refusal.ALREADY_DECIDED: Aborted,
-    Refusal.BALANCE_CEILING: FailedPrecondition,
+    Refusal.BALANCE_CEILING: BalanceCeiling,
 }
 
 
@@ -142,8 +145,9 @@ class Coordinator:
         """Presumed abort for undecided ids; resend every unacknowledged decision."""
         undecided = [t for t in self.txns.values() if t.state == TxnState.INITIATED]
         for txn in undecided:
-            txn.state, txn.code = TxnState.ABORTED, "ABORTED"
+            txn.state, txn.code = TxnState.ABORTED, Aborted.code
             txn.message = "payment aborted: the gateway restarted before deciding"
+            txn.reason = Aborted.reason
         if undecided:
             await self._commit.write([Put("txns", t.payment.txn_id, t.record()) for t in undecided])
         pending = [t for t in self.txns.values() if not t.acked]
@@ -165,11 +169,11 @@ class Coordinator:
         except Exception as e:
             del self.txns[payment.txn_id]
             txn.finished.set_result(None)
-            raise Unavailable(f"gateway could not record the payment: {e}") from e
-        self._hooks.miniupi_before_prepare(txn_id=payment.txn_id)
+            raise StoreUnavailable(f"gateway could not record the payment: {e}") from e
+        vetoed = fire_before(self._hooks.miniupi_before_prepare, txn_id=payment.txn_id)
         self._in_flight += 1
         try:
-            await self._two_phase(txn)
+            await self._two_phase(txn, vetoed)
         finally:
             self._in_flight -= 1
             txn.finished.set_result(None)
@@ -188,17 +192,22 @@ class Coordinator:
         await self._commit.barrier()
         return txn.outcome()
 
-    async def _two_phase(self, txn: Txn) -> None:
+    async def _two_phase(self, txn: Txn, refusal: MiniupiError | None = None) -> None:
+        """Prepare, decide, tell the banks; a `refusal` (a plugin's veto) skips the prepares and aborts."""
         p = txn.payment
-        sent = [(bank, self._banks.prepare(bank, p.txn_id, p.currency, legs, self._patience(bank, self._in_flight)))
-                for bank, legs in banks_and_legs(p).items()]  # all banks at once, then collect
-        votes = await asyncio.gather(*(vote for _, vote in sent), return_exceptions=True)  # futures: no tasks
-        refusals = [self._refusal(p.txn_id, bank, vote) for (bank, _), vote in zip(sent, votes)]
-        refusal = next((r for r in refusals if r is not None), None)
+        if refusal is None:
+            sent = [(bank, self._banks.prepare(bank, p.txn_id, p.currency, legs,
+                                               self._patience(bank, self._in_flight)))
+                    for bank, legs in banks_and_legs(p).items()]  # all banks at once, then collect
+            votes = await asyncio.gather(*(vote for _, vote in sent), return_exceptions=True)  # futures: no tasks
+            refusals = [self._refusal(p.txn_id, bank, vote) for (bank, _), vote in zip(sent, votes)]
+            refusal = next((r for r in refusals if r is not None), None)
         decision = TxnState.COMMITTED if refusal is None else TxnState.ABORTED
-        self._hooks.miniupi_before_decision(txn_id=txn.payment.txn_id, decision=decision)
-        code, message = (refusal.code, refusal.message) if refusal else ("", "")
-        decided = {**txn.record(), "state": decision, "code": code, "message": message}
+        vetoed = fire_before(self._hooks.miniupi_before_decision, txn_id=txn.payment.txn_id, decision=decision)
+        if refusal is None and vetoed is not None:
+            refusal, decision = vetoed, TxnState.ABORTED
+        code, message, reason = (refusal.code, refusal.message, refusal.reason) if refusal else ("", "", "")
+        decided = {**txn.record(), "state": decision, "code": code, "message": message, "reason": reason}
         try:
             await self._commit.write([Put("txns", txn.payment.txn_id, decided)])  # the commit point
         except Exception as e:
@@ -208,10 +217,10 @@ class Coordinator:
             logger.critical("decision for {} could not be made durable ({!r}); aborting it once the store writes "
                             "again (restart the gateway if the store stays broken)", txn.payment.txn_id, e)
             self._spawn(self._abort_undecided(txn))
-            raise Unavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
+            raise StoreUnavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.
-        txn.state, txn.code, txn.message = decision, code, message
-        self._hooks.miniupi_after_decision(txn_id=txn.payment.txn_id, decision=txn.state)
+        txn.state, txn.code, txn.message, txn.reason = decision, code, message, reason
+        fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=txn.state)
         self._start_phase_two(txn)
 
     def _refusal(self, txn_id: str, bank: str, vote: Vote | BaseException) -> MiniupiError | None:
@@ -270,7 +279,8 @@ class Coordinator:
         in between leaves it to the restart's presumed abort.
         """
         message = "payment aborted: the gateway could not record its decision"
-        aborted = {**txn.record(), "state": TxnState.ABORTED, "code": "ABORTED", "message": message}
+        aborted = {**txn.record(), "state": TxnState.ABORTED, "code": Aborted.code, "message": message,
+                   "reason": Aborted.reason}
         failures = 0
         while True:
             failures += 1
@@ -281,7 +291,7 @@ class Coordinator:
             except Exception as e:
                 logger.error("abort of undecided {} could not be made durable ({!r}); trying again",
                              txn.payment.txn_id, e)
-        txn.state, txn.code, txn.message = TxnState.ABORTED, "ABORTED", message
+        txn.state, txn.code, txn.message, txn.reason = TxnState.ABORTED, Aborted.code, message, Aborted.reason
         logger.warning("{} aborted: its decision could not be recorded", txn.payment.txn_id)
         fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=TxnState.ABORTED)
         self._start_phase_two(txn)

@@ -11,7 +11,20 @@ from loguru import logger
 from miniupi.contract.auth import Authenticator
 from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account, current_peer
 from miniupi.config import ClusterConfig
-from miniupi.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable, from_code
+from miniupi.errors import (
+    AccountLocked,
+    AlreadyExists,
+    BadCredentials,
+    BankUnavailable,
+    FailedPrecondition,
+    InvalidAmount,
+    InvalidArgument,
+    NotFound,
+    NotLoggedIn,
+    PermissionDenied,
+    UnknownBank,
+)
+from miniupi.rich_status import error_of
 from miniupi.nodes.logs import setup_node_logging
 from miniupi.money import format_amount
 from miniupi import validate
@@ -20,11 +33,13 @@ from miniupi.nodes.coordinator import Coordinator, Payment
 from miniupi.nodes.issuance import DepositOrder, Issuer
 from miniupi.nodes.passwords import MAX_PASSWORD
 from miniupi.nodes.server import NodeStartError, open_store, serve
-from miniupi.nodes.grpc_status import grpc_errors, refuse_unknown_fields
 from miniupi.contract.manager import NodeHooks
 from miniupi.contract.registry import Plugins, check_plugins
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
+# A bank's refusals the gateway passes on to its own caller as they are; any other failure at a
+# bank is the bank's trouble, not the caller's mistake, and is told as the bank being unavailable.
+_PASSED_ON = (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition)
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -37,7 +52,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def _bank_of(self, account: str) -> tuple[str, str]:
         user, bank = validate.address(account)
         if bank not in self.links:
-            raise NotFound(f"unknown bank {bank} in {account}")
+            raise UnknownBank(f"unknown bank {bank} in {account}")
         return user, bank
 
     def _readable_account(self, requested: str) -> str:
@@ -54,7 +69,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise PermissionDenied("the admin may read accounts, not move money")
         mine = current_account.get()
         if mine is None:
-            raise Unauthenticated("not logged in")
+            raise NotLoggedIn("not logged in")
         if requested and requested != mine:
             raise PermissionDenied(f"{mine} may not act on {requested}")
         return mine
@@ -66,13 +81,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         except grpc.aio.AioRpcError as e:
             code = e.code()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise Unavailable(f"bank {bank} unavailable") from None
-            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
-                        grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-                raise from_code(code.name, e.details() or code.name) from None
-            raise Unavailable(f"bank {bank} failed: {code.name}") from None
+                raise BankUnavailable(f"bank {bank} unavailable") from None
+            refusal = error_of(e)  # by its reason: an unknown account stays UnknownAccount, and so on
+            if isinstance(refusal, _PASSED_ON):
+                raise refusal from None
+            raise BankUnavailable(f"bank {bank} failed: {code.name}") from None
 
-    @grpc_errors
     async def Register(self, request: gateway_pb2.RegisterRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.RegisterReply:
         user, bank = self._bank_of(request.account)
         validate.new_account_name(user, self.cluster)
@@ -84,28 +98,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             initial=common_pb2.Money(minor=initial, currency=self.cluster.currency)))
         return gateway_pb2.RegisterReply(account=request.account, balance=reply.balance)
 
-    @grpc_errors
     async def Login(self, request: gateway_pb2.LoginRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.LoginReply:
         user, bank = self._bank_of(request.account)
         if len(request.password) > MAX_PASSWORD:
-            raise Unauthenticated("wrong account or password")
+            raise BadCredentials("wrong account or password")
         reply = await self._bank_call(bank, "VerifyPassword",
                                       bank_pb2.VerifyPasswordRequest(account=user, password=request.password))
         if reply.locked_for_s > 0:
-            raise PermissionDenied(f"account {request.account} is locked after repeated failed logins; "
+            raise AccountLocked(f"account {request.account} is locked after repeated failed logins; "
                                    f"try again in {math.ceil(reply.locked_for_s)} s")
         if not reply.ok:
-            raise Unauthenticated("wrong account or password")
+            raise BadCredentials("wrong account or password")
         key, expires_at = self.sessions.start(request.account)
         return gateway_pb2.LoginReply(session_key=key, expires_at=expires_at)
 
-    @grpc_errors
     async def Logout(self, request: gateway_pb2.LogoutRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.LogoutReply:
         key = next((v for k, v in context.invocation_metadata() or () if k == SESSION_METADATA_KEY), "")
         self.sessions.end(key)
         return gateway_pb2.LogoutReply()
 
-    @grpc_errors
     async def Balance(self, request: gateway_pb2.BalanceRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.BalanceReply:
         account = self._readable_account(request.account)
         user, bank = self._bank_of(account)
@@ -114,7 +125,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         available = common_pb2.Money(minor=reply.balance.minor - reply.held.minor, currency=reply.balance.currency)
         return gateway_pb2.BalanceReply(account=account, balance=reply.balance, available=available)
 
-    @grpc_errors
     async def History(self, request: gateway_pb2.HistoryRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.HistoryReply:
         account = self._readable_account(request.account)
         user, bank = self._bank_of(account)
@@ -122,7 +132,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         reply = await self._bank_call(bank, "History", bank_pb2.BankHistoryRequest(account=user, limit=request.limit))
         return gateway_pb2.HistoryReply(entries=reply.entries)
 
-    @grpc_errors
     async def Pay(self, request: gateway_pb2.PayRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.PayReply:
         txn_id = validate.txn_id(request.txn_id)
         payer = self._own_account(request.from_account)
@@ -132,7 +141,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise InvalidArgument("payer and payee are the same account")
         amount = validate.positive_amount(request.amount.minor, request.amount.currency, self.cluster.currency)
         if amount > self.cluster.max_balance:  # no payee could take it: refuse before any bank holds anything
-            raise InvalidArgument(f"amount must be at most {format_amount(self.cluster.max_balance)} "
+            raise InvalidAmount(f"amount must be at most {format_amount(self.cluster.max_balance)} "
                                   f"{self.cluster.currency}, the most an account may hold")
         if txn_id in self.issuer:
             raise AlreadyExists(f"transaction {txn_id} is a deposit, not a payment")
@@ -142,8 +151,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def ListTransactions(self, request: gateway_pb2.ListTransactionsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[gateway_pb2.TransactionChunk]:
         if current_peer.get() != ADMIN:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the admin may list transactions")
-        await refuse_unknown_fields(request, context)
+            raise PermissionDenied("only the admin may list transactions")
         txns = list(self.coordinator.txns.values())
         for batch in (txns[i:i + 2000] for i in range(0, len(txns), 2000)):
             yield gateway_pb2.TransactionChunk(txns=[
@@ -153,7 +161,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     state=common_pb2.TxnState.Value(t.state), acknowledged=t.acked, refusal_code=t.code)
                 for t in batch])
 
-    @grpc_errors
     async def Deposit(self, request: gateway_pb2.DepositRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.DepositReply:
         """New money, by the treasury only: its id bound here cluster-wide, then credited once by the bank."""
         _only_treasury()
@@ -165,12 +172,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             txn_id=txn_id, account=user, amount=common_pb2.Money(minor=amount, currency=self.cluster.currency)))
         return gateway_pb2.DepositReply(txn_id=txn_id, balance=reply.balance)
 
-    @grpc_errors
     async def OpenAccounts(self, request: gateway_pb2.BulkOpenRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.BulkOpenReply:
         """The treasury's bulk door; every opening deposit counts as money issued at that bank."""
         _only_treasury()
         if request.bank not in self.links:
-            raise NotFound(f"unknown bank {request.bank[:64]!r}")
+            raise UnknownBank(f"unknown bank {request.bank[:64]!r}")
         # Thousands of accounts in one write may outlast call_timeout_s on a big store: the caller's
         # own deadline bounds it instead, when it gave a longer one.
         reply = await self._bank_call(request.bank, "OpenAccounts", bank_pb2.OpenAccountsRequest(
@@ -181,7 +187,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     reply.opened, len(request.accounts), request.initial.minor, self.cluster.currency)
         return gateway_pb2.BulkOpenReply(opened=reply.opened)
 
-    @grpc_errors
     async def GetDecision(self, request: gateway_pb2.GetDecisionRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.GetDecisionReply:
         state = self.coordinator.decision(validate.txn_id(request.txn_id))
         return gateway_pb2.GetDecisionReply(state=common_pb2.TxnState.Value(state))

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from loguru import logger
 
 from miniupi.contract.store import Put, Store
-from miniupi.errors import Unavailable
+from miniupi.errors import StoreUnavailable
 from miniupi.nodes.running_loop import RunningLoop
 
 
@@ -30,7 +30,7 @@ from miniupi.nodes.running_loop import RunningLoop
 INLINE_AFTER_QUIET_S = 0.002
 
 
-def _unavailable(error: Exception, puts: int) -> Unavailable:
+def _unavailable(error: Exception, puts: int) -> StoreUnavailable:
     """A failed write as the caller's answer: the node cannot take the change now, try again.
 
     Without it a full disk reached clients as gRPC UNKNOWN from whichever
@@ -39,7 +39,7 @@ def _unavailable(error: Exception, puts: int) -> Unavailable:
     """
     logger.error("store write of {} puts failed: {!r}", puts, error)
     reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-    failed = Unavailable(f"store write failed: {reason}")
+    failed = StoreUnavailable(f"store write failed: {reason}")
     failed.__cause__ = error
     return failed
 

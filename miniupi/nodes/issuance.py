@@ -13,7 +13,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
-from miniupi.errors import AlreadyExists, Unavailable
+from miniupi.errors import AlreadyExists, StoreUnavailable
 from miniupi.contract.store import Put
 from miniupi.nodes.group_commit import GroupCommit
 
@@ -49,7 +49,7 @@ class Issuer:
                 raise AlreadyExists(f"deposit {order.txn_id} was made with other details")
             await self._commit.barrier()  # the first record is durable before the repeat goes on
             if order.txn_id not in self._orders:
-                raise Unavailable(f"gateway could not record deposit {order.txn_id}; send it again")
+                raise StoreUnavailable(f"gateway could not record deposit {order.txn_id}; send it again")
             return
         # Memory first, so a repeat arriving during the write finds the id taken.
         self._orders[order.txn_id] = (order.account, order.amount)

@@ -19,12 +19,15 @@ from typing import Any, TypeVar
 from loguru import logger
 
 from miniupi.errors import (
-    INSUFFICIENT_FUNDS,
+    AccountExists,
     AlreadyExists,
+    BalanceCeiling,
     FailedPrecondition,
+    InvalidAmount,
     InvalidArgument,
     MiniupiError,
-    NotFound,
+    StoreUnavailable,
+    UnknownAccount,
     Unavailable,
     unwrap,
 )
@@ -139,22 +142,22 @@ class Ledger:
         try:
             return self.accounts[name]
         except KeyError:
-            raise NotFound(f"unknown account {name}@{self.bank}") from None
+            raise UnknownAccount(f"unknown account {name}@{self.bank}") from None
 
     async def open_account(self, name: str, password: str, initial: int) -> Account:
         if initial < 0:
-            raise InvalidArgument("initial deposit must not be negative")
+            raise InvalidAmount("initial deposit must not be negative")
         if not password:
             raise InvalidArgument("password must not be empty")
         if name in self.accounts or name in self._opening:
-            raise AlreadyExists(f"account {name}@{self.bank} already exists")
+            raise AccountExists(f"account {name}@{self.bank} already exists")
         self._opening.add(name)
         try:
             password_hash = await asyncio.to_thread(hash_password, password)
         finally:
             self._opening.discard(name)
         if name in self.accounts:
-            raise AlreadyExists(f"account {name}@{self.bank} already exists")
+            raise AccountExists(f"account {name}@{self.bank} already exists")
         account = Account(name, initial, password_hash, time.time(), initial)
         await self._add_accounts([account])
         return account
@@ -162,7 +165,7 @@ class Ledger:
     async def open_accounts(self, names: Sequence[str], password_hash: str, initial: int) -> int:
         """The bulk path: many accounts sharing one password hash; existing names are skipped."""
         if initial < 0:
-            raise InvalidArgument("initial deposit must not be negative")
+            raise InvalidAmount("initial deposit must not be negative")
         now = time.time()
         fresh = [Account(n, initial, password_hash, now, initial)
                  for n in dict.fromkeys(names) if n not in self.accounts and n not in self._opening]
@@ -174,7 +177,7 @@ class Ledger:
         # Memory first, so concurrent openings add up their deposits instead of overwriting them.
         deposits = self.meta.get("deposits", 0) + sum(a.opening for a in accounts)
         if deposits > INT64_MAX:
-            raise FailedPrecondition(f"bank {self.bank} cannot hold that much money")
+            raise BalanceCeiling(f"bank {self.bank} cannot hold that much money")
         for account in accounts:
             self.accounts[account.name] = account
         self.meta["deposits"] = deposits
@@ -196,23 +199,23 @@ class Ledger:
         as a prepare does, so together they never take a balance past it.
         """
         if amount <= 0:
-            raise InvalidArgument("amount must be positive")
+            raise InvalidAmount("amount must be positive")
         known = self.txns.get(txn_id)
         if known is not None:
             if known.state != TxnState.DEPOSITED or known.legs != (Leg(name, amount, TREASURY),):
                 raise AlreadyExists(f"transaction {txn_id} is already used at {self.bank} for something else")
             await self._commit.barrier()  # the first answer only once the first write is durable
             if self.txns.get(txn_id) is not known:
-                raise Unavailable(f"bank {self.bank} could not make deposit {txn_id} durable; send it again")
+                raise StoreUnavailable(f"bank {self.bank} could not make deposit {txn_id} durable; send it again")
             return self.deposited[txn_id]
         account = self.account(name)
         room = self.max_balance - account.balance - account.incoming
         if amount > room:
-            raise FailedPrecondition(f"account {name}@{self.bank} may hold at most {format_amount(self.max_balance)} "
+            raise BalanceCeiling(f"account {name}@{self.bank} may hold at most {format_amount(self.max_balance)} "
                                      f"{self.currency}; it has room for {format_amount(max(room, 0))} more")
         deposits, treasury = self.meta.get("deposits", 0) + amount, self.meta.get("treasury", 0) + amount
         if deposits > INT64_MAX:
-            raise FailedPrecondition(f"bank {self.bank} cannot hold that much money")
+            raise BalanceCeiling(f"bank {self.bank} cannot hold that much money")
         now = time.time()
         txn = BankTxn(txn_id, TxnState.DEPOSITED, (Leg(name, amount, TREASURY),), now, now)
         # Memory first, as for a payment, so a repeat arriving during the write finds the id taken.
@@ -335,7 +338,7 @@ class Ledger:
         except Exception as e:
             for undo in reversed(batch.undo):
                 undo()
-            failed = Unavailable(f"bank {self.bank} could not make the batch durable: {e}")
+            failed = StoreUnavailable(f"bank {self.bank} could not make the batch durable: {e}")
             return [failed] * len(outcomes), [failed] * len(votes)
         for txn in batch.applied:
             fire_after(self._hooks.miniupi_after_apply, txn_id=txn.txn_id, decision=txn.state)
@@ -402,7 +405,7 @@ class Ledger:
         for name, amount in debits.items():
             account = self.accounts[name]
             if account.balance - account.held < amount:
-                return Vote(False, Refusal.INSUFFICIENT_FUNDS, INSUFFICIENT_FUNDS)
+                return Vote(False, Refusal.INSUFFICIENT_FUNDS, "insufficient funds")
         for name, amount in credits.items():
             # Credits in flight count: each alone may fit while together they would not.
             account = self.accounts[name]

@@ -15,6 +15,7 @@ from miniupi.config import NodeConfig
 from miniupi.nodes.garbage import quiet_garbage_collector
 from miniupi.nodes.logs import flush_logs_periodically
 from miniupi.nodes.callers import core_interceptors
+from miniupi.nodes.error_door import ErrorDoor
 from miniupi.contract.registry import Auth, Plugins
 from miniupi.contract.store import Store, StoreDamaged
 from miniupi.nodes.group_commit import GroupCommit
@@ -66,14 +67,15 @@ async def open_store(plugins: Plugins, node: NodeConfig) -> tuple[GroupCommit, d
 
 
 def node_interceptors(node: NodeConfig, plugins: Plugins, auth: Auth) -> list[grpc.aio.ServerInterceptor]:
-    """Outermost first: every plugin's (the call log, so refused calls are logged too),
-    the auth kind's, then the core caller check, whatever the auth kind.
+    """Outermost first: the error door (so whatever any of the others raises becomes a status),
+    every plugin's (the call log, so refused calls are logged too), the auth kind's, then the
+    core caller check, whatever the auth kind.
 
     The core check wraps the servicer's handler itself, so no call reaches a
     servicer without passing it.
     """
     hooked = [i for group in plugins.pm.hook.miniupi_server_interceptors(node=node) for i in group]
-    return [*hooked, *auth.interceptors, *core_interceptors(node)]
+    return [ErrorDoor(node.name), *hooked, *auth.interceptors, *core_interceptors(node)]
 
 
 async def serve(

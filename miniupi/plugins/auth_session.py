@@ -24,7 +24,7 @@ import grpc
 
 from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account
 from miniupi.config import NodeConfig
-from miniupi.errors import Unauthenticated
+from miniupi.errors import NotLoggedIn, PermissionDenied, SessionExpired
 from miniupi.contract.interceptors import CheckFirst, wrap_handler
 from miniupi.contract.hookspecs import hookimpl
 from miniupi.nodes.callers import ALWAYS_OPEN_PREFIXES, GATEWAY_FOR_NODES, set_peer
@@ -92,15 +92,15 @@ class SessionStore:
 
     def resolve(self, key: str) -> str:
         if not key:
-            raise Unauthenticated("not logged in: no session key")
+            raise NotLoggedIn("not logged in: no session key")
         found = self._find(key)
         if found is None:
-            raise Unauthenticated("session key not recognised; log in again")
+            raise SessionExpired("session key not recognised; log in again")
         session_id, session = found
         now = self._clock()
         if now - session.last_used > self.idle_s or now - session.started > self.max_s:
             del self._sessions[session_id]
-            raise Unauthenticated("session expired; log in again")
+            raise SessionExpired("session expired; log in again")
         session.last_used = now
         self._sessions.move_to_end(session_id)  # keeps the table in order of last use, for _sweep
         return session.account
@@ -145,22 +145,19 @@ class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
         if peer == ADMIN:
             return  # the admin certificate is the admin's credential; no session needed
         key = next((v for k, v in context.invocation_metadata() or () if k == SESSION_METADATA_KEY), "")
-        try:
-            current_account.set(self.sessions.resolve(key if isinstance(key, str) else ""))
-        except Unauthenticated as e:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, e.message)
+        current_account.set(self.sessions.resolve(key if isinstance(key, str) else ""))
 
 
 async def _only_treasury(context: grpc.aio.ServicerContext) -> None:
     if await set_peer(context) != TREASURY:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the treasury may issue money")
+        raise PermissionDenied("only the treasury may issue money")
 
 
 async def _not_treasury(context: grpc.aio.ServicerContext) -> str | None:
     """The treasury issues money and does nothing else, so a stolen treasury key reads and pays nothing."""
     peer = await set_peer(context)
     if peer == TREASURY:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the treasury may only deposit and open accounts in bulk")
+        raise PermissionDenied("the treasury may only deposit and open accounts in bulk")
     return peer
 
 

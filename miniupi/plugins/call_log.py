@@ -5,7 +5,6 @@ can never reach the log: neither is on the list.
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +14,8 @@ import grpc
 
 from miniupi.contract.identity import current_account, current_peer
 from miniupi.config import NodeConfig
-from miniupi.contract.interceptors import wrap_handler
+from miniupi.contract.interceptors import Malformed, wrap_handler
+from miniupi.nodes.error_door import status_name
 from miniupi.nodes.logs import log_call
 from miniupi.contract.hookspecs import hookimpl
 
@@ -28,6 +28,8 @@ _CONTROL = {c: "?" for c in (*range(32), 127)}
 
 def _fields(request: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {}
+    if isinstance(request, Malformed):  # refused unread: log what parsed, if anything did
+        request = request.parsed
     descriptor = getattr(request, "DESCRIPTOR", None)  # None for bytes that did not parse
     if descriptor is None:
         return fields
@@ -88,21 +90,13 @@ class _LoggedCall:
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        if exc_type is None:
-            code = "OK"
-        elif issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)):  # the caller gave up, or the node is stopping
-            code = "CANCELLED"
-        else:
-            code = _code_name(self.context) or "UNKNOWN"
+    async def __aexit__(self, exc_type: type[BaseException] | None, error: BaseException | None,
+                        *traceback: object) -> None:
+        # The error door, outside this interceptor, sets the status only after this line is logged.
         log_call({"method": self.method, "caller": current_peer.get() or "-",
-                  "user": current_account.get() or "-", **_fields(self.request), "code": code,
+                  "user": current_account.get() or "-", **_fields(self.request),
+                  "code": status_name(error, self.context),
                   "ms": round((time.perf_counter() - self.start) * 1000, 2)})
-
-
-def _code_name(context: grpc.aio.ServicerContext) -> str | None:
-    code = context.code()
-    return code.name if isinstance(code, grpc.StatusCode) else None
 
 
 @hookimpl(tryfirst=True)

@@ -7,11 +7,13 @@ tests/plugins on PYTHONPATH). A test arms a fault by writing
     {"node": "bank_a", "point": "after_vote", "action": "kill"}
     {"node": "gateway", "point": "after_decision", "decision": "COMMITTED", "action": "kill"}
     {"node": "bank_b", "point": "before_vote", "action": "sleep", "seconds": 5}
+    {"node": "gateway", "point": "before_prepare", "action": "raise"}
 
 `point` is a hook name without `miniupi_`; `decision`, `bank`, `txn_id`,
 `yes` narrow the match. Each entry fires once: it is removed from the file
 before it acts, so the node supervisord restarts runs normally. "kill" is
 SIGKILL to itself: no cleanup, no flush, exactly like `kill -9` at that line.
+"raise" raises RaisedByFault from the hook, as a plugin with a bug would.
 
 Every node of a cluster shares the one file, so the read-remove-write is
 done under an exclusive lock (`faults.lock`): two nodes hitting their
@@ -112,6 +114,10 @@ def _take(node: NodeConfig, point: str, details: dict[str, Any]) -> dict[str, An
     return None
 
 
+class RaisedByFault(RuntimeError):
+    """What a fault with action "raise" raises: a plugin failing inside a hook."""
+
+
 def _maybe_fault(node: NodeConfig, point: str, **details: Any) -> None:
     if not (node.cluster.data_dir / FILE).exists():
         return
@@ -122,6 +128,8 @@ def _maybe_fault(node: NodeConfig, point: str, **details: Any) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif fault["action"] == "sleep":
         time.sleep(fault["seconds"])  # blocks the whole node, like a stalled process
+    elif fault["action"] == "raise":
+        raise RaisedByFault(f"fault injected at {point} on {node.name}")
 
 
 @hookimpl
