@@ -237,6 +237,9 @@ class Typed:
     def discard(self) -> None:
         pass
 
+    def go_on(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
