@@ -58,7 +58,7 @@ def channel_credentials(certs_dir: Path, name: str) -> grpc.ChannelCredentials:
 ChannelOptions = Sequence[tuple[str, Any]]
 # How gRPC (pinned in pyproject.toml) words the two handshake refusals that keep an impostor out: a
 # server leaf naming another identity than the pinned one, and a client-only leaf (certs.py) serving.
-# tests/test_security_impostor.py fails if a new gRPC words them otherwise.
+# tests/security/test_security_impostor.py fails if a new gRPC words them otherwise.
 WRONG_IDENTITY, CLIENT_ONLY_LEAF = "Hostname Verification Check failed", "unsupported certificate purpose"
 
 

@@ -1,7 +1,11 @@
-"""Shared helpers for the cluster tests: booting, fresh accounts, bounded waits.
+"""Shared helpers for the cluster tests: fresh accounts, bounded waits, log reading, paths.
 
-Every test here talks real gRPC over real mTLS to real node processes started
-by `miniupi run` under supervisord; nothing is mocked.
+The folders mirror the package (contract/, nodes/, plugins/, client/, ops/)
+plus security/ for the attacks that cross them. Clusters boot one way, the
+shipped one: miniupi.ops.testing.LocalCluster (directly for a module's own
+cluster, or through the `miniupi_cluster` fixture), which is `miniupi run`
+under supervisord; every test talks real gRPC over real mTLS to real node
+processes, and nothing is mocked.
 """
 from __future__ import annotations
 
@@ -11,28 +15,24 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import pytest
 
 from miniupi.client.api import Client
-from miniupi.ops.testing import Accounts, LocalCluster
+from miniupi.ops.testing import LocalCluster
 from miniupi.tls import dial
 from miniupi.v1 import bank_pb2, bank_pb2_grpc
 
 T = TypeVar("T")
 PASSWORD = "pw-for-tests"
-
-
-@contextlib.contextmanager
-def running_cluster(root: Path, spec: Mapping[str, Any] | None = None,
-                    accounts: Accounts | None = None) -> Iterator[LocalCluster]:
-    """A LocalCluster for a whole module (boot costs ~1.5 s), stopped at the end."""
-    with LocalCluster(root, spec, accounts=accounts) as cluster:
-        yield cluster
+TESTS_DIR = Path(__file__).resolve().parent
+ROOT = TESTS_DIR.parent  # the repository
+# The suite's own plugins (fault injection, recorders), loaded by clusters through `[plugins] load`.
+PLUGIN_DIR = TESTS_DIR / "plugins"
 
 
 def unique_name(prefix: str = "u") -> str:

@@ -52,7 +52,7 @@ def test_the_plugin_guide_documents_no_hook_that_does_not_exist() -> None:
 
 @pytest.mark.parametrize("name", sorted(hook_specs()))
 def test_every_hook_is_named_by_a_test(name: str) -> None:
-    tests = [p for p in (ROOT / "tests").glob("test_*.py") if p.name != "test_docs.py"]
+    tests = [p for p in (ROOT / "tests").rglob("test_*.py") if p.name != "test_docs.py"]
     assert any(re.search(rf"\b{name}\b", p.read_text()) for p in tests), f"no tests/test_*.py names {name}"
 
 

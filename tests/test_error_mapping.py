@@ -41,7 +41,7 @@ from miniupi.errors import (
 from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2
-from conftest import running_cluster
+
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,7 +61,7 @@ ALICE, BOB = "alice@bank_a", "bob@bank_b"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("errors"), SPEC, accounts=SETUP) as c:
+    with LocalCluster(tmp_path_factory.mktemp("errors"), SPEC, accounts=SETUP) as c:
         yield c
 
 

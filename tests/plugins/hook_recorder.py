@@ -1,4 +1,4 @@
-"""Records every hook call of every node, one line each, in DATA_DIR/hooks.txt (tests/test_hooks.py).
+"""Records every hook call of every node, one line each, in DATA_DIR/hooks.txt (tests/contract/test_hooks.py).
 
 Lines are `NODE HOOK ARG...`, appended in the order they happened: a node
 writes a line before it sends what the next node reacts to, so the file's

@@ -22,7 +22,7 @@ from miniupi.nodes.server import HANDSHAKE_TIMEOUT_S
 from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
-from conftest import running_cluster
+
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -38,7 +38,7 @@ NODES = ["gateway", "bank_a", "bank_b"]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("mtls"), SPEC, accounts=SETUP) as c:
+    with LocalCluster(tmp_path_factory.mktemp("mtls"), SPEC, accounts=SETUP) as c:
         yield c
 
 

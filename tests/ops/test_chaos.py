@@ -1,11 +1,11 @@
 """The bank workload under a seeded nemesis, short: every invariant holds after kills, pauses and restarts.
 
-This is `make chaos` (tests/chaos_run.py, where the workload, the nemesis
+This is `make chaos` (tests/ops/chaos_run.py, where the workload, the nemesis
 and the checker are described) for 30 seconds. The seed is random unless
 CHAOS_SEED is set; it is printed with the command that replays the run,
 and a failure message repeats it:
 
-    CHAOS_SEED=7 .venv/bin/pytest tests/test_chaos.py -s      # this test, seed 7
+    CHAOS_SEED=7 .venv/bin/pytest tests/ops/test_chaos.py -s      # this test, seed 7
     make chaos DURATION=30 SEED=7                              # the same run from the command line
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pexpect
 import pytest
 
 from miniupi.ops.testing import LocalCluster
-from conftest import PASSWORD, open_account, running_cluster
+from conftest import PASSWORD, open_account
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,7 +31,7 @@ TXN = r"\(txn ([0-9a-f-]{36})\)"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("repl"), SPEC) as c:
+    with LocalCluster(tmp_path_factory.mktemp("repl"), SPEC) as c:
         yield c
 
 

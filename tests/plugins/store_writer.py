@@ -1,6 +1,6 @@
 """The child process of test_store_crash.py: writes numbered batches until it is killed.
 
-    python tests/store_writer.py KIND DIRECTORY START ACKS COMPACT_AFTER
+    python tests/plugins/store_writer.py KIND DIRECTORY START ACKS COMPACT_AFTER
 
 Opens the store (KIND "sqlite" or "json") in DIRECTORY, checks that it holds
 the state after batch START - 1, prints "ready", then writes batch(START),

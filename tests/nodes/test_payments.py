@@ -31,7 +31,7 @@ from miniupi.errors import (
 from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from conftest import PASSWORD, me, money, running_cluster, unique_name
+from conftest import PASSWORD, me, money, unique_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,7 +45,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("payments"), SPEC) as c:
+    with LocalCluster(tmp_path_factory.mktemp("payments"), SPEC) as c:
         yield c
 
 

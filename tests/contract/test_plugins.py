@@ -16,12 +16,12 @@ from miniupi.contract.manager import DEFAULT_PLUGINS, PluginError, make_plugin_m
 from miniupi.contract.registry import check_plugins
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2
+from conftest import PLUGIN_DIR, ROOT
 
-PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 
 
 def test_default_plugins_are_the_entry_point_group_and_registered_by_its_names() -> None:
-    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+    with open(ROOT / "pyproject.toml", "rb") as f:
         entry_points = tomllib.load(f)["project"]["entry-points"]["miniupi"]
     assert entry_points == DEFAULT_PLUGINS
     pm = make_plugin_manager()

@@ -14,7 +14,7 @@ import pytest
 from miniupi.client.api import Session
 from miniupi.errors import Unauthenticated
 from miniupi.ops.testing import LocalCluster
-from conftest import PASSWORD, running_cluster, unique_name, wait_for
+from conftest import PASSWORD, unique_name, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,7 +28,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("cli"), SPEC) as c:
+    with LocalCluster(tmp_path_factory.mktemp("cli"), SPEC) as c:
         yield c
 
 

@@ -21,7 +21,7 @@ from miniupi.nodes.logs import LINE_FORMAT, MAX_HELD_LINES, _CallLines, _SizeRot
 from miniupi.ops.testing import DEFAULT_SPEC, LocalCluster
 from miniupi.tls import channel_credentials
 from miniupi.v1 import bank_pb2, gateway_pb2
-from conftest import PASSWORD, open_account, running_cluster, wait_for
+from conftest import PASSWORD, open_account, wait_for
 
 
 def test_the_log_rotates_past_its_size_and_keeps_every_line(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_the_flusher_outlives_a_broken_stdout_and_still_sends_call_lines(monkeyp
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     spec = copy.deepcopy(DEFAULT_SPEC)
     spec["cluster"]["log_json"] = request.param == "json"
-    with running_cluster(tmp_path_factory.mktemp(f"logs-{request.param}"), spec) as c:
+    with LocalCluster(tmp_path_factory.mktemp(f"logs-{request.param}"), spec) as c:
         yield c
 
 

@@ -70,7 +70,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PASSWORD, running_cluster, unique_name, wait_for
+from conftest import PASSWORD, PLUGIN_DIR, unique_name, wait_for
 from miniupi.ops.audit import audit, collect
 from miniupi.client.api import Client
 from miniupi.errors import FailedPrecondition, MiniupiError, NotFound, Unauthenticated, Unavailable
@@ -84,7 +84,6 @@ from miniupi.nodes.participants import YES, Ack, Vote
 from miniupi.ops.testing import LocalCluster
 from miniupi.v1 import common_pb2, gateway_pb2
 
-PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 sys.path.insert(0, str(PLUGIN_DIR))  # the nodes load it from PYTHONPATH; the test arms it directly
 import faults  # noqa: E402
 
@@ -201,7 +200,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with pytest.MonkeyPatch.context() as env:
         # Before boot: supervisord passes it to every node.
         env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")])))
-        with running_cluster(tmp_path_factory.mktemp("crash_matrix"), SPEC) as c:
+        with LocalCluster(tmp_path_factory.mktemp("crash_matrix"), SPEC) as c:
             yield c
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from miniupi.client.home import load_session
 from miniupi.ops.testing import LocalCluster
-from conftest import PASSWORD, open_account, running_cluster, wait_for
+from conftest import PASSWORD, open_account, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,7 +30,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("sessions"), SPEC) as c:
+    with LocalCluster(tmp_path_factory.mktemp("sessions"), SPEC) as c:
         yield c
 
 

@@ -1,6 +1,6 @@
 """Crash safety of the stores: SIGKILL in the middle of writes, many times, and damaged files.
 
-The crash loop runs tests/store_writer.py as a child that writes numbered,
+The crash loop runs tests/plugins/store_writer.py as a child that writes numbered,
 deterministic batches (store_writer.batch) as fast as it can and records each
 batch number once write() has returned. The parent kills it with SIGKILL at a
 random moment, reopens the store and requires the state after exactly some

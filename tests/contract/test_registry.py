@@ -21,8 +21,8 @@ from miniupi.config import ConfigError, parse_config
 from miniupi.contract.manager import PluginError
 from miniupi.contract.registry import PluginChoiceError, Register, StorageKind, check_plugins
 from miniupi.ops.supervision import socket_path
+from conftest import PLUGIN_DIR
 
-PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 COMMANDS = {
     "run": ["run"],
     "bank": ["bank", "--name", "bank_a"],

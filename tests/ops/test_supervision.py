@@ -28,9 +28,8 @@ from miniupi.ops import supervision
 from miniupi.config import ClusterConfig, parse_config
 from miniupi.ops.supervision import ClusterRunning, Supervisor, SupervisorUnavailable
 from miniupi.ops.testing import LocalCluster
-from conftest import alive, wait_for
+from conftest import alive, PLUGIN_DIR, wait_for
 
-PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 
 
 # Exits by itself once orphaned (checked every second), so a test that dies

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from miniupi.errors import InsufficientFunds, Unauthenticated
 from miniupi.ops.testing import LocalCluster
-from conftest import wait_for
+from conftest import PLUGIN_DIR, wait_for
 
-PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 SPEC = {"cluster": {"name": "hooks"}, "gateway": {}, "banks": {"bank_a": {}, "bank_b": {"storage": "json"}},
         "plugins": {"load": ["hook_recorder"]}}
 

@@ -1,6 +1,6 @@
 """Security, transport: who may open a link to a node, and who a bank answers.
 
-tests/test_mtls.py shows that the handshake fails; these tests show what a
+tests/security/test_mtls.py shows that the handshake fails; these tests show what a
 refused caller could *not* do with real, state-changing calls against the
 real node processes: no account opened, no hold placed, no payment recorded,
 no failed login counted, and no line in the node's log, which the call-log

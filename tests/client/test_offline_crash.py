@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from miniupi.ops.testing import LocalCluster
-from conftest import PASSWORD, open_account, running_cluster, wait_for
+from conftest import open_account, PASSWORD, PLUGIN_DIR, wait_for
 from conftest import cli_login as login, cli_ok as ok
 
 pytestmark = pytest.mark.timeout(120)
 
-PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 SPEC = {
     "cluster": {"name": "crash", "prepare_timeout_s": 3, "call_timeout_s": 3,
                 "max_opening_deposit": "10000.00"},  # Register opens with deposits here
@@ -34,7 +33,7 @@ SPEC = {
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", str(PLUGIN_DIR))
-        with running_cluster(tmp_path_factory.mktemp("crash"), SPEC) as c:
+        with LocalCluster(tmp_path_factory.mktemp("crash"), SPEC) as c:
             yield c
 
 

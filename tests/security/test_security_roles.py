@@ -3,7 +3,7 @@
 DESIGN.md section 3: a customer sees and spends only their own account; the
 `admin` certificate may read every account and run audits but not move money;
 banks may ask for decisions. A wrong, made-up, expired or revoked key is
-UNAUTHENTICATED; the wrong owner is PERMISSION_DENIED. tests/test_payments.py
+UNAUTHENTICATED; the wrong owner is PERMISSION_DENIED. tests/nodes/test_payments.py
 covers the plain cases through the client library; these go to the wire with
 raw metadata so the gateway itself is what is tested, and they check that no
 refused call moved money or recorded a payment.

@@ -16,7 +16,7 @@ import pytest
 from miniupi.client.api import Client
 from miniupi.errors import AlreadyExists, Aborted, FailedPrecondition, MiniupiError, Unavailable
 from miniupi.ops.testing import LocalCluster
-from conftest import PASSWORD, me, money, running_cluster, wait_for
+from conftest import PASSWORD, me, money, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,7 +36,7 @@ OTHER = {"bank_a": "bank_b", "bank_b": "bank_a"}
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("durability"), SPEC, accounts=SETUP) as c:
+    with LocalCluster(tmp_path_factory.mktemp("durability"), SPEC, accounts=SETUP) as c:
         yield c
 
 

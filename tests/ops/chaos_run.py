@@ -1,6 +1,6 @@
 """Jepsen's bank workload against a real miniupi cluster, under a seeded nemesis.
 
-    .venv/bin/python tests/chaos_run.py --duration 600 --seed 7     # or: make chaos DURATION=600 SEED=7
+    .venv/bin/python tests/ops/chaos_run.py --duration 600 --seed 7     # or: make chaos DURATION=600 SEED=7
 
 A gateway and three banks (sqlite, json, sqlite) run under supervisord as in
 production. Several clients, all in one asyncio loop, pay random amounts
@@ -31,7 +31,7 @@ every bank (miniupi.ops.audit.collect) and requires:
   violation the audit can see in a live cluster.
 
 This lives in tests/ rather than the miniupi package: it is test tooling
-(it uses the faults plugin and LocalCluster) shared by tests/test_chaos.py,
+(it uses the faults plugin and LocalCluster) shared by tests/ops/test_chaos.py,
 which runs a short version in `make test`, and `make chaos`, which runs a
 long one through the same code. The seed fixes the workload's choices and
 the nemesis's schedule; the interleaving with the nodes is up to the OS, so
@@ -66,7 +66,7 @@ from miniupi.ops.supervision import SupervisionError
 from miniupi.ops.testing import LocalCluster
 from miniupi.states import TxnState
 
-PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins"  # run as a script too: no conftest
 sys.path.insert(0, str(PLUGIN_DIR))
 import faults  # noqa: E402  (the nodes load it from PYTHONPATH; the nemesis arms it)
 
@@ -98,7 +98,7 @@ class ChaosSettings:
     read_every_s: float = 3.0  # live reads of the whole cluster during the chaos
 
     def command(self) -> str:
-        return (f".venv/bin/python tests/chaos_run.py --duration {self.duration_s:g} --seed {self.seed} "
+        return (f".venv/bin/python tests/ops/chaos_run.py --duration {self.duration_s:g} --seed {self.seed} "
                 f"--workers {self.workers} --rate {self.rate:g}")
 
     def make_command(self) -> str:

@@ -24,10 +24,10 @@ import pytest
 from miniupi.client.api import AsyncClient
 from miniupi.errors import MiniupiError, PermissionDenied, Unauthenticated
 from miniupi.ops.testing import LocalCluster
+from conftest import PLUGIN_DIR
 
 pytestmark = pytest.mark.timeout(120)
 
-PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 ATTEMPTS = 5
 SHORT_LOCK_S = 3.0
 LONG_LOCK_S = 120.0

@@ -21,7 +21,7 @@ import pytest
 
 from miniupi.client.api import AsyncClient
 from miniupi.ops.testing import LocalCluster
-from conftest import PASSWORD, open_account, running_cluster, wait_for
+from conftest import PASSWORD, open_account, wait_for
 from conftest import cli_login as login, cli_ok as ok
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,7 +37,7 @@ QUEUED_LINE = "queued: gateway unreachable, will retry"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("offline"), SPEC) as c:
+    with LocalCluster(tmp_path_factory.mktemp("offline"), SPEC) as c:
         yield c
 
 

@@ -22,12 +22,12 @@ from miniupi.nodes.server import SERVER_OPTIONS
 from miniupi.ops.testing import LocalCluster
 from miniupi.tls import channel_credentials, server_credentials
 from miniupi.v1 import bank_pb2, bank_pb2_grpc
-from conftest import PASSWORD, bank_account, open_account, running_cluster
+from conftest import PASSWORD, bank_account, open_account
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("bank_links")) as c:
+    with LocalCluster(tmp_path_factory.mktemp("bank_links")) as c:
         yield c
 
 

@@ -15,17 +15,15 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import PASSWORD, lines_with, running_cluster, unique_name, wait_for
+from conftest import lines_with, PASSWORD, PLUGIN_DIR, unique_name, wait_for
 from miniupi.errors import Aborted, MiniupiError
 from miniupi.ops.audit import audit, collect
 from miniupi.ops.testing import LocalCluster
 
-PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 sys.path.insert(0, str(PLUGIN_DIR))  # the nodes load it from PYTHONPATH; the test arms it directly
 import faults  # noqa: E402
 
@@ -57,7 +55,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with pytest.MonkeyPatch.context() as env:
         # Before boot: supervisord passes it to every node.
         env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")])))
-        with running_cluster(tmp_path_factory.mktemp("hooks"), SPEC) as c:
+        with LocalCluster(tmp_path_factory.mktemp("hooks"), SPEC) as c:
             yield c
 
 
