@@ -27,10 +27,10 @@ proto: $(STAMP)
 clean:
 	rm -rf $(VENV) var certs .pytest_cache
 
-# Jepsen-style bank workload under a seeded nemesis (tests/ops/chaos_run.py; a short run is in `make test`).
+# Jepsen-style bank workload under a seeded nemesis (benchmarks/chaos_run.py; a short run is in `make test`).
 # make chaos DURATION=600 SEED=7   (no SEED: a random one, printed with the command to replay it)
 DURATION ?= 600
 SEED ?=
 .PHONY: chaos
 chaos: $(STAMP)
-	$(BIN)/python tests/ops/chaos_run.py --duration $(DURATION) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
+	$(BIN)/python benchmarks/chaos_run.py --duration $(DURATION) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)

@@ -1,6 +1,6 @@
 """The bank workload under a seeded nemesis, short: every invariant holds after kills, pauses and restarts.
 
-This is `make chaos` (tests/ops/chaos_run.py, where the workload, the nemesis
+This is `make chaos` (benchmarks/chaos_run.py, where the workload, the nemesis
 and the checker are described) for 30 seconds. The seed is random unless
 CHAOS_SEED is set; it is printed with the command that replays the run,
 and a failure message repeats it:
@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
 
-from chaos_run import FAULT_KINDS, PLUGIN_DIR, ChaosSettings, Op, report_text, run_chaos, verify
 from miniupi.ops.audit import BankView, GatewayTxnView
+from conftest import ROOT
+
+# chaos_run.py is a tool beside the benchmarks (make chaos runs it); its workload and checker are tested here.
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from chaos_run import FAULT_KINDS, PLUGIN_DIR, ChaosSettings, Op, report_text, run_chaos, verify  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 

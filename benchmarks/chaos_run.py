@@ -1,6 +1,6 @@
 """Jepsen's bank workload against a real miniupi cluster, under a seeded nemesis.
 
-    .venv/bin/python tests/ops/chaos_run.py --duration 600 --seed 7     # or: make chaos DURATION=600 SEED=7
+    .venv/bin/python benchmarks/chaos_run.py --duration 600 --seed 7     # or: make chaos DURATION=600 SEED=7
 
 A gateway and three banks (sqlite, json, sqlite) run under supervisord as in
 production. Several clients, all in one asyncio loop, pay random amounts
@@ -66,7 +66,7 @@ from miniupi.ops.supervision import SupervisionError
 from miniupi.ops.testing import LocalCluster
 from miniupi.states import TxnState
 
-PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins"  # run as a script too: no conftest
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "tests" / "plugins"  # the fault injection the nodes load
 sys.path.insert(0, str(PLUGIN_DIR))
 import faults  # noqa: E402  (the nodes load it from PYTHONPATH; the nemesis arms it)
 
