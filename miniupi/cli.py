@@ -18,11 +18,13 @@ from typing import Any, NoReturn
 from miniupi import __version__
 from miniupi.config import DEFAULT_CONFIG, ConfigError, load_config
 from miniupi.errors import MiniupiError
+from miniupi.inputs import count, positive_number
 from miniupi.money import BadAmount
 from miniupi.contract.manager import PluginError
 
 # `miniupi bench` defaults, kept apart so that an option given can be told from one left out.
 BENCH_BANKS, BENCH_STORAGE, BENCH_PAYMENTS, BENCH_DURATION = 2, "sqlite", 10000, 10.0
+BENCH_MAX_BANKS = 64
 
 # A process killed by SIGPIPE exits 128 + 13 in the shell's eyes; we exit the same when the reader goes away.
 EXIT_BROKEN_PIPE = 141
@@ -81,14 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--live", action="store_true",
                    help="bench the running cluster of the cluster file instead of a throw-away one; "
                         "the accounts it opens and the money it issues there stay")
-    p.add_argument("--banks", type=int, help=f"banks in the throw-away cluster (default {BENCH_BANKS})")
+    p.add_argument("--banks", type=count(BENCH_MAX_BANKS), help=f"banks in the throw-away cluster (default {BENCH_BANKS})")
     p.add_argument("--storage", help=f"storage plugin of every node of the throw-away cluster (default {BENCH_STORAGE})")
-    p.add_argument("--accounts", type=int, default=1000, help="accounts opened per bank (default 1000)")
-    p.add_argument("--concurrency", type=int, default=64, help="payers paying at once (default 64)")
-    p.add_argument("--payments", type=int, help=f"closed loop: how many payments (default {BENCH_PAYMENTS})")
-    p.add_argument("--rate", type=float, help="open loop: payments per second")
-    p.add_argument("--duration", type=float, help=f"open loop, with --rate: seconds (default {BENCH_DURATION:g})")
-    p.add_argument("--processes", type=int, default=1, help="load processes (default 1)")
+    p.add_argument("--accounts", type=count(10_000_000), default=1000, help="accounts opened per bank (default 1000)")
+    p.add_argument("--concurrency", type=count(100_000), default=64, help="payers paying at once (default 64)")
+    p.add_argument("--payments", type=count(100_000_000),
+                   help=f"closed loop: how many payments (default {BENCH_PAYMENTS})")
+    p.add_argument("--rate", type=positive_number(1_000_000), help="open loop: payments per second")
+    p.add_argument("--duration", type=positive_number(86_400),
+                   help=f"open loop, with --rate: seconds (default {BENCH_DURATION:g})")
+    p.add_argument("--processes", type=count(64), default=1, help="load processes (default 1)")
     p.add_argument("--seed", type=int, help="random seed (printed; default random)")
     p.add_argument("--no-audit", action="store_true", help="skip the invariant check at the end")
 

@@ -15,6 +15,7 @@ from miniupi.errors import InvalidArgument
 HISTORY_MAX = 1000  # the most a bank returns (MAX_HISTORY in nodes/bank.py)
 QUEUE_MAX = 10_000
 _COUNT = re.compile(r"[0-9]{1,9}")
+_NUMBER = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,6})?")
 
 
 def quoted(text: str) -> str:
@@ -36,4 +37,13 @@ def count(maximum: int) -> Callable[[str], int]:
             return parse_count(text, maximum)
         except InvalidArgument as e:
             raise argparse.ArgumentTypeError(e.message) from None
+    return parse
+
+
+def positive_number(maximum: float) -> Callable[[str], float]:
+    """An argparse type: a plain decimal above 0 and at most `maximum` (float() would take nan, inf, 1e9)."""
+    def parse(text: str) -> float:
+        if _NUMBER.fullmatch(text) and 0 < float(text) <= maximum:
+            return float(text)
+        raise argparse.ArgumentTypeError(f"not a number above 0 and at most {maximum:g}: {quoted(text)}")
     return parse

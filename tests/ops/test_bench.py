@@ -73,8 +73,15 @@ def test_bench_refuses_a_single_bank_in_one_line(tmp_path) -> None:
     (["--live", "--banks", "3"], "--banks and --storage shape a throw-away cluster"),
     (["--live", "--storage", "json"], "--banks and --storage shape a throw-away cluster"),
     (["--config", "elsewhere.toml"], "drives only with --live"),
+    # float() and int() would take these; nan once reached the accounts' funding and raised there.
+    (["--rate", "5", "--duration", "nan"], "--duration: not a number above 0"),
+    (["--rate", "-5"], "--rate: not a number above 0"),
+    (["--rate", "1e3"], "--rate: not a number above 0"),
+    (["--accounts", "-1"], "--accounts: not a count"),
+    (["--payments", "1_000"], "--payments: not a count"),
 ])
-def test_bench_refuses_contradictory_options_in_one_line_and_boots_nothing(tmp_path, options, why) -> None:
+def test_bench_refuses_contradictory_or_malformed_options_in_one_line_and_boots_nothing(
+        tmp_path, options, why) -> None:
     tmp = tmp_path / "tmp"
     run = subprocess.run([*BENCH, *options], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                          env=bench_env(tmp))
