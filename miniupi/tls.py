@@ -18,8 +18,6 @@ from typing import Any, Literal, overload
 
 import grpc
 
-
-
 # The cluster CA's certificate in the certs dir; its key (ca.key) is needed only to issue leaves.
 CA_CERT = "ca.pem"
 
@@ -66,8 +64,9 @@ def pin(peer: str, options: ChannelOptions = ()) -> list[tuple[str, Any]]:
     """`options` plus the one that makes the handshake accept only a certificate naming `peer`.
 
     gRPC checks the server's certificate against this name instead of the
-    dialled host. Only node certificates name a node (`certs.issue_cert`),
-    so neither a user-side leaf nor another node's passes.
+    dialled host. Only a node's own leaf names it: user-side leaves name
+    nothing but themselves, and no host in a node's leaf may be spelt like
+    an identity (`config.host_problem`).
     """
     return [*options, ("grpc.ssl_target_name_override", peer)]
 
