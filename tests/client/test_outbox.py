@@ -398,14 +398,18 @@ def test_a_prune_killed_at_any_moment_loses_nothing_queued(tmp_path: Path) -> No
 
     environ = {k: v for k, v in os.environ.items() if k != "MINIUPI_OUTBOX_KEEP_DAYS"}  # the default: 30 days
     copy = tmp_path / "outbox.sqlite3"
-    duration, done = prune_in_child(copy, None)
-    assert done and check(copy) == "pruned"
+    durations = []
+    for _ in range(2):  # the quicker of two undisturbed prunes: kills before it land inside one
+        took, done = prune_in_child(copy, None)
+        assert done and check(copy) == "pruned"
+        durations.append(took)
+    duration = min(durations)
     rng = random.Random()
     seed = rng.randrange(2**32)
     rng.seed(seed)
     outcomes = []
     for _ in range(6):
-        _, done = prune_in_child(copy, rng.uniform(0, duration))
+        _, done = prune_in_child(copy, rng.uniform(0, 0.9 * duration))
         outcomes.append((done, check(copy)))
         with contextlib.closing(Outbox(copy, keep_days=30)) as box:  # the next command finishes the job
             assert len(box.pending()) == 60
