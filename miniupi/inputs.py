@@ -40,10 +40,21 @@ def count(maximum: int) -> Callable[[str], int]:
     return parse
 
 
+def parse_positive_number(text: str, maximum: float) -> float:
+    """'7.5' -> 7.5; InvalidArgument unless a plain decimal above 0 and at most `maximum`.
+
+    float() would take nan, inf, 1e9, '1_0' and ' 7 '.
+    """
+    if _NUMBER.fullmatch(text) and 0 < float(text) <= maximum:
+        return float(text)
+    raise InvalidArgument(f"not a number above 0 and at most {maximum:g}: {quoted(text)}")
+
+
 def positive_number(maximum: float) -> Callable[[str], float]:
-    """An argparse type: a plain decimal above 0 and at most `maximum` (float() would take nan, inf, 1e9)."""
+    """parse_positive_number as an argparse type."""
     def parse(text: str) -> float:
-        if _NUMBER.fullmatch(text) and 0 < float(text) <= maximum:
-            return float(text)
-        raise argparse.ArgumentTypeError(f"not a number above 0 and at most {maximum:g}: {quoted(text)}")
+        try:
+            return parse_positive_number(text, maximum)
+        except InvalidArgument as e:
+            raise argparse.ArgumentTypeError(e.message) from None
     return parse

@@ -15,22 +15,43 @@ happen exactly once however often it is sent.
 
 Every send is also logged in `attempts`, with its start, end, outcome and
 the time of the retry it scheduled, for `miniupi queue` and for tests.
+
+Finished rows are history, not work: they are kept for a retention period
+(keep_days: the argument, else $MINIUPI_OUTBOX_KEEP_DAYS, else 30 days) so
+that `miniupi queue --all` shows them, then pruned with their attempts, so
+the file follows what is live rather than every payment ever made. Pruning
+runs when an outbox is opened and at each flush, at most once an hour per
+file (the time is kept in the file, so one-shot commands share it), as one
+transaction that deletes only done and failed rows: a crash part-way
+leaves the file as it was, and a queued or sending row is never touched,
+however old. An id whose row was pruned can be queued again; the gateway's
+idempotency still knows it.
 """
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from miniupi.errors import AlreadyExists, FailedPrecondition, MiniupiError, from_status
+from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MiniupiError, from_status
+from miniupi.inputs import parse_positive_number, quoted
 
 OUTBOX_FILE = "outbox.sqlite3"
 QUEUED, SENDING, DONE, FAILED = "queued", "sending", "done", "failed"
 PENDING = (QUEUED, SENDING)
+
+KEEP_DAYS_ENV = "MINIUPI_OUTBOX_KEEP_DAYS"
+DEFAULT_KEEP_DAYS = 30.0
+MAX_KEEP_DAYS = 36_500  # a hundred years: longer is a typo
+PRUNE_EVERY_S = 3600.0  # a file is looked at for pruning at most this often
+_DAY_S = 86_400.0
+# The rows a prune may delete: finished, and finished before the cutoff (the partial index below).
+_PRUNABLE = "state IN ('done', 'failed') AND finished_at < ?"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS payments (
@@ -53,6 +74,7 @@ CREATE TABLE IF NOT EXISTS payments (
     error_reason    TEXT NOT NULL DEFAULT ''     -- the refusal's reason (errors.py) when failed
 );
 CREATE INDEX IF NOT EXISTS payments_pending ON payments (payer, seq) WHERE state IN ('queued', 'sending');
+CREATE INDEX IF NOT EXISTS payments_finished ON payments (finished_at) WHERE state IN ('done', 'failed');
 CREATE TABLE IF NOT EXISTS attempts (
     txn_id     TEXT NOT NULL,
     n          INTEGER NOT NULL,
@@ -63,6 +85,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     retry_at   REAL,                             -- the next attempt this one scheduled, if any
     PRIMARY KEY (txn_id, n)
 );
+CREATE TABLE IF NOT EXISTS housekeeping (
+    name  TEXT PRIMARY KEY,                      -- pruned_at: when this file was last pruned
+    value REAL NOT NULL
+)
 """
 
 
@@ -114,10 +140,34 @@ _COLUMNS = ("txn_id, seq, payer, payee, amount, currency, state, attempts, failu
             "next_attempt_at, last_error, result, error_code, error, finished_at, error_reason")
 
 
+def check_keep_days(days: float) -> float:
+    """The library's keep_days, refused in one line unless a number of days above 0 and at most MAX_KEEP_DAYS."""
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not (
+            math.isfinite(days) and 0 < days <= MAX_KEEP_DAYS):
+        raise InvalidArgument(f"keep_days must be a number of days above 0 and at most {MAX_KEEP_DAYS}, not {days!r}")
+    return float(days)
+
+
+def keep_days_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """$MINIUPI_OUTBOX_KEEP_DAYS (a plain decimal, such as 7 or 0.5), else DEFAULT_KEEP_DAYS."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(KEEP_DAYS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_KEEP_DAYS
+    try:
+        return parse_positive_number(raw, MAX_KEEP_DAYS)
+    except InvalidArgument:
+        raise InvalidArgument(f"{KEEP_DAYS_ENV} must be a number of days above 0 and at most {MAX_KEEP_DAYS}, "
+                              f"not {quoted(raw)}") from None
+
+
 class Outbox:
     """The outbox file. Plain blocking SQLite: each write is a short local fsync."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], keep_days: float | None = None) -> None:
+        """keep_days: how long finished entries stay (default: $MINIUPI_OUTBOX_KEEP_DAYS, else 30)."""
+        # Checked before the file is touched: a bad setting makes nothing.
+        self.keep_days = keep_days_from_env() if keep_days is None else check_keep_days(keep_days)
         self.path = Path(path)
         if not self.path.exists():
             # Made 0600 before SQLite opens it; its -wal and -shm files copy these permissions.
@@ -136,6 +186,7 @@ class Outbox:
         except sqlite3.DatabaseError as e:  # not an outbox, or not ours to write: the user's to sort out
             self._db.close()
             raise FailedPrecondition(f"cannot use the outbox {self.path}: {e}") from None
+        self.prune_if_due()
 
     @classmethod
     def in_home(cls, home: Path) -> Outbox:
@@ -262,6 +313,40 @@ class Outbox:
         with self._transaction() as db:
             db.execute("UPDATE payments SET last_error = ? WHERE payer = ? AND state IN ('queued', 'sending')",
                        (reason, payer))
+
+    # -- pruning ----------------------------------------------------------
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete the entries that finished more than keep_days before `now`, with their attempts.
+
+        One transaction, so a crash part-way deletes nothing; only done and
+        failed rows match, so nothing queued or sending is ever deleted.
+        Returns how many entries went.
+        """
+        now = time.time() if now is None else now
+        cutoff = now - self.keep_days * _DAY_S
+        with self._transaction() as db:
+            db.execute(f"DELETE FROM attempts WHERE txn_id IN (SELECT txn_id FROM payments WHERE {_PRUNABLE})",
+                       (cutoff,))
+            gone = db.execute(f"DELETE FROM payments WHERE {_PRUNABLE}", (cutoff,)).rowcount
+            db.execute("INSERT INTO housekeeping (name, value) VALUES ('pruned_at', ?) "
+                       "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (now,))
+        return gone
+
+    def prune_if_due(self, now: float | None = None) -> int:
+        """prune(), unless any process pruned this file less than PRUNE_EVERY_S ago: usually one read.
+
+        Housekeeping never stands in a payment's way: if the file is busy
+        (or full), the prune waits for the next time, and the command goes on.
+        """
+        now = time.time() if now is None else now
+        try:
+            row = self._db.execute("SELECT value FROM housekeeping WHERE name = 'pruned_at'").fetchone()
+            if row is not None and now - PRUNE_EVERY_S < row[0] <= now:  # a clock set back makes it due
+                return 0
+            return self.prune(now)
+        except sqlite3.OperationalError:
+            return 0
 
     @staticmethod
     def _end_attempt(db: sqlite3.Connection, txn_id: str, n: int, now: float, outcome: str, detail: str,

@@ -114,6 +114,7 @@ class Courier:
             return SyncReport((), None, len(self.outbox.pending(payer)), busy=True)
         finished: list[OutboxEntry] = []
         try:
+            self.outbox.prune_if_due(self.clock())  # for processes that live long, as the REPL does
             while (head := self.outbox.head(payer)) is not None:
                 if due_only and not finished and head.next_attempt_at > self.clock():
                     break

@@ -207,6 +207,31 @@ def test_an_outbox_that_is_not_a_database_is_one_line(offline: LocalCluster, tmp
     assert f"cannot use the outbox {home / 'outbox.sqlite3'}" in line, line
 
 
+BAD_KEEP_DAYS = ["abc", "0", "-1", "nan", "inf", "1e3", "36501", "1_0", "7 days", "\u0667", "9" * 100_000]
+
+
+@pytest.mark.parametrize("value", BAD_KEEP_DAYS, ids=[v[:10] for v in BAD_KEEP_DAYS])
+def test_a_bad_outbox_retention_in_the_environment_is_one_line_and_makes_no_outbox(
+        offline: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("MINIUPI_OUTBOX_KEEP_DAYS", value)
+    home = logged_in_home(tmp_path / "home")
+    line = one_line(miniupi(offline, "queue", home=home))
+    assert line.startswith("miniupi: MINIUPI_OUTBOX_KEEP_DAYS must be a number of days above 0 and at most 36500, "
+                           "not '"), line
+    assert len(line) < 200, line
+    assert not (home / "outbox.sqlite3").exists()
+
+
+@pytest.mark.parametrize("verb", [("pay", "bob@bank_b", "1.00"), ("sync",), ("balance",), ("client",)])
+def test_every_verb_with_an_outbox_refuses_a_bad_retention_in_one_line(
+        offline: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verb: tuple[str, ...]) -> None:
+    monkeypatch.setenv("MINIUPI_OUTBOX_KEEP_DAYS", "-5")
+    home = logged_in_home(tmp_path / "home")
+    assert one_line(miniupi(offline, *verb, home=home)) == \
+        "miniupi: MINIUPI_OUTBOX_KEEP_DAYS must be a number of days above 0 and at most 36500, not '-5'"
+    assert not (home / "outbox.sqlite3").exists()
+
+
 # -- the REPL's line handling ------------------------------------------------------------
 
 
