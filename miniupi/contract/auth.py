@@ -1,15 +1,38 @@
-"""What an auth plugin gives the gateway: sessions it can start, check and end."""
+"""What an auth plugin gives the gateway: sessions it can start, check and end, kept in the gateway's store."""
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from miniupi.contract.store import Put
+
+
+class SessionLog(Protocol):
+    """The gateway's store as an authenticator writes it: the node's group commit, shared with payments.
+
+    Sessions go into their own table of the node's store, so they survive
+    a restart with whatever storage kind the node runs, and never in a side file.
+    """
+
+    async def write(self, batch: Sequence[Put]) -> None:
+        """Return once `batch` is durable; raises StoreUnavailable if it is not."""
+
+    def write_later(self, batch: Sequence[Put]) -> None:
+        """Queue `batch` in order without waiting: for changes a crash may lose safely."""
+
+    async def barrier(self) -> None:
+        """Return once everything written so far is durable."""
 
 
 class Authenticator(Protocol):
-    def start(self, account: str) -> tuple[str, float]:
-        """A new session for `account`: (key to hand out, expiry in Unix seconds)."""
+    async def load(self, tables: Mapping[str, Mapping[str, Any]], log: SessionLog) -> None:
+        """Take the sessions the store kept, once, before the gateway serves; write to `log` from then on."""
+
+    async def start(self, account: str) -> tuple[str, float]:
+        """A new session for `account`, durable before it returns: (key to hand out, expiry in Unix seconds)."""
 
     def resolve(self, key: str) -> str:
-        """The account a key belongs to; raise Unauthenticated if none."""
+        """The account a key belongs to; raise Unauthenticated if none. Called on every call: no waiting."""
 
-    def end(self, key: str) -> None:
-        """Revoke a key; unknown keys are ignored."""
+    async def end(self, key: str) -> str | None:
+        """Revoke a key, durably before it returns: the account whose session ended, None for an unknown key."""

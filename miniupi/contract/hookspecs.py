@@ -111,6 +111,17 @@ def miniupi_after_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
     """The decision is applied and durable; the acknowledgement is about to be sent. An observer: exceptions are logged."""
 
 
+# Sessions, gateway side: a crash test kills the gateway between the write and the answer.
+
+
+@hookspec
+def miniupi_after_session_written(node: NodeConfig, account: str, change: str) -> None:
+    """A login's session (`change` "login") or a logout's end of one ("logout") is durable; the caller is not yet answered.
+
+    An observer: an exception is logged and ignored, and the call is answered as if no plugin ran.
+    """
+
+
 # Logins, bank side: observers count guesses; tests count the checks a lockout lets through.
 
 

@@ -33,7 +33,7 @@ from miniupi.nodes.coordinator import Coordinator, Payment
 from miniupi.nodes.issuance import DepositOrder, Issuer
 from miniupi.nodes.passwords import MAX_PASSWORD
 from miniupi.nodes.server import NodeStartError, open_store, serve
-from miniupi.contract.manager import NodeHooks
+from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after
 from miniupi.contract.registry import Plugins, check_plugins
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -44,9 +44,9 @@ _PASSED_ON = (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition)
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, cluster: ClusterConfig, coordinator: Coordinator, links: BankLinks,
-                 sessions: Authenticator, issuer: Issuer) -> None:
+                 sessions: Authenticator, issuer: Issuer, hooks: NodeHooks = NO_HOOKS) -> None:
         self.cluster, self.coordinator, self.links, self.sessions = cluster, coordinator, links, sessions
-        self.issuer = issuer
+        self.issuer, self.hooks = issuer, hooks
         self.timeout = cluster.call_timeout_s
 
     def _bank_of(self, account: str) -> tuple[str, str]:
@@ -109,12 +109,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                                    f"try again in {math.ceil(reply.locked_for_s)} s")
         if not reply.ok:
             raise BadCredentials("wrong account or password")
-        key, expires_at = self.sessions.start(request.account)
+        key, expires_at = await self.sessions.start(request.account)
+        fire_after(self.hooks.miniupi_after_session_written, account=request.account, change="login")
         return gateway_pb2.LoginReply(session_key=key, expires_at=expires_at)
 
     async def Logout(self, request: gateway_pb2.LogoutRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.LogoutReply:
         key = next((v for k, v in context.invocation_metadata() or () if k == SESSION_METADATA_KEY), "")
-        self.sessions.end(key)
+        ended = await self.sessions.end(key if isinstance(key, str) else "")
+        if ended is not None:
+            fire_after(self.hooks.miniupi_after_session_written, account=ended, change="logout")
         return gateway_pb2.LogoutReply()
 
     async def Balance(self, request: gateway_pb2.BalanceRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.BalanceReply:
@@ -213,12 +216,12 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
     sessions = auth.authenticator
     setup_node_logging(node, log_json or cluster.log_json)
     commit, tables = await open_store(plugins, node)
+    await sessions.load(tables, commit)  # before serving: every live key works from the first call
+    hooks = NodeHooks(plugins.pm, node)
     links = BankLinks(cluster)
     links.watch()
     coordinator = Coordinator(
-        links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s,
-        hooks=NodeHooks(plugins.pm, node),
-    )
+        links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s, hooks=hooks)
     issuer = Issuer(commit, tables, coordinator.txns)
     aborted, resent = await coordinator.recover()
     if aborted or resent:
@@ -226,7 +229,7 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
 
     def add_services(server: grpc.aio.Server) -> list[str]:
         gateway_pb2_grpc.add_GatewayServicer_to_server(
-            GatewayServicer(cluster, coordinator, links, sessions, issuer), server)
+            GatewayServicer(cluster, coordinator, links, sessions, issuer, hooks), server)
         return [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name]
 
     async def on_stop() -> None:

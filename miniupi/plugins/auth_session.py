@@ -1,9 +1,11 @@
 """Random session keys for customers, certificate identities for nodes.
 
 The gateway hands out a key with a 256-bit random secret at login and
-keeps only the secret's SHA-256, so a copy of its memory cannot be
-replayed as a key. Sessions live in memory: a gateway restart ends them
-all, cleanly (UNAUTHENTICATED, log in again), never half-valid.
+keeps only the secret's SHA-256, so a copy of its memory or of its store
+cannot be replayed as a key. Each session is a row of the gateway's store
+(table "sessions": the hash, account, started and last-used times), so a
+gateway that restarts, even after SIGKILL, accepts every key that was live
+and refuses every key that was logged out or has expired.
 The treasury's certificate is a credential by itself for issuing money, and
 for nothing else. Which certificate may call a bank, or ask the gateway for
 a decision, is not this plugin's business: those checks are core
@@ -16,11 +18,12 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from loguru import logger
 
 from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account
 from miniupi.config import NodeConfig
@@ -28,7 +31,9 @@ from miniupi.errors import NotLoggedIn, PermissionDenied, SessionExpired
 from miniupi.contract.interceptors import CheckFirst, wrap_handler
 from miniupi.contract.hookspecs import hookimpl
 from miniupi.nodes.callers import ALWAYS_OPEN_PREFIXES, GATEWAY_FOR_NODES, set_peer
+from miniupi.contract.auth import SessionLog
 from miniupi.contract.registry import Auth, AuthKind, Register
+from miniupi.contract.store import Put
 
 NAME = "session"
 # Methods that run before anyone has a session.
@@ -40,48 +45,117 @@ GATEWAY_PUBLIC = frozenset({
 GATEWAY_FOR_TREASURY = frozenset({"/miniupi.v1.Gateway/Deposit", "/miniupi.v1.Gateway/OpenAccounts"})
 
 
-@dataclass
+TABLE = "sessions"  # in the gateway's store: session id -> {account, secret_sha256, started, last_used}
+# A session's last use reaches the store at most once per this fraction of
+# session_idle_s, and without waiting: a call never pays a write. A restart
+# checks idleness from the stored time, which is at most this much behind,
+# so a session may expire that much early after a restart, never late.
+LAST_USE_WRITE_FRACTION = 0.25
+
+
+@dataclass(slots=True)
 class _Session:
     secret_hash: bytes
     account: str
     started: float
     last_used: float
+    stored_last_used: float  # the last use the store was given; never later than last_used
+
+    def row(self) -> dict[str, Any]:
+        return {"account": self.account, "secret_sha256": self.secret_hash.hex(),
+                "started": self.started, "last_used": self.stored_last_used}
+
+
+class _NotLoaded:
+    """The log before `load`: a session written then would not survive a restart, so it is a bug."""
+
+    async def write(self, batch: Sequence[Put]) -> None:
+        raise RuntimeError("SessionStore used before load()")
+
+    def write_later(self, batch: Sequence[Put]) -> None:
+        raise RuntimeError("SessionStore used before load()")
+
+    async def barrier(self) -> None:
+        raise RuntimeError("SessionStore used before load()")
 
 
 class SessionStore:
-    """Sessions with an idle and an absolute expiry.
+    """Sessions with an idle and an absolute expiry, kept durably in the gateway's store.
 
     A key is "ID.SECRET": the ID finds the session, and the SECRET's
     SHA-256 is compared in constant time, so neither a lookup's timing nor a
-    copy of this table gives anyone a usable key.
+    copy of this table (in memory or on disk) gives anyone a usable key.
+
+    A login is written before its key is handed out, and a logout before it
+    is answered; a use only moves the last-use time in memory, and now and
+    then in the store (LAST_USE_WRITE_FRACTION).
 
     The table is kept in order of last use, so sessions that have gone idle
-    are all at its front: each login sweeps them from there, and memory
-    holds the sessions used within `idle_s`, not every one ever started.
+    are all at its front: each login sweeps them from there (and deletes
+    their rows), and memory holds the sessions used within `idle_s`, not
+    every one ever started.
     """
 
     def __init__(self, idle_s: float, max_s: float, clock: Callable[[], float] = time.time) -> None:
         self.idle_s, self.max_s, self._clock = idle_s, max_s, clock
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently used first
+        self._log: SessionLog = _NotLoaded()
+        self._write_use_after = idle_s * LAST_USE_WRITE_FRACTION
 
-    def start(self, account: str) -> tuple[str, float]:
+    def _expired(self, session: _Session, now: float) -> bool:
+        return now - session.last_used > self.idle_s or now - session.started > self.max_s
+
+    async def load(self, tables: Mapping[str, Mapping[str, Any]], log: SessionLog) -> None:
+        """Take the live sessions from the store; delete the rows of expired (or unreadable) ones."""
+        now = self._clock()
+        live: list[tuple[str, _Session]] = []
+        dead: list[str] = []
+        for session_id, row in tables.get(TABLE, {}).items():
+            try:
+                used = min(float(row["last_used"]), now)  # a clock that went back must not extend a session
+                session = _Session(bytes.fromhex(row["secret_sha256"]), str(row["account"]),
+                                   float(row["started"]), used, used)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                logger.warning("sessions: dropping unreadable row {}", session_id)
+                dead.append(session_id)
+                continue
+            if self._expired(session, now):
+                dead.append(session_id)
+            else:
+                live.append((session_id, session))
+        live.sort(key=lambda item: item[1].last_used)
+        self._sessions = OrderedDict(live)
+        self._log = log
+        if dead:
+            await log.write([Put(TABLE, session_id, None) for session_id in dead])
+        logger.info("sessions: {} live kept, {} expired purged", len(live), len(dead))
+
+    async def start(self, account: str) -> tuple[str, float]:
         session_id, secret = secrets.token_hex(16), secrets.token_urlsafe(32)
         now = self._clock()
         self._sweep(now)
-        self._sessions[session_id] = _Session(hashlib.sha256(secret.encode()).digest(), account, now, now)
+        session = _Session(hashlib.sha256(secret.encode()).digest(), account, now, now, now)
+        # Durable before anyone holds the key: a key that works is always one the store has.
+        await self._log.write([Put(TABLE, session_id, session.row())])
+        self._sessions[session_id] = session
         return f"{session_id}.{secret}", now + self.max_s
 
     def _sweep(self, now: float) -> None:
         """Drop the sessions idle too long, from the front; each is dropped once, so a login pays O(1) amortised.
 
         A session past `max_s` but still in use is further back; resolve
-        drops it at its next use, or this sweep once it goes idle.
+        drops it at its next use, or this sweep once it goes idle. Their rows
+        go in the next write: a crash that loses it leaves rows that load()
+        finds expired.
         """
+        gone: list[Put] = []
         while self._sessions:
             oldest = next(iter(self._sessions.values()))
             if now - oldest.last_used <= self.idle_s:
-                return
-            self._sessions.popitem(last=False)
+                break
+            gone.append(Put(TABLE, self._sessions.popitem(last=False)[0], None))
+        if gone:
+            self._log.write_later(gone)
 
     def _find(self, key: str) -> tuple[str, _Session] | None:
         session_id, _, secret = key.partition(".")
@@ -98,17 +172,32 @@ class SessionStore:
             raise SessionExpired("session key not recognised; log in again")
         session_id, session = found
         now = self._clock()
-        if now - session.last_used > self.idle_s or now - session.started > self.max_s:
+        if self._expired(session, now):
             del self._sessions[session_id]
+            self._log.write_later([Put(TABLE, session_id, None)])
             raise SessionExpired("session expired; log in again")
         session.last_used = now
         self._sessions.move_to_end(session_id)  # keeps the table in order of last use, for _sweep
+        if now - session.stored_last_used >= self._write_use_after:
+            session.stored_last_used = now
+            self._log.write_later([Put(TABLE, session_id, session.row())])
         return session.account
 
-    def end(self, key: str) -> None:
+    async def end(self, key: str) -> str | None:
         found = self._find(key)
-        if found is not None:
-            del self._sessions[found[0]]
+        if found is None:
+            # A logout of this key may still be on its way to the disk: answer only once it is there.
+            await self._log.barrier()
+            return None
+        session_id, session = found
+        del self._sessions[session_id]  # refused from now on, while the delete goes down
+        try:
+            await self._log.write([Put(TABLE, session_id, None)])
+        except Exception:
+            # Not logged out on disk, so not in memory either: the caller is told, and may log out again.
+            self._sessions[session_id] = session
+            raise
+        return session.account
 
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]

@@ -97,3 +97,17 @@ def test_hook_miniupi_before_password_check_fires_once_per_check_known_names_or_
     checks = [call for call in calls(cluster)[len(before):] if call[1] == "miniupi_before_password_check"]
     assert checks == [("bank_a", "miniupi_before_password_check", "alice"),
                       ("bank_a", "miniupi_before_password_check", "nobody")]
+
+
+def test_hook_miniupi_after_session_written_fires_for_a_login_and_its_logout_not_an_unknown_key(
+        cluster: LocalCluster) -> None:
+    before = len(calls(cluster))
+    with cluster.client() as c:
+        session = c.login("alice@bank_a", "pw")
+        c.logout()
+        c.session = session
+        with pytest.raises(Unauthenticated):
+            c.logout()  # the key is gone already: refused, nothing is written, nothing fires
+    written = [call for call in calls(cluster)[before:] if call[1] == "miniupi_after_session_written"]
+    assert written == [("gateway", "miniupi_after_session_written", "alice@bank_a", "login"),
+                       ("gateway", "miniupi_after_session_written", "alice@bank_a", "logout")]

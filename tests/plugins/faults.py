@@ -170,3 +170,8 @@ def miniupi_before_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
 @hookimpl
 def miniupi_after_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
     _maybe_fault(node, "after_apply", txn_id=txn_id, decision=decision)
+
+
+@hookimpl
+def miniupi_after_session_written(node: NodeConfig, account: str, change: str) -> None:
+    _maybe_fault(node, "after_session_written", account=account, change=change)

@@ -1,15 +1,22 @@
-"""The gateway's session store on a fake clock: keys expire, and expired ones leave memory.
+"""The gateway's session store on a fake clock and a fake log: keys expire, expired ones leave memory
+and the store, and what the store keeps is enough to restart with and never a key.
 
 These drive miniupi/plugins/auth_session.py's SessionStore directly; the
-cluster tests (test_security_roles.py, test_offline_session.py) cover
-expiry through a running gateway, the absolute lifetime included.
+cluster tests (test_security_roles.py, test_offline_session.py,
+test_sessions_durable.py) cover expiry and restarts through a running gateway.
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
-from miniupi.errors import Unauthenticated
-from miniupi.plugins.auth_session import SessionStore
+from miniupi.contract.store import Put
+from miniupi.errors import StoreUnavailable, Unauthenticated
+from miniupi.plugins.auth_session import LAST_USE_WRITE_FRACTION, TABLE, SessionStore
 
 IDLE_S, MAX_S = 900.0, 86_400.0
 
@@ -22,29 +29,70 @@ class Clock:
         return self.now
 
 
-def test_sessions_never_used_again_are_swept_from_memory_by_later_logins() -> None:
-    clock = Clock()
+class Log:
+    """The gateway's store as the session store sees it: every put, applied to a dict of tables."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, Any]] = {}
+        self.waited: list[list[Put]] = []  # batches written with `write`, in order
+        self.later: list[list[Put]] = []  # batches queued with `write_later`
+        self.fail = False
+
+    def _apply(self, batch: Sequence[Put]) -> None:
+        for put in batch:
+            if put.value is None:
+                self.tables.get(put.table, {}).pop(put.key, None)
+            else:
+                self.tables.setdefault(put.table, {})[put.key] = dict(put.value)
+
+    async def write(self, batch: Sequence[Put]) -> None:
+        if self.fail:
+            raise StoreUnavailable("store write failed: disk full")
+        self.waited.append(list(batch))
+        self._apply(batch)
+
+    def write_later(self, batch: Sequence[Put]) -> None:
+        self.later.append(list(batch))
+        self._apply(batch)
+
+    async def barrier(self) -> None:
+        pass
+
+
+def loaded(clock: Clock, log: Log | None = None, tables: dict[str, dict[str, Any]] | None = None) -> SessionStore:
     store = SessionStore(IDLE_S, MAX_S, clock)
+    asyncio.run(store.load(tables if tables is not None else {}, log or Log()))
+    return store
+
+
+def start(store: SessionStore, account: str) -> str:
+    return asyncio.run(store.start(account))[0]
+
+
+def test_sessions_never_used_again_are_swept_from_memory_and_the_store_by_later_logins() -> None:
+    clock, log = Clock(), Log()
+    store = loaded(clock, log)
     for i in range(1000):
-        store.start(f"user{i}@bank_a")
+        start(store, f"user{i}@bank_a")
     clock.now += IDLE_S + 1
 
-    key, _ = store.start("late@bank_a")
+    key = start(store, "late@bank_a")
 
     assert len(store._sessions) == 1
     assert store.resolve(key) == "late@bank_a"
+    assert list(log.tables[TABLE]) == [key.split(".")[0]]
 
 
 def test_a_sweep_keeps_every_session_used_within_the_idle_time() -> None:
     clock = Clock()
-    store = SessionStore(IDLE_S, MAX_S, clock)
-    first, _ = store.start("first@bank_a")
-    idle = [store.start(f"idle{i}@bank_a")[0] for i in range(10)]
+    store = loaded(clock)
+    first = start(store, "first@bank_a")
+    idle = [start(store, f"idle{i}@bank_a") for i in range(10)]
     clock.now += IDLE_S / 2
     assert store.resolve(first) == "first@bank_a"  # the oldest session, but used since
     clock.now += IDLE_S / 2 + 1
 
-    store.start("next@bank_a")
+    start(store, "next@bank_a")
 
     assert len(store._sessions) == 2
     assert store.resolve(first) == "first@bank_a"
@@ -52,3 +100,93 @@ def test_a_sweep_keeps_every_session_used_within_the_idle_time() -> None:
         with pytest.raises(Unauthenticated, match="not recognised"):
             store.resolve(key)
 
+
+def test_the_store_keeps_the_secrets_hash_account_and_times_never_the_key() -> None:
+    clock, log = Clock(), Log()
+    store = loaded(clock, log)
+
+    key = start(store, "alice@bank_a")
+
+    session_id, _, secret = key.partition(".")
+    assert log.waited == [[Put(TABLE, session_id, {
+        "account": "alice@bank_a", "secret_sha256": hashlib.sha256(secret.encode()).hexdigest(),
+        "started": clock.now, "last_used": clock.now})]]
+    assert secret not in repr(log.tables)
+
+
+def test_a_restart_keeps_live_sessions_and_purges_expired_and_logged_out_ones() -> None:
+    clock, log = Clock(), Log()
+    store = loaded(clock, log)
+    out, idle, old = (start(store, f"{n}@bank_a") for n in ("out", "idle", "old"))
+    assert asyncio.run(store.end(out)) == "out@bank_a"
+    # "old" and "live" stay in use until "old" outlives max_s; "idle" is never used again.
+    while clock.now < 1_000_000.0 + MAX_S - 10:
+        clock.now += IDLE_S / 2
+        store.resolve(old)
+    live = start(store, "live@bank_a")
+    clock.now += 20  # now "old" is past max_s
+
+    again = loaded(clock, log, {t: dict(rows) for t, rows in log.tables.items()})
+
+    assert again.resolve(live) == "live@bank_a"
+    for key in (out, idle, old):
+        with pytest.raises(Unauthenticated, match="not recognised"):
+            again.resolve(key)
+    assert list(log.tables[TABLE]) == [live.split(".")[0]]  # the expired rows purged on load
+
+
+def test_uses_write_the_last_use_seldom_and_a_restart_expires_early_never_late() -> None:
+    clock, log = Clock(), Log()
+    store = loaded(clock, log)
+    key = start(store, "alice@bank_a")
+    step = IDLE_S * LAST_USE_WRITE_FRACTION / 10
+    for _ in range(100):  # ten write-intervals' worth of calls
+        clock.now += step
+        store.resolve(key)
+    assert 9 <= len(log.later) <= 11  # not one write per call
+    used, kept = clock.now, {t: {k: dict(v) for k, v in rows.items()} for t, rows in log.tables.items()}
+
+    def restarted_at(now: float) -> SessionStore:
+        clock.now = now
+        return loaded(clock, Log(), {t: dict(rows) for t, rows in kept.items()})
+
+    # Used within the idle time by less than one write interval: still live after a restart.
+    assert restarted_at(used + IDLE_S * (1 - LAST_USE_WRITE_FRACTION) - 1).resolve(key) == "alice@bank_a"
+    # Idle too long by the real last use: refused after a restart, whatever the store lagged behind.
+    with pytest.raises(Unauthenticated):
+        restarted_at(used + IDLE_S + 1).resolve(key)
+
+
+def test_a_logout_the_store_refuses_leaves_the_key_working_and_says_so() -> None:
+    clock, log = Clock(), Log()
+    store = loaded(clock, log)
+    key = start(store, "alice@bank_a")
+    log.fail = True
+
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(store.end(key))
+
+    assert store.resolve(key) == "alice@bank_a"  # memory says what the disk says
+    log.fail = False
+    assert asyncio.run(store.end(key)) == "alice@bank_a"
+    with pytest.raises(Unauthenticated):
+        store.resolve(key)
+    assert log.tables[TABLE] == {}
+
+
+def test_a_login_the_store_refuses_hands_out_no_key() -> None:
+    clock, log = Clock(), Log()
+    store = loaded(clock, log)
+    log.fail = True
+
+    with pytest.raises(StoreUnavailable):
+        start(store, "alice@bank_a")
+
+    assert not store._sessions and not log.tables
+
+
+def test_unreadable_rows_are_dropped_on_load_not_a_crash() -> None:
+    clock, log = Clock(), Log()
+    store = loaded(clock, log, {TABLE: {"a": {"account": "x@bank_a"}, "b": "junk"}})
+    assert not store._sessions
+    assert log.waited == [[Put(TABLE, "a", None), Put(TABLE, "b", None)]]
