@@ -107,6 +107,34 @@ def test_online_payment_goes_through_the_outbox_and_prints_as_before(cluster: Lo
     assert (home / "outbox.sqlite3").stat().st_mode & 0o777 == 0o600
 
 
+# -- the README's tunnel -------------------------------------------------------------
+
+
+def test_the_readme_sequence_drains_the_queue_after_the_gateway_returns_with_no_login(
+        cluster: LocalCluster, home: Path) -> None:
+    """README, Offline payments: stop the gateway, pay three times, start it, `miniupi sync`. No login."""
+    payer, payee = open_account(cluster, "bank_a", 50_00), open_account(cluster, "bank_b", 0)
+    login(cluster, payer, home)
+    cluster.stop_node("gateway")
+    assert ok(cluster, "pay", payee, "12.00", home=home) == QUEUED_LINE + "\n"
+    answer = json.loads(ok(cluster, "pay", payee, "3.50", "--json", home=home))
+    assert (answer["state"], answer["reason"]) == ("QUEUED", "gateway unreachable")
+    assert ok(cluster, "pay", payee, "1.25", home=home) == QUEUED_LINE + "\n"
+    assert ok(cluster, "queue", home=home).startswith("3 payments queued, oldest first:\n")
+    ids = [str(r["txn_id"]) for r in outbox_rows(home)]
+    cluster.start_node("gateway")
+
+    out = ok(cluster, "sync", home=home)
+
+    assert out.splitlines() == [f"paid {a} INR to {payee} (txn {t})" for a, t in zip(("12.00", "3.50", "1.25"), ids)]
+    assert [(r["state"], r["result"]) for r in outbox_rows(home)] == [("done", "COMMITTED")] * 3
+    assert ok(cluster, "queue", home=home) == "no queued payments\n"
+    assert money(cluster, payer) == (50_00 - 16_75, 50_00 - 16_75)
+    assert money(cluster, payee) == (16_75, 16_75)
+    assert history_ids(cluster, payee) == ids  # each applied once, in the order taken
+    assert history_ids(cluster, payer) == ids
+
+
 # -- ten payments in a tunnel ---------------------------------------------------------
 
 
@@ -140,8 +168,7 @@ def test_ten_payments_taken_offline_are_applied_once_in_order_after_the_client_i
     assert [r["state"] for r in outbox_rows(home)] == ["sending"] + ["queued"] * 9
 
     cluster.start_node("gateway")
-    login(cluster, payer, home)  # a gateway restart ends every session
-    out = ok(cluster, "sync", home=home)
+    out = ok(cluster, "sync", home=home)  # the session outlived the restart: no login
 
     assert out.splitlines() == [f"paid {a} INR to {payee} (txn {t})" for a, t in zip(amounts, ids)]
     rows = outbox_rows(home)
@@ -184,7 +211,6 @@ def test_queued_payment_refused_for_insufficient_funds_ends_failed_and_is_not_re
     assert ok(cluster, "pay", payee, "1.00", home=home) == QUEUED_LINE + "\n"
     refused, later = (str(r["txn_id"]) for r in outbox_rows(home))
     cluster.start_node("gateway")
-    login(cluster, payer, home)
 
     out = ok(cluster, "sync", home=home)
 

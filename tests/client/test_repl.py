@@ -16,7 +16,7 @@ import pexpect
 import pytest
 
 from miniupi.ops.testing import LocalCluster
-from conftest import PASSWORD, open_account
+from conftest import PASSWORD, open_account, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -105,10 +105,9 @@ def test_repl_pays_queues_while_the_gateway_is_down_and_announces_the_completion
         repl.expect_exact(f"{payer} [1 queued]> ")
 
         cluster.start_node("gateway")
-        # The restart ended the session at the gateway: the REPL asks for a new login, then sends.
-        if repl.expect([r"sent from the queue: ", r"waiting: .*type: login"]) == 1:
-            log_in(repl, payer)
-            repl.expect_exact("sent from the queue: ")
+        # The session outlived the restart: the background task sends with it, no login typed.
+        repl.expect_exact("sent from the queue: ")
+        assert "login" not in repl.before, repl.before
         repl.expect(rf"paid 2\.50 INR to {payee} {TXN}")
         assert repl.match.group(1) == queued_id
         repl.sendline("balance")
@@ -130,6 +129,42 @@ def test_repl_pays_queues_while_the_gateway_is_down_and_announces_the_completion
         c.login(payee, PASSWORD)
         assert c.balance().balance == 12_50
         assert [i.delta for i in c.history()] == [2_50, 10_00]
+
+
+def test_repl_sends_payments_queued_across_a_killed_gateway_in_the_background_with_no_login(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    payer, payee = open_account(cluster, "bank_a", 20_00), open_account(cluster, "bank_b", 0)
+    repl = spawn(cluster, tmp_path / "home", tmp_path / "transcript.txt")
+    try:
+        repl.expect_exact("miniupi> ")
+        log_in(repl, payer)
+        repl.expect_exact(f"{payer}> ")
+        cluster.stop_node("gateway")
+        repl.sendline(f"pay {payee} 1.00")
+        repl.expect_exact(f"{payer} [1 queued]> ")
+        repl.sendline(f"pay {payee} 2.00")
+        repl.expect_exact(f"{payer} [2 queued]> ")
+        # Back, then killed at once and brought back by supervisord: a crash, not a clean stop.
+        cluster.start_node("gateway")
+        old = cluster.kill_node("gateway")
+        wait_for("supervisord to restart the gateway",
+                 lambda: cluster.supervisor.pid("gateway") not in (None, old), timeout_s=30)
+
+        repl.expect(rf"sent from the queue: paid 1\.00 INR to {payee} {TXN}")
+        repl.expect(rf"sent from the queue: paid 2\.00 INR to {payee} {TXN}")
+        repl.sendline("balance")
+        repl.expect_exact(f"{payer}: 17.00 INR")
+        repl.expect_exact(f"{payer}> ")  # nothing queued any more
+        quit_cleanly(repl)
+    finally:
+        repl.close(force=True)
+    transcript = (tmp_path / "transcript.txt").read_text()
+    assert "log in again" not in transcript and "password:" not in transcript.split("logged in as")[1]
+    assert_exited_cleanly(repl, tmp_path / "transcript.txt")
+    with cluster.client() as c:
+        c.login(payee, PASSWORD)
+        assert c.balance().balance == 3_00
+        assert sorted(i.delta for i in c.history()) == [1_00, 2_00]  # each once
 
 
 def test_repl_explains_mistakes_and_quits_on_quit(cluster: LocalCluster, tmp_path: Path) -> None:

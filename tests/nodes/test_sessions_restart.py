@@ -8,6 +8,7 @@ go idle after IDLE_S, so an expired key takes seconds, not minutes.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ import pytest
 
 from conftest import PASSWORD, PLUGIN_DIR, cli_login, cli_ok, open_account, wait_for
 from miniupi.client.api import Session
+from miniupi.client.home import load_session
 from miniupi.errors import MiniupiError, Unauthenticated
 from miniupi.ops.testing import LocalCluster
 
@@ -81,6 +83,11 @@ def test_a_killed_gateway_keeps_live_keys_and_refuses_logged_out_and_expired_one
     wait_for("the idle session to expire", lambda: time.time() > used_at + IDLE_S + 0.5, timeout_s=IDLE_S + 5)
     cli_login(cluster, live, home)
     assert cli_ok(cluster, "balance", home=home) == f"{live}: 5.00 INR\n"
+    key = load_session(home).key  # type: ignore[union-attr]
+    stored = b"".join(p.read_bytes() for p in cluster.config.gateway.data_dir.rglob("*") if p.is_file())
+    secret = key.partition(".")[2]
+    assert hashlib.sha256(secret.encode()).hexdigest().encode() in stored  # recorded before it was handed out
+    assert secret.encode() not in stored  # a hash of it, never the key
 
     kill_gateway_and_wait_for_its_restart(cluster)
 
