@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from miniupi.backoff import RetryPolicy
 from miniupi.client.api import AsyncClient
 from miniupi.ops.testing import LocalCluster
 from conftest import PASSWORD, open_account, wait_for
@@ -266,10 +267,11 @@ def test_bad_input_is_refused_before_it_is_queued_even_offline(cluster: LocalClu
 
 def test_library_takes_payments_offline_and_sends_them_later_in_blocking_and_asyncio_forms(
         cluster: LocalCluster, tmp_path: Path) -> None:
-    payer, payee = open_account(cluster, "bank_a", 10_00), open_account(cluster, "bank_b", 0)
+    """After the gateway returns, `sync` and `deliver_forever` send with the session they had: no login."""
+    payer, payee = open_account(cluster, "bank_a", 20_00), open_account(cluster, "bank_b", 0)
     outbox = tmp_path / "outbox.sqlite3"
     with cluster.client(outbox=outbox) as c:
-        c.login(payer, PASSWORD)
+        session = c.login(payer, PASSWORD)
         assert c.submit(payee, 1_00).state == "done"
         cluster.stop_node("gateway")
         queued = c.submit(payee, 2_00)
@@ -277,11 +279,38 @@ def test_library_takes_payments_offline_and_sends_them_later_in_blocking_and_asy
         cluster.start_node("gateway")
 
     async def later() -> list[tuple[str, str]]:
-        async with AsyncClient(cluster.config, outbox=outbox) as a:
-            await a.login(payer, PASSWORD)
+        async with AsyncClient(cluster.config, session=session, outbox=outbox) as a:
             report = await a.sync()
             assert report.stopped is None and report.pending == 0
             return [(e.txn_id, e.state) for e in report.finished]
 
     assert asyncio.run(later()) == [(queued.txn_id, "done")]
     assert money(cluster, payee) == (3_00, 3_00)
+
+    async def in_the_background() -> tuple[list[str], list[str]]:
+        sent: list[str] = []  # payments that got their final answer
+        stuck: list[str] = []
+        async with AsyncClient(cluster.config, session=session, outbox=outbox,
+                               retry=RetryPolicy(base_s=0.2, cap_s=1)) as a:
+            await asyncio.to_thread(cluster.stop_node, "gateway")
+            entries = [a.enqueue(payee, amount) for amount in (4_00, 5_00)]
+            task = asyncio.create_task(a.deliver_forever(on_finished=lambda e: sent.append(f"{e.txn_id} {e.state}"),
+                                                         on_stuck=lambda e, _: stuck.append(e.message)))
+            try:
+                await asyncio.sleep(0.5)  # it tries, and finds the gateway away
+                await asyncio.to_thread(cluster.start_node, "gateway")
+                for _ in range(300):  # 30 s at most
+                    if len(sent) == len(entries):
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            assert sent == [f"{e.txn_id} done" for e in entries], (sent, stuck)
+        return sent, stuck
+
+    sent, stuck = asyncio.run(in_the_background())
+    assert not [m for m in stuck if "log in" in m]  # never asked for a login
+    assert money(cluster, payee) == (12_00, 12_00)
+    assert history_ids(cluster, payee)[-2:] == [s.split()[0] for s in sent]
