@@ -129,7 +129,7 @@ class NotLoggedIn(Unauthenticated):
 
 
 class SessionExpired(Unauthenticated):
-    """The session key is expired, revoked or unknown (a gateway restart ends every session)."""
+    """The session key is expired, revoked or unknown; a gateway restart keeps live ones."""
 
     reason = "SESSION_EXPIRED"
 
