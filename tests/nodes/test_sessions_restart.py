@@ -8,6 +8,7 @@ go idle after IDLE_S, so an expired key takes seconds, not minutes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -57,17 +58,35 @@ def balance_with(cluster: LocalCluster, session: Session) -> int:
         return c.balance().balance
 
 
-def kill_gateway_and_wait_for_its_restart(cluster: LocalCluster) -> None:
-    old = cluster.kill_node("gateway")
+def wait_for_a_new_gateway(cluster: LocalCluster, dead: int) -> None:
     wait_for("supervisord to restart the gateway",
-             lambda: cluster.supervisor.pid("gateway") not in (None, old), timeout_s=30)
+             lambda: cluster.supervisor.pid("gateway") not in (None, dead), timeout_s=30)
     cluster.wait_ready("gateway")
 
 
-def wait_for_the_crash_and_restart(cluster: LocalCluster, pid: int) -> None:
-    wait_for("the gateway to crash and come back",
-             lambda: cluster.supervisor.pid("gateway") not in (None, pid), timeout_s=30)
-    cluster.wait_ready("gateway")
+def kill_gateway_and_wait_for_its_restart(cluster: LocalCluster) -> None:
+    wait_for_a_new_gateway(cluster, cluster.kill_node("gateway"))
+
+
+@contextlib.contextmanager
+def crash_after_session_written(cluster: LocalCluster, account: str, change: str) -> Iterator[None]:
+    """SIGKILL the gateway once `change` ("login" or "logout") of `account`'s session is durable and
+    before it answers: the call in the block must fail for that, and supervisord bring the gateway back."""
+    data_dir = cluster.config.data_dir
+    pid = cluster.supervisor.pid("gateway")
+    assert pid is not None
+    faults.arm(data_dir, {"node": "gateway", "point": "after_session_written", "change": change,
+                          "account": account, "action": "kill"})
+    try:
+        with pytest.raises(MiniupiError) as failed:
+            yield
+        assert not isinstance(failed.value, Unauthenticated), failed.value  # no answer, not a refusal
+        wait_for_a_new_gateway(cluster, pid)
+    finally:
+        left = faults.disarm(data_dir)
+    assert not left
+    assert [f["details"] for f in faults.fired(data_dir) if f["pid"] == pid] == \
+        [{"account": account, "change": change}]
 
 
 def test_a_killed_gateway_keeps_live_keys_and_refuses_logged_out_and_expired_ones(
@@ -115,49 +134,23 @@ def test_a_session_idle_across_a_restart_expires_on_time_not_later(cluster: Loca
 
 
 def test_a_crash_after_a_login_is_written_hands_out_no_key_and_keeps_the_others(cluster: LocalCluster) -> None:
-    data_dir = cluster.config.data_dir
     earlier, account = open_account(cluster, "bank_a", 2_00), open_account(cluster, "bank_a", 3_00)
     earlier_session = login(cluster, earlier)
-    pid = cluster.supervisor.pid("gateway")
-    assert pid is not None
-    faults.arm(data_dir, {"node": "gateway", "point": "after_session_written", "change": "login",
-                          "account": account, "action": "kill"})
-    try:
-        with cluster.client() as c:
-            with pytest.raises(MiniupiError) as failed:
-                c.login(account, PASSWORD)
-            assert c.session is None  # no key came back
-        assert not isinstance(failed.value, Unauthenticated), failed.value
-        wait_for_the_crash_and_restart(cluster, pid)
-    finally:
-        left = faults.disarm(data_dir)
-    assert not left
-    assert [f["details"] for f in faults.fired(data_dir) if f["pid"] == pid] == \
-        [{"account": account, "change": "login"}]
+
+    with cluster.client() as c, crash_after_session_written(cluster, account, "login"):
+        c.login(account, PASSWORD)
+    assert c.session is None  # no key came back
 
     assert balance_with(cluster, earlier_session) == 2_00
     assert balance_with(cluster, login(cluster, account)) == 3_00  # logging in again just works
 
 
 def test_a_crash_after_a_logout_is_written_never_brings_the_key_back(cluster: LocalCluster) -> None:
-    data_dir = cluster.config.data_dir
     kept, account = open_account(cluster, "bank_a", 2_00), open_account(cluster, "bank_a", 3_00)
     kept_session, session = login(cluster, kept), login(cluster, account)
-    pid = cluster.supervisor.pid("gateway")
-    assert pid is not None
-    faults.arm(data_dir, {"node": "gateway", "point": "after_session_written", "change": "logout",
-                          "account": account, "action": "kill"})
-    try:
-        with cluster.client(session=session) as c:
-            with pytest.raises(MiniupiError) as failed:
-                c.logout()  # the gateway dies before it answers
-        assert not isinstance(failed.value, Unauthenticated), failed.value
-        wait_for_the_crash_and_restart(cluster, pid)
-    finally:
-        left = faults.disarm(data_dir)
-    assert not left
-    assert [f["details"] for f in faults.fired(data_dir) if f["pid"] == pid] == \
-        [{"account": account, "change": "logout"}]
+
+    with cluster.client(session=session) as c, crash_after_session_written(cluster, account, "logout"):
+        c.logout()  # the gateway dies before it answers
 
     with pytest.raises(Unauthenticated, match="not recognised"):
         balance_with(cluster, session)
