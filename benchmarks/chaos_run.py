@@ -181,7 +181,7 @@ def opening_accounts(settings: ChaosSettings) -> dict[str, dict[str, tuple[str, 
 
 
 class Sessions:
-    """One session per account, shared by every worker; renewed once when the gateway forgets it."""
+    """One session per account, shared by every worker; renewed once if the gateway refuses it (expiry)."""
 
     def __init__(self) -> None:
         self.by_account: dict[str, Session] = {}
