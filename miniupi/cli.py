@@ -147,6 +147,8 @@ def cmd_control(args: argparse.Namespace) -> None:
     supervisor = Supervisor(load_config(args.config))
     control = {"stop": supervisor.stop, "start": supervisor.start, "restart": supervisor.restart}
     control[args.command](args.node)
+    if args.command != "stop":
+        supervisor.wait_serving(args.node)  # "done" means the node answers, as the next command expects
     print(f"{args.node}: {args.command} done")
 
 

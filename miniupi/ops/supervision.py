@@ -25,10 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
 from miniupi.ops.certs import write_file
 from miniupi.config import ClusterConfig, NodeConfig
+from miniupi.tls import dial
 
 # sun_path is 108 bytes with the NUL on Linux, 104 on macOS; stay under both.
 MAX_SOCKET_PATH = 100
@@ -53,6 +56,20 @@ START_RETRIES = 3
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How often `run` forwards the nodes' stderr and looks for a node that failed to start.
 WATCH_EVERY_S = 0.25
+
+
+# How long `miniupi start`/`restart` wait for a node to answer after supervisord started it.
+SERVING_TIMEOUT_S = 30.0
+
+
+def is_serving(node: NodeConfig, timeout: float = 1.0) -> bool:
+    """True if `node` answers SERVING over mTLS (as the admin), under its own certificate."""
+    with dial(node.cluster.certs_dir, "admin", node.name, node.address, aio=False) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 class SupervisionError(Exception):
@@ -304,6 +321,23 @@ class Supervisor:
     def restart(self, name: str) -> None:
         self.stop(name)
         self.start(name)
+
+    def wait_serving(self, name: str, timeout_s: float = SERVING_TIMEOUT_S) -> None:
+        """Return once `name` answers its health check, so the next command finds it listening.
+
+        RUNNING in supervisord's eyes means the process is up (startsecs is
+        0), not that it serves yet: `miniupi start gateway; miniupi sync`
+        would otherwise meet a gateway still opening its store.
+        """
+        node = self.cluster.node(name)
+        deadline = time.monotonic() + timeout_s
+        while not is_serving(node, 0.5):
+            if self.pid(name) is None:
+                raise SupervisionError(f"{name} exited while starting; see {node.data_dir / (name + '.log')}")
+            if time.monotonic() > deadline:
+                raise SupervisionError(f"{name} is running but did not answer within {timeout_s:g} s; "
+                                       f"see {node.data_dir / (name + '.log')}")
+            time.sleep(0.05)
 
     def status(self) -> list[NodeStatus]:
         """Every node supervisord runs, in cluster-file order."""

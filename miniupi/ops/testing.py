@@ -19,16 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import grpc
 import tomli_w
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from miniupi.ops.certs import init_certs
 from miniupi.client.api import Client
-from miniupi.config import NodeConfig, load_config
+from miniupi.config import load_config
 from miniupi.contract.registry import PluginChoiceError
-from miniupi.ops.supervision import Supervisor
-from miniupi.tls import dial
+from miniupi.ops.supervision import Supervisor, is_serving
 
 DEFAULT_SPEC: dict[str, Any] = {
     # Customers may bring opening deposits, as in the demo cluster file.
@@ -56,16 +53,6 @@ def free_ports(count: int) -> list[int]:
 
 def free_port() -> int:
     return free_ports(1)[0]
-
-
-def is_serving(node: NodeConfig, timeout: float = 1.0) -> bool:
-    """True if `node` answers SERVING over mTLS (as the admin), under its own certificate."""
-    with dial(node.cluster.certs_dir, "admin", node.name, node.address, aio=False) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 class LocalCluster:

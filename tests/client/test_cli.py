@@ -13,6 +13,7 @@ import pytest
 
 from miniupi.client.api import Session
 from miniupi.errors import Unauthenticated
+from miniupi.ops.supervision import is_serving
 from miniupi.ops.testing import LocalCluster
 from conftest import PASSWORD, unique_name, wait_for
 
@@ -348,3 +349,12 @@ def test_unknown_node_name_gives_one_line_error(cluster: LocalCluster, home: Pat
     for verb in ("stop", "start", "restart"):
         line = fails(cluster, verb, "no_such_node", home=home)
         assert "no_such_node" in line
+
+
+def test_start_is_done_when_the_node_answers_so_the_next_command_finds_it(cluster: LocalCluster) -> None:
+    """README: `miniupi start gateway` then at once `miniupi sync`. supervisord says RUNNING as soon as the
+    process exists; the gateway answers only once its store is open."""
+    assert cluster.cli("stop", "gateway").returncode == 0
+    started = cluster.cli("start", "gateway")
+    assert started.returncode == 0 and started.stdout == "gateway: start done\n", started.stderr
+    assert is_serving(cluster.config.gateway, 0.5)
