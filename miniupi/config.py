@@ -102,9 +102,10 @@ class ClusterConfig:
     def banks(self) -> dict[str, NodeConfig]:
         return {node.name: node for node in self._nodes[1:]}
 
-    @property
+    @cached_property
     def reserved_user_names(self) -> frozenset[str]:
-        """Names no customer may register: a user named like an identity would read like one in logs."""
+        """Every identity's and bank's name: no customer may register one (it would read like that identity
+        in logs), and no host in a certificate may be spelt as one (it would pass for that identity)."""
         return RESERVED_NAMES | frozenset(self.banks)
 
     def node(self, name: str) -> NodeConfig:
@@ -285,9 +286,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     top.done()
 
     cluster = ClusterConfig(**settings, plugins=tuple(load), node_fields=tuple(nodes))
-    identities = RESERVED_NAMES | frozenset(cluster.banks)
     for node in cluster.nodes:
-        problem = host_problem(node.host, identities)
+        problem = host_problem(node.host, cluster.reserved_user_names)
         if problem:
             raise ConfigError(f"{path}: key '{node.where}.host': {problem}")
     ports: dict[tuple[str, int], str] = {}

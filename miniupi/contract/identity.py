@@ -7,6 +7,7 @@ without the servicer knowing which auth plugin is installed.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from typing import Any
 
 # The user@bank account of the session key on this call, if any.
 current_account: ContextVar[str | None] = ContextVar("miniupi_current_account", default=None)
@@ -21,3 +22,9 @@ ADMIN = "admin"
 
 # The certificate identity that issues money: deposits and bulk openings, nothing else.
 TREASURY = "treasury"
+
+
+def session_key(context: Any) -> str:
+    """The session key the caller sent as metadata, or "" (a missing or binary value is no key)."""
+    key = next((v for k, v in context.invocation_metadata() or () if k == SESSION_METADATA_KEY), "")
+    return key if isinstance(key, str) else ""

@@ -9,7 +9,7 @@ import grpc
 from loguru import logger
 
 from miniupi.contract.auth import Authenticator
-from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account, current_peer
+from miniupi.contract.identity import ADMIN, TREASURY, current_account, current_peer, session_key
 from miniupi.config import ClusterConfig
 from miniupi.errors import (
     AccountLocked,
@@ -114,8 +114,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return gateway_pb2.LoginReply(session_key=key, expires_at=expires_at)
 
     async def Logout(self, request: gateway_pb2.LogoutRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.LogoutReply:
-        key = next((v for k, v in context.invocation_metadata() or () if k == SESSION_METADATA_KEY), "")
-        ended = await self.sessions.end(key if isinstance(key, str) else "")
+        ended = await self.sessions.end(session_key(context))
         if ended is not None:
             fire_after(self.hooks.miniupi_after_session_written, account=ended, change="logout")
         return gateway_pb2.LogoutReply()

@@ -35,13 +35,12 @@ from miniupi.config import DEFAULT_MAX_BALANCE
 from miniupi.money import INT64_MAX, format_amount
 from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after
 from miniupi.nodes.passwords import hash_password, needs_rehash, verify_password
+from miniupi.contract.identity import TREASURY  # the counterparty a deposit shows in the account's history
 from miniupi.contract.store import Put
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.nodes.participants import YES, Leg, Refusal, Vote
 from miniupi.states import TxnState
 
-# The counterparty a deposit shows in the account's history.
-TREASURY = "treasury"
 BULK_CHUNK = 5000
 # Names without an account whose failed logins are remembered (in memory), least recently guessed
 # dropped first. Each entry costs a guesser one full password hash, so pushing a name out takes

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from miniupi.config import RESERVED_NAMES, ClusterConfig, ConfigError, host_problem
+from miniupi.config import ClusterConfig, ConfigError, host_problem
 from miniupi.tls import CA_CERT
 
 CA_KEY = "ca.key"
@@ -193,13 +193,9 @@ def issue_cert(
 def check_extra_hosts(cluster: ClusterConfig, extra_hosts: Sequence[str]) -> None:
     """Refuse a `--host` that no node certificate may name: one spelt like an identity, empty, or a wildcard."""
     for host in extra_hosts:
-        problem = host_problem(host, _identity_names(cluster))
+        problem = host_problem(host, cluster.reserved_user_names)
         if problem:
             raise ConfigError(f"--host {host!r}: {problem}")
-
-
-def _identity_names(cluster: ClusterConfig) -> frozenset[str]:
-    return RESERVED_NAMES | frozenset(identities(cluster))
 
 
 def leaf_hosts(cluster: ClusterConfig, name: str, extra_hosts: Sequence[str] = ()) -> list[str]:
@@ -303,7 +299,7 @@ def init_certs(cluster: ClusterConfig, *, force: bool = False, extra_hosts: Sequ
     for name in identities(cluster):
         cert_path, key_path = certs_dir / f"{name}.pem", certs_dir / f"{name}.key"
         hosts, server = leaf_hosts(cluster, name, extra_hosts), is_node(cluster, name)
-        if not force and _leaf_ok(name, cert_path, key_path, ca_cert, hosts, server, _identity_names(cluster)):
+        if not force and _leaf_ok(name, cert_path, key_path, ca_cert, hosts, server, cluster.reserved_user_names):
             continue
         leaf_pem, leaf_key_pem = issue_cert(ca_cert, ca_key, name, hosts, server=server)
         write_file(key_path, leaf_key_pem, 0o600)

@@ -30,7 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
 from miniupi.ops.certs import write_file
-from miniupi.config import ClusterConfig, NodeConfig
+from miniupi.config import ClusterConfig, ConfigError, NodeConfig
+from miniupi.nodes.server import NodeStartError
 from miniupi.tls import dial
 
 # sun_path is 108 bytes with the NUL on Linux, 104 on macOS; stay under both.
@@ -41,11 +42,11 @@ RPC_TIMEOUT_S = 60.0
 # once but waits a poll tick (~1 s) between groups, so one group per node
 # made Ctrl-C take a second per node. supervisorctl names are GROUP:NODE.
 GROUP = "miniupi"
-# A node says it cannot start by its exit code (2: the cluster file names
-# what no plugin provides; 3: anything else before it serves, such as a
-# damaged store): expected, so supervisord does not restart it, and `run`
-# stops. Every other exit is restarted, however often and however soon.
-REFUSED_EXIT_CODES = (2, 3)
+# A node says it cannot start by its exit code (2: its cluster file is wrong;
+# 3: anything else before it serves, such as a damaged store): expected, so
+# supervisord does not restart it, and `run` stops. Every other exit is
+# restarted, however often and however soon.
+REFUSED_EXIT_CODES = (ConfigError.exit_code, NodeStartError.exit_code)
 # 0: a process is RUNNING once spawned. supervisord counts an exit within
 # startsecs as a failed start and gives up after startretries of them in a
 # row; but a node serves well within a second, so a node killed that soon,

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 from loguru import logger
 
-from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY, TREASURY, current_account
+from miniupi.contract.identity import ADMIN, TREASURY, current_account, session_key
 from miniupi.config import NodeConfig
 from miniupi.errors import NotLoggedIn, PermissionDenied, SessionExpired
 from miniupi.contract.interceptors import CheckFirst, wrap_handler
@@ -233,8 +233,7 @@ class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
         peer = await _not_treasury(context)
         if peer == ADMIN:
             return  # the admin certificate is the admin's credential; no session needed
-        key = next((v for k, v in context.invocation_metadata() or () if k == SESSION_METADATA_KEY), "")
-        current_account.set(self.sessions.resolve(key if isinstance(key, str) else ""))
+        current_account.set(self.sessions.resolve(session_key(context)))
 
 
 async def _only_treasury(context: grpc.aio.ServicerContext) -> None:

@@ -78,7 +78,7 @@ def _no_constant(name: str) -> Any:
 
 
 class JsonStore:
-    """A Store in directory `directory`; see miniupi.nodes.group_commit.Store."""
+    """A Store in directory `directory`; see miniupi.contract.store.Store."""
 
     def __init__(self, directory: Path, compact_after: int = COMPACT_AFTER, journal_share: float = JOURNAL_SHARE) -> None:
         if compact_after < 1:

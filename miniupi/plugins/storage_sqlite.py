@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS kv (
 
 
 class SqliteStore:
-    """A Store in one SQLite file; see miniupi.nodes.group_commit.Store."""
+    """A Store in one SQLite file; see miniupi.contract.store.Store."""
 
     def __init__(self, file: Path) -> None:
         self.file = Path(file)
