@@ -208,7 +208,7 @@ class Ledger:
                 raise StoreUnavailable(f"bank {self.bank} could not make deposit {txn_id} durable; send it again")
             return self.deposited[txn_id]
         account = self.account(name)
-        room = self.max_balance - account.balance - account.incoming
+        room = self._room(account)
         if amount > room:
             raise BalanceCeiling(f"account {name}@{self.bank} may hold at most {format_amount(self.max_balance)} "
                                      f"{self.currency}; it has room for {format_amount(max(room, 0))} more")
@@ -406,12 +406,15 @@ class Ledger:
             if account.balance - account.held < amount:
                 return Vote(False, Refusal.INSUFFICIENT_FUNDS, "insufficient funds")
         for name, amount in credits.items():
-            # Credits in flight count: each alone may fit while together they would not.
-            account = self.accounts[name]
-            if account.balance + account.incoming + amount > self.max_balance:
+            if amount > self._room(self.accounts[name]):
                 return Vote(False, Refusal.BALANCE_CEILING, f"account {name}@{self.bank} would exceed its "
                             f"ceiling of {format_amount(self.max_balance)} {self.currency}")
         return YES
+
+    def _room(self, account: Account) -> int:
+        """How much more `account` may receive: credits in flight count, since each alone may fit
+        while together they would not."""
+        return self.max_balance - account.balance - account.incoming
 
     def _hold(self, txn: BankTxn, sign: int) -> None:
         """Place (+1) or release (-1) what a prepared transaction reserves: debits held, credits incoming."""
