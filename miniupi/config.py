@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from miniupi.money import BadAmount, parse_amount
 
@@ -80,8 +81,13 @@ class ClusterConfig:
     max_opening_deposit: int  # minor units a customer may bring to Register; 0: accounts open at zero
     max_balance: int  # no account may hold more, counting credits still in flight
     log_json: bool
+    # What one payer may send per calendar day in time_zone, in minor units; 0: no limit.
+    daily_limit: int
+    time_zone: str  # an IANA name such as "Asia/Kolkata"; the day of daily_limit and of settlement dates
     plugins: tuple[str, ...]
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # Per-account exceptions to daily_limit, from the [daily_limits] table: "user@bank" -> minor units.
+    daily_limits: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
     # What the file says of each node, the gateway first. The NodeConfigs point back at this cluster,
     # so they are made from it once, on first use: a cached_property writes no frozen field.
     node_fields: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
@@ -101,6 +107,14 @@ class ClusterConfig:
     @cached_property
     def banks(self) -> dict[str, NodeConfig]:
         return {node.name: node for node in self._nodes[1:]}
+
+    @cached_property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
+
+    def daily_limit_of(self, account: str) -> int:
+        """What `account` may send per day in minor units; 0: no limit."""
+        return self.daily_limits.get(account, self.daily_limit)
 
     @cached_property
     def reserved_user_names(self) -> frozenset[str]:
@@ -229,8 +243,14 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         max_opening_deposit=c.amount("max_opening_deposit", 0),
         max_balance=c.amount("max_balance", DEFAULT_MAX_BALANCE),
         log_json=c.get("log_json", bool, False, expected="true or false"),
+        daily_limit=c.amount("daily_limit", 0),
+        time_zone=c.get("time_zone", str, "UTC", expected='an IANA time zone such as "Asia/Kolkata"'),
         raw=raw,
     )
+    try:
+        ZoneInfo(settings["time_zone"])
+    except (ZoneInfoNotFoundError, ValueError):
+        raise c.error("time_zone", 'an IANA time zone such as "Asia/Kolkata" or "UTC"') from None
     if settings["login_attempts"] < 1:
         raise c.error("login_attempts", "a whole number of attempts, at least 1")
     if not 0 < settings["max_balance"] <= DEFAULT_MAX_BALANCE:
@@ -278,6 +298,16 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     if len(nodes) == 1:
         raise banks_table.error("", "at least one [banks.NAME] table")
 
+    limits = _Section(path, "daily_limits", top.get("daily_limits", dict, {}))
+    daily_limits: dict[str, int] = {}
+    for account in limits.table:
+        try:
+            split_address(account)
+        except ValueError:
+            raise limits.error(account, "a key that is an account address, such as \"alice@bank_a\"") from None
+        daily_limits[account] = limits.amount(account, 0)
+    limits.done()
+
     p = _Section(path, "plugins", top.get("plugins", dict, {}))
     load = p.get("load", list, [], expected="a list of module names")
     if not all(isinstance(m, str) and m for m in load):
@@ -285,7 +315,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     p.done()
     top.done()
 
-    cluster = ClusterConfig(**settings, plugins=tuple(load), node_fields=tuple(nodes))
+    cluster = ClusterConfig(**settings, daily_limits=daily_limits, plugins=tuple(load), node_fields=tuple(nodes))
+    for account in daily_limits:
+        if split_address(account)[1] not in cluster.banks:
+            raise limits.error(account, f"an account at one of this cluster's banks ({', '.join(cluster.banks)})")
     for node in cluster.nodes:
         problem = host_problem(node.host, cluster.reserved_user_names)
         if problem:

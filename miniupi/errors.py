@@ -113,6 +113,36 @@ class BalanceCeiling(FailedPrecondition):
     reason = "BALANCE_CEILING"
 
 
+class DailyLimitReached(FailedPrecondition):
+    """The payment would take what the payer sent today (committed and in flight) past their daily limit."""
+
+    reason = "DAILY_LIMIT"
+
+
+class NotRefundable(FailedPrecondition):
+    """Only a committed payment can be refunded, and a refund cannot itself be refunded."""
+
+    reason = "NOT_REFUNDABLE"
+
+
+class RefundExceedsPayment(FailedPrecondition):
+    """The refund, with the payment's other committed and in-flight refunds, would give back more than was paid."""
+
+    reason = "REFUND_EXCEEDS_PAYMENT"
+
+
+class RequestClosed(FailedPrecondition):
+    """The collect request was declined, has expired, or was already approved: it cannot be acted on now."""
+
+    reason = "REQUEST_CLOSED"
+
+
+class TooManyRequests(FailedPrecondition):
+    """The requester already has as many pending collect requests as one account may."""
+
+    reason = "TOO_MANY_REQUESTS"
+
+
 # -- UNAUTHENTICATED: log in (again) -------------------------------------------
 
 
@@ -208,7 +238,8 @@ SENT_BY_NODES: tuple[type[MiniupiError], ...] = (
     InvalidArgument, InvalidAmount, MalformedRequest,
     NotFound, UnknownAccount, UnknownBank,
     AlreadyExists, AccountExists,
-    FailedPrecondition, InsufficientFunds, BalanceCeiling,
+    FailedPrecondition, InsufficientFunds, BalanceCeiling, DailyLimitReached, NotRefundable, RefundExceedsPayment,
+    RequestClosed, TooManyRequests,
     Unauthenticated, NotLoggedIn, SessionExpired, BadCredentials,
     PermissionDenied, AccountLocked,
     Aborted,

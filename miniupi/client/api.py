@@ -66,6 +66,9 @@ class HistoryItem:
     delta: int
     currency: str
     applied_at: float
+    refund_of: str = ""  # a refund: the payment it gives back
+    refunds: tuple[str, ...] = ()  # the committed refunds of this payment
+    request_id: str = ""  # the payment of a collect request
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,68 @@ class PayResult:
     state: str
 
 
+@dataclass(frozen=True)
+class RefundItem:
+    txn_id: str
+    amount: int
+    state: str
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One transaction as the gateway recorded it (GetTransaction)."""
+
+    txn_id: str
+    payer: str
+    payee: str
+    amount: int
+    currency: str
+    state: str  # INITIATED, COMMITTED or ABORTED; QUEUED while only this client's outbox holds it
+    refusal_code: str  # with the two below: empty unless refused
+    refusal_reason: str
+    refusal_message: str
+    created_at: float
+    decided_at: float  # 0 while undecided
+    refund_of: str
+    refunds: tuple[RefundItem, ...]
+    refunded: int  # committed refunds, minor units
+    request_id: str
+
+
+@dataclass(frozen=True)
+class CollectRequest:
+    request_id: str
+    payer: str  # asked to pay
+    payee: str  # asked, and is paid
+    amount: int
+    currency: str
+    note: str
+    created_at: float
+    expires_at: float
+    state: str  # PENDING, PAYING, PAID, FAILED, DECLINED or EXPIRED
+    refusal_message: str
+
+
+@dataclass(frozen=True)
+class Flow:
+    from_bank: str
+    to_bank: str
+    amount: int
+    payments: int
+
+
+@dataclass(frozen=True)
+class SettlementReport:
+    since: float  # 0: open
+    until: float
+    currency: str
+    gross: tuple[Flow, ...]
+    net: dict[str, int]  # bank -> owed (positive) or owing (negative), minor units
+    intra_bank: tuple[Flow, ...]
+
+
+# UPI answers a status check within 10 s; so does `transaction`, whatever the banks are doing.
+STATUS_TIMEOUT_S = 10.0
 UNREACHABLE, NO_ANSWER = "gateway unreachable", "gateway did not answer in time"
 NOT_THE_GATEWAY = "the server at the gateway's address is not the gateway (its certificate names another identity)"
 
@@ -103,6 +168,12 @@ def as_error(e: grpc.aio.AioRpcError) -> MiniupiError:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return NoAnswer(NO_ANSWER)
     return from_status(code.name, details or code.name.lower())
+
+
+def _collect_request(r: gateway_pb2.CollectRequest) -> CollectRequest:
+    return CollectRequest(r.request_id, r.from_account, r.to_account, r.amount.minor, r.amount.currency, r.note,
+                          r.created_at, r.expires_at, gateway_pb2.RequestState.Name(r.state).removeprefix("REQUEST_"),
+                          r.refusal_message)
 
 
 def is_transport_failure(error: BaseException | None) -> bool:
@@ -143,7 +214,7 @@ class AsyncClient:
             closing.add_done_callback(self._retired.discard)
             self._connect(redial=True)
 
-    async def _call(self, method: str, request: Any, authed: bool = True) -> Any:
+    async def _call(self, method: str, request: Any, authed: bool = True, timeout: float | None = None) -> Any:
         metadata = None
         if authed and self.session is not None:
             metadata = ((SESSION_METADATA_KEY, self.session.key),)
@@ -151,7 +222,7 @@ class AsyncClient:
             raise NotLoggedIn("not logged in; run: miniupi login USER@BANK")
         self._redial_if_failed()
         try:
-            return await getattr(self._stub, method)(request, timeout=self.timeout, metadata=metadata)
+            return await getattr(self._stub, method)(request, timeout=timeout or self.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             raise as_error(e) from None
 
@@ -176,7 +247,8 @@ class AsyncClient:
 
     async def history(self, account: str = "", limit: int = 0) -> list[HistoryItem]:
         reply = await self._call("History", gateway_pb2.HistoryRequest(account=account, limit=limit))
-        return [HistoryItem(e.txn_id, e.counterparty, e.delta_minor, e.currency, e.applied_at) for e in reply.entries]
+        return [HistoryItem(e.txn_id, e.counterparty, e.delta_minor, e.currency, e.applied_at, e.refund_of,
+                            tuple(e.refunds), e.request_id) for e in reply.entries]
 
     async def pay(self, to: str, amount: int, *, txn_id: str | None = None, from_account: str | None = None) -> PayResult:
         """Pay `amount` minor units once; send the same txn_id again to retry safely."""
@@ -186,6 +258,59 @@ class AsyncClient:
             txn_id=txn_id, from_account=payer, to_account=to,
             amount=common_pb2.Money(minor=amount, currency=self.cluster.currency)))
         return PayResult(reply.txn_id, common_pb2.TxnState.Name(reply.state))
+
+    async def transaction(self, txn_id: str) -> Transaction:
+        """A transaction by id, as the gateway recorded it; answered within STATUS_TIMEOUT_S."""
+        validate.txn_id(txn_id)
+        r = await self._call("GetTransaction", gateway_pb2.GetTransactionRequest(txn_id=txn_id),
+                             timeout=min(self.timeout, STATUS_TIMEOUT_S))
+        return Transaction(
+            r.txn_id, r.from_account, r.to_account, r.amount.minor, r.amount.currency,
+            common_pb2.TxnState.Name(r.state), r.refusal_code, r.refusal_reason, r.refusal_message,
+            r.created_at, r.decided_at, r.refund_of,
+            tuple(RefundItem(x.txn_id, x.amount.minor, common_pb2.TxnState.Name(x.state)) for x in r.refunds),
+            r.refunded.minor, r.request_id)
+
+    async def refund(self, txn_id: str, amount: int = 0, *, refund_id: str | None = None) -> PayResult:
+        """Refund `amount` minor units of payment `txn_id` (0: all that is left); send the same refund_id to retry."""
+        refund_id = refund_id or str(uuid.uuid4())
+        money = common_pb2.Money(minor=amount, currency=self.cluster.currency) if amount else None
+        reply = await self._call("Refund", gateway_pb2.RefundRequest(
+            txn_id=refund_id, original_txn_id=txn_id, amount=money))
+        return PayResult(reply.txn_id, common_pb2.TxnState.Name(reply.state))
+
+    async def request_money(self, from_account: str, amount: int, *, note: str = "", expires_in_s: int = 0,
+                            request_id: str | None = None) -> CollectRequest:
+        """Ask `from_account` for `amount` minor units; send the same request_id again to retry safely."""
+        reply = await self._call("RequestMoney", gateway_pb2.MoneyRequest(
+            request_id=request_id or str(uuid.uuid4()), from_account=from_account,
+            amount=common_pb2.Money(minor=amount, currency=self.cluster.currency), note=note,
+            expires_in_s=expires_in_s))
+        return _collect_request(reply)
+
+    async def requests(self) -> list[CollectRequest]:
+        """Open requests to and from me, oldest first."""
+        reply = await self._call("ListRequests", gateway_pb2.ListRequestsRequest())
+        return [_collect_request(r) for r in reply.requests]
+
+    async def approve(self, request_id: str) -> PayResult:
+        """Pay a request asked of me; approving again gets the same answer and pays nothing more."""
+        reply = await self._call("ApproveRequest", gateway_pb2.ApproveRequestRequest(request_id=request_id))
+        return PayResult(reply.txn_id, common_pb2.TxnState.Name(reply.state))
+
+    async def decline(self, request_id: str) -> CollectRequest:
+        reply = await self._call("DeclineRequest", gateway_pb2.DeclineRequestRequest(request_id=request_id))
+        return _collect_request(reply)
+
+    async def settlement(self, since: float = 0.0, until: float = 0.0) -> SettlementReport:
+        """What the banks owe each other for payments committed in [since, until); admin only."""
+        r = await self._call("Settlement", gateway_pb2.SettlementRequest(since=since, until=until))
+
+        def flows(items: Any) -> tuple[Flow, ...]:
+            return tuple(Flow(f.from_bank, f.to_bank, f.amount.minor, f.payments) for f in items)
+
+        return SettlementReport(r.since, r.until, self.cluster.currency, flows(r.gross),
+                                {n.bank: n.net.minor for n in r.net}, flows(r.intra_bank))
 
     # -- the treasury (identity="treasury"; its certificate is its credential) ----
 
@@ -337,6 +462,29 @@ class Client:
 
     def pay(self, to: str, amount: int, *, txn_id: str | None = None, from_account: str | None = None) -> PayResult:
         return self._run(self._async.pay, to, amount, txn_id=txn_id, from_account=from_account)
+
+    def transaction(self, txn_id: str) -> Transaction:
+        return self._run(self._async.transaction, txn_id)
+
+    def refund(self, txn_id: str, amount: int = 0, *, refund_id: str | None = None) -> PayResult:
+        return self._run(self._async.refund, txn_id, amount, refund_id=refund_id)
+
+    def request_money(self, from_account: str, amount: int, *, note: str = "", expires_in_s: int = 0,
+                      request_id: str | None = None) -> CollectRequest:
+        return self._run(self._async.request_money, from_account, amount, note=note, expires_in_s=expires_in_s,
+                         request_id=request_id)
+
+    def requests(self) -> list[CollectRequest]:
+        return self._run(self._async.requests)
+
+    def approve(self, request_id: str) -> PayResult:
+        return self._run(self._async.approve, request_id)
+
+    def decline(self, request_id: str) -> CollectRequest:
+        return self._run(self._async.decline, request_id)
+
+    def settlement(self, since: float = 0.0, until: float = 0.0) -> SettlementReport:
+        return self._run(self._async.settlement, since, until)
 
     def deposit(self, account: str, amount: int, *, txn_id: str | None = None) -> Deposited:
         return self._run(self._async.deposit, account, amount, txn_id=txn_id)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 
@@ -51,6 +51,8 @@ class Payment:
     payee: str
     amount: int
     currency: str
+    refund_of: str = ""  # a refund: the payment it gives back
+    request_id: str = ""  # the payment of a collect request: that request's id
 
     @property
     def banks(self) -> list[str]:
@@ -58,9 +60,9 @@ class Payment:
         return list(dict.fromkeys((self.payer.rpartition("@")[2], self.payee.rpartition("@")[2])))
 
     @property
-    def details(self) -> tuple[str, str, int, str]:
+    def details(self) -> tuple[str, str, int, str, str, str]:
         """What must match for a repeated id to be the same payment."""
-        return self.payer, self.payee, self.amount, self.currency
+        return self.payer, self.payee, self.amount, self.currency, self.refund_of, self.request_id
 
 
 @dataclass(slots=True)
@@ -73,20 +75,29 @@ class Txn:
     created_at: float = field(default_factory=time.time)
     finished: asyncio.Future[None] | None = None
     reason: str = ""  # the refusal's reason (errors.py); empty when committed
+    decided_at: float = 0.0  # when the decision became durable; 0 while undecided
 
     def record(self) -> dict[str, Any]:
         p = self.payment
-        return {
+        r = {
             "payer": p.payer, "payee": p.payee, "amount": p.amount, "currency": p.currency,
             "state": self.state, "code": self.code, "message": self.message, "acked": self.acked,
-            "created_at": self.created_at, "reason": self.reason,
+            "created_at": self.created_at, "reason": self.reason, "decided_at": self.decided_at,
         }
+        if p.refund_of:  # only where set: a plain payment's record stays as it always was
+            r["refund_of"] = p.refund_of
+        if p.request_id:
+            r["request_id"] = p.request_id
+        return r
 
     @classmethod
     def from_record(cls, txn_id: str, r: dict[str, Any]) -> Txn:
-        payment = Payment(txn_id, r["payer"], r["payee"], r["amount"], r["currency"])
+        payment = Payment(txn_id, r["payer"], r["payee"], r["amount"], r["currency"],
+                          r.get("refund_of", ""), r.get("request_id", ""))
+        # Records from before decided_at was kept: the creation time is the closest known.
+        decided_at = r.get("decided_at") or (r["created_at"] if r["state"] != TxnState.INITIATED else 0.0)
         return cls(payment, TxnState(r["state"]), r["code"], r["message"], r["acked"], r["created_at"],
-                   reason=r.get("reason", ""))
+                   reason=r.get("reason", ""), decided_at=decided_at)
 
     def outcome(self) -> TxnState:
         """The stored answer: COMMITTED, or raise the stored refusal."""
@@ -116,6 +127,29 @@ _REFUSALS: dict[Refusal | None, Callable[[str], MiniupiError]] = {
 }
 
 
+class Guard(Protocol):
+    """A rule over payments in flight and committed, such as a daily limit or a refund's ceiling.
+
+    `admit` runs before a new id is recorded, in the same step of the event
+    loop as the record entering memory, so no two payments can both pass a
+    bound they pass only together. An admitted payment counts until it
+    aborts (`release`); a committed one counts for good.
+    """
+
+    def load(self, txns: Mapping[str, Txn]) -> None:
+        """Count the stored payments, once, after presumed abort (nothing is in flight). `txns` is live:
+        the coordinator adds each new payment to it."""
+        ...
+
+    def admit(self, payment: Payment, now: float) -> None:
+        """Raise the refusal, or count the payment as in flight."""
+        ...
+
+    def release(self, txn: Txn) -> None:
+        """An admitted payment aborted, or was never recorded: stop counting it."""
+        ...
+
+
 class Coordinator:
     """2PC over `banks`, with every step made durable through `commit`; knows nothing of gRPC."""
 
@@ -127,10 +161,12 @@ class Coordinator:
         prepare_timeout_s: float,
         call_timeout_s: float,
         hooks: NodeHooks = NO_HOOKS,
+        guards: Sequence[Guard] = (),
     ) -> None:
         self._banks, self._commit = banks, commit
         self._prepare_timeout, self._call_timeout = prepare_timeout_s, call_timeout_s
         self._hooks = hooks
+        self._guards = tuple(guards)
         self.txns: dict[str, Txn] = {
             txn_id: Txn.from_record(txn_id, r) for txn_id, r in tables.get("txns", {}).items()
         }
@@ -142,14 +178,17 @@ class Coordinator:
     # -- recovery -------------------------------------------------------
 
     async def recover(self) -> tuple[int, int]:
-        """Presumed abort for undecided ids; resend every unacknowledged decision."""
+        """Presumed abort for undecided ids; resend every unacknowledged decision. Run once, before serving."""
         undecided = [t for t in self.txns.values() if t.state == TxnState.INITIATED]
+        now = time.time()
         for txn in undecided:
             txn.state, txn.code = TxnState.ABORTED, Aborted.code
             txn.message = "payment aborted: the gateway restarted before deciding"
-            txn.reason = Aborted.reason
+            txn.reason, txn.decided_at = Aborted.reason, now
         if undecided:
             await self._commit.write([Put("txns", t.payment.txn_id, t.record()) for t in undecided])
+        for guard in self._guards:
+            guard.load(self.txns)
         pending = [t for t in self.txns.values() if not t.acked]
         for txn in pending:
             self._spawn(self._resend_decision(txn))
@@ -162,12 +201,25 @@ class Coordinator:
         txn = self.txns.get(payment.txn_id)
         if txn is not None:
             return await self._repeat(txn, payment)
-        txn = Txn(payment, TxnState.INITIATED, finished=asyncio.get_running_loop().create_future())
-        self.txns[payment.txn_id] = txn
+        now = time.time()
+        admitted: list[Guard] = []
+        try:
+            for guard in self._guards:
+                guard.admit(payment, now)
+                admitted.append(guard)
+        except MiniupiError:
+            # Refused before anything was recorded: the id stays free, as for any other bad input.
+            txn = Txn(payment, TxnState.INITIATED, created_at=now)
+            for guard in admitted:
+                guard.release(txn)
+            raise
+        txn = Txn(payment, TxnState.INITIATED, created_at=now, finished=asyncio.get_running_loop().create_future())
+        self.txns[payment.txn_id] = txn  # in the same step as the admissions: see Guard
         try:
             await self._commit.write([Put("txns", payment.txn_id, txn.record())])
         except Exception as e:
             del self.txns[payment.txn_id]
+            self._release(txn)
             txn.finished.set_result(None)
             raise StoreUnavailable(f"gateway could not record the payment: {e}") from e
         vetoed = fire_before(self._hooks.miniupi_before_prepare, txn_id=payment.txn_id)
@@ -207,7 +259,9 @@ class Coordinator:
         if refusal is None and vetoed is not None:
             refusal, decision = vetoed, TxnState.ABORTED
         code, message, reason = (refusal.code, refusal.message, refusal.reason) if refusal else ("", "", "")
-        decided = {**txn.record(), "state": decision, "code": code, "message": message, "reason": reason}
+        decided_at = time.time()
+        decided = {**txn.record(), "state": decision, "code": code, "message": message, "reason": reason,
+                   "decided_at": decided_at}
         try:
             await self._commit.write([Put("txns", txn.payment.txn_id, decided)])  # the commit point
         except Exception as e:
@@ -219,7 +273,9 @@ class Coordinator:
             self._spawn(self._abort_undecided(txn))
             raise StoreUnavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.
-        txn.state, txn.code, txn.message, txn.reason = decision, code, message, reason
+        txn.state, txn.code, txn.message, txn.reason, txn.decided_at = decision, code, message, reason, decided_at
+        if decision == TxnState.ABORTED:
+            self._release(txn)
         fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=txn.state)
         self._start_phase_two(txn)
 
@@ -279,8 +335,9 @@ class Coordinator:
         in between leaves it to the restart's presumed abort.
         """
         message = "payment aborted: the gateway could not record its decision"
+        decided_at = time.time()
         aborted = {**txn.record(), "state": TxnState.ABORTED, "code": Aborted.code, "message": message,
-                   "reason": Aborted.reason}
+                   "reason": Aborted.reason, "decided_at": decided_at}
         failures = 0
         while True:
             failures += 1
@@ -292,6 +349,8 @@ class Coordinator:
                 logger.error("abort of undecided {} could not be made durable ({!r}); trying again",
                              txn.payment.txn_id, e)
         txn.state, txn.code, txn.message, txn.reason = TxnState.ABORTED, Aborted.code, message, Aborted.reason
+        txn.decided_at = decided_at
+        self._release(txn)
         logger.warning("{} aborted: its decision could not be recorded", txn.payment.txn_id)
         fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=TxnState.ABORTED)
         self._start_phase_two(txn)
@@ -318,6 +377,10 @@ class Coordinator:
         txn.acked = True
         # Losing this write only means the decision is sent once more after a restart.
         self._commit.write_later([Put("txns", txn.payment.txn_id, txn.record())])
+
+    def _release(self, txn: Txn) -> None:
+        for guard in self._guards:
+            guard.release(txn)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

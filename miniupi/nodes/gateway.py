@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,6 +19,7 @@ from miniupi.errors import (
     BankUnavailable,
     FailedPrecondition,
     InvalidAmount,
+    RefundExceedsPayment,
     InvalidArgument,
     NotFound,
     NotLoggedIn,
@@ -25,12 +27,17 @@ from miniupi.errors import (
     UnknownBank,
 )
 from miniupi.rich_status import error_of
+from miniupi.states import TxnState
 from miniupi.nodes.logs import setup_node_logging
 from miniupi.money import format_amount
 from miniupi import validate
 from miniupi.nodes.bank_links import BankLinks
-from miniupi.nodes.coordinator import Coordinator, Payment
+from miniupi.nodes.collect import CollectBook, Request, check_expiry, check_note
+from miniupi.nodes.coordinator import Coordinator, Payment, Txn
 from miniupi.nodes.issuance import DepositOrder, Issuer
+from miniupi.nodes.limits import DailyLimit
+from miniupi.nodes.refunds import RefundBook
+from miniupi.nodes.settlement import settle
 from miniupi.nodes.passwords import MAX_PASSWORD
 from miniupi.nodes.server import NodeStartError, open_store, serve
 from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after
@@ -42,11 +49,20 @@ from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 _PASSED_ON = (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition)
 
 
+@dataclasses.dataclass(frozen=True)
+class Books:
+    """What the gateway keeps beside its transactions: deposits, refunds and collect requests."""
+
+    issuer: Issuer
+    refunds: RefundBook
+    requests: CollectBook
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, cluster: ClusterConfig, coordinator: Coordinator, links: BankLinks,
-                 sessions: Authenticator, issuer: Issuer, hooks: NodeHooks = NO_HOOKS) -> None:
+                 sessions: Authenticator, books: Books, hooks: NodeHooks = NO_HOOKS) -> None:
         self.cluster, self.coordinator, self.links, self.sessions = cluster, coordinator, links, sessions
-        self.issuer, self.hooks = issuer, hooks
+        self.books, self.hooks = books, hooks
         self.timeout = cluster.call_timeout_s
 
     def _bank_of(self, account: str) -> tuple[str, str]:
@@ -132,6 +148,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         user, bank = self._bank_of(account)
         await self.links.settled(bank)  # a payment the caller was told of is applied first
         reply = await self._bank_call(bank, "History", bank_pb2.BankHistoryRequest(account=user, limit=request.limit))
+        for entry in reply.entries:  # the links the gateway knows: refund and payment, request and payment
+            txn = self.coordinator.txns.get(entry.txn_id)
+            if txn is not None:
+                entry.refund_of, entry.request_id = txn.payment.refund_of, txn.payment.request_id
+                entry.refunds.extend(r.payment.txn_id for r in self.books.refunds.refunds_of(entry.txn_id)
+                                     if r.state == TxnState.COMMITTED)
         return gateway_pb2.HistoryReply(entries=reply.entries)
 
     async def Pay(self, request: gateway_pb2.PayRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.PayReply:
@@ -145,11 +167,122 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if amount > self.cluster.max_balance:  # no payee could take it: refuse before any bank holds anything
             raise InvalidAmount(f"amount must be at most {format_amount(self.cluster.max_balance)} "
                                   f"{self.cluster.currency}, the most an account may hold")
-        if txn_id in self.issuer:
+        if txn_id in self.books.issuer:
             raise AlreadyExists(f"transaction {txn_id} is a deposit, not a payment")
+        if txn_id in self.books.requests:
+            raise AlreadyExists(f"transaction {txn_id} is a collect request's id; approve the request to pay it")
         payment = Payment(txn_id, payer, request.to_account, amount, self.cluster.currency)
+        return await self._pay(payment)
+
+    async def _pay(self, payment: Payment) -> gateway_pb2.PayReply:
         state = await self.coordinator.pay(payment)
-        return gateway_pb2.PayReply(txn_id=txn_id, state=common_pb2.TxnState.Value(state))
+        return gateway_pb2.PayReply(txn_id=payment.txn_id, state=common_pb2.TxnState.Value(state))
+
+    def _visible_txn(self, txn_id: str) -> Txn:
+        """The transaction, for its payer, its payee or the admin; NOT_FOUND for anyone else, as for no such id."""
+        txn = self.coordinator.txns.get(txn_id)
+        if current_peer.get() == ADMIN and txn is not None:
+            return txn
+        if txn is None or current_account.get() not in (txn.payment.payer, txn.payment.payee):
+            raise NotFound(f"no transaction {txn_id}")
+        return txn
+
+    async def GetTransaction(self, request: gateway_pb2.GetTransactionRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.TransactionReply:
+        txn = self._visible_txn(validate.txn_id(request.txn_id))
+        p, currency = txn.payment, txn.payment.currency
+        return gateway_pb2.TransactionReply(
+            txn_id=p.txn_id, from_account=p.payer, to_account=p.payee,
+            amount=common_pb2.Money(minor=p.amount, currency=currency), state=common_pb2.TxnState.Value(txn.state),
+            refusal_code=txn.code, refusal_reason=txn.reason, refusal_message=txn.message,
+            created_at=txn.created_at, decided_at=txn.decided_at, refund_of=p.refund_of, request_id=p.request_id,
+            refunds=[gateway_pb2.RefundLink(txn_id=r.payment.txn_id, state=common_pb2.TxnState.Value(r.state),
+                                            amount=common_pb2.Money(minor=r.payment.amount, currency=currency))
+                     for r in self.books.refunds.refunds_of(p.txn_id)],
+            refunded=common_pb2.Money(minor=self.books.refunds.refunded(p.txn_id), currency=currency))
+
+    async def Refund(self, request: gateway_pb2.RefundRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.PayReply:
+        txn_id = validate.txn_id(request.txn_id)
+        refunder = self._own_account("")
+        original = self._visible_txn(validate.txn_id(request.original_txn_id))
+        self.books.refunds.refundable(original, refunder)
+        if request.amount.minor or request.amount.currency:
+            amount = validate.positive_amount(request.amount.minor, request.amount.currency, self.cluster.currency)
+        else:  # all that is left; a repeat of this refund asks for the amount it was given
+            known = self.coordinator.txns.get(txn_id)
+            amount = known.payment.amount if known is not None else self.books.refunds.left(original)
+            if amount <= 0:
+                raise RefundExceedsPayment(f"payment {original.payment.txn_id} is already refunded in full")
+        if txn_id in self.books.issuer or txn_id in self.books.requests:
+            raise AlreadyExists(f"transaction {txn_id} is already used for a deposit or a collect request")
+        p = original.payment
+        return await self._pay(Payment(txn_id, p.payee, p.payer, amount, p.currency, refund_of=p.txn_id))
+
+    # -- collect requests ------------------------------------------------------
+
+    def _collect_request(self, r: Request, now: float) -> gateway_pb2.CollectRequest:
+        state, refusal = self.books.requests.state(r, now)
+        return gateway_pb2.CollectRequest(
+            request_id=r.request_id, from_account=r.payer, to_account=r.payee,
+            amount=common_pb2.Money(minor=r.amount, currency=r.currency), note=r.note, created_at=r.created_at,
+            expires_at=r.expires_at, state=gateway_pb2.RequestState.Value(f"REQUEST_{state}"),
+            refusal_message=refusal)
+
+    async def RequestMoney(self, request: gateway_pb2.MoneyRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.CollectRequest:
+        request_id = validate.txn_id(request.request_id)
+        payee = self._own_account("")
+        _, bank = self._bank_of(request.from_account)
+        if request.from_account == payee:
+            raise InvalidArgument("you cannot ask yourself for money")
+        amount = validate.positive_amount(request.amount.minor, request.amount.currency, self.cluster.currency)
+        if amount > self.cluster.max_balance:
+            raise InvalidAmount(f"amount must be at most {format_amount(self.cluster.max_balance)} "
+                                f"{self.cluster.currency}, the most an account may hold")
+        note, expires_in = check_note(request.note), check_expiry(request.expires_in_s)
+        if request_id not in self.books.requests:  # asking an account that does not exist would wait for nobody
+            await self._bank_call(bank, "GetAccount", bank_pb2.AccountRequest(account=request.from_account.split("@")[0]))
+        now = time.time()
+        r = await self.books.requests.ask(Request(request_id, request.from_account, payee, amount, self.cluster.currency,
+                                            note, now, now + expires_in))
+        logger.info("collect request {} from {} to {} for {} {}", request_id, payee, r.payer, amount, r.currency)
+        return self._collect_request(r, time.time())
+
+    async def ListRequests(self, request: gateway_pb2.ListRequestsRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.ListRequestsReply:
+        account = self._own_account("")
+        now = time.time()
+        return gateway_pb2.ListRequestsReply(
+            requests=[self._collect_request(r, now) for r in self.books.requests.open_for(account, now)])
+
+    async def ApproveRequest(self, request: gateway_pb2.ApproveRequestRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.PayReply:
+        request_id = validate.txn_id(request.request_id)
+        payer = self._own_account("")
+        # No await between this check and the coordinator recording the payment: a decline cannot slip in.
+        return await self._pay(self.books.requests.approvable(request_id, payer, time.time()))
+
+    async def DeclineRequest(self, request: gateway_pb2.DeclineRequestRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.CollectRequest:
+        request_id = validate.txn_id(request.request_id)
+        payer = self._own_account("")
+        now = time.time()
+        return self._collect_request(await self.books.requests.decline(request_id, payer, now), now)
+
+    async def Settlement(self, request: gateway_pb2.SettlementRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.SettlementReply:
+        if current_peer.get() != ADMIN:
+            raise PermissionDenied("only the admin may read the settlement between banks")
+        since, until = request.since, request.until
+        if not (math.isfinite(since) and math.isfinite(until)) or since < 0 or until < 0:
+            raise InvalidArgument("since and until must be Unix times, or 0 for an open end")
+        if since and until and until <= since:
+            raise InvalidArgument("until must be after since")
+        report = settle(self.coordinator.txns.values(), self.cluster.banks, since, until)
+        currency = self.cluster.currency
+
+        def flows(items: list) -> list[gateway_pb2.BankFlow]:
+            return [gateway_pb2.BankFlow(from_bank=f.from_bank, to_bank=f.to_bank, payments=f.payments,
+                                         amount=common_pb2.Money(minor=f.amount, currency=currency)) for f in items]
+
+        return gateway_pb2.SettlementReply(
+            since=since, until=until, gross=flows(report.gross), intra_bank=flows(report.intra_bank),
+            net=[gateway_pb2.NetPosition(bank=bank, net=common_pb2.Money(minor=net, currency=currency))
+                 for bank, net in report.net.items()])
 
     async def ListTransactions(self, request: gateway_pb2.ListTransactionsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[gateway_pb2.TransactionChunk]:
         if current_peer.get() != ADMIN:
@@ -160,8 +293,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 gateway_pb2.GatewayTxn(
                     txn_id=t.payment.txn_id, from_account=t.payment.payer, to_account=t.payment.payee,
                     amount=common_pb2.Money(minor=t.payment.amount, currency=t.payment.currency),
-                    state=common_pb2.TxnState.Value(t.state), acknowledged=t.acked, refusal_code=t.code)
+                    state=common_pb2.TxnState.Value(t.state), acknowledged=t.acked, refusal_code=t.code,
+                    refund_of=t.payment.refund_of, request_id=t.payment.request_id, created_at=t.created_at,
+                    decided_at=t.decided_at)
                 for t in batch])
+        now = time.time()
+        requests = list(self.books.requests)
+        for batch in (requests[i:i + 2000] for i in range(0, len(requests), 2000)):
+            yield gateway_pb2.TransactionChunk(requests=[self._collect_request(r, now) for r in batch])
 
     async def Deposit(self, request: gateway_pb2.DepositRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.DepositReply:
         """New money, by the treasury only: its id bound here cluster-wide, then credited once by the bank."""
@@ -169,7 +308,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         txn_id = validate.txn_id(request.txn_id)
         user, bank = self._bank_of(request.account)
         amount = validate.positive_amount(request.amount.minor, request.amount.currency, self.cluster.currency)
-        await self.issuer.record(DepositOrder(txn_id, f"{user}@{bank}", amount))
+        if txn_id in self.books.requests:
+            raise AlreadyExists(f"transaction {txn_id} is a collect request's id, not a deposit")
+        await self.books.issuer.record(DepositOrder(txn_id, f"{user}@{bank}", amount))
         reply = await self._bank_call(bank, "Deposit", bank_pb2.BankDepositRequest(
             txn_id=txn_id, account=user, amount=common_pb2.Money(minor=amount, currency=self.cluster.currency)))
         return gateway_pb2.DepositReply(txn_id=txn_id, balance=reply.balance)
@@ -219,16 +360,18 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
     hooks = NodeHooks(plugins.pm, node)
     links = BankLinks(cluster)
     links.watch()
-    coordinator = Coordinator(
-        links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s, hooks=hooks)
+    refunds = RefundBook()
+    coordinator = Coordinator(links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s,
+                              hooks=hooks, guards=(refunds, DailyLimit(cluster)))
     issuer = Issuer(commit, tables, coordinator.txns)
+    books = Books(issuer, refunds, CollectBook(commit, tables, coordinator.txns, issuer))
     aborted, resent = await coordinator.recover()
     if aborted or resent:
         logger.info("recovery: {} undecided payments aborted, {} decisions being resent", aborted, resent)
 
     def add_services(server: grpc.aio.Server) -> list[str]:
         gateway_pb2_grpc.add_GatewayServicer_to_server(
-            GatewayServicer(cluster, coordinator, links, sessions, issuer, hooks), server)
+            GatewayServicer(cluster, coordinator, links, sessions, books, hooks), server)
         return [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name]
 
     async def on_stop() -> None:

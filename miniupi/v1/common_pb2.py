@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17miniupi/v1/common.proto\x12\nminiupi.v1\"(\n\x05Money\x12\r\n\x05minor\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"o\n\x0cHistoryEntry\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ounterparty\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65lta_minor\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x12\n\napplied_at\x18\x05 \x01(\x01*P\n\x08TxnState\x12\x19\n\x15TXN_STATE_UNSPECIFIED\x10\x00\x12\r\n\tINITIATED\x10\x01\x12\r\n\tCOMMITTED\x10\x02\x12\x0b\n\x07\x41\x42ORTED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17miniupi/v1/common.proto\x12\nminiupi.v1\"(\n\x05Money\x12\r\n\x05minor\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"\xa7\x01\n\x0cHistoryEntry\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ounterparty\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65lta_minor\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x12\n\napplied_at\x18\x05 \x01(\x01\x12\x11\n\trefund_of\x18\x06 \x01(\t\x12\x0f\n\x07refunds\x18\x07 \x03(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t*P\n\x08TxnState\x12\x19\n\x15TXN_STATE_UNSPECIFIED\x10\x00\x12\r\n\tINITIATED\x10\x01\x12\r\n\tCOMMITTED\x10\x02\x12\x0b\n\x07\x41\x42ORTED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'miniupi.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TXNSTATE']._serialized_start=194
-  _globals['_TXNSTATE']._serialized_end=274
+  _globals['_TXNSTATE']._serialized_start=251
+  _globals['_TXNSTATE']._serialized_end=331
   _globals['_MONEY']._serialized_start=39
   _globals['_MONEY']._serialized_end=79
-  _globals['_HISTORYENTRY']._serialized_start=81
-  _globals['_HISTORYENTRY']._serialized_end=192
+  _globals['_HISTORYENTRY']._serialized_start=82
+  _globals['_HISTORYENTRY']._serialized_end=249
 # @@protoc_insertion_point(module_scope)

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from miniupi.v1 import common_pb2 as miniupi_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18miniupi/v1/gateway.proto\x12\nminiupi.v1\x1a\x17miniupi/v1/common.proto\"X\n\x0fRegisterRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\"\n\x07initial\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"D\n\rRegisterReply\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\"\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x11.miniupi.v1.Money\"1\n\x0cLoginRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"5\n\nLoginReply\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x01\"\x0f\n\rLogoutRequest\"\r\n\x0bLogoutReply\"!\n\x0e\x42\x61lanceRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\"i\n\x0c\x42\x61lanceReply\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\"\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x11.miniupi.v1.Money\x12$\n\tavailable\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"0\n\x0eHistoryRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"9\n\x0cHistoryReply\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.miniupi.v1.HistoryEntry\"i\n\nPayRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12!\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x11.miniupi.v1.Money\"?\n\x08PayReply\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.miniupi.v1.TxnState\"$\n\x12GetDecisionRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\"7\n\x10GetDecisionReply\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.miniupi.v1.TxnState\"\x19\n\x17ListTransactionsRequest\"\xba\x01\n\nGatewayTxn\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12!\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x11.miniupi.v1.Money\x12#\n\x05state\x18\x05 \x01(\x0e\x32\x14.miniupi.v1.TxnState\x12\x14\n\x0c\x61\x63knowledged\x18\x06 \x01(\x08\x12\x14\n\x0crefusal_code\x18\x07 \x01(\t\"8\n\x10TransactionChunk\x12$\n\x04txns\x18\x01 \x03(\x0b\x32\x16.miniupi.v1.GatewayTxn\"T\n\x0e\x44\x65positRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12!\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"B\n\x0c\x44\x65positReply\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\"\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x11.miniupi.v1.Money\"l\n\x0f\x42ulkOpenRequest\x12\x0c\n\x04\x62\x61nk\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63ounts\x18\x02 \x03(\t\x12\x15\n\rpassword_hash\x18\x03 \x01(\t\x12\"\n\x07initial\x18\x04 \x01(\x0b\x32\x11.miniupi.v1.Money\"\x1f\n\rBulkOpenReply\x12\x0e\n\x06opened\x18\x01 \x01(\r2\xac\x05\n\x07Gateway\x12\x42\n\x08Register\x12\x1b.miniupi.v1.RegisterRequest\x1a\x19.miniupi.v1.RegisterReply\x12\x39\n\x05Login\x12\x18.miniupi.v1.LoginRequest\x1a\x16.miniupi.v1.LoginReply\x12<\n\x06Logout\x12\x19.miniupi.v1.LogoutRequest\x1a\x17.miniupi.v1.LogoutReply\x12?\n\x07\x42\x61lance\x12\x1a.miniupi.v1.BalanceRequest\x1a\x18.miniupi.v1.BalanceReply\x12?\n\x07History\x12\x1a.miniupi.v1.HistoryRequest\x1a\x18.miniupi.v1.HistoryReply\x12\x33\n\x03Pay\x12\x16.miniupi.v1.PayRequest\x1a\x14.miniupi.v1.PayReply\x12K\n\x0bGetDecision\x12\x1e.miniupi.v1.GetDecisionRequest\x1a\x1c.miniupi.v1.GetDecisionReply\x12W\n\x10ListTransactions\x12#.miniupi.v1.ListTransactionsRequest\x1a\x1c.miniupi.v1.TransactionChunk0\x01\x12?\n\x07\x44\x65posit\x12\x1a.miniupi.v1.DepositRequest\x1a\x18.miniupi.v1.DepositReply\x12\x46\n\x0cOpenAccounts\x12\x1b.miniupi.v1.BulkOpenRequest\x1a\x19.miniupi.v1.BulkOpenReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18miniupi/v1/gateway.proto\x12\nminiupi.v1\x1a\x17miniupi/v1/common.proto\"X\n\x0fRegisterRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\"\n\x07initial\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"D\n\rRegisterReply\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\"\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x11.miniupi.v1.Money\"1\n\x0cLoginRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"5\n\nLoginReply\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x01\"\x0f\n\rLogoutRequest\"\r\n\x0bLogoutReply\"!\n\x0e\x42\x61lanceRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\"i\n\x0c\x42\x61lanceReply\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\"\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x11.miniupi.v1.Money\x12$\n\tavailable\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"0\n\x0eHistoryRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"9\n\x0cHistoryReply\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.miniupi.v1.HistoryEntry\"i\n\nPayRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12!\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x11.miniupi.v1.Money\"?\n\x08PayReply\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.miniupi.v1.TxnState\"$\n\x12GetDecisionRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\"7\n\x10GetDecisionReply\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.miniupi.v1.TxnState\"\x19\n\x17ListTransactionsRequest\"\x89\x02\n\nGatewayTxn\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12!\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x11.miniupi.v1.Money\x12#\n\x05state\x18\x05 \x01(\x0e\x32\x14.miniupi.v1.TxnState\x12\x14\n\x0c\x61\x63knowledged\x18\x06 \x01(\x08\x12\x14\n\x0crefusal_code\x18\x07 \x01(\t\x12\x11\n\trefund_of\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x12\n\ncreated_at\x18\n \x01(\x01\x12\x12\n\ndecided_at\x18\x0b \x01(\x01\"f\n\x10TransactionChunk\x12$\n\x04txns\x18\x01 \x03(\x0b\x32\x16.miniupi.v1.GatewayTxn\x12,\n\x08requests\x18\x02 \x03(\x0b\x32\x1a.miniupi.v1.CollectRequest\"T\n\x0e\x44\x65positRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12!\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"B\n\x0c\x44\x65positReply\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\"\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x11.miniupi.v1.Money\"l\n\x0f\x42ulkOpenRequest\x12\x0c\n\x04\x62\x61nk\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63ounts\x18\x02 \x03(\t\x12\x15\n\rpassword_hash\x18\x03 \x01(\t\x12\"\n\x07initial\x18\x04 \x01(\x0b\x32\x11.miniupi.v1.Money\"\x1f\n\rBulkOpenReply\x12\x0e\n\x06opened\x18\x01 \x01(\r\"\'\n\x15GetTransactionRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\"d\n\nRefundLink\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12!\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x11.miniupi.v1.Money\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.miniupi.v1.TxnState\"\xf8\x02\n\x10TransactionReply\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12!\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x11.miniupi.v1.Money\x12#\n\x05state\x18\x05 \x01(\x0e\x32\x14.miniupi.v1.TxnState\x12\x14\n\x0crefusal_code\x18\x06 \x01(\t\x12\x16\n\x0erefusal_reason\x18\x07 \x01(\t\x12\x17\n\x0frefusal_message\x18\x08 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x12\n\ndecided_at\x18\n \x01(\x01\x12\x11\n\trefund_of\x18\x0b \x01(\t\x12\'\n\x07refunds\x18\x0c \x03(\x0b\x32\x16.miniupi.v1.RefundLink\x12#\n\x08refunded\x18\r \x01(\x0b\x32\x11.miniupi.v1.Money\x12\x12\n\nrequest_id\x18\x0e \x01(\t\"[\n\rRefundRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x17\n\x0foriginal_txn_id\x18\x02 \x01(\t\x12!\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\"\x7f\n\x0cMoneyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12!\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x05 \x01(\r\"\xe9\x01\n\x0e\x43ollectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12!\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x11.miniupi.v1.Money\x12\x0c\n\x04note\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x12\n\nexpires_at\x18\x07 \x01(\x01\x12\'\n\x05state\x18\x08 \x01(\x0e\x32\x18.miniupi.v1.RequestState\x12\x17\n\x0frefusal_message\x18\t \x01(\t\"\x15\n\x13ListRequestsRequest\"A\n\x11ListRequestsReply\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.miniupi.v1.CollectRequest\"+\n\x15\x41pproveRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"+\n\x15\x44\x65\x63lineRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"1\n\x11SettlementRequest\x12\r\n\x05since\x18\x01 \x01(\x01\x12\r\n\x05until\x18\x02 \x01(\x01\"c\n\x08\x42\x61nkFlow\x12\x11\n\tfrom_bank\x18\x01 \x01(\t\x12\x0f\n\x07to_bank\x18\x02 \x01(\t\x12!\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x11.miniupi.v1.Money\x12\x10\n\x08payments\x18\x04 \x01(\x04\";\n\x0bNetPosition\x12\x0c\n\x04\x62\x61nk\x18\x01 \x01(\t\x12\x1e\n\x03net\x18\x02 \x01(\x0b\x32\x11.miniupi.v1.Money\"\xa4\x01\n\x0fSettlementReply\x12\r\n\x05since\x18\x01 \x01(\x01\x12\r\n\x05until\x18\x02 \x01(\x01\x12#\n\x05gross\x18\x03 \x03(\x0b\x32\x14.miniupi.v1.BankFlow\x12$\n\x03net\x18\x04 \x03(\x0b\x32\x17.miniupi.v1.NetPosition\x12(\n\nintra_bank\x18\x05 \x03(\x0b\x32\x14.miniupi.v1.BankFlow*\xa7\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fREQUEST_PENDING\x10\x01\x12\x12\n\x0eREQUEST_PAYING\x10\x02\x12\x10\n\x0cREQUEST_PAID\x10\x03\x12\x12\n\x0eREQUEST_FAILED\x10\x04\x12\x14\n\x10REQUEST_DECLINED\x10\x05\x12\x13\n\x0fREQUEST_EXPIRED\x10\x06\x32\xb6\t\n\x07Gateway\x12\x42\n\x08Register\x12\x1b.miniupi.v1.RegisterRequest\x1a\x19.miniupi.v1.RegisterReply\x12\x39\n\x05Login\x12\x18.miniupi.v1.LoginRequest\x1a\x16.miniupi.v1.LoginReply\x12<\n\x06Logout\x12\x19.miniupi.v1.LogoutRequest\x1a\x17.miniupi.v1.LogoutReply\x12?\n\x07\x42\x61lance\x12\x1a.miniupi.v1.BalanceRequest\x1a\x18.miniupi.v1.BalanceReply\x12?\n\x07History\x12\x1a.miniupi.v1.HistoryRequest\x1a\x18.miniupi.v1.HistoryReply\x12\x33\n\x03Pay\x12\x16.miniupi.v1.PayRequest\x1a\x14.miniupi.v1.PayReply\x12K\n\x0bGetDecision\x12\x1e.miniupi.v1.GetDecisionRequest\x1a\x1c.miniupi.v1.GetDecisionReply\x12W\n\x10ListTransactions\x12#.miniupi.v1.ListTransactionsRequest\x1a\x1c.miniupi.v1.TransactionChunk0\x01\x12?\n\x07\x44\x65posit\x12\x1a.miniupi.v1.DepositRequest\x1a\x18.miniupi.v1.DepositReply\x12\x46\n\x0cOpenAccounts\x12\x1b.miniupi.v1.BulkOpenRequest\x1a\x19.miniupi.v1.BulkOpenReply\x12Q\n\x0eGetTransaction\x12!.miniupi.v1.GetTransactionRequest\x1a\x1c.miniupi.v1.TransactionReply\x12\x39\n\x06Refund\x12\x19.miniupi.v1.RefundRequest\x1a\x14.miniupi.v1.PayReply\x12\x44\n\x0cRequestMoney\x12\x18.miniupi.v1.MoneyRequest\x1a\x1a.miniupi.v1.CollectRequest\x12N\n\x0cListRequests\x12\x1f.miniupi.v1.ListRequestsRequest\x1a\x1d.miniupi.v1.ListRequestsReply\x12I\n\x0e\x41pproveRequest\x12!.miniupi.v1.ApproveRequestRequest\x1a\x14.miniupi.v1.PayReply\x12O\n\x0e\x44\x65\x63lineRequest\x12!.miniupi.v1.DeclineRequestRequest\x1a\x1a.miniupi.v1.CollectRequest\x12H\n\nSettlement\x12\x1d.miniupi.v1.SettlementRequest\x1a\x1b.miniupi.v1.SettlementReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'miniupi.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REQUESTSTATE']._serialized_start=3118
+  _globals['_REQUESTSTATE']._serialized_end=3285
   _globals['_REGISTERREQUEST']._serialized_start=65
   _globals['_REGISTERREQUEST']._serialized_end=153
   _globals['_REGISTERREPLY']._serialized_start=155
@@ -63,17 +65,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=881
   _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=906
   _globals['_GATEWAYTXN']._serialized_start=909
-  _globals['_GATEWAYTXN']._serialized_end=1095
-  _globals['_TRANSACTIONCHUNK']._serialized_start=1097
-  _globals['_TRANSACTIONCHUNK']._serialized_end=1153
-  _globals['_DEPOSITREQUEST']._serialized_start=1155
-  _globals['_DEPOSITREQUEST']._serialized_end=1239
-  _globals['_DEPOSITREPLY']._serialized_start=1241
-  _globals['_DEPOSITREPLY']._serialized_end=1307
-  _globals['_BULKOPENREQUEST']._serialized_start=1309
-  _globals['_BULKOPENREQUEST']._serialized_end=1417
-  _globals['_BULKOPENREPLY']._serialized_start=1419
-  _globals['_BULKOPENREPLY']._serialized_end=1450
-  _globals['_GATEWAY']._serialized_start=1453
-  _globals['_GATEWAY']._serialized_end=2137
+  _globals['_GATEWAYTXN']._serialized_end=1174
+  _globals['_TRANSACTIONCHUNK']._serialized_start=1176
+  _globals['_TRANSACTIONCHUNK']._serialized_end=1278
+  _globals['_DEPOSITREQUEST']._serialized_start=1280
+  _globals['_DEPOSITREQUEST']._serialized_end=1364
+  _globals['_DEPOSITREPLY']._serialized_start=1366
+  _globals['_DEPOSITREPLY']._serialized_end=1432
+  _globals['_BULKOPENREQUEST']._serialized_start=1434
+  _globals['_BULKOPENREQUEST']._serialized_end=1542
+  _globals['_BULKOPENREPLY']._serialized_start=1544
+  _globals['_BULKOPENREPLY']._serialized_end=1575
+  _globals['_GETTRANSACTIONREQUEST']._serialized_start=1577
+  _globals['_GETTRANSACTIONREQUEST']._serialized_end=1616
+  _globals['_REFUNDLINK']._serialized_start=1618
+  _globals['_REFUNDLINK']._serialized_end=1718
+  _globals['_TRANSACTIONREPLY']._serialized_start=1721
+  _globals['_TRANSACTIONREPLY']._serialized_end=2097
+  _globals['_REFUNDREQUEST']._serialized_start=2099
+  _globals['_REFUNDREQUEST']._serialized_end=2190
+  _globals['_MONEYREQUEST']._serialized_start=2192
+  _globals['_MONEYREQUEST']._serialized_end=2319
+  _globals['_COLLECTREQUEST']._serialized_start=2322
+  _globals['_COLLECTREQUEST']._serialized_end=2555
+  _globals['_LISTREQUESTSREQUEST']._serialized_start=2557
+  _globals['_LISTREQUESTSREQUEST']._serialized_end=2578
+  _globals['_LISTREQUESTSREPLY']._serialized_start=2580
+  _globals['_LISTREQUESTSREPLY']._serialized_end=2645
+  _globals['_APPROVEREQUESTREQUEST']._serialized_start=2647
+  _globals['_APPROVEREQUESTREQUEST']._serialized_end=2690
+  _globals['_DECLINEREQUESTREQUEST']._serialized_start=2692
+  _globals['_DECLINEREQUESTREQUEST']._serialized_end=2735
+  _globals['_SETTLEMENTREQUEST']._serialized_start=2737
+  _globals['_SETTLEMENTREQUEST']._serialized_end=2786
+  _globals['_BANKFLOW']._serialized_start=2788
+  _globals['_BANKFLOW']._serialized_end=2887
+  _globals['_NETPOSITION']._serialized_start=2889
+  _globals['_NETPOSITION']._serialized_end=2948
+  _globals['_SETTLEMENTREPLY']._serialized_start=2951
+  _globals['_SETTLEMENTREPLY']._serialized_end=3115
+  _globals['_GATEWAY']._serialized_start=3288
+  _globals['_GATEWAY']._serialized_end=4494
 # @@protoc_insertion_point(module_scope)

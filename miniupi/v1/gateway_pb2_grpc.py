@@ -84,6 +84,41 @@ class GatewayStub:
                 request_serializer=miniupi_dot_v1_dot_gateway__pb2.BulkOpenRequest.SerializeToString,
                 response_deserializer=miniupi_dot_v1_dot_gateway__pb2.BulkOpenReply.FromString,
                 _registered_method=True)
+        self.GetTransaction = channel.unary_unary(
+                '/miniupi.v1.Gateway/GetTransaction',
+                request_serializer=miniupi_dot_v1_dot_gateway__pb2.GetTransactionRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_gateway__pb2.TransactionReply.FromString,
+                _registered_method=True)
+        self.Refund = channel.unary_unary(
+                '/miniupi.v1.Gateway/Refund',
+                request_serializer=miniupi_dot_v1_dot_gateway__pb2.RefundRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_gateway__pb2.PayReply.FromString,
+                _registered_method=True)
+        self.RequestMoney = channel.unary_unary(
+                '/miniupi.v1.Gateway/RequestMoney',
+                request_serializer=miniupi_dot_v1_dot_gateway__pb2.MoneyRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_gateway__pb2.CollectRequest.FromString,
+                _registered_method=True)
+        self.ListRequests = channel.unary_unary(
+                '/miniupi.v1.Gateway/ListRequests',
+                request_serializer=miniupi_dot_v1_dot_gateway__pb2.ListRequestsRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_gateway__pb2.ListRequestsReply.FromString,
+                _registered_method=True)
+        self.ApproveRequest = channel.unary_unary(
+                '/miniupi.v1.Gateway/ApproveRequest',
+                request_serializer=miniupi_dot_v1_dot_gateway__pb2.ApproveRequestRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_gateway__pb2.PayReply.FromString,
+                _registered_method=True)
+        self.DeclineRequest = channel.unary_unary(
+                '/miniupi.v1.Gateway/DeclineRequest',
+                request_serializer=miniupi_dot_v1_dot_gateway__pb2.DeclineRequestRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_gateway__pb2.CollectRequest.FromString,
+                _registered_method=True)
+        self.Settlement = channel.unary_unary(
+                '/miniupi.v1.Gateway/Settlement',
+                request_serializer=miniupi_dot_v1_dot_gateway__pb2.SettlementRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_gateway__pb2.SettlementReply.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -170,6 +205,69 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTransaction(self, request, context):
+        """One transaction by id: its state, details, times and refunds. The payer,
+        the payee and the admin may read it; for anyone else it is NOT_FOUND,
+        exactly as for an id never used, so ids cannot be probed. Answered from
+        the gateway's own record: no bank is asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Refund(self, request, context):
+        """Give back all or part of a committed payment, by its payee: a payment
+        from the payee to the payer through the same 2PC, linked to the original.
+        Once per txn_id, like Pay. The committed and in-flight refunds of a
+        payment never add up to more than it (FAILED_PRECONDITION
+        "REFUND_EXCEEDS_PAYMENT"); a payment that did not commit, or a refund,
+        cannot be refunded (NOT_REFUNDABLE); the payer may not (PERMISSION_DENIED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestMoney(self, request, context):
+        """Ask another account for money (a collect request). Once per request_id:
+        a repeat with the same details returns the request as it stands.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRequests(self, request, context):
+        """The caller's open requests, both those it asked and those it is asked to
+        pay (pending or being paid), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveRequest(self, request, context):
+        """Pay a request, by the account asked to pay. The payment's txn_id is the
+        request's id, so approving twice, or from two devices at once, pays once:
+        a repeat gets the payment's answer. A declined or expired request is
+        FAILED_PRECONDITION "REQUEST_CLOSED"; a refused payment ends the request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclineRequest(self, request, context):
+        """Refuse a request, by the account asked to pay; it can no longer be approved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Settlement(self, request, context):
+        """What each bank sent each other bank in a window of commit times, and
+        each bank's net position. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +320,41 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.OpenAccounts,
                     request_deserializer=miniupi_dot_v1_dot_gateway__pb2.BulkOpenRequest.FromString,
                     response_serializer=miniupi_dot_v1_dot_gateway__pb2.BulkOpenReply.SerializeToString,
+            ),
+            'GetTransaction': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTransaction,
+                    request_deserializer=miniupi_dot_v1_dot_gateway__pb2.GetTransactionRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_gateway__pb2.TransactionReply.SerializeToString,
+            ),
+            'Refund': grpc.unary_unary_rpc_method_handler(
+                    servicer.Refund,
+                    request_deserializer=miniupi_dot_v1_dot_gateway__pb2.RefundRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_gateway__pb2.PayReply.SerializeToString,
+            ),
+            'RequestMoney': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestMoney,
+                    request_deserializer=miniupi_dot_v1_dot_gateway__pb2.MoneyRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_gateway__pb2.CollectRequest.SerializeToString,
+            ),
+            'ListRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRequests,
+                    request_deserializer=miniupi_dot_v1_dot_gateway__pb2.ListRequestsRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_gateway__pb2.ListRequestsReply.SerializeToString,
+            ),
+            'ApproveRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveRequest,
+                    request_deserializer=miniupi_dot_v1_dot_gateway__pb2.ApproveRequestRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_gateway__pb2.PayReply.SerializeToString,
+            ),
+            'DeclineRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineRequest,
+                    request_deserializer=miniupi_dot_v1_dot_gateway__pb2.DeclineRequestRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_gateway__pb2.CollectRequest.SerializeToString,
+            ),
+            'Settlement': grpc.unary_unary_rpc_method_handler(
+                    servicer.Settlement,
+                    request_deserializer=miniupi_dot_v1_dot_gateway__pb2.SettlementRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_gateway__pb2.SettlementReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -494,6 +627,195 @@ class Gateway:
             '/miniupi.v1.Gateway/OpenAccounts',
             miniupi_dot_v1_dot_gateway__pb2.BulkOpenRequest.SerializeToString,
             miniupi_dot_v1_dot_gateway__pb2.BulkOpenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTransaction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Gateway/GetTransaction',
+            miniupi_dot_v1_dot_gateway__pb2.GetTransactionRequest.SerializeToString,
+            miniupi_dot_v1_dot_gateway__pb2.TransactionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Refund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Gateway/Refund',
+            miniupi_dot_v1_dot_gateway__pb2.RefundRequest.SerializeToString,
+            miniupi_dot_v1_dot_gateway__pb2.PayReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestMoney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Gateway/RequestMoney',
+            miniupi_dot_v1_dot_gateway__pb2.MoneyRequest.SerializeToString,
+            miniupi_dot_v1_dot_gateway__pb2.CollectRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Gateway/ListRequests',
+            miniupi_dot_v1_dot_gateway__pb2.ListRequestsRequest.SerializeToString,
+            miniupi_dot_v1_dot_gateway__pb2.ListRequestsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Gateway/ApproveRequest',
+            miniupi_dot_v1_dot_gateway__pb2.ApproveRequestRequest.SerializeToString,
+            miniupi_dot_v1_dot_gateway__pb2.PayReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Gateway/DeclineRequest',
+            miniupi_dot_v1_dot_gateway__pb2.DeclineRequestRequest.SerializeToString,
+            miniupi_dot_v1_dot_gateway__pb2.CollectRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Settlement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Gateway/Settlement',
+            miniupi_dot_v1_dot_gateway__pb2.SettlementRequest.SerializeToString,
+            miniupi_dot_v1_dot_gateway__pb2.SettlementReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,196 @@
+"""Collect requests: a payee asks a payer for money, and the payer approves or declines.
+
+A request is a row of the gateway's store (table "requests") made before
+the requester is answered, so it survives restarts. Approving it is a
+payment whose txn_id is the request's id: the coordinator's idempotency
+then makes two approvals, from one device or two, one payment, and a
+restart cannot pay it twice. A request's state is therefore read, not
+kept: PAYING, PAID or FAILED from its payment when there is one, else
+DECLINED, EXPIRED or PENDING from the row and the clock.
+"""
+from __future__ import annotations
+
+import time
+import unicodedata
+from collections.abc import Container, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from miniupi.contract.store import Put
+from miniupi.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    RequestClosed,
+    StoreUnavailable,
+    TooManyRequests,
+)
+from miniupi.nodes.coordinator import Payment, Txn
+from miniupi.nodes.group_commit import GroupCommit
+from miniupi.states import TxnState
+
+TABLE = "requests"
+DEFAULT_EXPIRY_S = 15 * 60
+MAX_EXPIRY_S = 7 * 24 * 3600
+MAX_NOTE = 140
+# Pending requests one requester may have open at once: asking is free, so it is bounded.
+MAX_PENDING_PER_REQUESTER = 100
+
+
+class RequestState(StrEnum):
+    """Each value is the proto's RequestState name without its REQUEST_ prefix."""
+
+    PENDING = "PENDING"
+    PAYING = "PAYING"
+    PAID = "PAID"
+    FAILED = "FAILED"
+    DECLINED = "DECLINED"
+    EXPIRED = "EXPIRED"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    request_id: str
+    payer: str  # user@bank, asked to pay
+    payee: str  # user@bank, who asked
+    amount: int
+    currency: str
+    note: str
+    created_at: float
+    expires_at: float
+    declined_at: float = 0.0
+
+    def payment(self) -> Payment:
+        """The payment that approving it makes: its id is the request's."""
+        return Payment(self.request_id, self.payer, self.payee, self.amount, self.currency,
+                       request_id=self.request_id)
+
+    @property
+    def details(self) -> tuple[str, str, int, str, str]:
+        """What must match for a repeated request_id to be the same request."""
+        return self.payer, self.payee, self.amount, self.currency, self.note
+
+
+def check_note(note: str) -> str:
+    if len(note) > MAX_NOTE:
+        raise InvalidArgument(f"note must be at most {MAX_NOTE} characters")
+    if any(unicodedata.category(ch).startswith("C") for ch in note):
+        raise InvalidArgument("note must not hold control or invisible format characters")
+    return note
+
+
+def check_expiry(expires_in_s: int) -> int:
+    if expires_in_s == 0:
+        return DEFAULT_EXPIRY_S
+    if expires_in_s > MAX_EXPIRY_S:
+        raise InvalidArgument(f"a request expires within {MAX_EXPIRY_S} s (7 days) at most")
+    return expires_in_s
+
+
+class CollectBook:
+    """Every request, durable through `commit`; its payments live in the coordinator's `txns`."""
+
+    def __init__(self, commit: GroupCommit, tables: Mapping[str, Mapping[str, Any]],
+                 txns: Mapping[str, Txn], taken: Container[str]) -> None:
+        """`taken`: ids a request may not have besides payments' (deposits)."""
+        self._commit, self._txns, self._taken = commit, txns, taken
+        self._requests: dict[str, Request] = {
+            request_id: Request(request_id=request_id, **row) for request_id, row in tables.get(TABLE, {}).items()}
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._requests
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(self._requests.values())
+
+    def state(self, request: Request, now: float | None = None) -> tuple[RequestState, str]:
+        """The request's state, and the refusal's message when its payment failed."""
+        txn = self._txns.get(request.request_id)
+        if txn is not None:
+            if txn.state == TxnState.COMMITTED:
+                return RequestState.PAID, ""
+            if txn.state == TxnState.ABORTED:
+                return RequestState.FAILED, txn.message
+            return RequestState.PAYING, ""
+        if request.declined_at:
+            return RequestState.DECLINED, ""
+        if (time.time() if now is None else now) >= request.expires_at:
+            return RequestState.EXPIRED, ""
+        return RequestState.PENDING, ""
+
+    def find(self, request_id: str, caller: str) -> Request:
+        """The request, for its payer or its payee; for anyone else NOT_FOUND, as for an unknown id."""
+        request = self._requests.get(request_id)
+        if request is None or caller not in (request.payer, request.payee):
+            raise NotFound(f"no collect request {request_id}")
+        return request
+
+    def open_for(self, account: str, now: float) -> list[Request]:
+        """The requests to and from `account` that are pending or being paid, oldest first."""
+        mine = (r for r in self._requests.values() if account in (r.payer, r.payee))
+        return sorted((r for r in mine if self.state(r, now)[0] in (RequestState.PENDING, RequestState.PAYING)),
+                      key=lambda r: r.created_at)
+
+    async def ask(self, request: Request) -> Request:
+        """Record a new request durably; the same id with the same details returns the first one."""
+        known = self._requests.get(request.request_id)
+        if known is not None:
+            if known.details != request.details:
+                raise AlreadyExists(f"request id {request.request_id} was already used for another request")
+            await self._commit.barrier()  # the first record is durable before the repeat is answered
+            if request.request_id not in self._requests:
+                raise StoreUnavailable(f"gateway could not record request {request.request_id}; send it again")
+            return known
+        if request.request_id in self._txns or request.request_id in self._taken:
+            raise AlreadyExists(f"id {request.request_id} was already used for a transaction")
+        pending = sum(1 for r in self._requests.values()
+                      if r.payee == request.payee and self.state(r, request.created_at)[0] == RequestState.PENDING)
+        if pending >= MAX_PENDING_PER_REQUESTER:
+            raise TooManyRequests(f"{request.payee} already has {pending} pending requests; "
+                                  "wait for some to be answered or to expire")
+        self._requests[request.request_id] = request  # memory first: a repeat during the write finds it
+        try:
+            await self._commit.write([Put(TABLE, request.request_id, _row(request))])
+        except Exception as e:
+            del self._requests[request.request_id]
+            raise StoreUnavailable(f"gateway could not record request {request.request_id}: {e}") from e
+        return request
+
+    def approvable(self, request_id: str, caller: str, now: float) -> Payment:
+        """The payment approving it makes, or why it cannot be approved now; no await, so an approval
+        that passes here is recorded by the coordinator before anything else runs."""
+        request = self.find(request_id, caller)
+        if caller != request.payer:
+            raise PermissionDenied(f"only {request.payer}, who is asked to pay, may approve request {request_id}")
+        state, _ = self.state(request, now)
+        if state == RequestState.DECLINED:
+            raise RequestClosed(f"request {request_id} was declined")
+        if state == RequestState.EXPIRED:
+            raise RequestClosed(f"request {request_id} expired")
+        return request.payment()  # PENDING, or already approved: the coordinator answers a repeat
+
+    async def decline(self, request_id: str, caller: str, now: float) -> Request:
+        request = self.find(request_id, caller)
+        if caller != request.payer:
+            raise PermissionDenied(f"only {request.payer}, who is asked to pay, may decline request {request_id}")
+        state, _ = self.state(request, now)
+        if state == RequestState.DECLINED:
+            return request
+        if state != RequestState.PENDING:
+            raise RequestClosed(f"request {request_id} is {state.lower()}; only a pending request can be declined")
+        declined = Request(**{**asdict(request), "declined_at": now})
+        self._requests[request_id] = declined  # at once: an approval from now on is refused
+        try:
+            await self._commit.write([Put(TABLE, request_id, _row(declined))])
+        except Exception as e:
+            self._requests[request_id] = request
+            raise StoreUnavailable(f"gateway could not record that request {request_id} was declined: {e}") from e
+        return declined
+
+
+def _row(request: Request) -> dict[str, Any]:
+    row = asdict(request)
+    del row["request_id"]
+    return row

@@ -1,0 +1,61 @@
+"""Net settlement: what the banks owe each other for the payments committed in a window.
+
+Each committed payment between two banks moves its amount from the payer's
+bank to the payee's; netting leaves each bank one figure, what it is owed
+(positive) or owes (negative), and those figures sum to zero. Payments
+within one bank are listed apart: they move nothing between banks. A pure
+function over the gateway's transactions, so `miniupi audit` can compare
+the same figures with the banks' own ledgers.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from miniupi.nodes.coordinator import Txn
+from miniupi.states import TxnState
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    from_bank: str
+    to_bank: str
+    amount: int
+    payments: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    since: float  # 0: open
+    until: float  # 0: open
+    gross: list[Flow] = field(default_factory=list)  # between different banks, sorted by (from, to)
+    net: dict[str, int] = field(default_factory=dict)  # every bank: positive is owed, negative owes
+    intra_bank: list[Flow] = field(default_factory=list)
+
+
+def in_window(when: float, since: float, until: float) -> bool:
+    return (not since or when >= since) and (not until or when < until)
+
+
+def settle(txns: Iterable[Txn], banks: Iterable[str], since: float = 0.0, until: float = 0.0) -> Settlement:
+    """The report for the payments that committed in [since, until)."""
+    totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for txn in txns:
+        if txn.state != TxnState.COMMITTED or not in_window(txn.decided_at, since, until):
+            continue
+        p = txn.payment
+        pair = totals[(p.payer.rpartition("@")[2], p.payee.rpartition("@")[2])]
+        pair[0] += p.amount
+        pair[1] += 1
+    net = dict.fromkeys(banks, 0)
+    gross, intra = [], []
+    for (frm, to), (amount, count) in sorted(totals.items()):
+        flow = Flow(frm, to, amount, count)
+        if frm == to:
+            intra.append(flow)
+            continue
+        gross.append(flow)
+        net[frm] = net.get(frm, 0) - amount
+        net[to] = net.get(to, 0) + amount
+    return Settlement(since, until, gross, net, intra)
