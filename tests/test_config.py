@@ -47,12 +47,30 @@ def test_defaults_fill_what_the_file_leaves_out() -> None:
     ({"banks": {"bank_a": {"port": 2, "host": "Bank_A."}}}, ["banks.bank_a.host", "identity's name"]),
     ({"gateway": {"port": 1, "host": "*.example.com"}}, ["gateway.host", "wildcards"]),
     ({"gateway": {"port": 1, "host": ""}}, ["gateway.host", "not empty"]),
+    ({"cluster": {"daily_limit": 100000}}, ["cluster.daily_limit", "as a string"]),
+    ({"cluster": {"daily_limit": "1,000.00"}}, ["cluster.daily_limit", "as a string"]),
+    ({"cluster": {"time_zone": "Mars/Olympus"}}, ["cluster.time_zone", "IANA"]),
+    ({"cluster": {"time_zone": "../../etc/passwd"}}, ["cluster.time_zone", "IANA"]),
+    ({"daily_limits": {"alice": "5.00"}}, ["daily_limits.alice", "account address"]),
+    ({"daily_limits": {"alice@bank_z": "5.00"}}, ["daily_limits.alice@bank_z", "bank_a"]),
+    ({"daily_limits": {"alice@bank_a": "-5"}}, ["daily_limits.alice@bank_a", "amount"]),
+    ({"daily_limits": []}, ["daily_limits"]),
 ])
 def test_a_wrong_key_names_the_file_the_key_and_what_was_expected(change: dict, words: list[str]) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config({**MINIMAL, **change}, Path("c.toml"))
     for word in words:
         assert word in str(e.value)
+
+
+def test_the_daily_limit_has_a_cluster_default_and_per_account_exceptions() -> None:
+    cluster = parse_config({**MINIMAL, "cluster": {"daily_limit": "100000.00", "time_zone": "Asia/Kolkata"},
+                            "daily_limits": {"alice@bank_a": "500.50"}}, Path("c.toml"))
+    assert cluster.daily_limit_of("bob@bank_a") == 10_000_000
+    assert cluster.daily_limit_of("alice@bank_a") == 50_050
+    assert cluster.zone.key == "Asia/Kolkata"
+    unlimited = parse_config(MINIMAL, Path("c.toml"))
+    assert unlimited.daily_limit_of("bob@bank_a") == 0 and unlimited.time_zone == "UTC"
 
 
 def test_missing_file_and_bad_toml_are_one_line_errors(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import unicodedata
+from collections import defaultdict
 from collections.abc import Container, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -96,8 +97,25 @@ class CollectBook:
                  txns: Mapping[str, Txn], taken: Container[str]) -> None:
         """`taken`: ids a request may not have besides payments' (deposits)."""
         self._commit, self._txns, self._taken = commit, txns, taken
-        self._requests: dict[str, Request] = {
-            request_id: Request(request_id=request_id, **row) for request_id, row in tables.get(TABLE, {}).items()}
+        self._requests: dict[str, Request] = {}
+        # account -> ids of the requests it asked or is asked, oldest first: a poll reads only its own
+        self._by_account: dict[str, list[str]] = defaultdict(list)
+        rows = sorted(tables.get(TABLE, {}).items(), key=lambda item: item[1]["created_at"])
+        for request_id, row in rows:
+            self._add(Request(request_id=request_id, **row))
+
+    def _add(self, request: Request) -> None:
+        self._requests[request.request_id] = request
+        self._by_account[request.payer].append(request.request_id)
+        self._by_account[request.payee].append(request.request_id)
+
+    def _remove(self, request: Request) -> None:
+        del self._requests[request.request_id]
+        self._by_account[request.payer].remove(request.request_id)
+        self._by_account[request.payee].remove(request.request_id)
+
+    def _of(self, account: str) -> Iterator[Request]:
+        return (self._requests[i] for i in self._by_account.get(account, ()))
 
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._requests
@@ -129,9 +147,7 @@ class CollectBook:
 
     def open_for(self, account: str, now: float) -> list[Request]:
         """The requests to and from `account` that are pending or being paid, oldest first."""
-        mine = (r for r in self._requests.values() if account in (r.payer, r.payee))
-        return sorted((r for r in mine if self.state(r, now)[0] in (RequestState.PENDING, RequestState.PAYING)),
-                      key=lambda r: r.created_at)
+        return [r for r in self._of(account) if self.state(r, now)[0] in (RequestState.PENDING, RequestState.PAYING)]
 
     async def ask(self, request: Request) -> Request:
         """Record a new request durably; the same id with the same details returns the first one."""
@@ -145,16 +161,16 @@ class CollectBook:
             return known
         if request.request_id in self._txns or request.request_id in self._taken:
             raise AlreadyExists(f"id {request.request_id} was already used for a transaction")
-        pending = sum(1 for r in self._requests.values()
+        pending = sum(1 for r in self._of(request.payee)
                       if r.payee == request.payee and self.state(r, request.created_at)[0] == RequestState.PENDING)
         if pending >= MAX_PENDING_PER_REQUESTER:
             raise TooManyRequests(f"{request.payee} already has {pending} pending requests; "
                                   "wait for some to be answered or to expire")
-        self._requests[request.request_id] = request  # memory first: a repeat during the write finds it
+        self._add(request)  # memory first: a repeat during the write finds it
         try:
             await self._commit.write([Put(TABLE, request.request_id, _row(request))])
         except Exception as e:
-            del self._requests[request.request_id]
+            self._remove(request)
             raise StoreUnavailable(f"gateway could not record request {request.request_id}: {e}") from e
         return request
 
