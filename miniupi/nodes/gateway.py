@@ -247,6 +247,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return self._collect_request(r, time.time())
 
     async def ListRequests(self, request: gateway_pb2.ListRequestsRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.ListRequestsReply:
+        if current_peer.get() == ADMIN:
+            raise PermissionDenied("ListRequests lists the caller's own requests; the admin reads every request "
+                                   "through ListTransactions (miniupi audit)")
         account = self._own_account("")
         now = time.time()
         return gateway_pb2.ListRequestsReply(

@@ -247,7 +247,9 @@ class GatewayServicer:
         """Pay a request, by the account asked to pay. The payment's txn_id is the
         request's id, so approving twice, or from two devices at once, pays once:
         a repeat gets the payment's answer. A declined or expired request is
-        FAILED_PRECONDITION "REQUEST_CLOSED"; a refused payment ends the request.
+        FAILED_PRECONDITION "REQUEST_CLOSED". A payment a bank refused ends the
+        request (REQUEST_FAILED); one the gateway refused before it began (the
+        daily limit) leaves it pending, to approve again while it lasts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
