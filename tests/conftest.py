@@ -106,6 +106,17 @@ def cli_ok(cluster: LocalCluster, *args: str, home: Path, input: str | None = No
     return r.stdout
 
 
+def cli_fails(cluster: LocalCluster, *args: str, home: Path, input: str | None = None) -> str:
+    """Run the command line; it must fail with exactly one 'miniupi: ...' line on stderr and no traceback.
+    Returns that line."""
+    r = cluster.cli(*args, input=input, home=home)
+    assert r.returncode != 0, (args, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("miniupi: "), (args, r.stderr)
+    return lines[0]
+
+
 def cli_login(cluster: LocalCluster, account: str, home: Path) -> None:
     assert f"logged in as {account}" in cli_ok(cluster, "login", account, "--password-stdin", home=home,
                                                input=PASSWORD + "\n")

@@ -21,11 +21,14 @@ from miniupi.client.verbs import VERBS
 from miniupi.errors import InvalidArgument
 
 # The commands that read or write the client home (its session or its outbox).
-USES_HOME = {"register", "login", "logout", "balance", "history", "pay", "queue", "sync", "client"}
+USES_HOME = {"register", "login", "logout", "balance", "history", "pay", "queue", "sync", "client",
+             "txn", "refund", "request", "requests", "approve", "decline"}
 # Each command with the arguments it needs to parse.
+SOME_ID = "00000000-0000-4000-8000-000000000000"
 REQUIRED = {"stop": ["gateway"], "start": ["gateway"], "restart": ["gateway"], "certs": ["init"],
             "bank": ["--name", "bank_a"], "register": ["a@bank_a"], "login": ["a@bank_a"],
-            "pay": ["b@bank_b", "1.00"], "deposit": ["a@bank_a", "1.00"]}
+            "pay": ["b@bank_b", "1.00"], "deposit": ["a@bank_a", "1.00"], "txn": [SOME_ID], "refund": [SOME_ID],
+            "request": ["b@bank_b", "1.00"], "approve": [SOME_ID], "decline": [SOME_ID]}
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -99,6 +102,10 @@ def test_the_command_line_and_the_repl_parse_each_verb_with_the_same_arguments()
     ["queue", "--all", "--limit", "3"],
     ["pay", "bob@bank_b", "1.50", "--id", "00000000-0000-4000-8000-000000000000"],
     ["deposit", "bob@bank_b", "2.00", "--json"],
+    ["txn", "00000000-0000-4000-8000-000000000000", "--admin"],
+    ["refund", "00000000-0000-4000-8000-000000000000", "2.50", "--id", "00000000-0000-4000-8000-000000000001"],
+    ["request", "bob@bank_b", "12.00", "--note", "lunch", "--expires", "2h"],
+    ["settlement", "--since", "2026-12-06", "--until", "2026-12-06T10:30+05:30", "--json"],
 ])
 def test_a_typed_line_means_what_the_same_words_mean_at_the_command_line(words: list[str]) -> None:
     typed = vars(VERBS[words[0]].parser.parse_args(words[1:]))
@@ -112,6 +119,12 @@ def test_a_typed_line_means_what_the_same_words_mean_at_the_command_line(words: 
                                   "(usage: history [--admin ACCOUNT] [--limit N] [--json])"),
     (["queue", "--frob"], "unrecognized arguments: --frob (usage: queue [--all] [--limit N] [--json])"),
     (["balance", "--home", "x"], "unrecognized arguments: --home x (usage: balance [--admin ACCOUNT] [--json])"),
+    (["request", "bob@bank_b", "1", "--expires", "15"],
+     "argument --expires: not a duration from 1s to 7d: '15' (such as 90s, 15m, 2h or 7d) "
+     "(usage: request [--note TEXT] [--expires DURATION] [--id UUID] [--json] FROM_ACCOUNT AMOUNT)"),
+    (["settlement", "--since", "2026-12-06 10:30"],
+     "argument --since: not a date or time: '2026-12-06 10:30' (such as 2026-12-06 or 2026-12-06T10:30) "
+     "(usage: settlement [--since TIME] [--until TIME] [--json])"),
 ])
 def test_a_verbs_parser_refuses_in_one_line_and_never_exits(words: list[str], message: str) -> None:
     with pytest.raises(InvalidArgument) as refused:

@@ -3,10 +3,12 @@
 A typed line goes through the verb's own parser, the one the command line
 uses (verbs.py), and the verb writes the lines it writes there.
 
-One asyncio loop runs three things: the prompt (stdin is watched with
+One asyncio loop runs four things: the prompt (stdin is watched with
 add_reader, so reading never blocks the loop), the command the user typed,
-and the background task that sends queued payments when their retry time
-comes (sync.py) and prints a line whenever one completes.
+the background task that sends queued payments when their retry time
+comes (sync.py) and prints a line whenever one completes, and a watcher
+that asks the gateway for open collect requests every REQUEST_POLL_S
+seconds and prints a line for each new one asked of the logged-in user.
 
 Ctrl-C clears the line at the prompt, or stops the running command (a
 payment it was sending stays queued and is resent with the same id);
@@ -33,12 +35,29 @@ from miniupi.client.outbox import Outbox, OutboxEntry
 from miniupi.client.verbs import VERBS, Verb
 from miniupi.config import ClusterConfig
 from miniupi.errors import FailedPrecondition, InvalidArgument, MiniupiError, Unauthenticated
-from miniupi.inputs import quoted
+from miniupi.inputs import parse_positive_number, quoted
 from miniupi.money import BadAmount
+
+# How often the REPL asks for collect requests to the user; MINIUPI_REQUEST_POLL_S overrides it (tests).
+REQUEST_POLL_S = 5.0
+REQUEST_POLL_ENV = "MINIUPI_REQUEST_POLL_S"
+
+
+def request_poll_s(environ: dict[str, str] | None = None) -> float:
+    """$MINIUPI_REQUEST_POLL_S (seconds, a plain decimal such as 0.5), else REQUEST_POLL_S."""
+    raw = (os.environ if environ is None else environ).get(REQUEST_POLL_ENV, "").strip()
+    if not raw:
+        return REQUEST_POLL_S
+    try:
+        return parse_positive_number(raw, 3600)
+    except InvalidArgument:
+        raise InvalidArgument(f"{REQUEST_POLL_ENV} must be a number of seconds above 0 and at most 3600, "
+                              f"not {quoted(raw)}") from None
 
 FOOTER = """\
 Queued payments are sent in the background with backoff, and a line is printed as each one
-completes. Ctrl-C clears the line, or stops a command that is waiting for the gateway."""
+completes; so is a line for each collect request asked of you. Ctrl-C clears the line, or stops
+a command that is waiting for the gateway."""
 
 
 def help_text() -> str:
@@ -147,6 +166,8 @@ class Repl:
         self._at_prompt = False
         self._command: asyncio.Task[None] | None = None
         self._announced: set[str] = set()  # payments whose completion line is printed already
+        self._requests_told: set[str] = set()  # collect requests whose arrival line is printed already
+        self.poll_s = request_poll_s()
         self.client: AsyncClient
         self.reader: LineReader | FileLineReader
 
@@ -186,6 +207,7 @@ class Repl:
         loop.add_signal_handler(signal.SIGINT, self._interrupt)
         background = asyncio.create_task(self.client.deliver_forever(
             on_finished=self.sent, on_stuck=self._stuck))
+        watcher = asyncio.create_task(self._watch_requests())
         try:
             self.say("miniupi client: type help for the commands, quit or Ctrl-D to leave")
             if session is not None and session.expires_at < time.time():
@@ -205,7 +227,8 @@ class Repl:
             loop.remove_signal_handler(signal.SIGINT)
             self.reader.close()
             background.cancel()
-            await asyncio.gather(background, return_exceptions=True)
+            watcher.cancel()
+            await asyncio.gather(background, watcher, return_exceptions=True)
             waiting = len(self.client.queued())
             if waiting:
                 self.say(f"{waiting} payment{'s' if waiting != 1 else ''} stay queued in the outbox; "
@@ -265,6 +288,29 @@ class Repl:
             # A bug, not the user's mistake; the session goes on, and a queued payment stays queued.
             detail = " ".join(str(error).split())[:200]
             self.say(f"error: {verb.name} failed inside miniupi ({type(error).__name__}: {detail}); this is a bug")
+
+    async def _watch_requests(self) -> None:
+        """Print one line for each collect request asked of the logged-in user, once, as it arrives.
+
+        The gateway may be down or the session over: then nothing is said
+        (the outbox's lines already tell of those) and the next round asks again.
+        """
+        while True:
+            session = self.client.session
+            if session is not None and session.expires_at > time.time():
+                try:
+                    found = await self.client.requests()
+                except MiniupiError:
+                    found = []
+                now = time.time()
+                for r in found:
+                    # The session is read again: a login to another account may have happened meanwhile.
+                    current = self.client.session
+                    if (current is not None and r.payer == current.account and r.state == "PENDING"
+                            and r.request_id not in self._requests_told):
+                        self._requests_told.add(r.request_id)
+                        self.notify(describe.arrival(r, self.tell, now))
+            await asyncio.sleep(self.poll_s)
 
     def _stuck(self, error: MiniupiError, pending: int) -> None:
         if pending:

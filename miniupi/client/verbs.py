@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,13 +28,25 @@ from typing import Any, NoReturn, Protocol, TextIO
 
 from miniupi import validate
 from miniupi.client import describe
-from miniupi.client.api import AsyncClient, is_transport_failure
+from miniupi.client.api import AsyncClient, Transaction, is_transport_failure
 from miniupi.client.home import clear_session, save_session
 from miniupi.client.outbox import DONE, FAILED, Outbox, OutboxEntry
 from miniupi.config import ClusterConfig
-from miniupi.errors import InvalidArgument, MiniupiError, Unauthenticated, Unavailable
-from miniupi.inputs import HISTORY_MAX, QUEUE_MAX, count
+from miniupi.errors import (
+    Internal,
+    InvalidAmount,
+    InvalidArgument,
+    MiniupiError,
+    NoAnswer,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+from miniupi.inputs import HISTORY_MAX, QUEUE_MAX, count, duration, point_in_time
 from miniupi.money import format_amount, parse_amount
+
+# The longest a collect request may wait for its payer: the gateway's bound (MAX_EXPIRY_S in nodes/collect.py).
+REQUEST_MAX_EXPIRY_S = 7 * 24 * 3600
 
 
 class Front(Protocol):
@@ -222,14 +235,19 @@ async def history(front: Front, args: argparse.Namespace) -> None:
         items = await c.history(args.admin or "", limit=args.limit)
     if args.json:
         _say(front, json.dumps([{"txn_id": i.txn_id, "counterparty": i.counterparty, "amount": format_amount(i.delta),
-                                 "currency": i.currency, "applied_at": i.applied_at} for i in items]))
+                                 "currency": i.currency, "applied_at": i.applied_at, "refund_of": i.refund_of or None,
+                                 "refunds": list(i.refunds), "request_id": i.request_id or None} for i in items]))
         return
     if not items:
         _say(front, "no payments yet")
     for i in items:
         when = datetime.fromtimestamp(i.applied_at).strftime("%Y-%m-%d %H:%M:%S")
         direction = "from" if i.delta > 0 else "to  "
-        _say(front, f"{when}  {format_amount(i.delta):>12} {i.currency}  {direction} {i.counterparty}  {i.txn_id}")
+        links = [f"refund of {i.refund_of}"] if i.refund_of else []
+        links += [f"refunded by {', '.join(i.refunds)}"] if i.refunds else []
+        links += ["a collect request"] if i.request_id else []
+        _say(front, f"{when}  {format_amount(i.delta):>12} {i.currency}  {direction} {i.counterparty}  {i.txn_id}"
+             + (f"  ({'; '.join(links)})" if links else ""))
 
 
 async def pay(front: Front, args: argparse.Namespace) -> None:
@@ -316,6 +334,147 @@ async def sync(front: Front, args: argparse.Namespace) -> None:
         raise type(report.stopped)(f"{message}; {_stay(report.pending)}")
 
 
+async def txn(front: Front, args: argparse.Namespace) -> None:
+    """A transaction's state; one this client's outbox still holds is QUEUED, told without the gateway."""
+    txn_id = validate.txn_id(args.txn_id)
+    entry = None if args.admin else front.outbox.get(txn_id)
+    if entry is not None and entry.pending:
+        _emit(front, args, describe.outbox_transaction_json(entry), "\n".join(describe.queued_transaction(entry)))
+        return
+    try:
+        async with _reader(front, args) as c:
+            t = await c.transaction(txn_id)
+    except NotFound:
+        if entry is not None and entry.state == FAILED:  # refused before the gateway recorded it
+            _emit(front, args, describe.outbox_transaction_json(entry), "\n".join(describe.refused_transaction(entry)))
+            return
+        raise
+    _emit(front, args, describe.transaction_json(t), "\n".join(describe.transaction(t)))
+
+
+def _retry_hint(front: Front, e: NoAnswer, what: str, command: str) -> NoAnswer:
+    """No answer: whether it arrived is unknown, and the same id is the safe way to try again."""
+    return NoAnswer(f"{e.message}; try again with the same id, which cannot {what} twice ({front.tell(command)})")
+
+
+async def refund(front: Front, args: argparse.Namespace) -> None:
+    """Give back all or part of a payment made to me; the same --id never refunds twice."""
+    txn_id = validate.txn_id(args.txn_id)
+    refund_id = validate.txn_id(args.id) if args.id else str(uuid.uuid4())
+    amount = 0  # all that is left
+    if args.amount is not None:
+        amount = parse_amount(args.amount)
+        if amount == 0:  # 0 on the wire means all that is left: never what someone typing 0 meant
+            raise InvalidAmount("amount must be positive (leave it out to refund all that is left)")
+    need_session(front)
+    await send_queued_first(front)
+    c = front.client
+    try:
+        result = await c.refund(txn_id, amount, refund_id=refund_id)
+    except NoAnswer as e:
+        raise _retry_hint(front, e, "refund", f"refund {txn_id}{f' {args.amount}' if args.amount else ''} "
+                                              f"--id {refund_id}") from None
+    original: Transaction | None = None
+    with contextlib.suppress(MiniupiError):  # the refund is made; the original only names who got it back
+        original = await c.transaction(txn_id)
+    item = next((r for r in original.refunds if r.txn_id == result.txn_id), None) if original else None
+    currency = original.currency if original else front.cluster.currency
+    refunded = item.amount if item else amount
+    data = {"refund_id": result.txn_id, "txn_id": txn_id, "state": result.state,
+            "amount": format_amount(refunded) if refunded else None, "currency": currency,
+            "to": original.payer if original else None,
+            "refunded": format_amount(original.refunded) if original else None,
+            "payment_amount": format_amount(original.amount) if original else None}
+    text = f"refunded {f'{format_amount(refunded)} {currency} of ' if refunded else ''}{txn_id}"
+    if original:
+        text += f" to {original.payer} (refund {result.txn_id}); " \
+                f"{format_amount(original.refunded)} of {format_amount(original.amount)} {currency} refunded in all"
+    else:
+        text += f" (refund {result.txn_id})"
+    _emit(front, args, data, text)
+
+
+async def request(front: Front, args: argparse.Namespace) -> None:
+    """Ask another account for money; the same --id asks once."""
+    amount = parse_amount(args.amount)
+    request_id = validate.txn_id(args.id) if args.id else str(uuid.uuid4())
+    need_session(front)
+    await send_queued_first(front)
+    try:
+        r = await front.client.request_money(args.account, amount, note=args.note, expires_in_s=args.expires or 0,
+                                             request_id=request_id)
+    except NoAnswer as e:
+        note = f" --note {shlex.quote(args.note)}" if args.note else ""  # part of what the same id must repeat
+        raise _retry_hint(front, e, "ask", f"request {args.account} {args.amount}{note} --id {request_id}") from None
+    _emit(front, args, describe.request_json(r), describe.requested(r))
+
+
+async def requests(front: Front, args: argparse.Namespace) -> None:
+    """Open collect requests to me and from me, oldest first."""
+    me = need_session(front)
+    await send_queued_first(front)
+    open_requests = await front.client.requests()
+    if args.json:
+        _say(front, json.dumps([describe.request_json(r, me) for r in open_requests]))
+        return
+    if not open_requests:
+        _say(front, "no open requests")
+    now = time.time()
+    for r in open_requests:
+        _say(front, describe.open_request(r, me, now))
+
+
+def _request_id(text: str) -> str:
+    try:
+        return validate.txn_id(text)
+    except InvalidArgument:
+        raise InvalidArgument(f"request id is not a UUID as `miniupi requests` shows it: {text[:64]!r}") from None
+
+
+async def approve(front: Front, args: argparse.Namespace) -> None:
+    """Pay a request asked of me; approving again pays nothing more and answers the same."""
+    request_id = _request_id(args.request_id)
+    need_session(front)
+    await send_queued_first(front)
+    c = front.client
+    try:
+        result = await c.approve(request_id)
+    except NoAnswer as e:
+        raise _retry_hint(front, e, "pay", f"approve {request_id}") from None
+    paid: Transaction | None = None
+    with contextlib.suppress(MiniupiError):  # paid; the payment's record only names the payee and the amount
+        paid = await c.transaction(result.txn_id)
+    data: dict[str, Any] = {"txn_id": result.txn_id, "request_id": request_id, "state": result.state}
+    if paid is None:
+        _emit(front, args, data, f"paid request {request_id} (txn {result.txn_id})")
+        return
+    _emit(front, args, {**data, "to": paid.payee, "amount": format_amount(paid.amount), "currency": paid.currency},
+          f"paid {format_amount(paid.amount)} {paid.currency} to {paid.payee} (txn {result.txn_id})")
+
+
+async def decline(front: Front, args: argparse.Namespace) -> None:
+    request_id = _request_id(args.request_id)
+    need_session(front)
+    await send_queued_first(front)
+    r = await front.client.decline(request_id)
+    _emit(front, args, describe.request_json(r), describe.declined(r))
+
+
+async def settlement(front: Front, args: argparse.Namespace) -> None:
+    """What the banks owe each other, with the admin certificate; times are the cluster's time zone's."""
+    zone = front.cluster.zone
+    since, until = (None if t is None else (t if t.tzinfo else t.replace(tzinfo=zone)).timestamp()
+                    for t in (args.since, args.until))
+    if since is not None and until is not None and until <= since:
+        raise InvalidArgument("--until must be after --since")
+    async with AsyncClient(front.cluster, identity="admin") as c:
+        report = await c.settlement(since or 0.0, until or 0.0)
+    _emit(front, args, describe.settlement_json(report, zone), "\n".join(describe.settlement(report, zone)))
+    total = sum(report.net.values())
+    if total:  # the gateway broke its own invariant: say so in the exit code too
+        raise Internal(f"the net positions sum to {format_amount(total)} {report.currency}, not zero")
+
+
 # -- the parsers ---------------------------------------------------------------------
 
 
@@ -372,6 +531,44 @@ def _build() -> dict[str, Verb]:
 
     verbs.append(Verb(VerbParser("sync", "send the queued payments now and report each result"), sync,
                       uses_home=True))
+
+    p = VerbParser("txn", "a transaction's state, amount, parties, times and refunds; QUEUED while in the outbox")
+    p.add_argument("txn_id", metavar="TXN_ID", help="the transaction id, as pay, history or queue show it")
+    p.add_argument("--admin", action="store_true", help="read any transaction with the admin certificate")
+    verbs.append(Verb(p, txn, uses_home=True))
+
+    p = VerbParser("refund", "give back all or part of a payment made to you")
+    p.add_argument("txn_id", metavar="TXN_ID", help="the payment to give back")
+    p.add_argument("amount", metavar="AMOUNT", nargs="?", help="such as 10.00 (default: all that is left)")
+    p.add_argument("--id", metavar="UUID", help="the refund's id (default: a new UUID4); reuse it to retry safely")
+    verbs.append(Verb(p, refund, uses_home=True))
+
+    p = VerbParser("request", "ask an account for money (a collect request)")
+    p.add_argument("account", metavar="FROM_ACCOUNT", help="who is asked to pay, user@bank")
+    p.add_argument("amount", metavar="AMOUNT", help="such as 12.00")
+    p.add_argument("--note", default="", metavar="TEXT", help="shown to the payer, at most 140 characters")
+    p.add_argument("--expires", type=duration(REQUEST_MAX_EXPIRY_S), metavar="DURATION",
+                   help="how long it may be approved, such as 90s, 15m, 2h or 7d (default 15m, at most 7d)")
+    p.add_argument("--id", metavar="UUID", help="the request's id (default: a new UUID4); reuse it to retry safely")
+    verbs.append(Verb(p, request, uses_home=True))
+
+    verbs.append(Verb(VerbParser("requests", "open collect requests to you and from you"), requests,
+                      uses_home=True))
+
+    p = VerbParser("approve", "pay a collect request asked of you; approving again pays nothing more")
+    p.add_argument("request_id", metavar="REQUEST_ID", help="as requests shows it")
+    verbs.append(Verb(p, approve, uses_home=True))
+
+    p = VerbParser("decline", "refuse a collect request asked of you")
+    p.add_argument("request_id", metavar="REQUEST_ID", help="as requests shows it")
+    verbs.append(Verb(p, decline, uses_home=True))
+
+    p = VerbParser("settlement", "what the banks owe each other for the payments committed in a window (admin)")
+    p.add_argument("--since", type=point_in_time, metavar="TIME",
+                   help="from this date or time, such as 2026-12-06 or 2026-12-06T10:30, in the cluster's "
+                        "time_zone unless it carries an offset (default: the start)")
+    p.add_argument("--until", type=point_in_time, metavar="TIME", help="up to, not including, this one (default: now)")
+    verbs.append(Verb(p, settlement, uses_home=False))
     for verb in verbs:
         verb.parser.add_argument("--json", action="store_true", help="machine-readable output")
     return {verb.name: verb for verb in verbs}
