@@ -145,6 +145,24 @@ def test_a_payment_over_the_limit_by_itself_is_refused_and_leaves_no_trace(new_u
     assert payer.pay(me(payee), 100_00, txn_id=txn_id).state == "COMMITTED"  # the id stayed free
 
 
+def test_a_repeat_of_a_payment_that_used_up_the_day_gets_its_answer_not_the_limit(
+        cluster: LocalCluster, new_user: Callable[..., Client]) -> None:
+    payer, payee = new_user("bank_a", 300_00), new_user("bank_b")
+    txn_id = str(uuid.uuid4())
+    answers = [outcome(a) for a in asyncio.run(_same_id_at_once(cluster, payer, me(payee), txn_id, 100_00, 4))]
+    assert answers == ["COMMITTED"] * 4, answers
+    assert payer.pay(me(payee), 100_00, txn_id=txn_id).state == "COMMITTED"
+    over_the_limit(lambda: payer.pay(me(payee), 1))
+    assert money(payer) == (200_00, 200_00)
+
+
+async def _same_id_at_once(cluster: LocalCluster, payer: Client, to: str, txn_id: str, amount: int,
+                           times: int) -> list[object]:
+    async with AsyncClient(cluster.config, session=payer.session) as c:
+        return list(await asyncio.gather(*(c.pay(to, amount, txn_id=txn_id) for _ in range(times)),
+                                         return_exceptions=True))
+
+
 # -- what frees a share, and what does not count -------------------------------------------
 
 

@@ -162,6 +162,23 @@ def test_a_refund_over_the_payment_is_refused_whole_and_leaves_its_id_free(new_u
     assert money(payer) == (30_00, 30_00)
 
 
+def test_the_payment_of_a_collect_request_can_be_refunded_and_keeps_both_links(
+        new_user: Callable[..., Client]) -> None:
+    payer, requester = new_user("bank_a", 30_00), new_user("bank_b", 0)
+    request_id = requester.request_money(me(payer), 8_00).request_id
+    assert payer.approve(request_id).state == "COMMITTED"
+
+    refund_id = requester.refund(request_id).txn_id
+
+    t = payer.transaction(request_id)
+    assert (t.request_id, t.refunded, [r.txn_id for r in t.refunds]) == (request_id, 8_00, [refund_id])
+    r = payer.transaction(refund_id)
+    assert (r.refund_of, r.request_id, r.amount) == (request_id, "", 8_00)
+    assert payer.approve(request_id).state == "COMMITTED"  # approving again pays nothing more
+    assert money(payer) == (30_00, 30_00)
+    assert money(requester) == (0, 0)
+
+
 # -- who may refund what ----------------------------------------------------------
 
 
