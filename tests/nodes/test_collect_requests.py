@@ -1,8 +1,8 @@
 """Collect requests end to end: a payee asks, the payer approves (a payment whose id is the request's) or declines.
 
-One cluster for the module (bank_a on sqlite, bank_b on json). Requests go to
-a payer at bank_a from a requester at bank_b unless a test says otherwise.
-The tests attack the rules the issue sets: only the payer approves or
+One cluster for the module (the gateway on json, bank_a on sqlite, bank_b on
+json). Requests go to a payer at bank_a from a requester at bank_b unless a
+test says otherwise. The tests attack the rules the issue sets: only the payer approves or
 declines; a declined, expired or failed request is closed; approving twice,
 or from two devices at once, pays once; an approval racing a decline never
 ends both paid and declined; requests are durable at the gateway and survive
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.timeout(180)
 SPEC = {
     "cluster": {"name": "collect", "prepare_timeout_s": 2, "call_timeout_s": 2,
                 "max_opening_deposit": "10000.00"},
-    "gateway": {"storage": "sqlite"},
+    "gateway": {"storage": "json"},  # the other modules run it on sqlite: requests and limits survive both
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
 }
 

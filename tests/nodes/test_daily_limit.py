@@ -1,7 +1,7 @@
 """The daily limit: what one payer may send per calendar day, enforced by the gateway without a race.
 
-One cluster for the module with daily_limit 100.00 in Asia/Kolkata and
-per-account exceptions in a top-level [daily_limits] table. Every test
+One cluster for the module (its gateway on json) with daily_limit 100.00 in
+Asia/Kolkata and per-account exceptions in a top-level [daily_limits] table. Every test
 opens fresh payers, so each starts the day at zero. The attacks: payments
 sent at once that together pass the limit, refusals and aborts that must
 free their share, refunds that must not count against the refunder,
@@ -52,7 +52,7 @@ BIG, TIGHT, UNLIMITED = "bigspender@bank_a", "tight@bank_a", "unlimited@bank_b"
 SPEC = {
     "cluster": {"name": "limits", "prepare_timeout_s": 2, "call_timeout_s": 2,
                 "max_opening_deposit": "10000.00", "daily_limit": "100.00", "time_zone": "Asia/Kolkata"},
-    "gateway": {"storage": "sqlite"},
+    "gateway": {"storage": "json"},  # the other modules run it on sqlite: requests and limits survive both
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
     "daily_limits": {BIG: "500.00", TIGHT: "10.00", UNLIMITED: "0.00"},
     "plugins": {"load": ["faults"]},
