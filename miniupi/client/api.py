@@ -31,6 +31,7 @@ from miniupi.errors import (
     InvalidArgument,
     MiniupiError,
     NoAnswer,
+    NotFound,
     NotLoggedIn,
     UnknownBank,
     from_status,
@@ -260,16 +261,34 @@ class AsyncClient:
         return PayResult(reply.txn_id, common_pb2.TxnState.Name(reply.state))
 
     async def transaction(self, txn_id: str) -> Transaction:
-        """A transaction by id, as the gateway recorded it; answered within STATUS_TIMEOUT_S."""
+        """A transaction by id, as the gateway recorded it; answered within STATUS_TIMEOUT_S.
+
+        A payment of the logged-in payer that this client's outbox still holds, and the gateway has
+        not recorded (or cannot be reached to say), is QUEUED."""
         validate.txn_id(txn_id)
-        r = await self._call("GetTransaction", gateway_pb2.GetTransactionRequest(txn_id=txn_id),
-                             timeout=min(self.timeout, STATUS_TIMEOUT_S))
+        try:
+            r = await self._call("GetTransaction", gateway_pb2.GetTransactionRequest(txn_id=txn_id),
+                                 timeout=min(self.timeout, STATUS_TIMEOUT_S))
+        except (NotFound, NoAnswer):
+            queued = self._queued_transaction(txn_id)
+            if queued is None:
+                raise
+            return queued
         return Transaction(
             r.txn_id, r.from_account, r.to_account, r.amount.minor, r.amount.currency,
             common_pb2.TxnState.Name(r.state), r.refusal_code, r.refusal_reason, r.refusal_message,
             r.created_at, r.decided_at, r.refund_of,
             tuple(RefundItem(x.txn_id, x.amount.minor, common_pb2.TxnState.Name(x.state)) for x in r.refunds),
             r.refunded.minor, r.request_id)
+
+    def _queued_transaction(self, txn_id: str) -> Transaction | None:
+        if self._courier is None or self.session is None:
+            return None
+        entry = self._courier.outbox.get(txn_id)
+        if entry is None or not entry.pending or entry.payer != self.session.account:
+            return None
+        return Transaction(entry.txn_id, entry.payer, entry.payee, entry.amount, entry.currency, "QUEUED",
+                           "", "", "", entry.created_at, 0.0, "", (), 0, "")
 
     async def refund(self, txn_id: str, amount: int = 0, *, refund_id: str | None = None) -> PayResult:
         """Refund `amount` minor units of payment `txn_id` (0: all that is left); send the same refund_id to retry."""
