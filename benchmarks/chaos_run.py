@@ -526,9 +526,9 @@ def verify(ops: list[Op], gateway: dict[str, GatewayTxnView], banks: list[BankVi
     for op in ops:
         payer_user, payer_bank = op.payer.split("@")
         payee_user, payee_bank = op.payee.split("@")
-        legs: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        legs[payer_bank].append((payer_user, -op.amount))
-        legs[payee_bank].append((payee_user, op.amount))
+        legs: dict[str, list[tuple[str, int, str]]] = defaultdict(list)
+        legs[payer_bank].append((payer_user, -op.amount, op.payee))
+        legs[payee_bank].append((payee_user, op.amount, op.payer))
         records = {bank: by_bank[bank].txns.get(op.txn_id) for bank in legs}
         committed = [bank for bank, r in records.items() if r is not None and r[0] == TxnState.COMMITTED]
         applied = len(committed) == len(legs)

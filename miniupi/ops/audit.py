@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -33,7 +34,9 @@ class BankView:
     deposits: int = 0  # every minor unit ever issued at this bank
     treasury: int = 0  # the part of it that treasury deposits brought
     accounts: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (balance, held, opening)
-    txns: dict[str, tuple[str, list[tuple[str, int]]]] = field(default_factory=dict)  # id -> (state, [(acct, delta)])
+    # id -> (state, [(account, delta, counterparty)]): the account is the user part at this bank, the
+    # counterparty the other side as user@bank ("treasury" for a deposit).
+    txns: dict[str, tuple[str, list[tuple[str, int, str]]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,27 @@ class GatewayTxnView:
     amount: int
     state: str
     acked: bool
+    refund_of: str = ""  # a refund: the payment it gives back
+    request_id: str = ""  # the payment of a collect request: that request's id
+    created_at: float = 0.0  # Unix seconds; its calendar day is the one the daily limit counts it on
+    decided_at: float = 0.0  # 0 while undecided; settlement windows go by it
+
+
+@dataclass(frozen=True)
+class RequestView:
+    payer: str  # asked to pay
+    payee: str  # asked, and is paid
+    amount: int
+    state: str  # PENDING, PAYING, PAID, FAILED, DECLINED or EXPIRED, as the gateway derived it
+
+
+class GatewayView(dict[str, GatewayTxnView]):
+    """The gateway's reading: its transactions by id, and its collect requests by id in `requests`."""
+
+    def __init__(self, txns: Mapping[str, GatewayTxnView] | Iterable[tuple[str, GatewayTxnView]] = (),
+                 requests: Mapping[str, RequestView] | None = None) -> None:
+        super().__init__(txns)
+        self.requests: dict[str, RequestView] = dict(requests or {})
 
 
 @dataclass
@@ -70,7 +94,7 @@ class AuditReport:
                 "violations": self.violations}
 
 
-def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bool = True) -> AuditReport:
+def check(gateway: Mapping[str, GatewayTxnView], banks: list[BankView], settled: bool = True) -> AuditReport:
     """Every invariant over one reading of the cluster; `settled` makes in-doubt a violation."""
     r = AuditReport(banks=len(banks))
     bad = r.violations.append
@@ -80,14 +104,14 @@ def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bo
         prepared_holds: dict[str, int] = defaultdict(int)
         deposited = 0
         for txn_id, (state, legs) in bank.txns.items():
-            for account, delta in legs:
+            for account, delta, _ in legs:
                 if state in (TxnState.COMMITTED, TxnState.DEPOSITED):
                     committed_sum[account] += delta
                 elif state == TxnState.PREPARED and delta < 0:
                     prepared_holds[account] -= delta
             if state == TxnState.DEPOSITED:
                 r.deposits += 1
-                deposited += sum(delta for _, delta in legs)
+                deposited += sum(delta for _, delta, _ in legs)
             if state == TxnState.PREPARED:
                 r.in_doubt.append(f"{txn_id} prepared at {bank.name}")
             g = gateway.get(txn_id)
@@ -146,7 +170,7 @@ def check(gateway: dict[str, GatewayTxnView], banks: list[BankView], settled: bo
     return r
 
 
-async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[dict[str, GatewayTxnView], list[BankView]]:
+async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[GatewayView, list[BankView]]:
     """Read the gateway and every bank, as the admin."""
     def channel(peer: str, address: str) -> grpc.aio.Channel:
         return dial(cluster.certs_dir, "admin", peer, address)
@@ -161,20 +185,25 @@ async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[dict[s
                     for a in chunk.accounts:
                         view.accounts[a.account] = (a.balance_minor, a.held_minor, a.opening_minor)
                     for t in chunk.txns:
-                        view.txns[t.txn_id] = (t.state, [(leg.account, leg.delta_minor) for leg in t.legs])
+                        view.txns[t.txn_id] = (t.state, [(leg.account, leg.delta_minor, leg.counterparty)
+                                                         for leg in t.legs])
             except grpc.aio.AioRpcError as e:
                 raise Unavailable(f"cannot audit {name}: {e.code().name} {e.details()}") from None
         return view
 
-    async def read_gateway() -> dict[str, GatewayTxnView]:
-        out: dict[str, GatewayTxnView] = {}
+    async def read_gateway() -> GatewayView:
+        out = GatewayView()
         async with channel("gateway", cluster.gateway.address) as gateway:
             stub = gateway_pb2_grpc.GatewayStub(gateway)
             try:
                 async for chunk in stub.ListTransactions(gateway_pb2.ListTransactionsRequest(), timeout=timeout):
                     for t in chunk.txns:
                         out[t.txn_id] = GatewayTxnView(t.from_account, t.to_account, t.amount.minor,
-                                                       common_pb2.TxnState.Name(t.state), t.acknowledged)
+                                                       common_pb2.TxnState.Name(t.state), t.acknowledged,
+                                                       t.refund_of, t.request_id, t.created_at, t.decided_at)
+                    for q in chunk.requests:
+                        state = gateway_pb2.RequestState.Name(q.state).removeprefix("REQUEST_")
+                        out.requests[q.request_id] = RequestView(q.from_account, q.to_account, q.amount.minor, state)
             except grpc.aio.AioRpcError as e:
                 raise Unavailable(f"cannot audit the gateway: {e.code().name} {e.details()}") from None
         return out

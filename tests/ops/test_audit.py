@@ -9,8 +9,8 @@ TXN = "0b7c1f7e-8f7e-4a53-9d0e-2b9f3f5d9a11"
 def _cluster(a_state: str = "COMMITTED", b_state: str = "COMMITTED", g_state: str = "COMMITTED",
              alice: int = 70, bob: int = 30, held: int = 0) -> tuple[dict, list[BankView]]:
     bank_a = BankView("bank_a", deposits=100, accounts={"alice": (alice, held, 100)},
-                      txns={TXN: (a_state, [("alice", -30)])})
-    bank_b = BankView("bank_b", deposits=0, accounts={"bob": (bob, 0, 0)}, txns={TXN: (b_state, [("bob", 30)])})
+                      txns={TXN: (a_state, [("alice", -30, "bob@bank_b")])})
+    bank_b = BankView("bank_b", deposits=0, accounts={"bob": (bob, 0, 0)}, txns={TXN: (b_state, [("bob", 30, "alice@bank_a")])})
     gateway = {TXN: GatewayTxnView("alice@bank_a", "bob@bank_b", 30, g_state, True)}
     return gateway, [bank_a, bank_b]
 
@@ -61,7 +61,7 @@ DEPOSIT = "5d3c2b1a-0f9e-4d8c-8b7a-6a5b4c3d2e1f"
 def _with_deposit(treasury: int = 25, bob: int = 55) -> tuple[dict, list[BankView]]:
     gateway, (bank_a, bank_b) = _cluster(bob=bob)
     bank_b.deposits, bank_b.treasury = 25, treasury
-    bank_b.txns[DEPOSIT] = ("DEPOSITED", [("bob", 25)])
+    bank_b.txns[DEPOSIT] = ("DEPOSITED", [("bob", 25, "treasury")])
     return gateway, [bank_a, bank_b]
 
 

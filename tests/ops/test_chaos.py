@@ -59,9 +59,9 @@ def reading(payer_state: str | None = "COMMITTED", payee_state: str | None = "CO
     a = BankView("bank_a", deposits=OPENING, accounts={"acct0": (payer_balance, 0, OPENING)})
     b = BankView("bank_b", deposits=OPENING, accounts={"acct0": (payee_balance, 0, OPENING)})
     if payer_state:
-        a.txns[TXN] = (payer_state, [("acct0", -30_00)])
+        a.txns[TXN] = (payer_state, [("acct0", -30_00, "acct0@bank_b")])
     if payee_state:
-        b.txns[TXN] = (payee_state, [("acct0", 30_00)])
+        b.txns[TXN] = (payee_state, [("acct0", 30_00, "acct0@bank_a")])
     return {TXN: GatewayTxnView("acct0@bank_a", "acct0@bank_b", 30_00, gateway_state, True)}, [a, b]
 
 

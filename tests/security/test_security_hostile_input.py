@@ -363,7 +363,7 @@ def _deposited(banks: list[audit.BankView]) -> dict[tuple[str, str], int]:
     out: dict[tuple[str, str], int] = {}
     for b in banks:
         for state, legs in b.txns.values():
-            for name, delta in legs if state == "DEPOSITED" else ():
+            for name, delta, _ in legs if state == "DEPOSITED" else ():
                 out[(b.name, name)] = out.get((b.name, name), 0) + delta
     return out
 
