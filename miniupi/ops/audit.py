@@ -9,6 +9,11 @@ Money enters only as issued money the banks count: opening balances (setup
 files, capped opening deposits, bulk openings) and treasury deposits, which
 a bank records as DEPOSITED transactions of their own. The sum of every
 balance must equal what was issued.
+
+The gateway's own rules are checked over its transactions and collect
+requests: refunds never exceed their original and go back the way it
+came; a request is paid exactly once, as asked; no payer sent more than
+the daily limit in a calendar day.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import grpc
 
@@ -79,6 +85,8 @@ class AuditReport:
     deposits: int = 0  # treasury deposit transactions
     committed: int = 0
     aborted: int = 0
+    refunds: int = 0  # committed refunds
+    requests: int = 0  # collect requests, whatever their state
     in_doubt: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
@@ -91,11 +99,17 @@ class AuditReport:
                 "issued_minor": self.issued, "issued_at_opening_minor": self.issued - self.issued_by_treasury,
                 "issued_by_treasury_minor": self.issued_by_treasury, "deposits": self.deposits,
                 "committed": self.committed, "aborted": self.aborted, "in_doubt": len(self.in_doubt),
+                "refunds": self.refunds, "requests": self.requests,
                 "violations": self.violations}
 
 
-def check(gateway: Mapping[str, GatewayTxnView], banks: list[BankView], settled: bool = True) -> AuditReport:
-    """Every invariant over one reading of the cluster; `settled` makes in-doubt a violation."""
+def check(gateway: Mapping[str, GatewayTxnView], banks: list[BankView], settled: bool = True,
+          cluster: ClusterConfig | None = None) -> AuditReport:
+    """Every invariant over one reading of the cluster; `settled` makes in-doubt a violation.
+
+    The collect requests are checked when `gateway` is a GatewayView, which carries them; the daily
+    limit when `cluster` is given, as it holds the limits and the time zone of their days.
+    """
     r = AuditReport(banks=len(banks))
     bad = r.violations.append
     by_bank = {b.name: b for b in banks}
@@ -165,9 +179,105 @@ def check(gateway: Mapping[str, GatewayTxnView], banks: list[BankView], settled:
         # While a payment is committed on one bank and not yet on the other, money is in transit.
         if settled or not r.in_doubt:
             bad(f"total money {r.total} differs from the money issued {r.issued}")
+    _check_refunds(gateway, r)
+    if isinstance(gateway, GatewayView):  # a plain mapping is a reading without the requests
+        _check_requests(gateway, gateway.requests, settled, r)
+    if cluster is not None:
+        _check_daily_limits(gateway, cluster, r)
     if settled:
         r.violations.extend(f"in doubt with every node up: {d}" for d in r.in_doubt)
     return r
+
+
+def _ids(ids: Iterable[str], most: int = 5) -> str:
+    """Ids for a message: the first `most`, sorted, and how many more."""
+    ids = sorted(ids)
+    more = f" and {len(ids) - most} more" if len(ids) > most else ""
+    return ", ".join(ids[:most]) + more
+
+
+def _check_refunds(gateway: Mapping[str, GatewayTxnView], r: AuditReport) -> None:
+    """A refund gives back a committed payment that is not itself a refund, the way it came, never more than it."""
+    refunded: dict[str, list[str]] = defaultdict(list)  # original id -> its committed refunds
+    for txn_id, g in gateway.items():
+        if not g.refund_of:
+            continue
+        if g.state == TxnState.COMMITTED:
+            r.refunds += 1
+            refunded[g.refund_of].append(txn_id)
+        original = gateway.get(g.refund_of)
+        if original is None:
+            r.violations.append(f"refund {txn_id} gives back {g.refund_of}, which the gateway never recorded")
+            continue
+        if original.state != TxnState.COMMITTED:
+            r.violations.append(f"refund {txn_id} ({g.state.lower()}) gives back {g.refund_of}, which is "
+                                f"{original.state.lower()}: only a committed payment can be refunded")
+        if original.refund_of:
+            r.violations.append(f"refund {txn_id} gives back {g.refund_of}, itself a refund of {original.refund_of}")
+        if (g.payer, g.payee) != (original.payee, original.payer):
+            r.violations.append(f"refund {txn_id} goes {g.payer} -> {g.payee}, not back the way {g.refund_of} "
+                                f"came ({original.payer} -> {original.payee})")
+    for original_id, refund_ids in refunded.items():
+        original = gateway.get(original_id)
+        total = sum(gateway[i].amount for i in refund_ids)
+        if original is not None and total > original.amount:
+            r.violations.append(f"{original_id} of {original.amount} has {total} refunded, more than it: "
+                                f"committed refunds {_ids(refund_ids)}")
+
+
+def _check_requests(gateway: Mapping[str, GatewayTxnView], requests: Mapping[str, RequestView], settled: bool,
+                    r: AuditReport) -> None:
+    """A collect request is paid once, by the payment that bears its id, as it asked; and only when approved.
+
+    The gateway lists its transactions before its requests, so a request can be
+    ahead of its payment in one reading (approved or decided in between): in
+    doubt until the reading is settled.
+    """
+    r.requests = len(requests)
+    bad = r.violations.append
+    for txn_id, g in gateway.items():
+        if not g.request_id:
+            continue
+        rid = g.request_id
+        if txn_id != rid:
+            bad(f"{txn_id} pays request {rid} under another id: a request's payment bears its id, so it "
+                f"is paid at most once")
+        q = requests.get(rid)
+        if q is None:
+            bad(f"{txn_id} pays request {rid}, which the gateway does not know")
+        elif (g.payer, g.payee, g.amount) != (q.payer, q.payee, q.amount):
+            bad(f"{txn_id} pays request {rid} as {g.payer} -> {g.payee} {g.amount}, but it asked "
+                f"{q.payer} -> {q.payee} {q.amount}")
+    expected = {"PAID": TxnState.COMMITTED, "FAILED": TxnState.ABORTED, "PAYING": TxnState.INITIATED}
+    for rid, q in requests.items():
+        g = gateway.get(rid)
+        if q.state in ("PENDING", "DECLINED", "EXPIRED"):
+            if g is not None:
+                bad(f"request {rid} is {q.state.lower()}, yet payment {rid} exists ({g.state.lower()})")
+            continue
+        if q.state not in expected:
+            bad(f"request {rid} is in no known state ({q.state!r})")
+        elif g is not None and g.state == expected[q.state]:
+            continue
+        elif not settled and (g is None or g.state == TxnState.INITIATED):
+            r.in_doubt.append(f"request {rid} {q.state.lower()}, its payment not yet seen so")
+        else:
+            bad(f"request {rid} is {q.state.lower()} but its payment {rid} is "
+                f"{g.state.lower() if g else 'missing'}")
+
+
+def _check_daily_limits(gateway: Mapping[str, GatewayTxnView], cluster: ClusterConfig, r: AuditReport) -> None:
+    """No payer's committed payments, refunds aside, add up to more than its limit on one calendar day."""
+    sent: dict[tuple[str, str], list[str]] = defaultdict(list)  # (payer, day) -> payment ids
+    for txn_id, g in gateway.items():
+        if g.state == TxnState.COMMITTED and not g.refund_of and cluster.daily_limit_of(g.payer) > 0:
+            day = datetime.fromtimestamp(g.created_at, cluster.zone).date().isoformat()
+            sent[(g.payer, day)].append(txn_id)
+    for (payer, day), ids in sorted(sent.items()):
+        total, limit = sum(gateway[i].amount for i in ids), cluster.daily_limit_of(payer)
+        if total > limit:
+            r.violations.append(f"{payer} sent {total} on {day} ({cluster.time_zone}), over its daily limit "
+                                f"{limit}: payments {_ids(ids)}")
 
 
 async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[GatewayView, list[BankView]]:
@@ -218,7 +328,7 @@ async def audit(cluster: ClusterConfig, settle_s: float = 30.0) -> AuditReport:
     """Wait up to `settle_s` for in-doubt transactions to settle, then judge."""
     deadline = time.monotonic() + settle_s
     while True:
-        report = check(*await collect(cluster), settled=False)
+        report = check(*await collect(cluster), settled=False, cluster=cluster)
         if not report.in_doubt or time.monotonic() >= deadline:
-            return check(*await collect(cluster), settled=True) if report.in_doubt else report
+            return check(*await collect(cluster), settled=True, cluster=cluster) if report.in_doubt else report
         await asyncio.sleep(0.5)

@@ -1,0 +1,223 @@
+"""The audit's rules for refunds, collect requests and daily limits.
+
+Over hand-made readings of a three-bank cluster, each changed in one way
+the audit must catch.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from miniupi.config import ClusterConfig, parse_config
+from miniupi.ops.audit import BankView, GatewayTxnView, GatewayView, RequestView, check
+
+ALICE, DAVE, BOB, CAROL = "alice@bank_a", "dave@bank_a", "bob@bank_b", "carol@bank_c"
+BANKS = ("bank_a", "bank_b", "bank_c")
+OPENING = 1000_00
+KOLKATA = ZoneInfo("Asia/Kolkata")
+NOON = datetime(2026, 12, 6, 12, 0, tzinfo=KOLKATA).timestamp()
+
+PAY = "11111111-1111-4111-8111-111111111111"  # alice -> bob 50.00
+REFUND = "22222222-2222-4222-8222-222222222222"  # bob gives 20.00 of PAY back
+ASKED = "33333333-3333-4333-8333-333333333333"  # carol asks bob for 30.00; bob approved: its payment
+INSIDE = "44444444-4444-4444-8444-444444444444"  # alice -> dave 10.00, within bank_a
+REFUSED = "55555555-5555-4555-8555-555555555555"  # carol -> alice 5.00, aborted
+WAITING = "66666666-6666-4666-8666-666666666666"  # carol asks alice for 7.00, not answered yet
+OTHER = "77777777-7777-4777-8777-777777777777"
+MORE = "88888888-8888-4888-8888-888888888888"
+
+
+def txn(payer: str, payee: str, amount: int, state: str = "COMMITTED", refund_of: str = "", request_id: str = "",
+        at: float = NOON) -> GatewayTxnView:
+    return GatewayTxnView(payer, payee, amount, state, True, refund_of, request_id, at, at + 0.1)
+
+
+def scenario() -> GatewayView:
+    return GatewayView({
+        PAY: txn(ALICE, BOB, 50_00),
+        REFUND: txn(BOB, ALICE, 20_00, refund_of=PAY),
+        ASKED: txn(BOB, CAROL, 30_00, request_id=ASKED),
+        INSIDE: txn(ALICE, DAVE, 10_00),
+        REFUSED: txn(CAROL, ALICE, 5_00, state="ABORTED"),
+    }, requests={ASKED: RequestView(BOB, CAROL, 30_00, "PAID"), WAITING: RequestView(CAROL, ALICE, 7_00, "PENDING")})
+
+
+def ledgers(gateway: GatewayView) -> list[BankView]:
+    """What the banks would hold after the gateway's transactions: each one's legs, and balances to match."""
+    banks = {name: BankView(name) for name in BANKS}
+    balances = {account: OPENING for account in (ALICE, DAVE, BOB, CAROL)}
+    for txn_id, g in gateway.items():
+        (payer, payer_bank), (payee, payee_bank) = g.payer.split("@"), g.payee.split("@")
+        legs = {payer_bank: [(payer, -g.amount, g.payee)]}
+        legs.setdefault(payee_bank, []).append((payee, g.amount, g.payer))
+        for bank, bank_legs in legs.items():
+            banks[bank].txns[txn_id] = (g.state, bank_legs)
+        if g.state == "COMMITTED":
+            balances[g.payer] -= g.amount
+            balances[g.payee] += g.amount
+    for account, balance in balances.items():
+        user, bank = account.split("@")
+        banks[bank].accounts[user] = (balance, 0, OPENING)
+        banks[bank].deposits += OPENING
+    return list(banks.values())
+
+
+def limits(daily_limit: str = "100.00", time_zone: str = "Asia/Kolkata", **per_account: str) -> ClusterConfig:
+    return parse_config({"cluster": {"daily_limit": daily_limit, "time_zone": time_zone},
+                         "gateway": {"port": 1}, "banks": {name: {"port": 2 + i} for i, name in enumerate(BANKS)},
+                         "daily_limits": per_account}, Path("audit.toml"))
+
+
+def audited(gateway: GatewayView, cluster: ClusterConfig | None = None, settled: bool = True) -> list[str]:
+    return check(gateway, ledgers(gateway), settled=settled, cluster=cluster or limits()).violations
+
+
+# -- a clean reading ---------------------------------------------------------------------------------------
+
+
+def test_refunds_requests_and_payments_among_three_banks_pass() -> None:
+    report = check(scenario(), ledgers(scenario()), cluster=limits())
+    assert report.ok, report.violations
+    assert (report.committed, report.aborted, report.refunds, report.requests) == (4, 1, 1, 2)
+
+
+def test_a_plain_dict_of_transactions_is_a_reading_whose_requests_are_not_judged() -> None:
+    gateway = scenario()
+    del gateway[ASKED]
+    report = check(dict(gateway), ledgers(gateway))
+    assert report.ok and report.requests == 0, report.violations
+
+
+# -- refunds -----------------------------------------------------------------------------------------------
+
+
+def test_committed_refunds_adding_up_to_more_than_their_payment_are_caught() -> None:
+    gateway = scenario()
+    gateway[OTHER] = txn(BOB, ALICE, 30_01, refund_of=PAY)
+    assert audited(gateway) == [f"{PAY} of 5000 has 5001 refunded, more than it: committed refunds {REFUND}, {OTHER}"]
+
+
+def test_aborted_refunds_count_for_nothing() -> None:
+    gateway = scenario()
+    gateway[OTHER] = txn(BOB, ALICE, 40_00, state="ABORTED", refund_of=PAY)
+    assert audited(gateway) == []
+
+
+@pytest.mark.parametrize("payer, payee", [(ALICE, BOB), (CAROL, ALICE), (BOB, CAROL)], ids=str)
+def test_a_refund_that_does_not_go_back_the_way_its_payment_came_is_caught(payer: str, payee: str) -> None:
+    gateway = scenario()
+    gateway[REFUND] = txn(payer, payee, 20_00, refund_of=PAY)
+    assert [v for v in audited(gateway) if v.startswith("refund")] == [
+        f"refund {REFUND} goes {payer} -> {payee}, not back the way {PAY} came ({ALICE} -> {BOB})"]
+
+
+def test_a_refund_of_an_aborted_payment_is_caught() -> None:
+    gateway = scenario()
+    gateway[OTHER] = txn(ALICE, CAROL, 5_00, refund_of=REFUSED)
+    assert audited(gateway) == [f"refund {OTHER} (committed) gives back {REFUSED}, which is aborted: "
+                                "only a committed payment can be refunded"]
+
+
+def test_a_refund_of_a_refund_or_of_nothing_is_caught() -> None:
+    gateway = scenario()
+    gateway[OTHER] = txn(ALICE, BOB, 5_00, refund_of=REFUND)
+    gateway[MORE] = txn(ALICE, BOB, 5_00, refund_of="99999999-9999-4999-8999-999999999999")
+    assert audited(gateway) == [
+        f"refund {OTHER} gives back {REFUND}, itself a refund of {PAY}",
+        f"refund {MORE} gives back 99999999-9999-4999-8999-999999999999, which the gateway never recorded"]
+
+
+# -- collect requests --------------------------------------------------------------------------------------
+
+
+def test_a_request_paid_with_another_amount_is_caught() -> None:
+    gateway = scenario()
+    gateway[ASKED] = txn(BOB, CAROL, 31_00, request_id=ASKED)
+    assert audited(gateway) == [f"{ASKED} pays request {ASKED} as {BOB} -> {CAROL} 3100, but it asked "
+                                f"{BOB} -> {CAROL} 3000"]
+
+
+def test_a_request_paid_by_someone_else_is_caught() -> None:
+    gateway = scenario()
+    gateway[ASKED] = txn(ALICE, CAROL, 30_00, request_id=ASKED)
+    assert audited(gateway) == [f"{ASKED} pays request {ASKED} as {ALICE} -> {CAROL} 3000, but it asked "
+                                f"{BOB} -> {CAROL} 3000"]
+
+
+def test_a_paid_request_without_its_payment_is_caught_once_settled_and_in_doubt_before() -> None:
+    gateway = scenario()
+    del gateway[ASKED]
+    assert audited(gateway) == [f"request {ASKED} is paid but its payment {ASKED} is missing"]
+    # Read in one stream, transactions first: a request approved and paid in between is ahead of its payment.
+    report = check(gateway, ledgers(gateway), settled=False, cluster=limits())
+    assert report.violations == [] and report.in_doubt == [f"request {ASKED} paid, its payment not yet seen so"]
+
+
+def test_a_paid_request_whose_payment_aborted_is_caught() -> None:
+    gateway = scenario()
+    gateway[ASKED] = txn(BOB, CAROL, 30_00, state="ABORTED", request_id=ASKED)
+    assert audited(gateway, settled=False) == [f"request {ASKED} is paid but its payment {ASKED} is aborted"]
+
+
+@pytest.mark.parametrize("state", ["PENDING", "DECLINED", "EXPIRED"])
+def test_a_request_not_approved_yet_paid_is_caught(state: str) -> None:
+    gateway = scenario()
+    gateway.requests[ASKED] = RequestView(BOB, CAROL, 30_00, state)
+    assert audited(gateway) == [f"request {ASKED} is {state.lower()}, yet payment {ASKED} exists (committed)"]
+
+
+def test_a_second_payment_of_one_request_or_one_for_no_request_is_caught() -> None:
+    gateway = scenario()
+    gateway[OTHER] = txn(BOB, CAROL, 30_00, request_id=ASKED)
+    gateway[MORE] = txn(ALICE, CAROL, 1_00, request_id=MORE)
+    assert audited(gateway) == [
+        f"{OTHER} pays request {ASKED} under another id: a request's payment bears its id, so it is paid at most once",
+        f"{MORE} pays request {MORE}, which the gateway does not know"]
+
+
+# -- the daily limit ---------------------------------------------------------------------------------------
+
+LATE = datetime(2026, 12, 6, 23, 0, tzinfo=KOLKATA).timestamp()  # 17:30 UTC
+EARLY_NEXT = datetime(2026, 12, 7, 1, 0, tzinfo=KOLKATA).timestamp()  # 19:30 UTC, still 6 December there
+
+
+def over_two_evenings(second_at: float) -> GatewayView:
+    """Alice, whose limit is 100.00, sends 40.00 and 10.00 at noon, 30.00 at 23:00, and 25.00 at `second_at`."""
+    gateway = scenario()
+    gateway[PAY] = txn(ALICE, BOB, 40_00)
+    gateway[OTHER] = txn(ALICE, BOB, 30_00, at=LATE)
+    gateway[MORE] = txn(ALICE, CAROL, 25_00, at=second_at)
+    return gateway
+
+
+def test_a_payer_over_the_daily_limit_on_one_day_is_caught() -> None:
+    assert audited(over_two_evenings(LATE + 60)) == [
+        f"{ALICE} sent 10500 on 2026-12-06 (Asia/Kolkata), over its daily limit 10000: payments "
+        f"{', '.join(sorted([PAY, INSIDE, OTHER, MORE]))}"]
+
+
+def test_the_same_payments_split_across_two_days_in_the_clusters_zone_pass() -> None:
+    gateway = over_two_evenings(EARLY_NEXT)
+    assert audited(gateway) == []
+    # In UTC both evenings are one day: the zone decides.
+    assert audited(gateway, limits(time_zone="UTC")) == [
+        f"{ALICE} sent 10500 on 2026-12-06 (UTC), over its daily limit 10000: payments "
+        f"{', '.join(sorted([PAY, INSIDE, OTHER, MORE]))}"]
+
+
+def test_refunds_aborted_payments_and_unlimited_payers_do_not_count_against_the_limit() -> None:
+    gateway = over_two_evenings(EARLY_NEXT)
+    gateway[REFUND] = txn(BOB, ALICE, 40_00, refund_of=PAY)  # bob: 40.00 back and 30.00 asked of him, 70.00
+    gateway["99999999-9999-4999-8999-999999999999"] = txn(ALICE, BOB, 90_00, state="ABORTED")
+    assert audited(gateway, limits("60.00", **{ALICE: "100.00"})) == []
+    assert audited(gateway, limits("100.00", **{ALICE: "0"})) == []
+    assert audited(gateway, limits("100.00", **{BOB: "29.99"})) == [
+        f"{BOB} sent 3000 on 2026-12-06 (Asia/Kolkata), over its daily limit 2999: payments {ASKED}"]
+
+
+def test_the_daily_limit_is_checked_only_when_the_cluster_is_given() -> None:
+    gateway = over_two_evenings(LATE + 60)
+    assert check(gateway, ledgers(gateway)).ok
