@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from miniupi import __version__
 from miniupi.config import DEFAULT_CONFIG, ConfigError, load_config
@@ -21,6 +21,9 @@ from miniupi.errors import MiniupiError
 from miniupi.inputs import count, positive_number
 from miniupi.money import BadAmount
 from miniupi.contract.manager import PluginError
+
+if TYPE_CHECKING:
+    from miniupi.nodes.settlement import Settlement
 
 # `miniupi bench` defaults, kept apart so that an option given can be told from one left out.
 BENCH_BANKS, BENCH_STORAGE, BENCH_PAYMENTS, BENCH_DURATION = 2, "sqlite", 10000, 10.0
@@ -177,11 +180,35 @@ def cmd_audit(args: argparse.Namespace) -> None:
               f"{format_amount(report.issued - report.issued_by_treasury)} at opening, "
               f"{format_amount(report.issued_by_treasury)} in {report.deposits} treasury deposits); "
               f"{report.committed} committed, {report.aborted} aborted, {len(report.in_doubt)} in doubt")
+        print(_settlement_line(report.settlement, cluster.currency))
         for violation in report.violations:
             print(f"VIOLATION: {violation}")
         print("audit ok: every invariant holds" if report.ok else f"audit FAILED: {len(report.violations)} violations")
     if not report.ok:
         raise SystemExit(1)
+
+
+def _settlement_line(s: Settlement, currency: str, most: int = 6) -> str:
+    """What the banks owe each other for every committed payment, on one line (`--json` has every flow)."""
+    from miniupi.money import format_amount
+
+    def listed(items: list[str]) -> str:
+        return ", ".join(items[:most]) + (f", and {len(items) - most} more" if len(items) > most else "")
+
+    def payments(n: int) -> str:
+        return f"{n} payment{'s' if n != 1 else ''}"
+
+    if s.gross:
+        line = (f"settlement: {format_amount(sum(f.amount for f in s.gross))} {currency} between banks in "
+                f"{payments(sum(f.payments for f in s.gross))} ("
+                + listed([f"{f.from_bank} -> {f.to_bank} {format_amount(f.amount)}" for f in s.gross])
+                + "); net " + listed([f"{bank} {'+' if net > 0 else ''}{format_amount(net)}"
+                                      for bank, net in sorted(s.net.items())]))
+    else:
+        line = "settlement: nothing between banks"
+    within = sum(f.amount for f in s.intra_bank)
+    return line + (f"; {format_amount(within)} {currency} within banks in "
+                   f"{payments(sum(f.payments for f in s.intra_bank))}" if s.intra_bank else "")
 
 
 def _bench_conflict(args: argparse.Namespace) -> str | None:

@@ -13,7 +13,10 @@ balance must equal what was issued.
 The gateway's own rules are checked over its transactions and collect
 requests: refunds never exceed their original and go back the way it
 came; a request is paid exactly once, as asked; no payer sent more than
-the daily limit in a calendar day.
+the daily limit in a calendar day. Settlement between banks is reckoned
+three ways, which must agree: from the gateway's committed payments (the
+figures its Settlement call reports), from each payer's bank's debits
+and from each payee's bank's credits.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ import grpc
 
 from miniupi.config import ClusterConfig
 from miniupi.errors import Unavailable
+from miniupi.nodes.coordinator import Payment, Txn
+from miniupi.nodes.settlement import Flow, Settlement, settle
 from miniupi.states import TxnState
 from miniupi.tls import dial
 from miniupi.v1 import bank_pb2, bank_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -87,6 +92,9 @@ class AuditReport:
     aborted: int = 0
     refunds: int = 0  # committed refunds
     requests: int = 0  # collect requests, whatever their state
+    # Every committed payment, all time, as the gateway's settle() reckons it; the banks' ledgers agree
+    # unless a violation says otherwise.
+    settlement: Settlement = field(default_factory=lambda: Settlement(0.0, 0.0))
     in_doubt: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
@@ -95,11 +103,17 @@ class AuditReport:
         return not self.violations
 
     def as_dict(self) -> dict[str, object]:
+        def flows(items: list[Flow]) -> list[dict[str, object]]:
+            return [{"from_bank": f.from_bank, "to_bank": f.to_bank, "amount_minor": f.amount,
+                     "payments": f.payments} for f in items]
+
         return {"ok": self.ok, "banks": self.banks, "accounts": self.accounts, "total_minor": self.total,
                 "issued_minor": self.issued, "issued_at_opening_minor": self.issued - self.issued_by_treasury,
                 "issued_by_treasury_minor": self.issued_by_treasury, "deposits": self.deposits,
                 "committed": self.committed, "aborted": self.aborted, "in_doubt": len(self.in_doubt),
                 "refunds": self.refunds, "requests": self.requests,
+                "settlement": {"gross": flows(self.settlement.gross), "net_minor": self.settlement.net,
+                               "intra_bank": flows(self.settlement.intra_bank)},
                 "violations": self.violations}
 
 
@@ -175,10 +189,11 @@ def check(gateway: Mapping[str, GatewayTxnView], banks: list[BankView], settled:
                     r.in_doubt.append(f"{txn_id} committed at {bank_name}, not yet seen decided")
                 else:
                     bad(f"{txn_id} is {g.state.lower()} at the gateway but committed at {bank_name}")
-    if r.total != r.issued:
-        # While a payment is committed on one bank and not yet on the other, money is in transit.
-        if settled or not r.in_doubt:
-            bad(f"total money {r.total} differs from the money issued {r.issued}")
+    # While a payment is committed on one bank and not yet on the other, money is in transit.
+    in_transit = not settled and bool(r.in_doubt)
+    if r.total != r.issued and not in_transit:
+        bad(f"total money {r.total} differs from the money issued {r.issued}")
+    _check_settlement(gateway, banks, in_transit, r)
     _check_refunds(gateway, r)
     if isinstance(gateway, GatewayView):  # a plain mapping is a reading without the requests
         _check_requests(gateway, gateway.requests, settled, r)
@@ -194,6 +209,10 @@ def _ids(ids: Iterable[str], most: int = 5) -> str:
     ids = sorted(ids)
     more = f" and {len(ids) - most} more" if len(ids) > most else ""
     return ", ".join(ids[:most]) + more
+
+
+def _in(amount: int, payments: int) -> str:
+    return f"{amount} in {payments} payment{'' if payments == 1 else 's'}"
 
 
 def _check_refunds(gateway: Mapping[str, GatewayTxnView], r: AuditReport) -> None:
@@ -278,6 +297,61 @@ def _check_daily_limits(gateway: Mapping[str, GatewayTxnView], cluster: ClusterC
         if total > limit:
             r.violations.append(f"{payer} sent {total} on {day} ({cluster.time_zone}), over its daily limit "
                                 f"{limit}: payments {_ids(ids)}")
+
+
+Pair = tuple[str, str]  # (payer's bank, payee's bank)
+
+
+def ledger_flows(banks: list[BankView]) -> tuple[dict[Pair, dict[str, int]], dict[Pair, dict[str, int]], list[str]]:
+    """The committed payments between banks as the banks' ledgers tell them: by the payer's bank's debits and
+    by the payee's bank's credits, each pair -> {txn id: amount}; and the legs that name no bank."""
+    debits: dict[Pair, dict[str, int]] = defaultdict(dict)
+    credits: dict[Pair, dict[str, int]] = defaultdict(dict)
+    nameless: list[str] = []
+    for bank in banks:
+        for txn_id, (state, legs) in bank.txns.items():
+            if state != TxnState.COMMITTED:  # deposits (DEPOSITED) move no money between banks
+                continue
+            for account, delta, counterparty in legs:
+                other = counterparty.rpartition("@")[2]
+                if "@" not in counterparty or not other:
+                    nameless.append(f"{txn_id} at {bank.name} ({account} {delta:+d}, counterparty {counterparty!r})")
+                elif delta < 0:
+                    debits[(bank.name, other)][txn_id] = debits[(bank.name, other)].get(txn_id, 0) - delta
+                else:
+                    credits[(other, bank.name)][txn_id] = credits[(other, bank.name)].get(txn_id, 0) + delta
+    return debits, credits, nameless
+
+
+def _check_settlement(gateway: Mapping[str, GatewayTxnView], banks: list[BankView], in_transit: bool,
+                      r: AuditReport) -> None:
+    """The gateway's settlement of every committed payment, checked against each side's ledger."""
+    committed = [Txn(Payment(txn_id, g.payer, g.payee, g.amount, ""), TxnState.COMMITTED, decided_at=g.decided_at)
+                 for txn_id, g in gateway.items() if g.state == TxnState.COMMITTED]
+    r.settlement = report = settle(committed, [b.name for b in banks])
+    if sum(report.net.values()) != 0:
+        r.violations.append(f"the net positions {report.net} sum to {sum(report.net.values())}, not zero")
+    if in_transit:  # a payment applied at one bank and not yet at the other: the three cannot agree yet
+        return
+    debits, credits, nameless = ledger_flows(banks)
+    r.violations.extend(f"committed leg names no account at a bank as its counterparty: {leg}" for leg in nameless)
+    by_gateway: dict[Pair, dict[str, int]] = defaultdict(dict)
+    for txn in committed:
+        p = txn.payment
+        by_gateway[(p.payer.rpartition("@")[2], p.payee.rpartition("@")[2])][p.txn_id] = p.amount
+    figures = {(f.from_bank, f.to_bank): (f.amount, f.payments) for f in (*report.gross, *report.intra_bank)}
+    for pair in sorted(set(figures) | set(debits) | set(credits)):
+        frm, to = pair
+        settled_as = figures.get(pair, (0, 0))
+        debited = (sum(debits[pair].values()), len(debits[pair]))
+        credited = (sum(credits[pair].values()), len(credits[pair]))
+        if settled_as == debited == credited:
+            continue
+        differ = {i for i in set(by_gateway[pair]) | set(debits[pair]) | set(credits[pair])
+                  if not by_gateway[pair].get(i) == debits[pair].get(i) == credits[pair].get(i)}
+        r.violations.append(
+            f"settlement {frm} -> {to}: the gateway settles {_in(*settled_as)}, {frm}'s ledger debits "
+            f"{_in(*debited)}, {to}'s ledger credits {_in(*credited)}; payments that differ: {_ids(differ) or 'none'}")
 
 
 async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[GatewayView, list[BankView]]:

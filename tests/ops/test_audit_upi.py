@@ -1,10 +1,14 @@
-"""The audit's rules for refunds, collect requests and daily limits.
+"""The audit's rules for refunds, collect requests, daily limits and settlement between banks.
 
-Over hand-made readings of a three-bank cluster, each changed in one way
-the audit must catch.
+First over hand-made readings of a three-bank cluster, each changed in one
+way the audit must catch; then on a live cluster whose settlement is
+computed here by hand.
 """
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -12,7 +16,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from miniupi.config import ClusterConfig, parse_config
+from miniupi.errors import InsufficientFunds
+from miniupi.nodes.settlement import Flow
 from miniupi.ops.audit import BankView, GatewayTxnView, GatewayView, RequestView, check
+from miniupi.ops.testing import LocalCluster
 
 ALICE, DAVE, BOB, CAROL = "alice@bank_a", "dave@bank_a", "bob@bank_b", "carol@bank_c"
 BANKS = ("bank_a", "bank_b", "bank_c")
@@ -78,10 +85,20 @@ def audited(gateway: GatewayView, cluster: ClusterConfig | None = None, settled:
 # -- a clean reading ---------------------------------------------------------------------------------------
 
 
-def test_refunds_requests_and_payments_among_three_banks_pass() -> None:
+def test_refunds_requests_and_payments_among_three_banks_pass_and_settle_as_computed_by_hand() -> None:
     report = check(scenario(), ledgers(scenario()), cluster=limits())
     assert report.ok, report.violations
     assert (report.committed, report.aborted, report.refunds, report.requests) == (4, 1, 1, 2)
+    assert report.settlement.gross == [Flow("bank_a", "bank_b", 50_00, 1), Flow("bank_b", "bank_a", 20_00, 1),
+                                       Flow("bank_b", "bank_c", 30_00, 1)]
+    assert report.settlement.net == {"bank_a": -30_00, "bank_b": 0, "bank_c": 30_00}
+    assert report.settlement.intra_bank == [Flow("bank_a", "bank_a", 10_00, 1)]
+    assert json.loads(json.dumps(report.as_dict()))["settlement"] == {
+        "gross": [{"from_bank": "bank_a", "to_bank": "bank_b", "amount_minor": 50_00, "payments": 1},
+                  {"from_bank": "bank_b", "to_bank": "bank_a", "amount_minor": 20_00, "payments": 1},
+                  {"from_bank": "bank_b", "to_bank": "bank_c", "amount_minor": 30_00, "payments": 1}],
+        "net_minor": {"bank_a": -30_00, "bank_b": 0, "bank_c": 30_00},
+        "intra_bank": [{"from_bank": "bank_a", "to_bank": "bank_a", "amount_minor": 10_00, "payments": 1}]}
 
 
 def test_a_plain_dict_of_transactions_is_a_reading_whose_requests_are_not_judged() -> None:
@@ -221,3 +238,159 @@ def test_refunds_aborted_payments_and_unlimited_payers_do_not_count_against_the_
 def test_the_daily_limit_is_checked_only_when_the_cluster_is_given() -> None:
     gateway = over_two_evenings(LATE + 60)
     assert check(gateway, ledgers(gateway)).ok
+
+
+# -- settlement against the banks' ledgers ------------------------------------------------------------------
+
+
+def test_a_bank_ledger_that_disagrees_with_the_gateways_settlement_is_caught() -> None:
+    gateway = scenario()
+    banks = ledgers(gateway)
+    bank_b = banks[1]
+    # bank_b credits bob with PAY, as it should, but books it as coming from carol: balances all add up.
+    bank_b.txns[PAY] = ("COMMITTED", [("bob", 50_00, CAROL)])
+    report = check(gateway, banks, cluster=limits())
+    assert report.violations == [
+        "settlement bank_a -> bank_b: the gateway settles 5000 in 1 payment, "
+        "bank_a's ledger debits 5000 in 1 payment, bank_b's ledger credits 0 in 0 payments; "
+        f"payments that differ: {PAY}",
+        "settlement bank_c -> bank_b: the gateway settles 0 in 0 payments, "
+        "bank_c's ledger debits 0 in 0 payments, bank_b's ledger credits 5000 in 1 payment; "
+        f"payments that differ: {PAY}"]
+    assert report.settlement.net == {"bank_a": -30_00, "bank_b": 0, "bank_c": 30_00}  # the gateway's figures
+
+
+def test_a_payment_within_a_bank_booked_as_between_banks_is_caught() -> None:
+    gateway = scenario()
+    banks = ledgers(gateway)
+    banks[0].txns[INSIDE] = ("COMMITTED", [("alice", -10_00, "dave@bank_b"), ("dave", 10_00, ALICE)])
+    assert check(gateway, banks).violations == [
+        "settlement bank_a -> bank_a: the gateway settles 1000 in 1 payment, "
+        "bank_a's ledger debits 0 in 0 payments, bank_a's ledger credits 1000 in 1 payment; "
+        f"payments that differ: {INSIDE}",
+        "settlement bank_a -> bank_b: the gateway settles 5000 in 1 payment, "
+        "bank_a's ledger debits 6000 in 2 payments, bank_b's ledger credits 5000 in 1 payment; "
+        f"payments that differ: {INSIDE}"]
+
+
+def test_a_committed_leg_without_a_counterparty_bank_is_caught_and_deposits_need_none() -> None:
+    gateway = scenario()
+    banks = ledgers(gateway)
+    banks[2].txns[ASKED] = ("COMMITTED", [("carol", 30_00, "bob")])
+    banks[2].txns[OTHER] = ("DEPOSITED", [("carol", 1_00, "treasury")])
+    banks[2].accounts["carol"] = (banks[2].accounts["carol"][0] + 1_00, 0, OPENING)
+    banks[2].deposits += 1_00
+    banks[2].treasury += 1_00
+    assert check(gateway, banks).violations == [
+        f"committed leg names no account at a bank as its counterparty: {ASKED} at bank_c (carol +3000, "
+        "counterparty 'bob')",
+        "settlement bank_b -> bank_c: the gateway settles 3000 in 1 payment, bank_b's ledger debits 3000 in "
+        f"1 payment, bank_c's ledger credits 0 in 0 payments; payments that differ: {ASKED}"]
+
+
+def test_a_payment_still_on_its_way_to_one_bank_is_in_doubt_not_a_settlement_violation() -> None:
+    gateway = scenario()
+    banks = ledgers(gateway)
+    bank_b = banks[1]
+    bank_b.txns[PAY] = ("PREPARED", [("bob", 50_00, ALICE)])
+    bank_b.accounts["bob"] = (bank_b.accounts["bob"][0] - 50_00, 0, OPENING)
+    report = check(gateway, banks, settled=False)
+    assert report.violations == [] and report.in_doubt == [f"{PAY} prepared at bank_b"]
+
+
+# -- live: three banks, settled by hand ---------------------------------------------------------------------
+
+SPEC = {
+    "cluster": {"name": "settle", "prepare_timeout_s": 3, "call_timeout_s": 3, "max_opening_deposit": "10000.00",
+                "daily_limit": "2000.00", "time_zone": "Asia/Kolkata"},
+    "gateway": {"storage": "sqlite"},
+    "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}, "bank_c": {"storage": "sqlite"}},
+}
+PASSWORD = "pw"
+
+
+@pytest.fixture(scope="module")
+def traded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, float]]:
+    """A cluster where, before the returned time:   alice pays bob 100.00, bob pays carol 40.00, alice pays
+    dave 25.00 (within bank_a), bob refunds 30.00 of alice's 100.00 and alice's 1500.00 to bob aborts;
+    and after it: carol asks alice for 15.00 and alice approves, carol pays bob 5.00, dave pays alice 2.50
+    (within bank_a), and carol asks dave for 1.00, which stays pending."""
+    with LocalCluster(tmp_path_factory.mktemp("settle"), SPEC) as cluster:
+        clients = {}
+        for account in (ALICE, DAVE, BOB, CAROL):
+            clients[account] = cluster.client()
+            clients[account].register(account, PASSWORD, initial=OPENING)
+            clients[account].login(account, PASSWORD)
+        alice, dave, bob, carol = (clients[a] for a in (ALICE, DAVE, BOB, CAROL))
+        try:
+            paid = alice.pay(BOB, 100_00)
+            bob.pay(CAROL, 40_00)
+            alice.pay(DAVE, 25_00)
+            assert bob.refund(paid.txn_id, 30_00).state == "COMMITTED"
+            with pytest.raises(InsufficientFunds):
+                alice.pay(BOB, 1500_00)
+            time.sleep(0.05)
+            mark = time.time()
+            time.sleep(0.05)
+            asked = carol.request_money(ALICE, 15_00)
+            assert alice.approve(asked.request_id).state == "COMMITTED"
+            carol.pay(BOB, 5_00)
+            dave.pay(ALICE, 2_50)
+            carol.request_money(DAVE, 1_00)
+            yield cluster, mark
+        finally:
+            for c in clients.values():
+                c.close()
+
+
+def test_the_settlement_report_matches_the_hand_computed_flows_and_nets(traded: tuple[LocalCluster, float]) -> None:
+    cluster, _ = traded
+    with cluster.client(identity="admin") as admin:
+        report = admin.settlement()
+    assert [(f.from_bank, f.to_bank, f.amount, f.payments) for f in report.gross] == [
+        ("bank_a", "bank_b", 100_00, 1), ("bank_a", "bank_c", 15_00, 1), ("bank_b", "bank_a", 30_00, 1),
+        ("bank_b", "bank_c", 40_00, 1), ("bank_c", "bank_b", 5_00, 1)]
+    assert report.net == {"bank_a": -85_00, "bank_b": 35_00, "bank_c": 50_00}
+    assert sum(report.net.values()) == 0
+    assert [(f.from_bank, f.to_bank, f.amount, f.payments) for f in report.intra_bank] == [
+        ("bank_a", "bank_a", 27_50, 2)]
+
+
+def test_a_settlement_window_leaves_out_the_payments_decided_outside_it(traded: tuple[LocalCluster, float]) -> None:
+    cluster, mark = traded
+    with cluster.client(identity="admin") as admin:
+        before, after = admin.settlement(until=mark), admin.settlement(since=mark)
+        nothing = admin.settlement(since=mark - 3600, until=mark - 1800)
+    assert [(f.from_bank, f.to_bank, f.amount, f.payments) for f in before.gross] == [
+        ("bank_a", "bank_b", 100_00, 1), ("bank_b", "bank_a", 30_00, 1), ("bank_b", "bank_c", 40_00, 1)]
+    assert before.net == {"bank_a": -70_00, "bank_b": 30_00, "bank_c": 40_00}
+    assert [(f.from_bank, f.to_bank, f.amount, f.payments) for f in before.intra_bank] == [
+        ("bank_a", "bank_a", 25_00, 1)]
+    assert [(f.from_bank, f.to_bank, f.amount, f.payments) for f in after.gross] == [
+        ("bank_a", "bank_c", 15_00, 1), ("bank_c", "bank_b", 5_00, 1)]
+    assert after.net == {"bank_a": -15_00, "bank_b": 5_00, "bank_c": 10_00}
+    assert [(f.from_bank, f.to_bank, f.amount, f.payments) for f in after.intra_bank] == [
+        ("bank_a", "bank_a", 2_50, 1)]
+    assert (nothing.gross, nothing.intra_bank, nothing.net) == ((), (), {"bank_a": 0, "bank_b": 0, "bank_c": 0})
+
+
+def test_miniupi_audit_is_clean_and_shows_the_settlement(traded: tuple[LocalCluster, float]) -> None:
+    cluster, _ = traded
+    run = cluster.cli("audit", "--json", "--wait", "10")
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    report = json.loads(run.stdout)
+    assert report["ok"] and report["violations"] == [], report
+    assert (report["committed"], report["aborted"], report["refunds"], report["requests"]) == (7, 1, 1, 2)
+    assert report["settlement"]["net_minor"] == {"bank_a": -85_00, "bank_b": 35_00, "bank_c": 50_00}
+    assert [(f["from_bank"], f["to_bank"], f["amount_minor"]) for f in report["settlement"]["gross"]] == [
+        ("bank_a", "bank_b", 100_00), ("bank_a", "bank_c", 15_00), ("bank_b", "bank_a", 30_00),
+        ("bank_b", "bank_c", 40_00), ("bank_c", "bank_b", 5_00)]
+
+    run = cluster.cli("audit", "--wait", "10")
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    summary, settlement, verdict = run.stdout.splitlines()
+    assert settlement == (
+        "settlement: 190.00 INR between banks in 5 payments (bank_a -> bank_b 100.00, bank_a -> bank_c 15.00, "
+        "bank_b -> bank_a 30.00, bank_b -> bank_c 40.00, bank_c -> bank_b 5.00); "
+        "net bank_a -85.00, bank_b +35.00, bank_c +50.00; 27.50 INR within banks in 2 payments")
+    assert verdict == "audit ok: every invariant holds"

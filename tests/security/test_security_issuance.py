@@ -376,7 +376,8 @@ def test_miniupi_deposit_prints_one_line_and_never_credits_twice(cluster: LocalC
 
     r = cluster.cli("audit", "--wait", "10", home=tmp_path)
     assert r.returncode == 0, (r.stdout, r.stderr)
-    summary, verdict = r.stdout.splitlines()
+    summary, settlement, verdict = r.stdout.splitlines()
     assert re.search(r"total (\d+\.\d\d) INR; issued \1 \(\d+\.\d\d at opening, \d+\.\d\d in [1-9]\d* treasury "
                      r"deposits\)", summary), summary
+    assert settlement.startswith("settlement: "), settlement
     assert verdict == "audit ok: every invariant holds"
