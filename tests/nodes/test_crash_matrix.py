@@ -338,8 +338,8 @@ def test_killed_node_recovers_and_the_payment_ends_once_or_not_at_all(cluster: L
         payer_record = banks[PAYER_BANK].txns.get(txn_id)
         payee_record = banks[PAYEE_BANK].txns.get(txn_id)
         if moved:
-            assert payer_record == ("COMMITTED", [(payer_user, -AMOUNT)])
-            assert payee_record == ("COMMITTED", [(payee_user, AMOUNT)])
+            assert payer_record == ("COMMITTED", [(payer_user, -AMOUNT, payee)])
+            assert payee_record == ("COMMITTED", [(payee_user, AMOUNT, payer)])
         else:
             assert payer_record is None or payer_record[0] == "ABORTED", payer_record
             assert payee_record is None or payee_record[0] == "ABORTED", payee_record
