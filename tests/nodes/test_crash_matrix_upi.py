@@ -207,10 +207,11 @@ def test_a_refund_killed_at_any_step_ends_once_or_not_at_all_and_keeps_the_ceili
         banks = bank_state(cluster)
         assert banks[CUSTOMER_BANK].accounts[customer_user][:2] == (30_00 - ORIGINAL + AMOUNT * moved, 0)
         assert banks[SHOP_BANK].accounts[shop_user][:2] == (shop_before - AMOUNT * moved, 0)
-        for name, user, delta in ((SHOP_BANK, shop_user, -AMOUNT), (CUSTOMER_BANK, customer_user, AMOUNT)):
+        for name, user, delta, other in ((SHOP_BANK, shop_user, -AMOUNT, customer),
+                                         (CUSTOMER_BANK, customer_user, AMOUNT, shop_addr)):
             record = banks[name].txns.get(refund_id)
             if moved:
-                assert record == ("COMMITTED", [(user, delta)]), (name, record)
+                assert record == ("COMMITTED", [(user, delta, other)]), (name, record)
             else:
                 assert record is None or record[0] == "ABORTED", (name, record)
 
@@ -270,10 +271,11 @@ def test_an_approval_killed_at_any_step_pays_once_or_not_at_all_and_the_request_
         banks = bank_state(cluster)
         assert banks[CUSTOMER_BANK].accounts[customer_user][:2] == (opening - AMOUNT * moved, 0)
         assert banks[SHOP_BANK].accounts[shop_user][:2] == (1_00 + AMOUNT * moved, 0)
-        for name, user, delta in ((CUSTOMER_BANK, customer_user, -AMOUNT), (SHOP_BANK, shop_user, AMOUNT)):
+        for name, user, delta, other in ((CUSTOMER_BANK, customer_user, -AMOUNT, shop_addr),
+                                         (SHOP_BANK, shop_user, AMOUNT, customer)):
             record = banks[name].txns.get(request_id)
             if moved:
-                assert record == ("COMMITTED", [(user, delta)]), (name, record)
+                assert record == ("COMMITTED", [(user, delta, other)]), (name, record)
             else:
                 assert record is None or record[0] == "ABORTED", (name, record)
         t = shop.transaction(request_id)
