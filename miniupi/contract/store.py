@@ -1,14 +1,22 @@
-"""What a storage plugin provides: a small durable key-value log.
+"""What a storage plugin provides: a small durable key-value store.
 
-Named tables of JSON values, loaded whole at start and written in atomic,
-fsync'd batches. Nodes keep their working state in memory and use the
-store only to survive a crash, which keeps every storage plugin small and
-the hot path free of queries. Nodes write through the group commit
-(miniupi/nodes/group_commit.py), so concurrent changes share one write.
+Named tables of JSON values, written in atomic, fsync'd batches. A node
+keeps in memory only what is live (accounts, payments in two-phase commit,
+sessions, open requests) and loads only those tables at start; everything
+settled stays in the store and is read back on demand, one key at a time
+(`get`, an index lookup), or a whole table in bounded memory (`scan`, for
+the audit and the settlement report). So a node's memory and its restart
+time follow what is live, not how long it has run. Nodes write through the
+group commit (miniupi/nodes/group_commit.py), so concurrent changes share
+one write.
+
+Reads see every batch whose write has returned, and never part of a batch.
+They come from the node's event loop while the group commit's writer
+thread writes, so a plugin must allow one reader and one writer at once.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 
@@ -25,8 +33,21 @@ class StoreDamaged(Exception):
 
 
 class Store(Protocol):
-    def load(self) -> dict[str, dict[str, Any]]:
-        """Every table as last written: {table: {key: value}}."""
+    def load(self, tables: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The named tables (None: every table) whole, as last written: {table: {key: value}}.
+
+        A node names only its live tables here; absent tables are left out.
+        """
+
+    def get(self, table: str, key: str) -> Any | None:
+        """table[key] as last written, or None: one index lookup, never a scan."""
+
+    def scan(self, table: str) -> Iterator[tuple[str, Any]]:
+        """Every (key, value) of `table`, in key order, in bounded memory.
+
+        Rows written while the scan runs may or may not be seen; each row seen
+        is as some batch left it.
+        """
 
     def write(self, batch: Sequence[Put]) -> None:
         """Apply the whole batch atomically and durably, or raise and apply none."""

@@ -66,6 +66,11 @@ class GroupCommit:
         self._in_thread = False  # the writer thread is in store.write (even if its flusher was cancelled)
         self._failing = False  # the last write failed: the loop leaves the disk alone until one succeeds
 
+    @property
+    def store(self) -> Store:
+        """The store itself, for reads (get, scan): they see every batch whose write has returned."""
+        return self._store
+
     async def write(self, batch: Sequence[Put]) -> None:
         """Return once `batch` (and everything before it) is durable."""
         if (not self._pending and not self._in_thread and (self._flusher is None or self._flusher.done())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -53,12 +53,14 @@ def has_served() -> bool:
     return _served
 
 
-async def open_store(plugins: Plugins, node: NodeConfig) -> tuple[GroupCommit, dict]:
-    """Open the storage kind the cluster file names for `node` (checked at load) and load its tables."""
+async def open_store(plugins: Plugins, node: NodeConfig,
+                     live: Collection[str] | None = None) -> tuple[GroupCommit, dict]:
+    """Open the storage kind the cluster file names for `node` (checked at load) and load its
+    `live` tables (None: every table); the rest is read on demand through `commit.store`."""
     store: Store | None = None
     try:
         store = plugins.open_store(node)
-        tables = await asyncio.to_thread(store.load)
+        tables = await asyncio.to_thread(store.load, live)
     except StoreDamaged as e:  # opening checks the files too, not only load()
         if store is not None:
             store.close()

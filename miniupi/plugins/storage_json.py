@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,9 +107,24 @@ class JsonStore:
             os.close(self._fd)
             raise
 
-    def load(self) -> dict[str, dict[str, Any]]:
+    def load(self, tables: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
         self._check_usable()
-        return {t: {k: json.loads(v) for k, v in rows.items()} for t, rows in self._tables.items()}
+        return {t: {k: json.loads(v) for k, v in rows.items()} for t, rows in self._tables.items()
+                if tables is None or t in tables}
+
+    def get(self, table: str, key: str) -> Any | None:
+        self._check_usable()
+        value = self._tables.get(table, {}).get(key)
+        return None if value is None else json.loads(value)
+
+    def scan(self, table: str) -> Iterator[tuple[str, Any]]:
+        self._check_usable()
+        # The keys at the start, sorted (taken at once: the writer thread may change the table
+        # meanwhile); each value as it is when reached, and a key deleted since is passed over.
+        for key in sorted(self._tables.get(table, {})):
+            value = self._tables.get(table, {}).get(key)
+            if value is not None:
+                yield key, json.loads(value)
 
     def write(self, batch: Sequence[Put]) -> None:
         self._check_usable()

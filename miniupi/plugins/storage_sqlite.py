@@ -1,15 +1,16 @@
 """The default store: one SQLite file in WAL mode, a row per key.
 
-SQLite gives atomic, fsync'd transactions and a self-check on open for
-free; the node still keeps its state in memory, so the file is only
-written in batches and read once at start.
+SQLite gives atomic, fsync'd transactions, an index on (table, key) and a
+self-check on open for free. Writes go down on one connection, from the
+group commit's writer thread; reads use a second one, so under WAL a read
+never waits for a write and sees only committed batches.
 """
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 NAME = "sqlite"
 FILE_NAME = "store.sqlite3"
+SCAN_PAGE = 1000  # rows read at once by scan()
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
@@ -65,15 +67,49 @@ class SqliteStore:
             conn.close()
             raise
         self._conn = conn
+        # The reader: the event loop's gets and scans, and load() from a worker thread before
+        # serving, never two at once; autocommit, so each statement reads the latest commit.
+        self._read = sqlite3.connect(self.file, isolation_level=None, check_same_thread=False)
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        tables: dict[str, dict[str, Any]] = {}
-        for tbl, key, value in self._conn.execute("SELECT tbl, key, value FROM kv"):
-            try:
-                tables.setdefault(tbl, {})[key] = json.loads(value)
-            except ValueError:
-                raise StoreDamaged(f"{self.file}: value of {tbl}/{key} is not JSON") from None
-        return tables
+    def load(self, tables: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+        loaded: dict[str, dict[str, Any]] = {}
+        if tables is None:
+            rows = self._read.execute("SELECT tbl, key, value FROM kv")
+        else:
+            names = sorted(set(tables))
+            rows = self._read.execute(
+                f"SELECT tbl, key, value FROM kv WHERE tbl IN ({','.join('?' * len(names))})", names)
+        for tbl, key, value in rows:
+            loaded.setdefault(tbl, {})[key] = self._decode(tbl, key, value)
+        return loaded
+
+    def get(self, table: str, key: str) -> Any | None:
+        row = self._read.execute("SELECT value FROM kv WHERE tbl = ? AND key = ?", (table, key)).fetchone()
+        return None if row is None else self._decode(table, key, row[0])
+
+    def scan(self, table: str) -> Iterator[tuple[str, Any]]:
+        # Pages by key rather than one long cursor: no read transaction stays open across the
+        # caller's awaits, so the WAL can still be checkpointed while an audit streams.
+        after = None
+        while True:
+            if after is None:
+                page = self._read.execute("SELECT key, value FROM kv WHERE tbl = ? ORDER BY key LIMIT ?",
+                                          (table, SCAN_PAGE)).fetchall()
+            else:
+                page = self._read.execute(
+                    "SELECT key, value FROM kv WHERE tbl = ? AND key > ? ORDER BY key LIMIT ?",
+                    (table, after, SCAN_PAGE)).fetchall()
+            for key, value in page:
+                yield key, self._decode(table, key, value)
+            if len(page) < SCAN_PAGE:
+                return
+            after = page[-1][0]
+
+    def _decode(self, table: str, key: str, value: str) -> Any:
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise StoreDamaged(f"{self.file}: value of {table}/{key} is not JSON") from None
 
     def write(self, batch: Sequence[Put]) -> None:
         # Collapse to the last write per key so upserts and deletes can go
@@ -102,6 +138,7 @@ class SqliteStore:
             raise
 
     def close(self) -> None:
+        self._read.close()
         self._conn.close()
 
 
