@@ -172,7 +172,8 @@ class BankServicer:
         raise NotImplementedError('Method not implemented!')
 
     def History(self, request, context):
-        """Applied transactions of one account, newest first.
+        """Applied transactions of one account, newest first, a page at a time:
+        read from the bank's history index, not its memory.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -84,18 +84,22 @@ class BalanceReply(_message.Message):
     def __init__(self, account: _Optional[str] = ..., balance: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., available: _Optional[_Union[_common_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
-    __slots__ = ("account", "limit")
+    __slots__ = ("account", "limit", "before")
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
     account: str
     limit: int
-    def __init__(self, account: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    before: str
+    def __init__(self, account: _Optional[str] = ..., limit: _Optional[int] = ..., before: _Optional[str] = ...) -> None: ...
 
 class HistoryReply(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "next_cursor")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[_common_pb2.HistoryEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[_common_pb2.HistoryEntry, _Mapping]]] = ...) -> None: ...
+    next_cursor: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[_common_pb2.HistoryEntry, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
 
 class PayRequest(_message.Message):
     __slots__ = ("txn_id", "from_account", "to_account", "amount")

@@ -153,7 +153,8 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def History(self, request, context):
-        """Applied payments of the caller's own account, newest first.
+        """Applied payments of the caller's own account, newest first, a page at a
+        time: `limit` entries older than the cursor `before`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
