@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import itertools
+import re
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,9 +19,12 @@ from miniupi.nodes.logs import setup_node_logging
 from miniupi.nodes.in_doubt import resolve_in_doubt
 from miniupi.money import format_amount
 from miniupi.nodes.passwords import MAX_PASSWORD, hash_problem
+from miniupi.contract.store import StoreDamaged
+from miniupi.inputs import quoted
+from miniupi.nodes.bank_store import LIVE_TABLES, load_live
 from miniupi.nodes.ledger import Ledger
 from miniupi.nodes.participants import Leg
-from miniupi.nodes.server import open_store, serve
+from miniupi.nodes.server import NodeStartError, open_store, serve
 from miniupi.nodes.setup_accounts import read_setup_file
 from miniupi.validate import account_name, new_account_name, opening_deposit
 from miniupi.validate import positive_amount as validate_positive_amount, txn_id as valid_txn_id
@@ -157,31 +163,56 @@ class BankServicer(bank_pb2_grpc.BankServicer):
 
     async def History(self, request: bank_pb2.BankHistoryRequest, context: grpc.aio.ServicerContext) -> bank_pb2.BankHistoryReply:
         limit = min(request.limit or DEFAULT_HISTORY, MAX_HISTORY)
-        entries = [
-            common_pb2.HistoryEntry(txn_id=txn.txn_id, counterparty=leg.counterparty, delta_minor=leg.delta,
-                                    currency=self.ledger.currency, applied_at=txn.decided_at or 0.0)
-            for txn, leg in self.ledger.history(account_name(request.account), limit)
-        ]
-        return bank_pb2.BankHistoryReply(entries=entries)
+        name = account_name(request.account)
+        account = self.ledger.account(name)
+        before = _cursor_row(name, request.before, account.entries) if request.before else 0
+        entries, older = await self.ledger.history(name, limit, before)
+        return bank_pb2.BankHistoryReply(
+            entries=[common_pb2.HistoryEntry(txn_id=e.txn_id, counterparty=e.counterparty, delta_minor=e.delta,
+                                             currency=self.ledger.currency, applied_at=e.applied_at)
+                     for e in entries],
+            next_cursor=_cursor(name, older) if older else "")
 
     async def Audit(self, request: bank_pb2.AuditRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bank_pb2.BankAuditChunk]:
-        # Copy first: the chunks go out over many awaits while payments go on.
-        accounts = [(a.name, a.balance, a.held, a.opening) for a in self.ledger.accounts.values()]
-        txns = [(t.txn_id, t.state, t.legs) for t in self.ledger.txns.values()]
-        first = bank_pb2.BankAuditChunk(deposits_minor=self.ledger.meta.get("deposits", 0),
-                                        treasury_minor=self.ledger.meta.get("treasury", 0),
-                                        currency=self.ledger.currency)
-        yield first
-        for batch in (accounts[i:i + AUDIT_CHUNK] for i in range(0, len(accounts), AUDIT_CHUNK)):
-            yield bank_pb2.BankAuditChunk(accounts=[
-                bank_pb2.AccountState(account=n, balance_minor=b, held_minor=h, opening_minor=o)
-                for n, b, h, o in batch])
-        for batch in (txns[i:i + AUDIT_CHUNK] for i in range(0, len(txns), AUDIT_CHUNK)):
-            yield bank_pb2.BankAuditChunk(txns=[
-                bank_pb2.BankTxn(txn_id=i, state=st, legs=[
-                    bank_pb2.Leg(account=leg.account, delta_minor=leg.delta, counterparty=leg.counterparty)
-                    for leg in legs])
-                for i, st, legs in batch])
+        # One reading of the ledger as it stands now, streamed over many awaits while payments go on:
+        # the accounts from memory, the settled transactions from the store, AUDIT_CHUNK at a time.
+        with self.ledger.audit_view() as view:
+            yield bank_pb2.BankAuditChunk(deposits_minor=view.deposits, treasury_minor=view.treasury,
+                                          currency=self.ledger.currency)
+            for i in range(0, len(view.names), AUDIT_CHUNK):
+                yield bank_pb2.BankAuditChunk(accounts=[
+                    bank_pb2.AccountState(account=n, balance_minor=b, held_minor=h, opening_minor=o)
+                    for n, b, h, o in view.accounts(view.names[i:i + AUDIT_CHUNK])])
+            txns = view.txns()
+            while chunk := list(itertools.islice(txns, AUDIT_CHUNK)):
+                yield bank_pb2.BankAuditChunk(txns=[
+                    bank_pb2.BankTxn(txn_id=i, state=st, legs=[
+                        bank_pb2.Leg(account=leg.account, delta_minor=leg.delta, counterparty=leg.counterparty)
+                        for leg in legs])
+                    for i, st, legs in chunk])
+
+
+def _cursor(account: str, row: int) -> str:
+    """The cursor for `account`'s entries older than history row `row`: the row and a tag of the account."""
+    return f"{row}.{_tag(account)}"
+
+
+def _cursor_row(account: str, cursor: str, entries: int) -> int:
+    """The row a cursor of _cursor names, checked to be one this account's history could have given."""
+    match = _CURSOR.fullmatch(cursor)
+    if match is None:
+        raise InvalidArgument(f"bad history cursor {quoted(cursor)}: pass next_cursor from an earlier page as it is")
+    row = int(match[1])
+    if match[2] != _tag(account) or not 2 <= row <= entries:
+        raise InvalidArgument(f"history cursor {quoted(cursor)} is not from a page of {account}'s history")
+    return row
+
+
+def _tag(account: str) -> str:
+    return hashlib.blake2s(account.encode(), digest_size=3).hexdigest()
+
+
+_CURSOR = re.compile(r"([1-9][0-9]{0,11})\.([0-9a-f]{6})")
 
 
 Answer = TypeVar("Answer")
@@ -229,7 +260,12 @@ async def run_bank(cluster: ClusterConfig, name: str, port: int | None = None, l
     if port is not None:
         node = dataclasses.replace(node, port=port)
     setup_node_logging(node, log_json or cluster.log_json)
-    commit, tables = await open_store(plugins, node)
+    commit, tables = await open_store(plugins, node, LIVE_TABLES)
+    try:
+        tables = await asyncio.to_thread(load_live, commit.store, tables)  # upgrades an older store first
+    except StoreDamaged as e:
+        await commit.close()
+        raise NodeStartError(f"{node.name}: refusing to start: {e}") from None
     ledger = Ledger(node.name, cluster.currency, commit, tables, hooks=NodeHooks(plugins.pm, node),
                     login_attempts=cluster.login_attempts, login_lockout_s=cluster.login_lockout_s,
                     max_balance=cluster.max_balance)

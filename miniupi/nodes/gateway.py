@@ -147,14 +147,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         account = self._readable_account(request.account)
         user, bank = self._bank_of(account)
         await self.links.settled(bank)  # a payment the caller was told of is applied first
-        reply = await self._bank_call(bank, "History", bank_pb2.BankHistoryRequest(account=user, limit=request.limit))
+        reply = await self._bank_call(bank, "History", bank_pb2.BankHistoryRequest(account=user, limit=request.limit,
+                                                                                 before=request.before))
         for entry in reply.entries:  # the links the gateway knows: refund and payment, request and payment
             txn = self.coordinator.txns.get(entry.txn_id)
             if txn is not None:
                 entry.refund_of, entry.request_id = txn.payment.refund_of, txn.payment.request_id
                 entry.refunds.extend(r.payment.txn_id for r in self.books.refunds.refunds_of(entry.txn_id)
                                      if r.state == TxnState.COMMITTED)
-        return gateway_pb2.HistoryReply(entries=reply.entries)
+        return gateway_pb2.HistoryReply(entries=reply.entries, next_cursor=reply.next_cursor)
 
     async def Pay(self, request: gateway_pb2.PayRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.PayReply:
         txn_id = validate.txn_id(request.txn_id)

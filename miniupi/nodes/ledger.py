@@ -1,20 +1,25 @@
 """A bank's accounts and its side of two-phase commit, with no gRPC in sight.
 
-State lives in memory and every change goes through the group commit
-before it is acknowledged, so a reply always describes durable state.
-Holds are derived from prepared debits, and credits in flight from
-prepared credits, never stored on their own, so neither can outlive the
-transaction that placed it.
+Memory holds what is live: the accounts (with their holds and credits in
+flight), the prepared transactions, and a decided or deposited one only
+until the write that settles it is durable. Everything settled is in the
+store (bank_store.py gives its layout) and read back by key when needed: a
+repeated prepare, decision or deposit of an old id, a page of history, the
+audit. Every change goes through the group commit before it is
+acknowledged, so a reply always describes durable state. Holds are derived
+from prepared debits, and credits in flight from prepared credits, never
+stored on their own, so neither can outlive the transaction that placed it.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from loguru import logger
 
@@ -37,11 +42,13 @@ from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after
 from miniupi.nodes.passwords import hash_password, needs_rehash, verify_password
 from miniupi.contract.identity import TREASURY  # the counterparty a deposit shows in the account's history
 from miniupi.contract.store import Put
+from miniupi.nodes.bank_store import FORMAT, history_key, history_row
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.nodes.participants import YES, Leg, Refusal, Vote
 from miniupi.states import TxnState
 
 BULK_CHUNK = 5000
+HISTORY_READS_PER_TURN = 100  # a page of history gives the event loop a turn after this many reads
 # Names without an account whose failed logins are remembered (in memory), least recently guessed
 # dropped first. Each entry costs a guesser one full password hash, so pushing a name out takes
 # most of an hour of a two-core bank: far longer than the default lock.
@@ -59,11 +66,17 @@ class Account:
     locked_until: float = 0.0
     held: int = 0
     incoming: int = 0  # credits of prepared transactions: the balance may still grow by this much
-    history: list[str] = field(default_factory=list)  # committed txn ids, oldest first
+    entries: int = 0  # history rows numbered so far; the newest is history_key(name, entries)
 
     def record(self) -> dict[str, Any]:
         return {"balance": self.balance, "password_hash": self.password_hash, "opened_at": self.opened_at,
-                "opening": self.opening, "failed_logins": self.failed_logins, "locked_until": self.locked_until}
+                "opening": self.opening, "failed_logins": self.failed_logins, "locked_until": self.locked_until,
+                "entries": self.entries}
+
+    @classmethod
+    def from_record(cls, name: str, r: dict[str, Any]) -> Account:
+        return cls(name, r["balance"], r["password_hash"], r["opened_at"], r["opening"], r.get("failed_logins", 0),
+                   r.get("locked_until", 0.0), entries=r.get("entries", 0))
 
 
 @dataclass(slots=True)
@@ -81,21 +94,44 @@ class BankTxn:
     legs: tuple[Leg, ...]
     prepared_at: float
     decided_at: float | None = None
+    balance: int | None = None  # a deposit's answer: the balance it left
 
     def record(self) -> dict[str, Any]:
-        return {
+        record = {
             "state": self.state,
             "legs": [[leg.account, leg.delta, leg.counterparty] for leg in self.legs],
             "prepared_at": self.prepared_at,
             "decided_at": self.decided_at,
         }
+        if self.balance is not None:
+            record["balance"] = self.balance
+        return record
+
+    @classmethod
+    def from_record(cls, txn_id: str, r: dict[str, Any]) -> BankTxn:
+        return cls(txn_id, TxnState(r["state"]), tuple(Leg(*leg) for leg in r["legs"]), r["prepared_at"],
+                   r["decided_at"], r.get("balance"))
+
+
+class Entry(NamedTuple):
+    """One applied leg in an account's history: row `n` of its history table."""
+
+    n: int
+    txn_id: str
+    counterparty: str
+    delta: int
+    applied_at: float
 
 
 PrepareSpec = tuple[str, str, Sequence[Leg]]  # txn_id, currency, legs
 
 
 class Ledger:
-    """Accounts, holds and prepared transactions of one bank."""
+    """Accounts, holds and prepared transactions of one bank; settled transactions in its store.
+
+    `tables` are the live tables as bank_store.load_live gives them: the
+    accounts, the meta, and in `txns` the in-doubt records.
+    """
 
     def __init__(
         self,
@@ -111,27 +147,23 @@ class Ledger:
         self.bank, self.currency, self._commit, self._hooks = bank, currency, commit, hooks
         self.max_balance = max_balance
         self.login_attempts, self.login_lockout_s = login_attempts, login_lockout_s
+        self.meta: dict[str, Any] = dict(tables.get("meta", {}))
         self.accounts: dict[str, Account] = {
-            name: Account(name, r["balance"], r["password_hash"], r["opened_at"], r["opening"],
-                          r.get("failed_logins", 0), r.get("locked_until", 0.0))
-            for name, r in tables.get("accounts", {}).items()
+            name: Account.from_record(name, r) for name, r in tables.get("accounts", {}).items()
         }
+        if self.meta.get("format") != FORMAT and self.accounts:
+            raise ValueError(f"bank {bank}: the store is not in format {FORMAT}; open it with bank_store.load_live")
+        # The live transactions: every prepared one, and a decided or deposited one until the write
+        # that settles it is durable (its repeats are answered from here meanwhile, then from the store).
         self.txns: dict[str, BankTxn] = {}
         self.prepared: set[str] = set()  # voted YES, decision not yet known
-        for txn_id, r in sorted(tables.get("txns", {}).items(), key=lambda kv: kv[1]["decided_at"] or 0):
-            txn = BankTxn(txn_id, TxnState(r["state"]), tuple(Leg(*leg) for leg in r["legs"]), r["prepared_at"],
-                          r["decided_at"])
-            self.txns[txn_id] = txn
-            if txn.state == TxnState.PREPARED:
+        self._views: set[AuditView] = set()  # audits streaming now, each as the ledger stood when it began
+        for txn_id, r in tables.get("txns", {}).items():
+            if r["state"] == TxnState.PREPARED:
+                txn = BankTxn.from_record(txn_id, r)
+                self.txns[txn_id] = txn
                 self.prepared.add(txn_id)
                 self._hold(txn, +1)
-            elif txn.state in (TxnState.COMMITTED, TxnState.DEPOSITED):
-                for leg in txn.legs:
-                    self.accounts[leg.account].history.append(txn_id)
-        self.meta: dict[str, Any] = dict(tables.get("meta", {}))
-        # A deposit's answer (the balance it left), so that a repeat gets the same one.
-        self.deposited: dict[str, int] = {txn_id: r["balance"] for txn_id, r in tables.get("txns", {}).items()
-                                          if r["state"] == TxnState.DEPOSITED}
         self._opening: set[str] = set()
         self._strangers: OrderedDict[str, _Stranger] = OrderedDict()
 
@@ -181,6 +213,8 @@ class Ledger:
             self.accounts[account.name] = account
         self.meta["deposits"] = deposits
         puts = [Put("accounts", a.name, a.record()) for a in accounts]
+        if self.meta.get("format") != FORMAT:  # a new store: its layout goes with its first accounts
+            puts.append(Put("meta", "format", FORMAT))
         try:
             await self._commit.write([*puts, Put("meta", "deposits", deposits)])
         except Exception:
@@ -188,6 +222,7 @@ class Ledger:
                 del self.accounts[account.name]
             self.meta["deposits"] -= sum(a.opening for a in accounts)
             raise
+        self.meta["format"] = FORMAT
 
     async def deposit(self, txn_id: str, name: str, amount: int) -> int:
         """Credit `amount` of new money to `name` once per txn_id, durably, and count it as issued.
@@ -199,14 +234,18 @@ class Ledger:
         """
         if amount <= 0:
             raise InvalidAmount("amount must be positive")
-        known = self.txns.get(txn_id)
+        known = self.find_txn(txn_id)
         if known is not None:
             if known.state != TxnState.DEPOSITED or known.legs != (Leg(name, amount, TREASURY),):
                 raise AlreadyExists(f"transaction {txn_id} is already used at {self.bank} for something else")
-            await self._commit.barrier()  # the first answer only once the first write is durable
-            if self.txns.get(txn_id) is not known:
-                raise StoreUnavailable(f"bank {self.bank} could not make deposit {txn_id} durable; send it again")
-            return self.deposited[txn_id]
+            if self.txns.get(txn_id) is known:  # its first write may still be under way
+                await self._commit.barrier()  # the first answer only once the first write is durable
+                known = self.find_txn(txn_id)
+                if known is None or known.state != TxnState.DEPOSITED:
+                    raise StoreUnavailable(f"bank {self.bank} could not make deposit {txn_id} durable; "
+                                           f"send it again")
+            assert known.balance is not None  # every deposit record holds its answer
+            return known.balance
         account = self.account(name)
         room = self._room(account)
         if amount > room:
@@ -216,25 +255,28 @@ class Ledger:
         if deposits > INT64_MAX:
             raise BalanceCeiling(f"bank {self.bank} cannot hold that much money")
         now = time.time()
-        txn = BankTxn(txn_id, TxnState.DEPOSITED, (Leg(name, amount, TREASURY),), now, now)
+        txn = BankTxn(txn_id, TxnState.DEPOSITED, (Leg(name, amount, TREASURY),), now, now,
+                      balance=account.balance + amount)
         # Memory first, as for a payment, so a repeat arriving during the write finds the id taken.
-        self.txns[txn_id] = txn
+        self._new_txn(txn)
+        self._changing(account)
         account.balance += amount
-        account.history.append(txn_id)
+        n = account.entries = account.entries + 1
         self.meta["deposits"], self.meta["treasury"] = deposits, treasury
-        self.deposited[txn_id] = account.balance
         try:
-            await self._commit.write([Put("txns", txn_id, {**txn.record(), "balance": account.balance}),
+            await self._commit.write([Put("txns", txn_id, txn.record()),
                                       Put("accounts", name, account.record()),
+                                      Put("history", history_key(name, n), history_row(txn_id, TREASURY, amount, now)),
                                       Put("meta", "deposits", deposits), Put("meta", "treasury", treasury)])
         except Exception:
-            del self.txns[txn_id], self.deposited[txn_id]
+            del self.txns[txn_id]
             account.balance -= amount
-            account.history.remove(txn_id)
+            self._unnumber(account, n)
             self.meta["deposits"] -= amount
             self.meta["treasury"] -= amount
             raise
-        return self.deposited[txn_id]
+        self._settled(txn)
+        return txn.balance
 
     async def check_password(self, name: str, password: str) -> tuple[bool, float]:
         """(password right, seconds the account stays locked). A locked account is not checked.
@@ -294,13 +336,26 @@ class Ledger:
             self._strangers.popitem(last=False)
         return stranger
 
-    def history(self, name: str, limit: int) -> list[tuple[BankTxn, Leg]]:
+    async def history(self, name: str, limit: int, before: int = 0) -> tuple[list[Entry], int]:
+        """Up to `limit` of `name`'s entries older than row `before` (0: the newest), newest first,
+        and the row to ask before for the next page (0: there is none).
+
+        Point reads of the history index, walking down from `before`: the
+        cost follows `limit`, not how many entries the account has. A row
+        numbered and not (or never) written, a payment whose write is still
+        under way or failed, is passed over.
+        """
         account = self.account(name)
-        out = []
-        for txn_id in reversed(account.history[-limit:]):
-            txn = self.txns[txn_id]
-            out.extend((txn, leg) for leg in txn.legs if leg.account == name)
-        return out
+        n = (before or account.entries + 1) - 1
+        entries: list[Entry] = []
+        while n >= 1 and len(entries) < limit:
+            row = self._read("history", history_key(name, n))
+            if row is not None:
+                entries.append(Entry(n, *row))
+            n -= 1
+            if n % HISTORY_READS_PER_TURN == 0:
+                await asyncio.sleep(0)  # a long page lets the payments go on meanwhile
+        return entries, (n + 1 if n >= 1 else 0)
 
     async def set_meta(self, key: str, value: Any) -> None:
         await self._commit.write([Put("meta", key, value)])
@@ -331,7 +386,8 @@ class Ledger:
         batch = _Batch()
         outcomes = [self._item(self._apply, batch, txn_id, commit) for txn_id, commit in decisions]
         votes = [self._item(self._reserve, batch, txn_id, currency, legs) for txn_id, currency, legs in prepares]
-        batch.puts.extend(Put("txns", t.txn_id, t.record()) for t in batch.voted)
+        for txn in batch.voted:
+            batch.puts += [Put("txns", txn.txn_id, txn.record()), Put("in_doubt", txn.txn_id, 1)]
         try:
             await self._commit.write(batch.puts)
         except Exception as e:
@@ -339,6 +395,8 @@ class Ledger:
                 undo()
             failed = StoreUnavailable(f"bank {self.bank} could not make the batch durable: {e}")
             return [failed] * len(outcomes), [failed] * len(votes)
+        for txn in batch.settled:
+            self._settled(txn)
         for txn in batch.applied:
             fire_after(self._hooks.miniupi_after_apply, txn_id=txn.txn_id, decision=txn.state)
         for txn in batch.voted:
@@ -362,7 +420,7 @@ class Ledger:
     def _reserve(self, batch: _Batch, txn_id: str, currency: str, legs: Sequence[Leg]) -> Vote:
         if not legs:
             raise InvalidArgument("a prepare needs at least one leg")
-        known = self.txns.get(txn_id)
+        known = self.find_txn(txn_id)
         if known is not None:
             if known.state == TxnState.PREPARED and known.legs == tuple(legs):
                 return YES
@@ -376,7 +434,7 @@ class Ledger:
             return vote
         txn = BankTxn(txn_id, TxnState.PREPARED, tuple(legs), time.time())
         self._hold(txn, +1)
-        self.txns[txn_id] = txn
+        self._new_txn(txn)
         self.prepared.add(txn_id)
         batch.voted.append(txn)
         batch.undo.append(lambda: self._unreserve(txn))
@@ -420,6 +478,7 @@ class Ledger:
         """Place (+1) or release (-1) what a prepared transaction reserves: debits held, credits incoming."""
         for leg in txn.legs:
             account = self.accounts[leg.account]
+            self._changing(account)
             if leg.delta < 0:
                 account.held += sign * -leg.delta
             else:
@@ -438,15 +497,16 @@ class Ledger:
         return (await self.decide_and_prepare(decisions, ()))[0]
 
     def _apply(self, batch: _Batch, txn_id: str, commit: bool) -> bool:
-        txn = self.txns.get(txn_id)
+        txn = self.find_txn(txn_id)
         decision = TxnState.COMMITTED if commit else TxnState.ABORTED
         if txn is None:
             if commit:
                 raise FailedPrecondition(f"transaction {txn_id} was never prepared at {self.bank}")
             txn = BankTxn(txn_id, TxnState.ABORTED, (), time.time(), time.time())
-            self.txns[txn_id] = txn
+            self._new_txn(txn)
             batch.puts.append(Put("txns", txn_id, txn.record()))
-            batch.undo.append(lambda: self.txns.pop(txn_id))
+            batch.settled.append(txn)
+            batch.undo.append(lambda: self.txns.pop(txn_id, None))
             return False
         if txn.state == decision:
             return True  # a repeat: the batch's write is its barrier
@@ -460,29 +520,130 @@ class Ledger:
         self._hold(txn, -1)
         self.prepared.discard(txn_id)
         txn.state, txn.decided_at = decision, time.time()
-        batch.puts.append(Put("txns", txn_id, txn.record()))
+        batch.puts += [Put("txns", txn_id, txn.record()), Put("in_doubt", txn_id, None)]
+        numbered: list[int] = []  # each leg's history row, when committed
         if commit:
             touched: dict[str, Account] = {}
             for leg in txn.legs:
                 account = self.accounts[leg.account]
+                self._changing(account)
                 account.balance += leg.delta
-                account.history.append(txn.txn_id)  # the id the txn holds, not a second copy of it
+                account.entries += 1
+                numbered.append(account.entries)
+                batch.puts.append(Put("history", history_key(account.name, account.entries),
+                                      history_row(txn_id, leg.counterparty, leg.delta, txn.decided_at)))
                 touched[account.name] = account
             batch.puts.extend(Put("accounts", a.name, a.record()) for a in touched.values())
         batch.applied.append(txn)
-        batch.undo.append(lambda: self._unapply(txn))
+        batch.settled.append(txn)
+        batch.undo.append(lambda: self._unapply(txn, numbered))
         return True
 
-    def _unapply(self, txn: BankTxn) -> None:
-        """Back to PREPARED, holds and all; undone in reverse order, so each history's last id is txn's."""
+    def _unapply(self, txn: BankTxn, numbered: list[int]) -> None:
+        """Back to PREPARED, holds and all."""
         if txn.state == TxnState.COMMITTED:
-            for leg in reversed(txn.legs):
+            for leg, n in zip(reversed(txn.legs), reversed(numbered)):
                 account = self.accounts[leg.account]
                 account.balance -= leg.delta
-                account.history.pop()
+                self._unnumber(account, n)
         txn.state, txn.decided_at = TxnState.PREPARED, None
         self._hold(txn, +1)
         self.prepared.add(txn.txn_id)
+
+    @staticmethod
+    def _unnumber(account: Account, n: int) -> None:
+        """Give back history row `n` of a write that failed, if no later change has numbered a row since.
+
+        Otherwise the row stays a gap, which reads pass over: numbering it
+        again could overwrite the later change's row once that is written.
+        """
+        if account.entries == n:
+            account.entries -= 1
+
+    # -- the live transactions and the store ------------------------------
+
+    def find_txn(self, txn_id: str) -> BankTxn | None:
+        """The transaction: live in memory, else settled in the store (one index lookup), else None."""
+        txn = self.txns.get(txn_id)
+        if txn is None:
+            record = self._read("txns", txn_id)
+            if record is not None:
+                txn = BankTxn.from_record(txn_id, record)
+        return txn
+
+    def _read(self, table: str, key: str) -> Any | None:
+        try:
+            return self._commit.store.get(table, key)
+        except Exception as e:
+            logger.error("bank {}: reading {}/{} from the store failed: {!r}", self.bank, table, key, e)
+            raise StoreUnavailable(f"bank {self.bank} could not read its store: {e}") from None
+
+    def _new_txn(self, txn: BankTxn) -> None:
+        """Make `txn`, an id this bank has not seen, live."""
+        self.txns[txn.txn_id] = txn
+        for view in self._views:
+            view.new.add(txn.txn_id)
+
+    def _settled(self, txn: BankTxn) -> None:
+        """`txn`'s decision or deposit is durable: from now on the store answers for it."""
+        if txn.state != TxnState.PREPARED and self.txns.get(txn.txn_id) is txn:
+            del self.txns[txn.txn_id]
+
+    def _changing(self, account: Account) -> None:
+        """`account`'s balance or holds are about to change: every audit streaming keeps them as they were."""
+        for view in self._views:
+            if account.name not in view.before:
+                view.before[account.name] = (account.balance, account.held, account.opening)
+
+    @contextlib.contextmanager
+    def audit_view(self) -> Iterator[AuditView]:
+        """The ledger as it stands now, to stream over many awaits while payments go on."""
+        view = AuditView(self)
+        self._views.add(view)
+        try:
+            yield view
+        finally:
+            self._views.discard(view)
+
+
+class AuditView:
+    """One reading of a ledger as it stood at one moment, streamed in bounded memory.
+
+    Taken at once: the counters, the account names and the live
+    transactions (few). Then, while it streams, the ledger keeps here the
+    accounts as they were before each first change, and the ids of
+    transactions new since; the settled transactions come from the store,
+    less those. So the accounts and the transactions agree, as the audit
+    needs, however long the stream takes, and memory follows the accounts
+    and what changes meanwhile, never the whole history.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self.deposits: int = ledger.meta.get("deposits", 0)
+        self.treasury: int = ledger.meta.get("treasury", 0)
+        self.names = list(ledger.accounts)
+        self.before: dict[str, tuple[int, int, int]] = {}  # name -> (balance, held, opening) when the view began
+        self.live = {t.txn_id: (t.state, t.legs) for t in ledger.txns.values()}
+        self.new: set[str] = set()  # ids first seen since the view began
+
+    def accounts(self, names: Sequence[str]) -> list[tuple[str, int, int, int]]:
+        """(name, balance, held, opening) of each, as when the view began."""
+        out = []
+        for name in names:
+            values = self.before.get(name)
+            if values is None:
+                a = self._ledger.accounts[name]
+                values = (a.balance, a.held, a.opening)
+            out.append((name, *values))
+        return out
+
+    def txns(self) -> Iterator[tuple[str, str, tuple[Leg, ...]]]:
+        """(id, state, legs) of every transaction, as when the view began: the live ones, then the store's."""
+        yield from ((txn_id, state, legs) for txn_id, (state, legs) in self.live.items())
+        for txn_id, record in self._ledger._commit.store.scan("txns"):
+            if txn_id not in self.live and txn_id not in self.new:
+                yield txn_id, record["state"], tuple(Leg(*leg) for leg in record["legs"])
 
 
 @dataclass
@@ -493,6 +654,7 @@ class _Batch:
     undo: list[Callable[[], object]] = field(default_factory=list)
     applied: list[BankTxn] = field(default_factory=list)
     voted: list[BankTxn] = field(default_factory=list)
+    settled: list[BankTxn] = field(default_factory=list)  # decided here: the store answers for them once written
 
 
 Answer = TypeVar("Answer")

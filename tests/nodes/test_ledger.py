@@ -12,6 +12,7 @@ from miniupi.contract.hookspecs import hookimpl
 from miniupi.contract.manager import NodeHooks, plugin_manager
 from miniupi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from miniupi.nodes import ledger as ledger_module
+from miniupi.nodes.bank_store import LIVE_TABLES, load_live
 from miniupi.nodes.ledger import Ledger
 from miniupi.nodes.participants import Leg
 from miniupi.plugins.storage_json import JsonStore
@@ -21,7 +22,7 @@ from miniupi.nodes.group_commit import GroupCommit
 def _open(path: Path, **kwargs: object) -> tuple[Ledger, GroupCommit]:
     store = JsonStore(path)
     commit = GroupCommit(store)
-    return Ledger("bank_a", "INR", commit, store.load(), **kwargs), commit
+    return Ledger("bank_a", "INR", commit, load_live(store, store.load(LIVE_TABLES)), **kwargs), commit
 
 
 def _debit(amount: int) -> tuple[Leg, ...]:
@@ -106,7 +107,7 @@ def test_prepared_transactions_and_holds_survive_a_reopen(tmp_path: Path) -> Non
         ledger, commit = _open(tmp_path)
         alice = ledger.accounts["alice"]
         assert (alice.balance, alice.held, ledger.prepared) == (900, 250, {txn})
-        assert [t.txn_id for t, _ in ledger.history("alice", 10)] == [done]
+        assert [e.txn_id for e in (await ledger.history("alice", 10))[0]] == [done]
         await ledger.commit(txn)
         assert (alice.balance, alice.held) == (650, 0)
         with pytest.raises(AlreadyExists):
@@ -132,20 +133,22 @@ def test_a_batch_is_decided_item_by_item_with_one_durable_write(tmp_path: Path) 
         assert isinstance(votes[1], InvalidArgument)  # no legs: refused alone
         assert (votes[2].yes, votes[2].refusal) == (False, "INSUFFICIENT_FUNDS")  # a's hold counts already
         assert votes[3].yes and votes[4].yes  # a repeat of a in the same batch: the same vote
-        assert writes == [2]
+        assert writes == [4]  # a's and d's records, and each named in_doubt
         results = await ledger.decide_many([(a, True), (d, False), (c, True), (str(uuid.uuid4()), False)])
         assert results[:2] == [True, True] and isinstance(results[2], FailedPrecondition) and results[3] is False
-        assert writes == [2, 4]  # a and alice's account, d, and the remembered unknown abort
+        # a's record, its in_doubt row gone, alice's history row and account; d's and its in_doubt row;
+        # the remembered unknown abort
+        assert writes == [4, 7]
         alice = ledger.account("alice")
         assert (alice.balance, alice.held, ledger.prepared) == (400, 0, set())
         # Decisions go first: the hold an abort releases is free for a prepare of the same batch.
         e, f = str(uuid.uuid4()), str(uuid.uuid4())
         assert (await ledger.prepare_many([(e, "INR", _debit(300))]))[0].yes
         outcomes, votes = await ledger.decide_and_prepare([(e, False)], [(f, "INR", _debit(400))])
-        assert outcomes == [True] and votes[0].yes and writes[-1] == 2
+        assert outcomes == [True] and votes[0].yes and writes[-1] == 4
         await commit.close()
         reopened, commit = _open(tmp_path)
-        assert reopened.account("alice").balance == 400 and reopened.txns[d].state == "ABORTED"
+        assert reopened.account("alice").balance == 400 and reopened.find_txn(d).state == "ABORTED"
         assert (reopened.account("alice").held, reopened.prepared) == (400, {f})
         await commit.close()
 
@@ -159,7 +162,7 @@ def test_a_batch_whose_write_fails_leaves_memory_as_it_was(tmp_path: Path) -> No
         a, b, c, unknown = (str(uuid.uuid4()) for _ in range(4))
         assert (await ledger.prepare_many([(a, "INR", _debit(100)), (b, "INR", _debit(200))]))[0].yes
         before = ledger.account("alice")
-        state = ((before.balance, before.held, list(before.history)), set(ledger.prepared), set(ledger.txns))
+        state = ((before.balance, before.held, before.entries), set(ledger.prepared), set(ledger.txns))
         store_write = ledger._commit._store.write
 
         def failing(puts: object) -> None:
@@ -170,7 +173,7 @@ def test_a_batch_whose_write_fails_leaves_memory_as_it_was(tmp_path: Path) -> No
                                                           [(c, "INR", _debit(300))])
         assert all(isinstance(x, Unavailable) for x in [*outcomes, *votes])
         after = ledger.account("alice")
-        assert ((after.balance, after.held, list(after.history)), set(ledger.prepared), set(ledger.txns)) == state
+        assert ((after.balance, after.held, after.entries), set(ledger.prepared), set(ledger.txns)) == state
         assert ledger.txns[a].state == ledger.txns[b].state == "PREPARED"
         ledger._commit._store.write = store_write  # the disk is back: the same batch goes through
         outcomes, votes = await ledger.decide_and_prepare([(a, True), (b, False), (unknown, False)],
@@ -366,7 +369,7 @@ def test_a_deposit_survives_a_restart_with_its_history_its_answer_and_the_issued
         ledger, commit = _open(tmp_path)
         assert await ledger.deposit(txn, "alice", 500) == 1500  # the stored answer, not today's balance
         assert ledger.accounts["alice"].balance == 1300
-        assert [(leg.delta, leg.counterparty) for _, leg in ledger.history("alice", 10)] == \
+        assert [(e.delta, e.counterparty) for e in (await ledger.history("alice", 10))[0]] == \
             [(-200, "bob@bank_b"), (500, "treasury")]
         assert (ledger.meta["deposits"], ledger.meta["treasury"]) == (1500, 500)
         with pytest.raises(AlreadyExists):
@@ -388,7 +391,7 @@ def test_a_payment_reusing_a_deposits_id_is_refused_and_its_abort_leaves_the_dep
         assert await ledger.abort(txn) is False  # the gateway's abort of that payment: nothing to release
         with pytest.raises(FailedPrecondition):
             await ledger.commit(txn)
-        assert (ledger.accounts["alice"].balance, ledger.txns[txn].state) == (1500, "DEPOSITED")
+        assert (ledger.accounts["alice"].balance, ledger.find_txn(txn).state) == (1500, "DEPOSITED")
         await commit.close()
 
     run(scenario())
