@@ -105,3 +105,13 @@ def point_in_time(text: str) -> datetime:
         return parse_point_in_time(text)
     except InvalidArgument as e:
         raise argparse.ArgumentTypeError(e.message) from None
+
+
+_CURSOR = re.compile(r"[!-~]{1,64}")  # printable ASCII: the bank checks the rest
+
+
+def history_cursor(text: str) -> str:
+    """A `history --before` cursor as an argparse type: what a page printed, passed on as it is."""
+    if _CURSOR.fullmatch(text):
+        return text
+    raise argparse.ArgumentTypeError(f"not a history cursor: {quoted(text)} (pass the one a page of history printed)")

@@ -116,7 +116,7 @@ def test_a_typed_line_means_what_the_same_words_mean_at_the_command_line(words: 
 @pytest.mark.parametrize("words, message", [
     (["pay"], "the following arguments are required: TO, AMOUNT (usage: pay [--id UUID] [--json] TO AMOUNT)"),
     (["history", "--limit", "0"], "argument --limit: not a count from 1 to 1000: '0' "
-                                  "(usage: history [--admin ACCOUNT] [--limit N] [--json])"),
+                                  "(usage: history [--admin ACCOUNT] [--limit N] [--before CURSOR] [--json])"),
     (["queue", "--frob"], "unrecognized arguments: --frob (usage: queue [--all] [--limit N] [--json])"),
     (["balance", "--home", "x"], "unrecognized arguments: --home x (usage: balance [--admin ACCOUNT] [--json])"),
     (["request", "bob@bank_b", "1", "--expires", "15"],

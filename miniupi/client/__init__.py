@@ -16,13 +16,19 @@ with the same id until the gateway gives a final answer.
         entry = c.submit("bob@bank_b", 12550)   # entry.state: done, failed or queued
         report = c.sync()                       # later: send what is still queued
 
+History comes a page at a time, newest first; a page's next_cursor reaches
+the older entries (empty when there are none):
+
+        page = c.history_page(limit=50)
+        older = c.history_page(limit=50, before=page.next_cursor)
+
 AsyncClient has the same methods as coroutines, and deliver_forever(), a
 background task that retries on the backoff schedule (RetryPolicy).
 """
-from miniupi.client.api import AsyncClient, Balance, Client, HistoryItem, PayResult, Session
+from miniupi.client.api import AsyncClient, Balance, Client, HistoryItem, HistoryPage, PayResult, Session
 from miniupi.backoff import RetryPolicy
 from miniupi.client.outbox import Outbox, OutboxEntry
 from miniupi.client.sync import SyncReport
 
-__all__ = ["AsyncClient", "Balance", "Client", "HistoryItem", "Outbox", "OutboxEntry", "PayResult", "RetryPolicy",
-           "Session", "SyncReport"]
+__all__ = ["AsyncClient", "Balance", "Client", "HistoryItem", "HistoryPage", "Outbox", "OutboxEntry", "PayResult",
+           "RetryPolicy", "Session", "SyncReport"]

@@ -73,6 +73,12 @@ class HistoryItem:
 
 
 @dataclass(frozen=True)
+class HistoryPage:
+    items: list[HistoryItem]  # newest first
+    next_cursor: str  # pass as `before` for the older entries; empty when there are none
+
+
+@dataclass(frozen=True)
 class Deposited:
     txn_id: str
     account: str
@@ -247,9 +253,15 @@ class AsyncClient:
         return Balance(reply.account, reply.balance.minor, reply.available.minor, reply.balance.currency)
 
     async def history(self, account: str = "", limit: int = 0) -> list[HistoryItem]:
-        reply = await self._call("History", gateway_pb2.HistoryRequest(account=account, limit=limit))
-        return [HistoryItem(e.txn_id, e.counterparty, e.delta_minor, e.currency, e.applied_at, e.refund_of,
-                            tuple(e.refunds), e.request_id) for e in reply.entries]
+        """The newest `limit` entries (0: the gateway's default); history_page reaches the older ones."""
+        return (await self.history_page(account, limit)).items
+
+    async def history_page(self, account: str = "", limit: int = 0, before: str = "") -> HistoryPage:
+        """Up to `limit` entries older than the cursor `before` (empty: the newest), and the next cursor."""
+        reply = await self._call("History", gateway_pb2.HistoryRequest(account=account, limit=limit, before=before))
+        return HistoryPage([HistoryItem(e.txn_id, e.counterparty, e.delta_minor, e.currency, e.applied_at,
+                                        e.refund_of, tuple(e.refunds), e.request_id) for e in reply.entries],
+                           reply.next_cursor)
 
     async def pay(self, to: str, amount: int, *, txn_id: str | None = None, from_account: str | None = None) -> PayResult:
         """Pay `amount` minor units once; send the same txn_id again to retry safely."""
@@ -478,6 +490,9 @@ class Client:
 
     def history(self, account: str = "", limit: int = 0) -> list[HistoryItem]:
         return self._run(self._async.history, account, limit)
+
+    def history_page(self, account: str = "", limit: int = 0, before: str = "") -> HistoryPage:
+        return self._run(self._async.history_page, account, limit, before)
 
     def pay(self, to: str, amount: int, *, txn_id: str | None = None, from_account: str | None = None) -> PayResult:
         return self._run(self._async.pay, to, amount, txn_id=txn_id, from_account=from_account)

@@ -42,7 +42,7 @@ from miniupi.errors import (
     Unauthenticated,
     Unavailable,
 )
-from miniupi.inputs import HISTORY_MAX, QUEUE_MAX, count, duration, point_in_time
+from miniupi.inputs import HISTORY_MAX, QUEUE_MAX, count, duration, history_cursor, point_in_time
 from miniupi.money import format_amount, parse_amount
 
 # The longest a collect request may wait for its payer: the gateway's bound (MAX_EXPIRY_S in nodes/collect.py).
@@ -231,15 +231,19 @@ async def balance(front: Front, args: argparse.Namespace) -> None:
 
 
 async def history(front: Front, args: argparse.Namespace) -> None:
+    """A page of history, newest first; its last line says how to ask for the older ones."""
     async with _reader(front, args) as c:
-        items = await c.history(args.admin or "", limit=args.limit)
+        page = await c.history_page(args.admin or "", limit=args.limit, before=args.before or "")
+    items = page.items
     if args.json:
-        _say(front, json.dumps([{"txn_id": i.txn_id, "counterparty": i.counterparty, "amount": format_amount(i.delta),
-                                 "currency": i.currency, "applied_at": i.applied_at, "refund_of": i.refund_of or None,
-                                 "refunds": list(i.refunds), "request_id": i.request_id or None} for i in items]))
+        _say(front, json.dumps({"entries": [
+            {"txn_id": i.txn_id, "counterparty": i.counterparty, "amount": format_amount(i.delta),
+             "currency": i.currency, "applied_at": i.applied_at, "refund_of": i.refund_of or None,
+             "refunds": list(i.refunds), "request_id": i.request_id or None} for i in items],
+            "next_cursor": page.next_cursor or None}))
         return
     if not items:
-        _say(front, "no payments yet")
+        _say(front, "no older payments" if args.before else "no payments yet")
     for i in items:
         when = datetime.fromtimestamp(i.applied_at).strftime("%Y-%m-%d %H:%M:%S")
         direction = "from" if i.delta > 0 else "to  "
@@ -248,6 +252,9 @@ async def history(front: Front, args: argparse.Namespace) -> None:
         links += ["a collect request"] if i.request_id else []
         _say(front, f"{when}  {format_amount(i.delta):>12} {i.currency}  {direction} {i.counterparty}  {i.txn_id}"
              + (f"  ({'; '.join(links)})" if links else ""))
+    if page.next_cursor:
+        admin = f" --admin {args.admin}" if args.admin else ""
+        _say(front, f"older payments: {front.tell(f'history{admin} --limit {args.limit} --before {page.next_cursor}')}")
 
 
 async def pay(front: Front, args: argparse.Namespace) -> None:
@@ -505,10 +512,12 @@ def _build() -> dict[str, Verb]:
     _admin(p)
     verbs.append(Verb(p, balance, uses_home=True))
 
-    p = VerbParser("history", "your applied payments, newest first")
+    p = VerbParser("history", "your applied payments, newest first, a page at a time")
     _admin(p)
     p.add_argument("--limit", type=count(HISTORY_MAX), default=20, metavar="N",
                    help=f"how many, 1 to {HISTORY_MAX} (default 20)")
+    p.add_argument("--before", type=history_cursor, metavar="CURSOR",
+                   help="the older payments: the cursor the last line of a page gives")
     verbs.append(Verb(p, history, uses_home=True))
 
     p = VerbParser("pay", "pay another account; queued if the gateway is unreachable")

@@ -121,8 +121,9 @@ def test_pay_balance_and_history_json_are_machine_readable(cluster: LocalCluster
     assert balance == {"account": payer, "balance": "8.75", "available": "8.75", "currency": "INR"}
 
     history = json.loads(ok(cluster, "history", "--json", home=home))
-    assert [(h["txn_id"], h["counterparty"], h["amount"], h["currency"]) for h in history] == [
+    assert [(h["txn_id"], h["counterparty"], h["amount"], h["currency"]) for h in history["entries"]] == [
         (result["txn_id"], payee, "-1.25", "INR")]
+    assert history["next_cursor"] is None  # no older page
     assert library_balance(cluster, payee) == (1_25, 1_25)
 
 

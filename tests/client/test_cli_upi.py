@@ -187,7 +187,7 @@ def test_refund_part_then_the_rest_then_more_is_refused_and_both_sides_show_the_
     assert (refund["from"], refund["to"], refund["amount"], refund["refund_of"]) == (payee, payer, "15.00", txn_id)
 
     history = json.loads(ok(cluster, "history", "--json", home=tmp_path / "payer"))
-    by_id = {i["txn_id"]: i for i in history}
+    by_id = {i["txn_id"]: i for i in history["entries"]}
     assert sorted(by_id[txn_id]["refunds"]) == sorted([match.group(1), rest["refund_id"]])
     assert by_id[rest["refund_id"]]["refund_of"] == txn_id
     assert f"(refund of {txn_id})" in ok(cluster, "history", home=tmp_path / "payee")

@@ -197,7 +197,7 @@ def test_repl_answers_the_attack_runs_lines_in_one_line_each_and_stays_alive(clu
         for line, answer in [
             (f"pay {payee} 1e999999", "error: not an amount: '1e999999'"),
             ("history --limit -1", "error: argument --limit: not a count from 1 to 1000: '-1'"),
-            ("history -1", "error: unrecognized arguments: -1 (usage: history [--admin ACCOUNT] [--limit N] [--json])"),
+            ("history -1", "error: unrecognized arguments: -1 (usage: history [--admin ACCOUNT] [--limit N] [--before CURSOR] [--json])"),
             (f"pay {payee} 1,50", "error: not an amount: '1,50'"),
             (f"pay {payee} \u0661", "error: not an amount: '\u0661'"),
             ("__class__", "unknown command '__class__'"),
