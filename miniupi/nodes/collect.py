@@ -74,10 +74,15 @@ class Request:
         return self.payer, self.payee, self.amount, self.currency, self.note
 
 
+# Line and paragraph separators (Zl, Zp) start a new line for many readers of a payer's screen, as a
+# control character would: a note must stay on the one line it is shown on.
+_LINE_BREAKS = ("Zl", "Zp")
+
+
 def check_note(note: str) -> str:
     if len(note) > MAX_NOTE:
         raise InvalidArgument(f"note must be at most {MAX_NOTE} characters")
-    if any(unicodedata.category(ch).startswith("C") for ch in note):
+    if any(unicodedata.category(ch).startswith("C") or unicodedata.category(ch) in _LINE_BREAKS for ch in note):
         raise InvalidArgument("note must not hold control or invisible format characters")
     return note
 
