@@ -160,25 +160,26 @@ def test_twenty_refunds_at_once_with_the_payees_bank_paused_never_give_back_more
         cluster: LocalCluster, new_user: Callable[..., Client]) -> None:
     payer, payee = new_user("bank_a", 50_00), new_user("bank_b", 0)
     original = paid(payer, payee, 30_00)
-    # Half ask for "all that is left" (no amount), half for 7.00: together far more than 30.00.
-    asks = [(str(uuid.uuid4()), 0 if i % 2 else 7_00) for i in range(20)]
+    # 7.00 each, then half of them "all that is left" (no amount): together far more than 30.00.
+    asks = [(str(uuid.uuid4()), 0 if i > 10 and i % 2 else 7_00) for i in range(20)]
 
-    async def refund_all() -> list[object]:
+    async def refund_all(batch: list[tuple[str, int]]) -> list[object]:
         async with AsyncClient(cluster.config, session=payee.session) as c:
-            return await asyncio.gather(*(c.refund(original, amount, refund_id=rid) for rid, amount in asks),
+            return await asyncio.gather(*(c.refund(original, amount, refund_id=rid) for rid, amount in batch),
                                         return_exceptions=True)
 
-    async def with_a_pause() -> list[object]:
-        refunds = asyncio.ensure_future(refund_all())
-        await asyncio.sleep(0.05)
+    async def around_a_pause() -> None:
+        # The first ten reach a frozen bank and time out (2 s), so they abort and give their share back
+        # while the bank, thawed, may still vote on them; the other ten race for what is left.
         pid = cluster.kill_node("bank_b", signal.SIGSTOP)  # the payee's bank, where every refund debits
         try:
-            await asyncio.sleep(1.0)
+            frozen = asyncio.ensure_future(refund_all(asks[:10]))
+            await asyncio.sleep(2.5)
         finally:
             os.kill(pid, signal.SIGCONT)
-        return await refunds
+        await asyncio.gather(frozen, refund_all(asks[10:]))
 
-    asyncio.run(with_a_pause())
+    asyncio.run(around_a_pause())
     for rid, amount in asks:  # every id to its final answer, sent again as a client would
         final(lambda rid=rid, amount=amount: payee.refund(original, amount, refund_id=rid))
 
