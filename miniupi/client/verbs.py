@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import shlex
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, TextIO
 
@@ -467,11 +468,29 @@ async def decline(front: Front, args: argparse.Namespace) -> None:
     _emit(front, args, describe.request_json(r), describe.declined(r))
 
 
+def _window_end(option: str, moment: datetime | None, zone: tzinfo) -> float | None:
+    """--since or --until as Unix seconds, in the cluster's zone unless it carries an offset.
+
+    Refused unless the report can show it: after the epoch (0 on the wire leaves that end open, so
+    --until at the epoch would report everything) and within the years a date has in the cluster's zone.
+    """
+    if moment is None:
+        return None
+    ts = (moment if moment.tzinfo else moment.replace(tzinfo=zone)).timestamp()
+    try:
+        datetime.fromtimestamp(ts, zone)
+    except (OverflowError, ValueError, OSError):
+        ts = math.inf
+    if not 0 < ts < math.inf:
+        raise InvalidArgument(f"{option} must be after 1970-01-01T00:00Z and before the year 10000 in {zone}, "
+                              f"not {moment.isoformat()}")
+    return ts
+
+
 async def settlement(front: Front, args: argparse.Namespace) -> None:
     """What the banks owe each other, with the admin certificate; times are the cluster's time zone's."""
     zone = front.cluster.zone
-    since, until = (None if t is None else (t if t.tzinfo else t.replace(tzinfo=zone)).timestamp()
-                    for t in (args.since, args.until))
+    since, until = _window_end("--since", args.since, zone), _window_end("--until", args.until, zone)
     if since is not None and until is not None and until <= since:
         raise InvalidArgument("--until must be after --since")
     async with AsyncClient(front.cluster, identity="admin") as c:

@@ -38,6 +38,10 @@ MAX_EXPIRY_S = 7 * 24 * 3600
 MAX_NOTE = 140
 # Pending requests one requester may have open at once: asking is free, so it is bounded.
 MAX_PENDING_PER_REQUESTER = 100
+# Pending requests one account may be asked at once, whoever asks: accounts are free too, so without it
+# many requesters could grow a payer's list past what one ListRequests reply carries (4 MB for a client).
+# With both bounds and the longest notes, the list is under 0.5 MB.
+MAX_PENDING_PER_PAYER = 500
 
 
 class RequestState(StrEnum):
@@ -74,10 +78,15 @@ class Request:
         return self.payer, self.payee, self.amount, self.currency, self.note
 
 
+# Line and paragraph separators (Zl, Zp) start a new line for many readers of a payer's screen, as a
+# control character would: a note must stay on the one line it is shown on.
+_LINE_BREAKS = ("Zl", "Zp")
+
+
 def check_note(note: str) -> str:
     if len(note) > MAX_NOTE:
         raise InvalidArgument(f"note must be at most {MAX_NOTE} characters")
-    if any(unicodedata.category(ch).startswith("C") for ch in note):
+    if any(unicodedata.category(ch).startswith("C") or unicodedata.category(ch) in _LINE_BREAKS for ch in note):
         raise InvalidArgument("note must not hold control or invisible format characters")
     return note
 
@@ -166,6 +175,10 @@ class CollectBook:
         if pending >= MAX_PENDING_PER_REQUESTER:
             raise TooManyRequests(f"{request.payee} already has {pending} pending requests; "
                                   "wait for some to be answered or to expire")
+        asked = sum(1 for r in self._of(request.payer)
+                    if r.payer == request.payer and self.state(r, request.created_at)[0] == RequestState.PENDING)
+        if asked >= MAX_PENDING_PER_PAYER:  # how many is the payer's business: the requester is not told
+            raise TooManyRequests(f"{request.payer} has too many requests waiting for an answer; ask again later")
         self._add(request)  # memory first: a repeat during the write finds it
         try:
             await self._commit.write([Put(TABLE, request.request_id, _row(request))])
