@@ -628,3 +628,26 @@ def test_a_write_to_a_quiet_store_goes_down_on_the_loop_and_busy_writes_are_grou
     busy = store.threads[1:-1]
     assert busy and all(name.startswith("store") for name in busy) and len(busy) < 3 * 20
     assert reopened(open_store, tmp_path) == {"t": {"lone": 1, "lone_again": 2, **{f"busy{i}": 2 for i in range(20)}}}
+
+
+def test_sqlite_damage_in_a_file_too_large_to_check_at_open_is_found_where_it_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restart time must not follow the history stored, so a large file is not checked whole at open."""
+    file = tmp_path / "store.sqlite3"
+    store = SqliteStore(file)
+    store.write([Put("t", f"k{i}", "x" * 200) for i in range(300)])
+    store.close()
+    data = bytearray(file.read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)
+    file.write_bytes(bytes(data))
+    monkeypatch.setattr(storage_sqlite, "QUICK_CHECK_MAX_BYTES", 1024)
+    store = SqliteStore(file)  # opens: only the header was read
+    try:
+        with pytest.raises(StoreDamaged, match=str(file)):
+            store.load(["t"])
+        with pytest.raises(StoreDamaged, match=str(file)):
+            store.get("t", "k1")
+        with pytest.raises(StoreDamaged, match=str(file)):
+            list(store.scan("t"))
+    finally:
+        store.close()
