@@ -40,7 +40,7 @@ from miniupi.nodes.coordinator import Coordinator, Payment, Txn
 from miniupi.nodes.issuance import DepositOrder, Issuer
 from miniupi.nodes.limits import DailyLimit
 from miniupi.nodes.refunds import RefundBook
-from miniupi.nodes.gateway_store import live_tables
+from miniupi.nodes.gateway_store import live_tables, upgrade
 from miniupi.nodes.settlement import Settler
 from miniupi.nodes.passwords import MAX_PASSWORD
 from miniupi.nodes.server import NodeStartError, open_store, serve
@@ -382,6 +382,7 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
     # Only what is live; settled payments, refunds, requests and deposits are read by key when needed.
     commit, tables = await open_store(plugins, node, live_tables(getattr(sessions, "tables", ("sessions",))))
     await sessions.load(tables, commit)  # before serving: every live key works from the first call
+    tables = await upgrade(commit, tables, cluster)  # a store from before the indexes gets them, once
     hooks = NodeHooks(plugins.pm, node)
     links = BankLinks(cluster)
     links.watch()

@@ -21,7 +21,7 @@ from miniupi.config import parse_config
 from miniupi.contract.store import Put
 from miniupi.errors import AlreadyExists, DailyLimitReached, InsufficientFunds, RefundExceedsPayment
 from miniupi.nodes.coordinator import Coordinator, Payment, Txn
-from miniupi.nodes.gateway_store import META, live_tables
+from miniupi.nodes.gateway_store import FORMAT, META, current, index_puts, live_tables
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.nodes.limits import DailyLimit
 from miniupi.nodes.participants import YES, Ack, Refusal, Vote
@@ -145,7 +145,7 @@ def test_a_replayed_old_id_is_read_from_the_store_and_a_restart_reads_only_what_
         pending = Txn(pay(5_00), TxnState.COMMITTED, decided_at=time.time())
         store.write([Put("txns", pending.payment.txn_id, pending.record()), Put(UNFINISHED, pending.payment.txn_id,
                                                                                 True)])
-        store.write([Put(META, "format", {"version": 2})])
+        store.write([Put(META, "format", {"version": FORMAT})])
         again = Gateway(store, banks)
         assert await again.coordinator.recover() == (0, 1)
         assert [k for k in store.reads if k[0] == "scan"] == []
@@ -216,3 +216,32 @@ def test_a_row_written_beside_a_commit_that_failed_does_not_count_it_after_a_res
     # Had the first batch gone down after all, its commit counts.
     store.write([Put("txns", a.payment.txn_id, {**a.record(), "state": TxnState.COMMITTED})])
     assert Tallies("refunds", store, cache=0).look("orig").committed == 50_00
+
+
+def test_an_old_store_gets_its_indexes_from_one_pass_over_its_records() -> None:
+    now = time.time()
+    old = {
+        "done": Txn(pay(60_00), TxnState.COMMITTED, acked=True, created_at=now),
+        "unacked": Txn(pay(5_00), TxnState.COMMITTED, created_at=now),
+        "undecided": Txn(pay(7_00), TxnState.INITIATED, created_at=now),
+        "aborted": Txn(pay(9_00), TxnState.ABORTED, acked=True, created_at=now),
+        "last_year": Txn(pay(8_00), TxnState.COMMITTED, acked=True, created_at=now - 365 * 86400),
+    }
+    refund = Txn(pay(20_00, refund_of="done", payer="bob@bank_b", payee="alice@bank_a"), TxnState.COMMITTED,
+                 acked=True, created_at=now)
+    request = {"payer": "alice@bank_a", "payee": "bob@bank_b", "amount": 1_00, "currency": "INR", "note": "",
+               "created_at": now, "expires_at": now + 900, "declined_at": 0.0}
+    store = DictStore({
+        "txns": {**{k: t.record() for k, t in old.items()}, "r1": refund.record()},
+        "requests": {"open": request, "gone": {**request, "expires_at": now - 1},
+                     "no": {**request, "declined_at": now}},
+        "sessions": {"s": {"account": "alice@bank_a"}},
+    })
+    assert not current(store.load([META]))
+    puts = {(p.table, p.key): p.value for p in index_puts(store, CLUSTER, now)}  # type: ignore[arg-type]
+    assert store.reads["scan", "txns"] == 1
+    assert {k for t, k in puts if t == UNFINISHED} == {"unacked", "undecided"}
+    assert puts["refunds", "done"] == {"ids": ["r1"], "committed": 20_00}
+    today = DailyLimit(CLUSTER).day(now).isoformat()
+    assert {k: v for (t, k), v in puts.items() if t == "daily"} == {f"{today}|alice@bank_a": {"committed": 65_00}}
+    assert {k for t, k in puts if t == "open_requests"} == {"open"}
