@@ -1,7 +1,7 @@
 """What an auth plugin gives the gateway: sessions it can start, check and end, kept in the gateway's store."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from miniupi.contract.store import Put
@@ -25,6 +25,10 @@ class SessionLog(Protocol):
 
 
 class Authenticator(Protocol):
+    # The tables of the gateway's store it keeps, loaded whole at start and handed to `load`
+    # (the gateway loads only its live tables; one without this attribute gets "sessions").
+    tables: Collection[str]
+
     async def load(self, tables: Mapping[str, Mapping[str, Any]], log: SessionLog) -> None:
         """Take the sessions the store kept, once, before the gateway serves; write to `log` from then on."""
 

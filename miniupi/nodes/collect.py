@@ -7,9 +7,17 @@ then makes two approvals, from one device or two, one payment, and a
 restart cannot pay it twice. A request's state is therefore read, not
 kept: PAYING, PAID or FAILED from its payment when there is one, else
 DECLINED, EXPIRED or PENDING from the row and the clock.
+
+Memory holds the open requests only (pending, or being paid), indexed by
+account for the polls; the table "open_requests" names them, so a restart
+reads those rows and not every request ever made. A request closes when
+its payment is decided (in the decision's batch: the book is a
+coordinator.Guard), when it is declined, or when it expires; from then on
+it is read from the store by id.
 """
 from __future__ import annotations
 
+import heapq
 import time
 import unicodedata
 from collections import defaultdict
@@ -30,9 +38,11 @@ from miniupi.errors import (
 )
 from miniupi.nodes.coordinator import Payment, Txn
 from miniupi.nodes.group_commit import GroupCommit
+from miniupi.nodes.txn_index import TxnIndex
 from miniupi.states import TxnState
 
 TABLE = "requests"
+OPEN = "open_requests"  # request id -> true while it is pending or being paid
 DEFAULT_EXPIRY_S = 15 * 60
 MAX_EXPIRY_S = 7 * 24 * 3600
 MAX_NOTE = 140
@@ -100,41 +110,121 @@ def check_expiry(expires_in_s: int) -> int:
 
 
 class CollectBook:
-    """Every request, durable through `commit`; its payments live in the coordinator's `txns`."""
+    """The open requests in memory, every request durable through `commit`; payments are the coordinator's `txns`."""
 
     def __init__(self, commit: GroupCommit, tables: Mapping[str, Mapping[str, Any]],
-                 txns: Mapping[str, Txn], taken: Container[str]) -> None:
-        """`taken`: ids a request may not have besides payments' (deposits)."""
+                 txns: TxnIndex[Txn], taken: Container[str]) -> None:
+        """`tables`: the live tables loaded at start ("open_requests"); `taken`: ids a request may not
+        have besides payments' (deposits)."""
         self._commit, self._txns, self._taken = commit, txns, taken
-        self._requests: dict[str, Request] = {}
-        # account -> ids of the requests it asked or is asked, oldest first: a poll reads only its own
+        self._store = commit.store
+        self._open: dict[str, Request] = {}
+        # account -> ids of the open requests it asked or is asked, oldest first: a poll reads only its own
         self._by_account: dict[str, list[str]] = defaultdict(list)
-        rows = sorted(tables.get(TABLE, {}).items(), key=lambda item: item[1]["created_at"])
-        for request_id, row in rows:
-            self._add(Request(request_id=request_id, **row))
+        self._expiries: list[tuple[float, str]] = []  # a heap of (expires_at, id), to close expired requests
+        loaded, stale = [], []
+        for request_id in tables.get(OPEN, {}):
+            request = self._read(request_id)
+            if request is None:
+                stale.append(request_id)
+            else:
+                loaded.append(request)
+        for request in sorted(loaded, key=lambda r: r.created_at):
+            self._add(request)
+        if stale:
+            commit.write_later([Put(OPEN, request_id, None) for request_id in stale])
+
+    def _read(self, request_id: str) -> Request | None:
+        row = self._store.get(TABLE, request_id)
+        return None if row is None else Request(request_id=request_id, **row)
+
+    def _get(self, request_id: str) -> Request | None:
+        """The request: open ones from memory, closed ones from the store."""
+        request = self._open.get(request_id)
+        return request if request is not None else self._read(request_id)
 
     def _add(self, request: Request) -> None:
-        self._requests[request.request_id] = request
+        self._open[request.request_id] = request
         self._by_account[request.payer].append(request.request_id)
         self._by_account[request.payee].append(request.request_id)
+        heapq.heappush(self._expiries, (request.expires_at, request.request_id))
 
     def _remove(self, request: Request) -> None:
-        del self._requests[request.request_id]
-        self._by_account[request.payer].remove(request.request_id)
-        self._by_account[request.payee].remove(request.request_id)
+        """Out of memory: closed (the store has it), or never recorded."""
+        if self._open.pop(request.request_id, None) is None:
+            return
+        for account in (request.payer, request.payee):
+            ids = self._by_account.get(account)
+            if ids is not None and request.request_id in ids:
+                ids.remove(request.request_id)
+                if not ids:
+                    del self._by_account[account]
+        if len(self._expiries) > 2 * len(self._open) + 64:  # mostly closed ones: rebuild
+            self._expiries = [(r.expires_at, i) for i, r in self._open.items()]
+            heapq.heapify(self._expiries)
+
+    def _sweep(self, now: float) -> None:
+        """Close the open requests that expired unpaid and undeclined."""
+        expired = []
+        while self._expiries and self._expiries[0][0] <= now:
+            expires_at, request_id = heapq.heappop(self._expiries)
+            request = self._open.get(request_id)
+            if request is None or request.expires_at != expires_at:
+                continue
+            if request.declined_at or self._txns.is_live(request_id):
+                continue  # its decline's write or its payment's decision closes it
+            expired.append(request)
+        for request in expired:
+            self._remove(request)
+        if expired:  # lost in a crash, the next start only sweeps them again
+            self._commit.write_later([Put(OPEN, r.request_id, None) for r in expired])
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
 
     def _of(self, account: str) -> Iterator[Request]:
-        return (self._requests[i] for i in self._by_account.get(account, ()))
+        return (self._open[i] for i in self._by_account.get(account, ()))
 
-    def __contains__(self, request_id: str) -> bool:
-        return request_id in self._requests
+    def __contains__(self, request_id: object) -> bool:
+        return isinstance(request_id, str) and self._get(request_id) is not None
 
-    def __iter__(self) -> Iterator[Request]:
-        return iter(self._requests.values())
+    def scan(self) -> Iterator[Request]:
+        """Every request, in bounded memory: the store's in id order, open ones as memory has them."""
+        seen: set[str] = set()
+        for request_id, row in self._store.scan(TABLE):
+            request = self._open.get(request_id)
+            if request is not None:
+                seen.add(request_id)
+                yield request
+            else:
+                yield Request(request_id=request_id, **row)
+        for request_id, request in list(self._open.items()):
+            if request_id not in seen:
+                yield request
+
+    # -- a Guard of the coordinator: a request closes with its payment's decision ---------------
+
+    def admit(self, payment: Payment, now: float) -> None:
+        pass
+
+    def release(self, txn: Txn) -> None:
+        pass
+
+    def deciding(self, txn: Txn, decision: TxnState) -> list[Put]:
+        return [Put(OPEN, txn.payment.request_id, None)] if txn.payment.request_id else []
+
+    def decided(self, txn: Txn, decision: TxnState, durable: bool) -> None:
+        if durable and txn.payment.request_id:
+            request = self._open.get(txn.payment.request_id)
+            if request is not None:
+                self._remove(request)
 
     def state(self, request: Request, now: float | None = None) -> tuple[RequestState, str]:
         """The request's state, and the refusal's message when its payment failed."""
-        txn = self._txns.get(request.request_id)
+        request_id = request.request_id
+        # An open request's payment, if any, is live: no need to ask the store.
+        txn = self._txns.get(request_id) if request_id not in self._open or self._txns.is_live(request_id) else None
         if txn is not None:
             if txn.state == TxnState.COMMITTED:
                 return RequestState.PAID, ""
@@ -149,23 +239,25 @@ class CollectBook:
 
     def find(self, request_id: str, caller: str) -> Request:
         """The request, for its payer or its payee; for anyone else NOT_FOUND, as for an unknown id."""
-        request = self._requests.get(request_id)
+        request = self._get(request_id)
         if request is None or caller not in (request.payer, request.payee):
             raise NotFound(f"no collect request {request_id}")
         return request
 
     def open_for(self, account: str, now: float) -> list[Request]:
         """The requests to and from `account` that are pending or being paid, oldest first."""
+        self._sweep(now)
         return [r for r in self._of(account) if self.state(r, now)[0] in (RequestState.PENDING, RequestState.PAYING)]
 
     async def ask(self, request: Request) -> Request:
         """Record a new request durably; the same id with the same details returns the first one."""
-        known = self._requests.get(request.request_id)
+        self._sweep(request.created_at)
+        known = self._get(request.request_id)
         if known is not None:
             if known.details != request.details:
                 raise AlreadyExists(f"request id {request.request_id} was already used for another request")
             await self._commit.barrier()  # the first record is durable before the repeat is answered
-            if request.request_id not in self._requests:
+            if self._get(request.request_id) is None:
                 raise StoreUnavailable(f"gateway could not record request {request.request_id}; send it again")
             return known
         if request.request_id in self._txns or request.request_id in self._taken:
@@ -181,7 +273,8 @@ class CollectBook:
             raise TooManyRequests(f"{request.payer} has too many requests waiting for an answer; ask again later")
         self._add(request)  # memory first: a repeat during the write finds it
         try:
-            await self._commit.write([Put(TABLE, request.request_id, _row(request))])
+            await self._commit.write([Put(TABLE, request.request_id, _row(request)),
+                                      Put(OPEN, request.request_id, True)])
         except Exception as e:
             self._remove(request)
             raise StoreUnavailable(f"gateway could not record request {request.request_id}: {e}") from e
@@ -210,12 +303,14 @@ class CollectBook:
         if state != RequestState.PENDING:
             raise RequestClosed(f"request {request_id} is {state.lower()}; only a pending request can be declined")
         declined = Request(**{**asdict(request), "declined_at": now})
-        self._requests[request_id] = declined  # at once: an approval from now on is refused
+        self._open[request_id] = declined  # at once: an approval from now on is refused
         try:
-            await self._commit.write([Put(TABLE, request_id, _row(declined))])
+            await self._commit.write([Put(TABLE, request_id, _row(declined)), Put(OPEN, request_id, None)])
         except Exception as e:
-            self._requests[request_id] = request
+            self._open[request_id] = request
+            heapq.heappush(self._expiries, (request.expires_at, request_id))  # a sweep may have passed it by
             raise StoreUnavailable(f"gateway could not record that request {request_id} was declined: {e}") from e
+        self._remove(declined)  # closed: read from the store from now on
         return declined
 
 

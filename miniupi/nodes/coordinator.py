@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +37,7 @@ from miniupi.nodes.patience import PreparePatience
 from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after, fire_before
 from miniupi.contract.store import Put
 from miniupi.nodes.group_commit import GroupCommit
+from miniupi.nodes.txn_index import UNFINISHED, TxnIndex, finished, unfinished
 from miniupi.states import TxnState
 # Phase 2 resends, and the abort of a payment whose decision write failed:
 # 0.1-0.2 s, then doubling up to 5-10 s.
@@ -132,26 +133,37 @@ class Guard(Protocol):
 
     `admit` runs before a new id is recorded, in the same step of the event
     loop as the record entering memory, so no two payments can both pass a
-    bound they pass only together. An admitted payment counts until it
-    aborts (`release`); a committed one counts for good.
+    bound they pass only together; what it needs from the store it reads
+    there and then (a synchronous `get`). An admitted payment counts until
+    it aborts; a committed one counts for good. What a guard keeps of
+    decided payments goes into the decision's own batch (`deciding`), so the
+    store never holds a decision without it, nor it without the decision.
     """
-
-    def load(self, txns: Mapping[str, Txn]) -> None:
-        """Count the stored payments, once, after presumed abort (nothing is in flight). `txns` is live:
-        the coordinator adds each new payment to it."""
-        ...
 
     def admit(self, payment: Payment, now: float) -> None:
         """Raise the refusal, or count the payment as in flight."""
         ...
 
     def release(self, txn: Txn) -> None:
-        """An admitted payment aborted, or was never recorded: stop counting it."""
+        """An admitted payment was never recorded: stop counting it."""
+        ...
+
+    def deciding(self, txn: Txn, decision: TxnState) -> list[Put]:
+        """The puts to write with `txn`'s decision; for a payment admitted before a restart too
+        (presumed abort), which the guard has not counted in this process."""
+        ...
+
+    def decided(self, txn: Txn, decision: TxnState, durable: bool) -> None:
+        """The decision's batch was written (`durable`), or failed: the payment is then still in flight."""
         ...
 
 
 class Coordinator:
-    """2PC over `banks`, with every step made durable through `commit`; knows nothing of gRPC."""
+    """2PC over `banks`, with every step made durable through `commit`; knows nothing of gRPC.
+
+    `tables` are the live tables loaded at start: the coordinator needs
+    "unfinished" (txn_index.py); `txns`, if given, is the index already made.
+    """
 
     def __init__(
         self,
@@ -162,14 +174,15 @@ class Coordinator:
         call_timeout_s: float,
         hooks: NodeHooks = NO_HOOKS,
         guards: Sequence[Guard] = (),
+        txns: TxnIndex[Txn] | None = None,
     ) -> None:
         self._banks, self._commit = banks, commit
         self._prepare_timeout, self._call_timeout = prepare_timeout_s, call_timeout_s
         self._hooks = hooks
         self._guards = tuple(guards)
-        self.txns: dict[str, Txn] = {
-            txn_id: Txn.from_record(txn_id, r) for txn_id, r in tables.get("txns", {}).items()
-        }
+        # The live payments in memory, the settled ones read from the store (txn_index.py).
+        self.txns: TxnIndex[Txn] = txns if txns is not None else TxnIndex(
+            commit.store, Txn.from_record, tables.get(UNFINISHED, {}))
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         self._in_flight = 0  # payments between their INITIATED record and their decision
@@ -178,18 +191,32 @@ class Coordinator:
     # -- recovery -------------------------------------------------------
 
     async def recover(self) -> tuple[int, int]:
-        """Presumed abort for undecided ids; resend every unacknowledged decision. Run once, before serving."""
-        undecided = [t for t in self.txns.values() if t.state == TxnState.INITIATED]
+        """Presumed abort for undecided ids; resend every unacknowledged decision. Run once, before serving.
+
+        Reads only what is unfinished: the live payments the index loaded, never the history.
+        """
+        undecided = [t for t in self.txns.live() if t.state == TxnState.INITIATED]
         now = time.time()
+        message = "payment aborted: the gateway restarted before deciding"
+        puts = [finished(txn_id) for txn_id in self.txns.stale]
         for txn in undecided:
-            txn.state, txn.code = TxnState.ABORTED, Aborted.code
-            txn.message = "payment aborted: the gateway restarted before deciding"
-            txn.reason, txn.decided_at = Aborted.reason, now
-        if undecided:
-            await self._commit.write([Put("txns", t.payment.txn_id, t.record()) for t in undecided])
-        for guard in self._guards:
-            guard.load(self.txns)
-        pending = [t for t in self.txns.values() if not t.acked]
+            aborted = {**txn.record(), "state": TxnState.ABORTED, "code": Aborted.code, "message": message,
+                       "reason": Aborted.reason, "decided_at": now}
+            puts.append(Put("txns", txn.payment.txn_id, aborted))
+            puts += self._deciding(txn, TxnState.ABORTED)
+        if puts:
+            try:
+                await self._commit.write(puts)
+            except Exception:
+                for txn in undecided:
+                    self._decided(txn, TxnState.ABORTED, False)
+                raise
+        self.txns.stale.clear()
+        for txn in undecided:
+            txn.state, txn.code, txn.message, txn.reason, txn.decided_at = (
+                TxnState.ABORTED, Aborted.code, message, Aborted.reason, now)
+            self._decided(txn, TxnState.ABORTED, True)
+        pending = [t for t in self.txns.live() if not t.acked]
         for txn in pending:
             self._spawn(self._resend_decision(txn))
         return len(undecided), len(pending)
@@ -214,11 +241,11 @@ class Coordinator:
                 guard.release(txn)
             raise
         txn = Txn(payment, TxnState.INITIATED, created_at=now, finished=asyncio.get_running_loop().create_future())
-        self.txns[payment.txn_id] = txn  # in the same step as the admissions: see Guard
+        self.txns.add(payment.txn_id, txn)  # in the same step as the admissions: see Guard
         try:
-            await self._commit.write([Put("txns", payment.txn_id, txn.record())])
+            await self._commit.write([Put("txns", payment.txn_id, txn.record()), unfinished(payment.txn_id)])
         except Exception as e:
-            del self.txns[payment.txn_id]
+            self.txns.discard(payment.txn_id)
             self._release(txn)
             txn.finished.set_result(None)
             raise StoreUnavailable(f"gateway could not record the payment: {e}") from e
@@ -263,8 +290,10 @@ class Coordinator:
         decided = {**txn.record(), "state": decision, "code": code, "message": message, "reason": reason,
                    "decided_at": decided_at}
         try:
-            await self._commit.write([Put("txns", txn.payment.txn_id, decided)])  # the commit point
+            # The commit point; the guards' rows go down with it.
+            await self._commit.write([Put("txns", txn.payment.txn_id, decided), *self._deciding(txn, decision)])
         except Exception as e:
+            self._decided(txn, decision, False)
             # Nobody may hear a decision the disk does not hold: the payment stays undecided
             # (banks asking are told INITIATED) until an abort reaches the disk, as a restart
             # would presume.
@@ -274,8 +303,7 @@ class Coordinator:
             raise StoreUnavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.
         txn.state, txn.code, txn.message, txn.reason, txn.decided_at = decision, code, message, reason, decided_at
-        if decision == TxnState.ABORTED:
-            self._release(txn)
+        self._decided(txn, decision, True)
         fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=txn.state)
         self._start_phase_two(txn)
 
@@ -343,14 +371,16 @@ class Coordinator:
             failures += 1
             await asyncio.sleep(RETRY.delay(failures, _rng))
             try:
-                await self._commit.write([Put("txns", txn.payment.txn_id, aborted)])
+                await self._commit.write([Put("txns", txn.payment.txn_id, aborted),
+                                          *self._deciding(txn, TxnState.ABORTED)])
                 break
             except Exception as e:
+                self._decided(txn, TxnState.ABORTED, False)
                 logger.error("abort of undecided {} could not be made durable ({!r}); trying again",
                              txn.payment.txn_id, e)
         txn.state, txn.code, txn.message, txn.reason = TxnState.ABORTED, Aborted.code, message, Aborted.reason
         txn.decided_at = decided_at
-        self._release(txn)
+        self._decided(txn, TxnState.ABORTED, True)
         logger.warning("{} aborted: its decision could not be recorded", txn.payment.txn_id)
         fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=TxnState.ABORTED)
         self._start_phase_two(txn)
@@ -376,11 +406,19 @@ class Coordinator:
     def _mark_acked(self, txn: Txn) -> None:
         txn.acked = True
         # Losing this write only means the decision is sent once more after a restart.
-        self._commit.write_later([Put("txns", txn.payment.txn_id, txn.record())])
+        self._commit.write_later([Put("txns", txn.payment.txn_id, txn.record()), finished(txn.payment.txn_id)])
+        self.txns.retire(txn.payment.txn_id)  # settled: from now on read from the store (or the cache)
 
     def _release(self, txn: Txn) -> None:
         for guard in self._guards:
             guard.release(txn)
+
+    def _deciding(self, txn: Txn, decision: TxnState) -> list[Put]:
+        return [put for guard in self._guards for put in guard.deciding(txn, decision)]
+
+    def _decided(self, txn: Txn, decision: TxnState, durable: bool) -> None:
+        for guard in self._guards:
+            guard.decided(txn, decision, durable)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -1,10 +1,13 @@
 """The gateway node: a gRPC adapter over the Coordinator and the session issuer."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import itertools
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TypeVar
 
 import grpc
 from loguru import logger
@@ -37,9 +40,11 @@ from miniupi.nodes.coordinator import Coordinator, Payment, Txn
 from miniupi.nodes.issuance import DepositOrder, Issuer
 from miniupi.nodes.limits import DailyLimit
 from miniupi.nodes.refunds import RefundBook
-from miniupi.nodes.settlement import settle
+from miniupi.nodes.gateway_store import live_tables, upgrade
+from miniupi.nodes.settlement import Settler
 from miniupi.nodes.passwords import MAX_PASSWORD
 from miniupi.nodes.server import NodeStartError, open_store, serve
+from miniupi.nodes.txn_index import UNFINISHED, TxnIndex, cache_size
 from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after
 from miniupi.contract.registry import Plugins, check_plugins
 from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -47,6 +52,8 @@ from miniupi.v1 import bank_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 # A bank's refusals the gateway passes on to its own caller as they are; any other failure at a
 # bank is the bank's trouble, not the caller's mistake, and is told as the bank being unavailable.
 _PASSED_ON = (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition)
+CHUNK = 2000  # transactions or requests per message of ListTransactions, and per step of Settlement
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +283,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise InvalidArgument("since and until must be Unix times, or 0 for an open end")
         if since and until and until <= since:
             raise InvalidArgument("until must be after since")
-        report = settle(self.coordinator.txns.values(), self.cluster.banks, since, until)
+        settler = Settler(since, until)
+        for chunk in _chunks(self.coordinator.txns.scan()):  # from the store, in bounded memory
+            for _, txn in chunk:
+                settler.add(txn)
+            await asyncio.sleep(0)  # payments go on between chunks
+        report = settler.report(self.cluster.banks)
         currency = self.cluster.currency
 
         def flows(items: list) -> list[gateway_pb2.BankFlow]:
@@ -291,8 +303,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def ListTransactions(self, request: gateway_pb2.ListTransactionsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[gateway_pb2.TransactionChunk]:
         if current_peer.get() != ADMIN:
             raise PermissionDenied("only the admin may list transactions")
-        txns = list(self.coordinator.txns.values())
-        for batch in (txns[i:i + 2000] for i in range(0, len(txns), 2000)):
+        for batch in _chunks(self.coordinator.txns.scan()):  # from the store, in bounded memory
             yield gateway_pb2.TransactionChunk(txns=[
                 gateway_pb2.GatewayTxn(
                     txn_id=t.payment.txn_id, from_account=t.payment.payer, to_account=t.payment.payee,
@@ -300,11 +311,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     state=common_pb2.TxnState.Value(t.state), acknowledged=t.acked, refusal_code=t.code,
                     refund_of=t.payment.refund_of, request_id=t.payment.request_id, created_at=t.created_at,
                     decided_at=t.decided_at)
-                for t in batch])
-        now = time.time()
-        requests = list(self.books.requests)
-        for batch in (requests[i:i + 2000] for i in range(0, len(requests), 2000)):
-            yield gateway_pb2.TransactionChunk(requests=[self._collect_request(r, now) for r in batch])
+                for _, t in batch])
+        for requests in _chunks(self.books.requests.scan()):
+            now = time.time()
+            yield gateway_pb2.TransactionChunk(requests=[self._collect_request(r, now) for r in requests])
 
     async def Deposit(self, request: gateway_pb2.DepositRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.DepositReply:
         """New money, by the treasury only: its id bound here cluster-wide, then credited once by the bank."""
@@ -339,6 +349,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return gateway_pb2.GetDecisionReply(state=common_pb2.TxnState.Value(state))
 
 
+def _chunks(items: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
+    """`items` in lists of `size`, read as they are needed."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
 def _only_treasury() -> None:
     """Issuing money is the treasury's alone, whatever auth plugin runs in front of this servicer."""
     if current_peer.get() != TREASURY:
@@ -359,19 +376,27 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
                              "issues no sessions, and the gateway must authenticate customers")
     sessions = auth.authenticator
     setup_node_logging(node, log_json or cluster.log_json)
-    commit, tables = await open_store(plugins, node)
+    try:
+        cache = cache_size()
+    except ValueError as e:
+        raise NodeStartError(f"{node.name}: {e}") from None
+    # Only what is live; settled payments, refunds, requests and deposits are read by key when needed.
+    commit, tables = await open_store(plugins, node, live_tables(getattr(sessions, "tables", ("sessions",))))
     await sessions.load(tables, commit)  # before serving: every live key works from the first call
+    tables = await upgrade(commit, tables, cluster)  # a store from before the indexes gets them, once
     hooks = NodeHooks(plugins.pm, node)
     links = BankLinks(cluster)
     links.watch()
-    refunds = RefundBook()
-    coordinator = Coordinator(links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s,
-                              hooks=hooks, guards=(refunds, DailyLimit(cluster)))
-    issuer = Issuer(commit, tables, coordinator.txns)
-    books = Books(issuer, refunds, CollectBook(commit, tables, coordinator.txns, issuer))
+    txns = TxnIndex(commit.store, Txn.from_record, tables.get(UNFINISHED, {}), cache)
+    issuer = Issuer(commit, txns)
+    refunds = RefundBook(txns, cache)
+    requests = CollectBook(commit, tables, txns, issuer)
+    coordinator = Coordinator(links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s, hooks=hooks,
+                              guards=(refunds, DailyLimit(cluster, commit.store, cache), requests), txns=txns)
+    books = Books(issuer, refunds, requests)
     aborted, resent = await coordinator.recover()
-    if aborted or resent:
-        logger.info("recovery: {} undecided payments aborted, {} decisions being resent", aborted, resent)
+    logger.info("recovery: {} undecided payments aborted, {} decisions being resent, {} open requests in memory; "
+                "a cache of {} settled payments", aborted, resent, requests.open_count, txns.cache_limit)
 
     def add_services(server: grpc.aio.Server) -> list[str]:
         gateway_pb2_grpc.add_GatewayServicer_to_server(

@@ -4,15 +4,14 @@ A bank keeps a deposit idempotent by its id, but only among its own
 transactions: the same id sent for an account at another bank would credit
 twice. So the gateway records each id with its details durably before the
 bank hears of it, as it does for payments, and refuses an id that a payment
-or another deposit already took.
+or another deposit already took. Memory holds a deposit only while its
+record is being written; after that it is read from the store by id.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any
-
 from miniupi.errors import AlreadyExists, StoreUnavailable
 from miniupi.contract.store import Put
 from miniupi.nodes.group_commit import GroupCommit
@@ -28,12 +27,19 @@ class DepositOrder:
 
 
 class Issuer:
-    def __init__(self, commit: GroupCommit, tables: dict[str, dict[str, Any]], payments: Container[str]) -> None:
+    def __init__(self, commit: GroupCommit, payments: Container[str]) -> None:
         self._commit, self._payments = commit, payments
-        self._orders = {txn_id: (r["account"], r["amount"]) for txn_id, r in tables.get(TABLE, {}).items()}
+        self._writing: dict[str, tuple[str, int]] = {}  # deposits whose record is on its way to the disk
 
-    def __contains__(self, txn_id: str) -> bool:
-        return txn_id in self._orders
+    def _known(self, txn_id: str) -> tuple[str, int] | None:
+        order = self._writing.get(txn_id)
+        if order is not None:
+            return order
+        row = self._commit.store.get(TABLE, txn_id)
+        return None if row is None else (row["account"], row["amount"])
+
+    def __contains__(self, txn_id: object) -> bool:
+        return isinstance(txn_id, str) and self._known(txn_id) is not None
 
     async def record(self, order: DepositOrder) -> None:
         """Bind the id to this deposit, durably; a repeat of the same deposit passes, anything else is refused.
@@ -43,19 +49,18 @@ class Issuer:
         """
         if order.txn_id in self._payments:
             raise AlreadyExists(f"transaction {order.txn_id} is a payment, not a deposit")
-        known = self._orders.get(order.txn_id)
+        known = self._known(order.txn_id)
         if known is not None:
             if known != (order.account, order.amount):
                 raise AlreadyExists(f"deposit {order.txn_id} was made with other details")
             await self._commit.barrier()  # the first record is durable before the repeat goes on
-            if order.txn_id not in self._orders:
+            if self._known(order.txn_id) is None:
                 raise StoreUnavailable(f"gateway could not record deposit {order.txn_id}; send it again")
             return
         # Memory first, so a repeat arriving during the write finds the id taken.
-        self._orders[order.txn_id] = (order.account, order.amount)
+        self._writing[order.txn_id] = (order.account, order.amount)
         try:
             await self._commit.write([Put(TABLE, order.txn_id, {
                 "account": order.account, "amount": order.amount, "created_at": time.time()})])
-        except Exception:
-            del self._orders[order.txn_id]
-            raise
+        finally:
+            del self._writing[order.txn_id]  # written: the store answers from now on; failed: the id is free

@@ -5,41 +5,45 @@ the payment it gives back (`refund_of`). The book counts, per original,
 every refund admitted and not aborted; a new one is admitted only while
 that sum stays within the original amount. The check and the count happen
 in one step of the event loop (coordinator.Guard), so twenty refund
-requests at once cannot together pass it, and a restart rebuilds the sums
-from the stored refunds after presumed abort.
+requests at once cannot together pass it.
+
+Per original, the store keeps a row (table "refunds": its refund ids,
+oldest first, and the sum committed), written in the batch of each refund's
+decision (tallies.py); memory keeps it only while a refund of that payment
+is in flight, and a few recent ones in a cache. A restart reads none of
+them: each is read back when a refund, a look at the payment or its
+history needs it.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Mapping
-
-from miniupi.errors import NotRefundable, PermissionDenied, RefundExceedsPayment
+from miniupi.contract.store import Put
+from miniupi.errors import NotFound, NotRefundable, PermissionDenied, RefundExceedsPayment
 from miniupi.money import format_amount
 from miniupi.nodes.coordinator import Payment, Txn
+from miniupi.nodes.tallies import Tallies, Tally
+from miniupi.nodes.txn_index import TxnIndex, cache_size
 from miniupi.states import TxnState
+
+TABLE = "refunds"  # original txn id -> {"ids": [refund ids, oldest first], "committed": minor}
 
 
 class RefundBook:
     """A Guard (coordinator.py) over refunds, and the index from a payment to its refunds."""
 
-    def __init__(self) -> None:
-        self._txns: Mapping[str, Txn] = {}
-        self._counted: dict[str, int] = defaultdict(int)  # original id -> refunds admitted and not aborted
-        self._refunds: dict[str, list[str]] = defaultdict(list)  # original id -> refund ids, oldest first
-
-    def load(self, txns: Mapping[str, Txn]) -> None:
+    def __init__(self, txns: TxnIndex[Txn], cache: int | None = None) -> None:
         self._txns = txns
-        self._counted.clear()
-        self._refunds.clear()
-        for txn in sorted((t for t in txns.values() if t.payment.refund_of), key=lambda t: t.created_at):
-            original = txn.payment.refund_of
-            self._refunds[original].append(txn.payment.txn_id)
-            if txn.state != TxnState.ABORTED:
-                self._counted[original] += txn.payment.amount
+        self._tallies = Tallies(TABLE, txns.store, cache_size() if cache is None else cache, keep_ids=True)
 
     def refunds_of(self, txn_id: str) -> list[Txn]:
         """The refunds of a payment, oldest first, whatever their state."""
-        return [self._txns[r] for r in self._refunds.get(txn_id, ()) if r in self._txns]
+        refunds = []
+        for refund_id in self._tallies.look(txn_id).ids:
+            txn = self._txns.get(refund_id)
+            # A row may name an id whose record never reached the disk (a failed write), and
+            # that id may since have gone to something else.
+            if txn is not None and txn.payment.refund_of == txn_id:
+                refunds.append(txn)
+        return refunds
 
     def refunded(self, txn_id: str) -> int:
         """The committed refunds of a payment, in minor units."""
@@ -47,7 +51,7 @@ class RefundBook:
 
     def left(self, original: Txn) -> int:
         """What may still be refunded: the amount less every refund admitted and not aborted."""
-        return original.payment.amount - self._counted.get(original.payment.txn_id, 0)
+        return original.payment.amount - self._tallies.look(original.payment.txn_id).counted
 
     def refundable(self, original: Txn, refunder: str) -> None:
         """Raise why `refunder` may not refund `original`; the caller has checked they are a party to it."""
@@ -63,22 +67,29 @@ class RefundBook:
     def admit(self, payment: Payment, now: float) -> None:
         if not payment.refund_of:
             return
-        original = self._txns[payment.refund_of]
-        left = self.left(original)
-        if payment.amount > left:
-            currency = payment.currency
-            raise RefundExceedsPayment(
-                f"refund of {format_amount(payment.amount)} {currency} exceeds what is left to refund of "
-                f"{payment.refund_of}: {format_amount(left)} of {format_amount(original.payment.amount)} {currency}")
-        self._counted[payment.refund_of] += payment.amount
-        self._refunds[payment.refund_of].append(payment.txn_id)
+        original = self._txns.get(payment.refund_of)
+        if original is None:
+            raise NotFound(f"no transaction {payment.refund_of}")
+
+        def within(tally: Tally) -> None:
+            left = original.payment.amount - tally.counted
+            if payment.amount > left:
+                currency = payment.currency
+                raise RefundExceedsPayment(
+                    f"refund of {format_amount(payment.amount)} {currency} exceeds what is left to refund of "
+                    f"{payment.refund_of}: {format_amount(left)} of {format_amount(original.payment.amount)} "
+                    f"{currency}")
+
+        self._tallies.count(payment.refund_of, payment.txn_id, payment.amount, within)
 
     def release(self, txn: Txn) -> None:
-        original = txn.payment.refund_of
-        if not original:
-            return
-        self._counted[original] -= txn.payment.amount
-        if txn.payment.txn_id not in self._txns:  # refused before it was recorded: no link to show
-            ids = self._refunds[original]
-            if txn.payment.txn_id in ids:
-                ids.remove(txn.payment.txn_id)
+        if txn.payment.refund_of:
+            self._tallies.uncount(txn.payment.refund_of, txn.payment.txn_id)
+
+    def deciding(self, txn: Txn, decision: TxnState) -> list[Put]:
+        p = txn.payment
+        return [self._tallies.row(p.refund_of, p.txn_id, p.amount, decision)] if p.refund_of else []
+
+    def decided(self, txn: Txn, decision: TxnState, durable: bool) -> None:
+        if txn.payment.refund_of:
+            self._tallies.written(txn.payment.refund_of, txn.payment.txn_id, decision, durable)

@@ -38,24 +38,38 @@ def in_window(when: float, since: float, until: float) -> bool:
     return (not since or when >= since) and (not until or when < until)
 
 
-def settle(txns: Iterable[Txn], banks: Iterable[str], since: float = 0.0, until: float = 0.0) -> Settlement:
-    """The report for the payments that committed in [since, until)."""
-    totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    for txn in txns:
-        if txn.state != TxnState.COMMITTED or not in_window(txn.decided_at, since, until):
-            continue
+class Settler:
+    """Settlement over a stream of transactions, in memory that does not grow with them."""
+
+    def __init__(self, since: float = 0.0, until: float = 0.0) -> None:
+        self.since, self.until = since, until
+        self._totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+
+    def add(self, txn: Txn) -> None:
+        if txn.state != TxnState.COMMITTED or not in_window(txn.decided_at, self.since, self.until):
+            return
         p = txn.payment
-        pair = totals[(p.payer.rpartition("@")[2], p.payee.rpartition("@")[2])]
+        pair = self._totals[(p.payer.rpartition("@")[2], p.payee.rpartition("@")[2])]
         pair[0] += p.amount
         pair[1] += 1
-    net = dict.fromkeys(banks, 0)
-    gross, intra = [], []
-    for (frm, to), (amount, count) in sorted(totals.items()):
-        flow = Flow(frm, to, amount, count)
-        if frm == to:
-            intra.append(flow)
-            continue
-        gross.append(flow)
-        net[frm] = net.get(frm, 0) - amount
-        net[to] = net.get(to, 0) + amount
-    return Settlement(since, until, gross, net, intra)
+
+    def report(self, banks: Iterable[str]) -> Settlement:
+        net = dict.fromkeys(banks, 0)
+        gross, intra = [], []
+        for (frm, to), (amount, count) in sorted(self._totals.items()):
+            flow = Flow(frm, to, amount, count)
+            if frm == to:
+                intra.append(flow)
+                continue
+            gross.append(flow)
+            net[frm] = net.get(frm, 0) - amount
+            net[to] = net.get(to, 0) + amount
+        return Settlement(self.since, self.until, gross, net, intra)
+
+
+def settle(txns: Iterable[Txn], banks: Iterable[str], since: float = 0.0, until: float = 0.0) -> Settlement:
+    """The report for the payments that committed in [since, until)."""
+    settler = Settler(since, until)
+    for txn in txns:
+        settler.add(txn)
+    return settler.report(banks)

@@ -96,6 +96,8 @@ class SessionStore:
     every one ever started.
     """
 
+    tables = (TABLE,)
+
     def __init__(self, idle_s: float, max_s: float, clock: Callable[[], float] = time.time) -> None:
         self.idle_s, self.max_s, self._clock = idle_s, max_s, clock
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently used first

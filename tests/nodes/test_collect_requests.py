@@ -42,6 +42,7 @@ from upi_helpers import (
     outcome,
     request_state,
     upi_violations,
+    tiny_gateway_cache,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -56,7 +57,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path_factory.mktemp("collect"), SPEC) as c:
+    with tiny_gateway_cache(), LocalCluster(tmp_path_factory.mktemp("collect"), SPEC) as c:
         yield c
 
 

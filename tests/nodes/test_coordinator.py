@@ -81,7 +81,8 @@ class FlakyStore(SqliteStore):
     failing = False
 
     def write(self, batch: Sequence[Put]) -> None:
-        if self.failing and any(put.value["state"] != TxnState.INITIATED for put in batch if put.value):
+        if self.failing and any(put.value["state"] != TxnState.INITIATED
+                                for put in batch if put.table == "txns" and put.value):
             raise OSError(28, "No space left on device")
         super().write(batch)
 

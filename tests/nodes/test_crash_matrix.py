@@ -392,19 +392,28 @@ class DecisionStore:
         self.deciding = threading.Event()
         self.release = threading.Event()
         self.durable: dict[str, str] = {}
+        self.records: dict[tuple[str, str], Any] = {}
 
-    def load(self) -> dict[str, dict[str, Any]]:
+    def load(self, tables: Any = None) -> dict[str, dict[str, Any]]:
         return {}
 
+    def get(self, table: str, key: str) -> Any:
+        return self.records.get((table, key))  # a payment acknowledged by every bank is read back
+
+    def scan(self, table: str) -> Iterator[tuple[str, Any]]:
+        return iter(())
+
     def write(self, batch: Any) -> None:
-        if any(put.value and put.value.get("state") != "INITIATED" for put in batch):
+        txns = [put for put in batch if put.table == "txns"]
+        if any(put.value and put.value.get("state") != "INITIATED" for put in txns):
             self.deciding.set()
             self.release.wait(10)
             if self.fail or self.fail_first > 0:
                 self.fail_first -= 1
                 raise OSError(28, "No space left on device")
-        for put in batch:
+        for put in txns:
             self.durable[put.key] = put.value["state"]
+        self.records.update(((put.table, put.key), put.value) for put in batch)
 
     def close(self) -> None:
         pass
@@ -560,9 +569,16 @@ class HeldStore:
     def __init__(self) -> None:
         self.hold, self.fail = "", ""
         self.holding, self.release = threading.Event(), threading.Event()
+        self.records: dict[tuple[str, str], Any] = {}
 
-    def load(self) -> dict[str, dict[str, Any]]:
+    def load(self, tables: Any = None) -> dict[str, dict[str, Any]]:
         return {}
+
+    def get(self, table: str, key: str) -> Any:
+        return self.records.get((table, key))
+
+    def scan(self, table: str) -> Iterator[tuple[str, Any]]:
+        return iter(())
 
     def write(self, batch: Any) -> None:
         keys = {put.key for put in batch}
@@ -571,6 +587,7 @@ class HeldStore:
             self.release.wait(10)
         if self.fail in keys:
             raise OSError(28, "No space left on device")
+        self.records.update(((put.table, put.key), put.value) for put in batch)
 
     def close(self) -> None:
         pass

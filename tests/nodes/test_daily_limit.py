@@ -24,7 +24,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from conftest import PASSWORD, PLUGIN_DIR, me, money, unique_name
+from dict_store import DictStore
 from miniupi.client.api import AsyncClient, Client
+from miniupi.contract.store import Put
 from miniupi.errors import DailyLimitReached, InsufficientFunds, MiniupiError, UnknownAccount
 from miniupi.nodes.coordinator import Payment, Txn
 from miniupi.nodes.limits import DailyLimit
@@ -40,6 +42,7 @@ from upi_helpers import (
     until_final,
     wait_restarted,
     gateway_reaches_every_bank,
+    tiny_gateway_cache,
 )
 
 sys.path.insert(0, str(PLUGIN_DIR))  # the nodes load it from PYTHONPATH; the test arms it directly
@@ -61,7 +64,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with faults_on_pythonpath(), LocalCluster(tmp_path_factory.mktemp("limits"), SPEC) as c:
+    with faults_on_pythonpath(), tiny_gateway_cache(), LocalCluster(tmp_path_factory.mktemp("limits"), SPEC) as c:
         yield c
 
 
@@ -268,10 +271,10 @@ def test_payments_before_a_gateway_crash_still_count_and_one_in_flight_at_the_cr
 # -- the calendar day, in process --------------------------------------------------------
 
 
-def _limit(zone: str) -> DailyLimit:
+def _limit(zone: str, store: DictStore | None = None) -> DailyLimit:
     cluster = SimpleNamespace(zone=ZoneInfo(zone), time_zone=zone, currency="INR",
                               daily_limit_of=lambda account: LIMIT)
-    return DailyLimit(cluster)  # type: ignore[arg-type]
+    return DailyLimit(cluster, store)  # type: ignore[arg-type]
 
 
 def _at(zone: str, *when: int) -> float:
@@ -315,22 +318,31 @@ def test_an_abort_after_midnight_gives_back_nothing_of_the_new_day() -> None:
     assert limit.sent_today("p@bank_a", today) == LIMIT
 
 
-def test_refunds_never_count_and_a_restart_counts_only_todays_live_payments() -> None:
+def test_refunds_never_count_and_a_restart_counts_only_todays_committed_payments() -> None:
     limit = _limit("UTC")
     for _ in range(5):
         limit.admit(_payment(LIMIT, refund_of=str(uuid.uuid4())), time.time())
     assert limit.sent_today("p@bank_a", time.time()) == 0
 
+    store = DictStore()
+    limit = _limit("UTC", store)
     now = time.time()
-    txns = {}
     for amount, state, created_at, refund_of in [
             (30_00, TxnState.COMMITTED, now, ""),
-            (20_00, TxnState.INITIATED, now, ""),  # cannot be, after presumed abort; counted all the same
             (40_00, TxnState.ABORTED, now, ""),
             (50_00, TxnState.COMMITTED, now, "x"),  # a refund
             (70_00, TxnState.COMMITTED, now - 2 * 86400, ""),  # another day
     ]:
         p = Payment(str(uuid.uuid4()), "p@bank_a", "q@bank_b", amount, "INR", refund_of=refund_of)
-        txns[p.txn_id] = Txn(p, state, created_at=created_at)
-    limit.load(txns)
-    assert limit.sent_today("p@bank_a", time.time()) == 50_00
+        limit.admit(p, created_at)
+        txn = Txn(p, TxnState.INITIATED, created_at=created_at)
+        # As the coordinator writes a decision: the record and the guard's row in one batch.
+        store.write([Put("txns", p.txn_id, {**txn.record(), "state": state}), *limit.deciding(txn, state)])
+        limit.decided(txn, state, True)
+    limit.admit(_payment(20_00), now)  # in flight when the gateway dies: a restart presumes it aborted
+    assert limit.sent_today("p@bank_a", now) == 50_00
+
+    store.reads.clear()
+    restarted = _limit("UTC", store)
+    assert restarted.sent_today("p@bank_a", now) == 30_00
+    assert store.reads["scan", "txns"] == 0 and store.gets("daily") == 1  # one row: this payer's day

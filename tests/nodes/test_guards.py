@@ -14,7 +14,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, strategies as st
 
+from dict_store import DictStore
 from miniupi.config import parse_config
+from miniupi.contract.store import Put
 from miniupi.errors import DailyLimitReached
 from miniupi.nodes.coordinator import Payment, Txn
 from miniupi.nodes.limits import DailyLimit
@@ -80,22 +82,31 @@ def test_a_per_account_exception_replaces_the_cluster_limit() -> None:
         limit.admit(payment("t2", 1_001, payer="vip@bank_a"), now)
 
 
+def decide(limit: DailyLimit, store: DictStore, p: Payment, state: TxnState, created_at: float) -> None:
+    """Admit `p` and write its decision as the coordinator does: the record and the guard's rows in one batch."""
+    limit.admit(p, created_at)
+    txn = Txn(p, TxnState.INITIATED, created_at=created_at)
+    store.write([Put("txns", p.txn_id, {**txn.record(), "state": state}), *limit.deciding(txn, state)])
+    limit.decided(txn, state, True)
+
+
 def test_a_restart_counts_todays_committed_payments_only() -> None:
     import time
 
-    limit = DailyLimit(CLUSTER)
+    store = DictStore()
+    limit = DailyLimit(CLUSTER, store)
     now = time.time()
-    txns = {
-        "a": Txn(payment("a", 6_000), TxnState.COMMITTED, created_at=now),
-        "b": Txn(payment("b", 6_000), TxnState.ABORTED, created_at=now),
-        "c": Txn(payment("c", 6_000), TxnState.COMMITTED, created_at=now - 3 * 86400),
-        "d": Txn(payment("d", 6_000, refund_of="z"), TxnState.COMMITTED, created_at=now),
-    }
-    limit.load(txns)
-    assert limit.sent_today("alice@bank_a", now) == 6_000
-    limit.admit(payment("e", 4_000), now)
+    decide(limit, store, payment("a", 6_000), TxnState.COMMITTED, now)
+    decide(limit, store, payment("b", 3_000), TxnState.ABORTED, now)
+    decide(limit, store, payment("c", 6_000), TxnState.COMMITTED, now - 3 * 86400)
+    decide(limit, store, payment("d", 6_000, refund_of="z"), TxnState.COMMITTED, now)
+
+    restarted = DailyLimit(CLUSTER, store)
+    assert restarted.sent_today("alice@bank_a", now) == 6_000
+    restarted.admit(payment("e", 4_000), now)
     with pytest.raises(DailyLimitReached):
-        limit.admit(payment("f", 1), now)
+        restarted.admit(payment("f", 1), now)
+    assert store.reads["scan", "txns"] == 0  # a payer's day is one row, read when needed
 
 
 BANKS = ["bank_a", "bank_b", "bank_c"]

@@ -46,6 +46,7 @@ from upi_helpers import (
     outcome,
     until_final,
     wait_restarted,
+    tiny_gateway_cache,
 )
 
 sys.path.insert(0, str(PLUGIN_DIR))  # the nodes load it from PYTHONPATH; the test arms it directly
@@ -65,7 +66,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with faults_on_pythonpath(), LocalCluster(tmp_path_factory.mktemp("refunds"), SPEC) as c:
+    with faults_on_pythonpath(), tiny_gateway_cache(), LocalCluster(tmp_path_factory.mktemp("refunds"), SPEC) as c:
         yield c
 
 

@@ -23,6 +23,7 @@ import pytest
 from conftest import PLUGIN_DIR, wait_for
 from miniupi.client.api import Client
 from miniupi.errors import MiniupiError, NotFound, Unavailable
+from miniupi.nodes.txn_index import CACHE_ENV
 from miniupi.ops.audit import audit
 from miniupi.ops.testing import LocalCluster
 from miniupi.tls import dial
@@ -189,6 +190,15 @@ def faults_on_pythonpath() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def tiny_gateway_cache() -> Iterator[None]:
+    """A gateway started inside the block keeps one settled payment and one idle sum per guard in memory:
+    everything else it reads back from its store, so the module's tests run on those reads."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(CACHE_ENV, "1")
+        yield
+
+
 def every_node_running(cluster: LocalCluster) -> None:
     """Start any node a failed test left stopped or frozen (SIGCONT is harmless to a running one)."""
     for node in cluster.config.nodes:
@@ -199,4 +209,4 @@ def every_node_running(cluster: LocalCluster) -> None:
 
 __all__ = ["GatewayTxn", "StoredRequest", "gateway_listing", "request_state", "upi_violations",
            "assert_cluster_clean", "gateway_reaches_every_bank", "wait_restarted", "kill_and_restart",
-           "until_final", "outcome", "faults_on_pythonpath", "every_node_running"]
+           "until_final", "outcome", "faults_on_pythonpath", "tiny_gateway_cache", "every_node_running"]

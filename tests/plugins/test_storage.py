@@ -8,7 +8,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -468,8 +468,14 @@ class GatedStore:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        return self.inner.load()
+    def load(self, tables: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+        return self.inner.load(tables)
+
+    def get(self, table: str, key: str) -> Any | None:
+        return self.inner.get(table, key)
+
+    def scan(self, table: str) -> Iterator[tuple[str, Any]]:
+        return self.inner.scan(table)
 
     def write(self, batch: Sequence[Put]) -> None:
         self.calls.append(len(batch))
@@ -559,8 +565,14 @@ class ThreadRecordingStore:
         self.inner, self.delay_s = inner, delay_s
         self.threads: list[str] = []
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        return self.inner.load()
+    def load(self, tables: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+        return self.inner.load(tables)
+
+    def get(self, table: str, key: str) -> Any | None:
+        return self.inner.get(table, key)
+
+    def scan(self, table: str) -> Iterator[tuple[str, Any]]:
+        return self.inner.scan(table)
 
     def write(self, batch: Sequence[Put]) -> None:
         self.threads.append(threading.current_thread().name)

@@ -1,0 +1,49 @@
+"""A Store in a dict, for the gateway's pieces tested in process: it counts what is read."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
+
+from miniupi.contract.store import Put
+
+
+class DictStore:
+    """miniupi.contract.store.Store over {table: {key: value}}; `reads` counts get, scan and load calls
+    by table, `writes` the batches written."""
+
+    def __init__(self, tables: dict[str, dict[str, Any]] | None = None) -> None:
+        self.tables: dict[str, dict[str, Any]] = tables if tables is not None else {}
+        self.reads: Counter[tuple[str, str]] = Counter()  # ("get" | "scan" | "load", table) -> calls
+        self.writes: list[list[Put]] = []
+
+    def load(self, tables: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+        names = list(self.tables) if tables is None else list(tables)
+        for name in names:
+            self.reads["load", name] += 1
+        return {name: dict(self.tables[name]) for name in names if self.tables.get(name)}
+
+    def get(self, table: str, key: str) -> Any | None:
+        self.reads["get", table] += 1
+        return self.tables.get(table, {}).get(key)
+
+    def scan(self, table: str) -> Iterator[tuple[str, Any]]:
+        self.reads["scan", table] += 1
+        for key in sorted(self.tables.get(table, {})):
+            value = self.tables.get(table, {}).get(key)
+            if value is not None:
+                yield key, value
+
+    def write(self, batch: Sequence[Put]) -> None:
+        self.writes.append(list(batch))
+        for table, key, value in batch:
+            if value is None:
+                self.tables.get(table, {}).pop(key, None)
+            else:
+                self.tables.setdefault(table, {})[key] = value
+
+    def close(self) -> None:
+        pass
+
+    def gets(self, table: str) -> int:
+        return self.reads["get", table]
