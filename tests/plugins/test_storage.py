@@ -243,12 +243,35 @@ def test_json_lost_journal_line_is_damage(tmp_path: Path) -> None:
         open_json(tmp_path)
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"seq": 1}', b'{"seq": 1, "tables": {"t": 5}}',
-                                     b'{"seq": 1, "tables": {"t": {"k": NaN}}}'])
+@pytest.mark.parametrize("content", [
+    b"{not json", b"[]", b'{"seq": 1}', b'{"seq": 1, "tables": {"t": 5}}', b'{"tables": {}}',
+    b'{"seq": 1, "tables": {"t": {"k": NaN}}}', b'{"seq": 1, "tables": {"t": {"k": null}}}',
+    b'{"seq": -1, "tables": {}}', b'{"seq": true, "tables": {}}', b'{"seq": 1, "tables": {}} x',
+    b'{"seq": 1, "tables": {"t": {"k": 1,}}}', b'{"seq": 1, "tables": {"t": {"k" 1}}}',
+    b'{"seq": 1, "tables": {"t": {"k": }}}', b'{"seq": 1, "tables": {"t": {}, "t": {}}}',
+    b'{"seq": 1, "seq": 2, "tables": {}}', b'{"seq": 1, "tables": {"t": {"k": "\xff"}}}', b"",
+])
 def test_json_unreadable_snapshot_is_damage(tmp_path: Path, content: bytes) -> None:
     (tmp_path / storage_json.SNAPSHOT).write_bytes(content)
     with pytest.raises(StoreDamaged, match=str(tmp_path / storage_json.SNAPSHOT)):
         open_json(tmp_path)
+
+
+def test_json_a_snapshot_edited_by_hand_loads_and_compacts(tmp_path: Path) -> None:
+    """Values are kept as the snapshot's text: spaces, new lines and raw UTF-8 included."""
+    tables = {"t": {"k": {"a": [1, 2.5, "₹ \\ \""], "b": None}, "é": "x", "n": -0.0}, "u": {"k": True}}
+    (tmp_path / storage_json.SNAPSHOT).write_text(
+        json.dumps({"note": "by hand", "seq": 2, "tables": {**tables, "empty": {}}}, indent=2, ensure_ascii=False)
+        + "\n", encoding="utf-8")
+    store = JsonStore(tmp_path, compact_after=1, journal_share=0.0)
+    assert store.load() == tables and store.get("t", "é") == "x"
+    store.write([Put("u", "k", False)])
+    store.write([Put("u", "j", 1)])  # rotates and compacts the hand-made values out again
+    compacted(store)
+    store.close()
+    expected = {**tables, "u": {"k": False, "j": 1}}
+    assert json.loads((tmp_path / storage_json.SNAPSHOT).read_bytes())["tables"] == {**tables, "u": {"k": False}}
+    assert reopened(open_json, tmp_path) == expected
 
 
 def compacted(store: JsonStore) -> None:
