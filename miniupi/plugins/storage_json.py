@@ -19,10 +19,11 @@ background thread writes the new snapshot and removes the rotated journal
 
 Memory: the whole state, each value kept as its JSON text (a JSON store
 cannot page settled history out of memory; docs/BENCHMARKS.md has the
-figures). While a compaction runs, changes made since the rotation are
-kept in a second, smaller layer over the state as it was at the rotation,
-which the compaction writes out and then folds that layer back in: never a
-second copy of the whole state.
+figures). While a compaction runs, the changes made since the rotation
+are kept in a second, smaller layer over the state as it was at the
+rotation; the compaction writes that state out, then folds the layer back
+in: never a second copy of the whole state. Opening holds the snapshot's
+text besides the state it becomes, until it is read.
 """
 from __future__ import annotations
 
@@ -100,8 +101,9 @@ ROTATED = "journal.old.jsonl"
 # Opening finishes what a crash interrupted: if journal.old.jsonl holds a
 # batch after the snapshot's, it opens in the state of a running
 # compaction (the state after R, the changes after it layered on top) and
-# starts the thread; if it holds none, step (4) was done: the directory is
-# fsync'd, then journal.old.jsonl removed. A failed compaction is logged,
+# starts the thread; if it holds none, the snapshot covers it (step (4)
+# was done): the directory is fsync'd, so that snapshot is durable, and
+# only then journal.old.jsonl removed. A failed compaction is logged,
 # its .tmp removed, and retried from (3) after a pause, while writes go on:
 # until it succeeds both journals stay, and with them every batch. At most
 # one compaction runs: the next rotation waits until (6) is done.

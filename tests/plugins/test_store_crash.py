@@ -34,6 +34,16 @@ place (O_TRUNC, write, fsync, no rename) failed in 4 runs of 5 with 30 kills
 and 6 of 6 with the 40 used here: the kill must land in the short gap between
 the truncation and the end of the write. Kills are random, so a pass is evidence, not proof.
 
+The JSON store's rotated compaction is also killed step by step: a child
+kills itself the first, second or third time it reaches one of the steps
+in storage_json.STEPS (from the writer during a rotation, or from the
+compaction thread while the writer goes on), and the files it leaves must
+be the ones that step leaves and reopen to the acknowledged state. Tried on
+broken copies of the store, this failed for a compaction that removes the
+rotated journal before its snapshot is in place, for an opening that drops
+an unfinished compaction's rotated journal, and for a rotation that goes on
+appending to the renamed journal.
+
 The damage tests start a real `miniupi bank` node, stop it, spoil its store
 files and require it to refuse to start: a non-zero exit with one line that
 says "refusing to start" and names the spoiled file, and no traceback.
@@ -355,6 +365,18 @@ def spoil_json_journal(data_dir: Path) -> Path:
     return journal
 
 
+def spoil_json_rotated_journal(data_dir: Path) -> Path:
+    """The files as a rotation leaves them (journal.jsonl renamed, a new empty one), the rotated one spoiled."""
+    journal, rotated = data_dir / storage_json.JOURNAL, data_dir / storage_json.ROTATED
+    journal.rename(rotated)
+    journal.write_bytes(b"")
+    lines = rotated.read_bytes().split(b"\n")
+    assert len(lines) >= 3, f"need at least two journal lines to spoil one in the middle: {lines!r}"
+    lines[0] = lines[0][:len(lines[0]) // 2] + b"\x00#garbage#\xff"
+    rotated.write_bytes(b"\n".join(lines))
+    return rotated
+
+
 def spoil_sqlite_garbled(data_dir: Path) -> Path:
     """Keep SQLite's 100-byte header, overwrite every byte after it."""
     file = data_dir / storage_sqlite.FILE_NAME
@@ -392,8 +414,9 @@ def start_bank(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 @pytest.mark.parametrize(
     ("kind", "spoil"),
-    [("json", spoil_json_journal), ("sqlite", spoil_sqlite_garbled), ("sqlite", spoil_sqlite_truncated)],
-    ids=["json-journal-garbage", "sqlite-garbled", "sqlite-truncated"],
+    [("json", spoil_json_journal), ("json", spoil_json_rotated_journal), ("sqlite", spoil_sqlite_garbled),
+     ("sqlite", spoil_sqlite_truncated)],
+    ids=["json-journal-garbage", "json-rotated-journal-garbage", "sqlite-garbled", "sqlite-truncated"],
 )
 def test_damaged_store_makes_the_bank_refuse_to_start(
     kind: str, spoil: Callable[[Path], Path], tmp_path: Path
