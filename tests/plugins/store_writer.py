@@ -1,12 +1,15 @@
 """The child process of test_store_crash.py: writes numbered batches until it is killed.
 
-    python tests/plugins/store_writer.py KIND DIRECTORY START ACKS COMPACT_AFTER
+    python tests/plugins/store_writer.py KIND DIRECTORY START ACKS COMPACT_AFTER [STEP NTH]
 
 Opens the store (KIND "sqlite" or "json") in DIRECTORY, checks that it holds
 the state after batch START - 1, prints "ready", then writes batch(START),
 batch(START + 1), ... in a tight loop. After each write() returns it appends
 the batch number to the file ACKS (one unsynced write: a killed process's
 page cache survives, so the parent reads every acknowledgement made).
+With STEP and NTH (JSON only), it kills itself with SIGKILL the NTH time
+its store reaches that step of a rotation or compaction (storage_json.STEPS),
+from whichever thread takes the step, after printing "killed at STEP".
 
 The batches live here, not in the test file, so that parent and child share
 one model without the child paying for importing pytest on every restart.
@@ -14,8 +17,10 @@ one model without the child paying for importing pytest on every restart.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +72,8 @@ def apply(tables: Tables, puts: list[Put]) -> None:
             tables.setdefault(table, {})[key] = value
 
 
-def open_store(kind: str, directory: Path, compact_after: int) -> Store:
+def open_store(kind: str, directory: Path, compact_after: int,
+               on_step: Callable[[str], None] | None = None) -> Store:
     if kind == "sqlite":
         from miniupi.plugins.storage_sqlite import FILE_NAME, SqliteStore
 
@@ -78,15 +84,30 @@ def open_store(kind: str, directory: Path, compact_after: int) -> Store:
 
         # journal_share=0: compact every compact_after batches whatever the
         # snapshot's size, so that kills keep landing inside compaction.
-        return JsonStore(directory, compact_after=compact_after, journal_share=0.0)
+        return JsonStore(directory, compact_after=compact_after, journal_share=0.0, on_step=on_step)
     raise ValueError(f"unknown store kind {kind!r}")
 
 
+def kill_at(step: str, nth: int) -> Callable[[str], None]:
+    reached = 0
+
+    def on_step(name: str) -> None:
+        nonlocal reached
+        if name == step:
+            reached += 1
+            if reached == nth:
+                os.write(1, f"killed at {step}\n".encode())
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return on_step
+
+
 def main(argv: list[str]) -> int:
-    kind, directory, start_arg, acks, compact_after = argv
+    kind, directory, start_arg, acks, compact_after, *step_nth = argv
     start = int(start_arg)
     os.write(1, b"opening\n")
-    store = open_store(kind, Path(directory), int(compact_after))
+    on_step = kill_at(step_nth[0], int(step_nth[1])) if step_nth else None
+    store = open_store(kind, Path(directory), int(compact_after), on_step)
     n = store.load().get("meta", {}).get("n", 0)
     if n != start - 1:
         os.write(2, f"store holds batch {n}, expected {start - 1}\n".encode())

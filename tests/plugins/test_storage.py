@@ -243,12 +243,39 @@ def test_json_lost_journal_line_is_damage(tmp_path: Path) -> None:
         open_json(tmp_path)
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"seq": 1}', b'{"seq": 1, "tables": {"t": 5}}',
-                                     b'{"seq": 1, "tables": {"t": {"k": NaN}}}'])
+@pytest.mark.parametrize("content", [
+    b"{not json", b"[]", b'{"seq": 1}', b'{"seq": 1, "tables": {"t": 5}}', b'{"tables": {}}',
+    b'{"seq": 1, "tables": {"t": {"k": NaN}}}', b'{"seq": 1, "tables": {"t": {"k": null}}}',
+    b'{"seq": -1, "tables": {}}', b'{"seq": true, "tables": {}}', b'{"seq": 1, "tables": {}} x',
+    b'{"seq": 1, "tables": {"t": {"k": 1,}}}', b'{"seq": 1, "tables": {"t": {"k" 1}}}',
+    b'{"seq": 1, "tables": {"t": {"k": }}}', b'{"seq": 1, "tables": {"t": {}, "t": {}}}',
+    b'{"seq": 1, "seq": 2, "tables": {}}', b'{"seq": 1, "tables": {"t": {"k": "\xff"}}}', b"",
+])
 def test_json_unreadable_snapshot_is_damage(tmp_path: Path, content: bytes) -> None:
     (tmp_path / storage_json.SNAPSHOT).write_bytes(content)
     with pytest.raises(StoreDamaged, match=str(tmp_path / storage_json.SNAPSHOT)):
         open_json(tmp_path)
+
+
+def test_json_a_snapshot_edited_by_hand_loads_and_compacts(tmp_path: Path) -> None:
+    """Values are kept as the snapshot's text: spaces, new lines and raw UTF-8 included."""
+    tables = {"t": {"k": {"a": [1, 2.5, "₹ \\ \""], "b": None}, "é": "x", "n": -0.0}, "u": {"k": True}}
+    (tmp_path / storage_json.SNAPSHOT).write_text(
+        json.dumps({"note": "by hand", "seq": 2, "tables": {**tables, "empty": {}}}, indent=2, ensure_ascii=False)
+        + "\n", encoding="utf-8")
+    store = JsonStore(tmp_path, compact_after=1, journal_share=0.0)
+    assert store.load() == tables and store.get("t", "é") == "x"
+    store.write([Put("u", "k", False)])
+    store.write([Put("u", "j", 1)])  # rotates and compacts the hand-made values out again
+    compacted(store)
+    store.close()
+    expected = {**tables, "u": {"k": False, "j": 1}}
+    assert json.loads((tmp_path / storage_json.SNAPSHOT).read_bytes())["tables"] == {**tables, "u": {"k": False}}
+    assert reopened(open_json, tmp_path) == expected
+
+
+def compacted(store: JsonStore) -> None:
+    assert store.wait_for_compaction(10), "compaction did not finish within 10 s"
 
 
 def test_json_compaction_keeps_state_and_rewrites_snapshot_rarely(tmp_path: Path) -> None:
@@ -268,10 +295,13 @@ def test_json_compaction_keeps_state_and_rewrites_snapshot_rarely(tmp_path: Path
             else:
                 model.setdefault(table, {})[key] = value
         assert store.load() == model
+        compacted(store)
+        assert store.load() == model
         assert len(journal.read_bytes().splitlines()) <= 3
+        assert not (tmp_path / storage_json.ROTATED).exists()
         snapshots.append(snapshot.stat().st_ino if snapshot.exists() else 0)
     store.close()
-    # Compacted before writes 4, 7 and 10 only.
+    # The journal was rotated at writes 4, 7 and 10 only, and compacted behind them.
     changed_at = [i + 1 for i in range(1, 10) if snapshots[i] != snapshots[i - 1]]
     assert changed_at == [4, 7, 10]
     assert json.loads(snapshot.read_bytes())["seq"] == 9
@@ -286,19 +316,22 @@ def test_json_compacts_only_once_the_journal_has_grown_to_the_snapshots_size(tmp
     store = JsonStore(tmp_path, compact_after=1)
     big = [Put("big", f"k{i}", "x" * 100) for i in range(100)]
     store.write(big)
-    store.write([Put("n", "n", 0)])  # the journal had outgrown the empty snapshot: compacted first
+    store.write([Put("n", "n", 0)])  # the journal had outgrown the empty snapshot: rotated first
+    compacted(store)
     before = snapshot.stat()
     assert before.st_size > 10_000
     n = 0
     while journal.stat().st_size < before.st_size:
         n += 1
         store.write([Put("n", "n", n)])
+        assert store.wait_for_compaction(0), f"a compaction began after {n} small batches"
         assert snapshot.stat().st_ino == before.st_ino, f"rewritten after {n} small batches"
         if n == 100:  # a reopened store reads the snapshot's size from the file
             store.close()
             store = JsonStore(tmp_path, compact_after=1)
     assert n > 200  # each small line pays for a share of the next rewrite
-    store.write([Put("n", "n", n + 1)])  # the journal is now the snapshot's size: compacted first
+    store.write([Put("n", "n", n + 1)])  # the journal is now the snapshot's size: rotated first
+    compacted(store)
     assert snapshot.stat().st_ino != before.st_ino
     assert len(journal.read_bytes().splitlines()) == 1
     store.close()
@@ -311,81 +344,356 @@ def test_json_journal_share_must_be_a_number_of_at_least_0(tmp_path: Path, share
         JsonStore(tmp_path, journal_share=share)
 
 
-@pytest.mark.parametrize("failing", ["replace", "directory fsync", "ftruncate", "journal fsync"])
-def test_json_compaction_that_failed_runs_again_before_the_next_append(
+class Gate:
+    """An on_step hook that holds the thread reaching `step` until released."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self.steps: list[tuple[str, str]] = []  # (step, thread name)
+
+    def __call__(self, step: str) -> None:
+        self.steps.append((step, threading.current_thread().name))
+        if step == self.step:
+            self.reached.set()
+            assert self.release.wait(10), "the test never released the compaction"
+
+
+def apply_model(model: dict[str, dict[str, Any]], puts: Sequence[Put]) -> None:
+    for table, key, value in puts:
+        if value is None:
+            rows = model.get(table, {})
+            rows.pop(key, None)
+            if not rows:
+                model.pop(table, None)
+        else:
+            model.setdefault(table, {})[key] = value
+
+
+def check_reads(store: JsonStore, model: dict[str, dict[str, Any]]) -> None:
+    assert store.load() == model
+    for table in [*model, "gone", "never"]:
+        assert store.load([table]) == ({table: model[table]} if table in model else {})
+        assert list(store.scan(table)) == sorted(model.get(table, {}).items())
+        for key in ["k0", "k1", "k5", "k13", "new0", "absent"]:
+            assert store.get(table, key) == model.get(table, {}).get(key)
+
+
+@pytest.mark.parametrize("held_at", ["snapshot begun", "snapshot written", "replace synced"])
+def test_json_writes_go_on_and_reads_are_right_while_a_compaction_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_at: str) -> None:
+    """No write waits for a compaction: held at any step, writes still complete, and reads see them."""
+    # The snapshot in pieces of three rows, each flushed: what a large one does.
+    monkeypatch.setattr(storage_json, "SNAPSHOT_PIECE_ROWS", 3)
+    monkeypatch.setattr(storage_json, "SNAPSHOT_SYNC_BYTES", 1)
+    gate = Gate(held_at)
+    store = JsonStore(tmp_path, compact_after=20, journal_share=0.0, on_step=gate)
+    model: dict[str, dict[str, Any]] = {}
+    for i in range(20):
+        puts = [Put("t", f"k{i}", {"i": i}), Put("gone", f"k{i}", i), Put("count", "n", i)]
+        store.write(puts)
+        apply_model(model, puts)
+    at_rotation = json.loads(json.dumps(model))
+    first = [Put("t", "new0", "after")]
+    store.write(first)  # rotates, then appends to the new journal
+    apply_model(model, first)
+    assert gate.reached.wait(10)
+    check_reads(store, model)
+    # Overwrite, delete and add keys of the state being written out; empty a table; add one.
+    for i in range(30):
+        puts = [Put("t", f"k{i % 20}", {"i": i, "again": True}), Put("t", f"k{(i + 7) % 20}", None),
+                Put("gone", f"k{i % 20}", None), Put("fresh", f"k{i}", [i]), Put("count", "n", 100 + i)]
+        store.write(puts)
+        apply_model(model, puts)
+        check_reads(store, model)
+    assert "gone" not in model
+    assert not store.wait_for_compaction(0), "the compaction finished while held"
+    assert (tmp_path / storage_json.ROTATED).exists()
+    gate.release.set()
+    compacted(store)
+    check_reads(store, model)
+    # The snapshot holds exactly the state at the rotation; the journal everything since.
+    written = json.loads((tmp_path / storage_json.SNAPSHOT).read_bytes())
+    assert written == {"seq": 20, "tables": at_rotation}
+    lines = (tmp_path / storage_json.JOURNAL).read_bytes().splitlines()
+    assert [json.loads(line)[0] for line in lines] == list(range(21, 52))
+    assert not (tmp_path / storage_json.ROTATED).exists()
+    assert [s for s, _ in gate.steps] == list(storage_json.STEPS)
+    assert {t for s, t in gate.steps if s in storage_json.STEPS[4:]} == {"json-compaction"}
+    store.write([Put("count", "n", -1)])  # the journal grew past compact_after meanwhile: rotated again
+    apply_model(model, [Put("count", "n", -1)])
+    compacted(store)
+    assert json.loads((tmp_path / storage_json.SNAPSHOT).read_bytes())["seq"] == 51
+    store.close()
+    assert reopened(open_json, tmp_path) == model
+
+
+def test_json_reads_from_another_thread_see_whole_batches_through_compactions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads come from the event loop while the writer thread writes and the compaction thread
+    writes out and folds changes back, one row at a time here: each read sees whole batches."""
+    monkeypatch.setattr(storage_json, "FOLD_ROWS", 1)
+    store = JsonStore(tmp_path, compact_after=5, journal_share=0.0)
+    store.write([Put("h", f"k{j:02d}", 0) for j in range(50)])
+    stop, errors, reads = threading.Event(), [], [0]
+
+    def reader() -> None:
+        last = 0
+        try:
+            while not stop.is_set():
+                pair = store.load(["a", "b"])
+                assert pair.get("a") == pair.get("b"), pair  # set by the same batch
+                n = pair.get("a", {}).get("x", 0)
+                assert n >= last, (n, last)
+                last = n
+                assert (store.get("a", "x") or 0) >= n
+                keys = [k for k, _ in store.scan("h")]
+                assert keys == sorted(set(keys)), keys
+                reads[0] += 1
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(1, 301):
+            store.write([Put("a", "x", i), Put("h", f"k{i % 50:02d}", i), Put("h", f"k{(i + 25) % 50:02d}", None),
+                         Put("b", "x", i)])
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[0]
+    assert reads[0] > 10 and store.compactions > 5, (reads, store.compactions)
+    compacted(store)
+    expected = store.load()
+    store.close()
+    assert reopened(open_json, tmp_path) == expected
+    assert expected["a"] == expected["b"] == {"x": 300}
+
+
+def copy_files(directory: Path, to: Path) -> None:
+    """The files as they are at this moment: what a crash here leaves on disk."""
+    to.mkdir()
+    for file in directory.iterdir():
+        (to / file.name).write_bytes(file.read_bytes())
+
+
+def test_json_a_crash_at_any_step_of_a_compaction_reloads_the_acknowledged_state(tmp_path: Path) -> None:
+    """The files as each step leaves them reopen to the last acknowledged batch, and the
+    reopened store finishes the compaction. (Kills of a real process: test_store_crash.py.)"""
+    directory = tmp_path / "store"
+    acked = threading.Event()  # the write that rotates has returned
+    images: list[tuple[str, int]] = []
+
+    def on_step(step: str) -> None:
+        if threading.current_thread().name == "json-compaction":
+            assert acked.wait(10)  # the files as the compaction leaves them, the rotating write done
+        copy_files(directory, tmp_path / step)
+        images.append((step, 4 if acked.is_set() else 3))
+
+    store = JsonStore(directory, compact_after=3, journal_share=0.0, on_step=on_step)
+    models = [{}]
+    for i in range(1, 5):
+        store.write([Put("t", f"k{i}", i), Put("t", f"k{i - 2}", None), Put("n", "n", i)])
+        apply_model(model := json.loads(json.dumps(models[-1])), [Put("t", f"k{i}", i), Put("t", f"k{i - 2}", None),
+                                                                 Put("n", "n", i)])
+        models.append(model)
+        if i == 4:
+            acked.set()
+    compacted(store)
+    store.close()
+    assert [step for step, _ in images] == list(storage_json.STEPS)
+    for step, n in images:
+        image = tmp_path / step
+        again = JsonStore(image, compact_after=3, journal_share=0.0)
+        try:
+            assert again.load() == models[n], step
+            compacted(again)  # an interrupted compaction is finished on opening
+            again.write([Put("n", "n", 5)])
+            compacted(again)
+        finally:
+            again.close()
+        assert not (image / storage_json.ROTATED).exists() and not (image / storage_json.SNAPSHOT_TMP).exists()
+        assert reopened(open_json, image) == {**models[n], "n": {"n": 5}}, step
+
+
+def rotated_but_not_compacted(directory: Path) -> tuple[JsonStore, Gate]:
+    """A store whose journal was rotated (batches 1-3 in journal.old.jsonl, 4 in journal.jsonl)
+    and whose compaction is held before it writes anything."""
+    gate = Gate("snapshot begun")
+    store = JsonStore(directory, compact_after=3, journal_share=0.0, on_step=gate)
+    for i in range(1, 5):
+        store.write([Put("t", f"k{i}", i)])
+    assert gate.reached.wait(10)
+    return store, gate
+
+
+def close_held(store: JsonStore, gate: Gate) -> None:
+    """Close while the compaction is held: it stops where it is, as a crash would."""
+    closing = threading.Thread(target=store.close)
+    closing.start()
+    gate.release.set()
+    closing.join(10)
+    assert not closing.is_alive()
+
+
+def test_json_a_store_closed_during_a_compaction_finishes_it_on_opening(tmp_path: Path) -> None:
+    store, gate = rotated_but_not_compacted(tmp_path)
+    close_held(store, gate)
+    rotated = tmp_path / storage_json.ROTATED
+    assert [json.loads(line)[0] for line in rotated.read_bytes().splitlines()] == [1, 2, 3]
+    assert not (tmp_path / storage_json.SNAPSHOT_TMP).exists()
+    again = JsonStore(tmp_path, compact_after=3, journal_share=0.0)
+    assert again.load() == {"t": {f"k{i}": i for i in range(1, 5)}}
+    compacted(again)
+    assert not rotated.exists() and json.loads((tmp_path / storage_json.SNAPSHOT).read_bytes())["seq"] == 3
+    again.close()
+
+
+@pytest.mark.parametrize("spoil", ["garbage in a line", "torn last line", "lost line", "removed"])
+def test_json_a_damaged_rotated_journal_is_damage(tmp_path: Path, spoil: str) -> None:
+    store, gate = rotated_but_not_compacted(tmp_path)
+    close_held(store, gate)
+    rotated = tmp_path / storage_json.ROTATED
+    lines = rotated.read_bytes().splitlines(keepends=True)
+    if spoil == "garbage in a line":
+        rotated.write_bytes(lines[0] + b"\x00#garbage#\xff\n" + lines[2])
+        match = f"{rotated}: line 2 is not JSON"
+    elif spoil == "torn last line":  # never a batch in flight: the rotated journal was whole
+        rotated.write_bytes(lines[0] + lines[1] + lines[2][:-5])
+        match = f"{rotated}: its last line is not a whole batch"
+    elif spoil == "lost line":
+        rotated.write_bytes(lines[0] + lines[2])
+        match = f"{rotated}: line 2 is batch 3, expected 2"
+    else:
+        rotated.unlink()
+        match = "journal.jsonl: line 1 is batch 4 but .*snapshot.json holds only up to 0"
+    with pytest.raises(StoreDamaged, match=match):
+        open_json(tmp_path)
+
+
+def test_json_the_new_journal_must_follow_the_rotated_one(tmp_path: Path) -> None:
+    store, gate = rotated_but_not_compacted(tmp_path)
+    close_held(store, gate)
+    journal = tmp_path / storage_json.JOURNAL
+    journal.write_bytes(journal.read_bytes().replace(b"[4,", b"[5,", 1))
+    with pytest.raises(StoreDamaged, match=f"{journal}: line 1 is batch 5, expected 4"):
+        open_json(tmp_path)
+
+
+FAIL_ONCE = {
+    # in the compaction thread: logged, retried, no write fails
+    "snapshot write": ("write", "compaction"),
+    "snapshot fsync": ("fsync", "compaction"),
+    "replace": ("replace", "compaction"),
+    "directory fsync after the replace": ("fsync dir", "compaction"),
+    "removing the rotated journal": ("unlink", "compaction"),
+    # in the writer: fails the write that rotates, which the next write takes up again
+    "rename": ("rename", "writer"),
+    "directory fsync after the rename": ("fsync dir", "writer"),
+    "new journal": ("open", "writer"),
+}
+
+
+@pytest.mark.parametrize("failing", list(FAIL_ONCE))
+def test_json_a_failed_rotation_or_compaction_loses_nothing_and_is_tried_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    """Until the truncated journal is durable, line S + 1 must not be appended to it."""
-    snapshot, journal = tmp_path / storage_json.SNAPSHOT, tmp_path / storage_json.JOURNAL
-    store = JsonStore(tmp_path, compact_after=2)
+    call, where = FAIL_ONCE[failing]
+    store = JsonStore(tmp_path, compact_after=2, journal_share=0.0)
+    store.retry_s = (0.05, 0.05)
     store.write([Put("t", "a", 1)])
     store.write([Put("t", "b", 2)])
-    real_fsync, journal_inode = os.fsync, journal.stat().st_ino  # compaction truncates it, same inode
+    failed = []
 
-    def fsync(fd: int) -> None:
-        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
-        is_journal = os.fstat(fd).st_ino == journal_inode
-        if (failing == "directory fsync" and is_dir) or (failing == "journal fsync" and is_journal):
-            raise OSError(errno.EIO, "injected")
-        real_fsync(fd)
+    def once(real: Callable[..., Any], applies: Callable[..., bool]) -> Callable[..., Any]:
+        def call_it(*args: Any, **kwargs: Any) -> Any:
+            in_thread = threading.current_thread().name == "json-compaction"
+            if not failed and in_thread == (where == "compaction") and applies(*args):
+                failed.append(failing)
+                raise OSError(errno.EIO, "injected")
+            return real(*args, **kwargs)
+        return call_it
+
+    def is_dir(fd: int) -> bool:
+        return stat.S_ISDIR(os.fstat(fd).st_mode)
+
+    patches = {
+        "write": (os, "write", lambda fd, data: True),
+        "fsync": (os, "fsync", lambda fd: not is_dir(fd)),
+        "fsync dir": (os, "fsync", is_dir),
+        "replace": (os, "replace", lambda *a: True),
+        "unlink": (os, "unlink", lambda path, *a: Path(path).name == storage_json.ROTATED),
+        "rename": (os, "rename", lambda *a: True),
+        "open": (os, "open", lambda path, *a, **k: Path(path).name == storage_json.JOURNAL),
+    }
+    module, name, applies = patches[call]
+    logged: list[str] = []
+    sink = logger.add(logged.append, level="ERROR", format="{message}")
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(module, name, once(getattr(module, name), applies))
+            if where == "writer":
+                with pytest.raises(OSError, match="injected"):
+                    store.write([Put("t", "c", 3)])  # rotates first, and fails: nothing written
+                assert store.load() == {"t": {"a": 1, "b": 2}}
+                store.write([Put("t", "c", 3)])  # the rotation is finished, then the append
+            else:
+                store.write([Put("t", "c", 3)])  # rotates; the compaction fails behind it
+                store._compact_after = 1_000  # and no other rotation follows it here
+                for n in range(4, 10):  # writes go on meanwhile
+                    store.write([Put("t", f"n{n}", n)])
+            compacted(store)
+    finally:
+        logger.remove(sink)
+    assert failed == [failing]
+    expected = {"t": {"a": 1, "b": 2, "c": 3, **({} if where == "writer" else {f"n{n}": n for n in range(4, 10)})}}
+    assert store.load() == expected
+    assert store.compactions == 1 and store.failed_compactions == (where == "compaction")
+    if where == "compaction":
+        assert len(logged) == 1 and "compaction failed, trying again" in logged[0] and "injected" in logged[0], logged
+    assert json.loads((tmp_path / storage_json.SNAPSHOT).read_bytes())["seq"] == 2
+    assert not (tmp_path / storage_json.ROTATED).exists() and not (tmp_path / storage_json.SNAPSHOT_TMP).exists()
+    assert (tmp_path / storage_json.JOURNAL).read_bytes().startswith(b"[3,")
+    store.close()
+    assert reopened(open_json, tmp_path) == expected
+
+
+def test_json_a_compaction_that_keeps_failing_leaves_a_usable_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = JsonStore(tmp_path, compact_after=2, journal_share=0.0)
+    store.retry_s = (0.01, 0.02)
 
     def refuse(*args: object) -> None:
-        raise OSError(errno.EIO, "injected")
+        raise OSError(errno.ENOSPC, "injected")
 
+    expected = {"t": {f"k{i}": i for i in range(30)}}
     with monkeypatch.context() as m:
-        if failing in ("replace", "ftruncate"):
-            m.setattr(os, failing, refuse)
-        else:
-            m.setattr(os, "fsync", fsync)
-        with pytest.raises(OSError, match="injected"):
-            store.write([Put("t", "c", 3)])  # compaction runs first, and fails
-    failed_inode = snapshot.stat().st_ino if snapshot.exists() else None
-    store.write([Put("t", "c", 3)])  # compacts again, then appends
-    assert snapshot.stat().st_ino != failed_inode
-    assert json.loads(snapshot.read_bytes())["seq"] == 2
-    assert journal.read_bytes().startswith(b"[3,")
-    assert len(journal.read_bytes().splitlines()) == 1
-    store.close()
-    assert reopened(open_json, tmp_path) == {"t": {"a": 1, "b": 2, "c": 3}}
-
-
-@pytest.mark.parametrize("crash_in", ["replace", "ftruncate"])
-def test_json_crash_during_compaction_reloads_same_state(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_in: str
-) -> None:
-    store = JsonStore(tmp_path, compact_after=2)
-    store.write([Put("t", "a", 1)])
-    store.write([Put("t", "a", 2), Put("t", "b", 1)])
-
-    class Crash(Exception):
-        pass
-
-    def crash(*args: object) -> None:
-        raise Crash
-
-    with monkeypatch.context() as m:
-        m.setattr(os, crash_in, crash)
-        with pytest.raises(Crash):
-            store.write([Put("t", "b", None)])  # compaction runs first, and fails
-    store.close()
-    if crash_in == "ftruncate":  # the new snapshot is in place over the full journal
-        assert json.loads((tmp_path / storage_json.SNAPSHOT).read_bytes())["seq"] == 2
-        assert len((tmp_path / storage_json.JOURNAL).read_bytes().splitlines()) == 2
-    else:
-        assert not (tmp_path / storage_json.SNAPSHOT).exists()
-
-    store = JsonStore(tmp_path, compact_after=2)
-    assert store.load() == {"t": {"a": 2, "b": 1}}
-    store.write([Put("t", "b", None)])
-    store.write([Put("t", "c", 3)])
-    store.close()
-    assert reopened(open_json, tmp_path) == {"t": {"a": 2, "c": 3}}
+        m.setattr(os, "replace", refuse)
+        for i in range(30):
+            store.write([Put("t", f"k{i}", i)])
+        deadline = time.monotonic() + 10
+        while store.failed_compactions < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store.failed_compactions >= 3 and not store.wait_for_compaction(0)
+        assert store.load() == expected
+        store.close()  # stops the retries
+    assert (tmp_path / storage_json.ROTATED).exists() and not (tmp_path / storage_json.SNAPSHOT).exists()
+    assert not (tmp_path / storage_json.SNAPSHOT_TMP).exists()
+    again = JsonStore(tmp_path, compact_after=2, journal_share=0.0)
+    assert again.load() == expected
+    compacted(again)  # the disk works again: the compaction is finished
+    assert json.loads((tmp_path / storage_json.SNAPSHOT).read_bytes())["seq"] == 2
+    again.close()
+    assert reopened(open_json, tmp_path) == expected
 
 
 def test_json_missing_snapshot_after_compaction_is_damage(tmp_path: Path) -> None:
     store = JsonStore(tmp_path, compact_after=1)
     store.write([Put("t", "a", 1)])
     store.write([Put("t", "b", 2)])  # compacts batch 1 away, journal starts at 2
+    compacted(store)
     store.close()
     (tmp_path / storage_json.SNAPSHOT).unlink()
     with pytest.raises(StoreDamaged, match="holds only up to 0"):
@@ -398,6 +706,7 @@ def test_json_snapshot_holds_what_was_written_not_later_mutations(tmp_path: Path
     store.write([Put("acct", "alice", value)])
     value["paise"] = 999_999  # changed in memory, never written
     store.write([Put("acct", "bob", 1)])  # compacts alice into the snapshot
+    compacted(store)
     assert store.load()["acct"]["alice"] == {"paise": 100}
     store.close()
     assert reopened(open_json, tmp_path) == {"acct": {"alice": {"paise": 100}, "bob": 1}}
@@ -405,9 +714,11 @@ def test_json_snapshot_holds_what_was_written_not_later_mutations(tmp_path: Path
 
 def test_json_files_are_private(tmp_path: Path, umask_022: None) -> None:
     directory = tmp_path / "store"
-    store = JsonStore(directory, compact_after=1)
-    store.write([Put("t", "a", 1)])
-    store.write([Put("t", "b", 2)])
+    store, gate = rotated_but_not_compacted(directory)
+    assert mode(directory / storage_json.ROTATED) == 0o600
+    assert mode(directory / storage_json.JOURNAL) == 0o600
+    gate.release.set()
+    compacted(store)
     store.close()
     assert mode(directory) == 0o700
     assert mode(directory / storage_json.JOURNAL) == 0o600

@@ -34,6 +34,16 @@ place (O_TRUNC, write, fsync, no rename) failed in 4 runs of 5 with 30 kills
 and 6 of 6 with the 40 used here: the kill must land in the short gap between
 the truncation and the end of the write. Kills are random, so a pass is evidence, not proof.
 
+The JSON store's rotated compaction is also killed step by step: a child
+kills itself the first, second or third time it reaches one of the steps
+in storage_json.STEPS (from the writer during a rotation, or from the
+compaction thread while the writer goes on), and the files it leaves must
+be the ones that step leaves and reopen to the acknowledged state. Tried on
+broken copies of the store, this failed for a compaction that removes the
+rotated journal before its snapshot is in place, for an opening that drops
+an unfinished compaction's rotated journal, and for a rotation that goes on
+appending to the renamed journal.
+
 The damage tests start a real `miniupi bank` node, stop it, spoil its store
 files and require it to refuse to start: a non-zero exit with one line that
 says "refusing to start" and names the spoiled file, and no traceback.
@@ -52,6 +62,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
@@ -68,6 +79,7 @@ pytestmark = pytest.mark.timeout(120)
 
 WRITER = Path(__file__).with_name("store_writer.py")
 KILLS = 40
+KILLS_PER_STEP = 4
 COMPACT_AFTER = 5
 CHILD_START_S = 15.0  # bound on a child reaching "opening" / "ready"
 # Children import the very miniupi this process tests, whatever the venv's install points at.
@@ -133,23 +145,41 @@ def read_acks(path: Path) -> list[int]:
     return [int(line) for line in lines]
 
 
+def json_files(directory: Path) -> dict[str, Any]:
+    """What a JSON store's files say, before anything reopens them."""
+    def last_batch(name: str) -> int | None:
+        file = directory / name
+        lines = file.read_bytes().splitlines() if file.exists() else []
+        try:
+            return json.loads(lines[-1])[0] if lines else None
+        except ValueError:
+            return None  # a torn last line
+    journal = directory / storage_json.JOURNAL
+    tmp = directory / storage_json.SNAPSHOT_TMP
+    snapshot = directory / storage_json.SNAPSHOT
+    return {
+        "journal": journal.read_bytes() if journal.exists() else None,
+        "rotated": last_batch(storage_json.ROTATED) if (directory / storage_json.ROTATED).exists() else None,
+        "tmp": tmp.read_bytes() if tmp.exists() else None,
+        "snapshot": json.loads(snapshot.read_bytes())["seq"] if snapshot.exists() else None,
+    }
+
+
 def evidence(kind: str, directory: Path) -> list[str]:
     """Where the kill landed, as far as the files tell (before anything reopens them)."""
     found = []
     if kind == "json":
-        if (directory / (storage_json.SNAPSHOT + ".tmp")).exists():
-            found.append("in compaction, before the rename")
-        journal = directory / storage_json.JOURNAL
-        data = journal.read_bytes() if journal.exists() else b""
-        if data and not data.endswith(b"\n"):
+        files = json_files(directory)
+        if files["tmp"] is not None:
+            found.append("in compaction, before the snapshot's rename")
+        if files["rotated"] is not None:
+            found.append("journal rotated, compaction unfinished")
+            if files["snapshot"] is not None and files["snapshot"] >= files["rotated"]:
+                found.append("in compaction, between the snapshot's rename and the rotated journal's removal")
+        if files["journal"] is None:
+            found.append("in rotation, between the rename and the new journal")
+        elif files["journal"] and not files["journal"].endswith(b"\n"):
             found.append("torn journal line")
-        try:
-            snap_seq = json.loads((directory / storage_json.SNAPSHOT).read_bytes())["seq"]
-            last_seq = json.loads(data.splitlines()[-1])[0]
-            if last_seq <= snap_seq:
-                found.append("in compaction, between the rename and the journal truncation")
-        except (OSError, ValueError, IndexError, KeyError, TypeError):
-            pass
     else:
         wal = directory / (storage_sqlite.FILE_NAME + "-wal")
         if wal.exists() and wal.stat().st_size:
@@ -181,12 +211,16 @@ def reopen_and_check(kind: str, directory: Path, where: str) -> Tables:
     return tables
 
 
-def run_until_killed(kind: str, directory: Path, start: int, acks: Path, rng: random.Random) -> str:
-    """Start a writer at batch `start`, SIGKILL it at a random moment; return when that was."""
-    proc = subprocess.Popen(
-        [sys.executable, str(WRITER), kind, str(directory), str(start), str(acks), str(COMPACT_AFTER)],
+def child(kind: str, directory: Path, start: int, acks: Path, *kill_at: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(WRITER), kind, str(directory), str(start), str(acks), str(COMPACT_AFTER), *kill_at],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CHILD_ENV,
     )
+
+
+def run_until_killed(kind: str, directory: Path, start: int, acks: Path, rng: random.Random) -> str:
+    """Start a writer at batch `start`, SIGKILL it at a random moment; return when that was."""
+    proc = child(kind, directory, start, acks)
     try:
         seen = bytearray()
         read_until(proc, b"opening", seen, CHILD_START_S)
@@ -215,6 +249,23 @@ def run_until_killed(kind: str, directory: Path, start: int, acks: Path, rng: ra
                 pipe.close()
 
 
+def check_reopened(kind: str, directory: Path, k: int, acks_file: Path, model: Model,
+                   where: str) -> tuple[int, list[int], int]:
+    """After a kill of a writer that started at batch k + 1: the store reopens to the state
+    after exactly some batch n, the last acknowledged one or the one in flight.
+    Returns n, the acknowledged batches and the last of them (k if none)."""
+    acks = read_acks(acks_file)
+    assert acks == list(range(k + 1, k + 1 + len(acks))), f"{where}: acknowledgements out of order"
+    floor = acks[-1] if acks else k  # durable before the kill: must be there
+    tables = reopen_and_check(kind, directory, where)
+    n = tables.get("meta", {}).get("n", 0)
+    assert n >= floor, f"{where}: store holds batch {n}, but batch {floor} was acknowledged: a write was lost"
+    assert n <= floor + 1, f"{where}: store holds batch {n}, but {floor} was the last write that returned"
+    want = model.at(n)
+    assert tables == want, f"{where}: not the state after batch {n}: " + "; ".join(differences(tables, want))
+    return n, acks, floor
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "json"])
 def test_kill_during_writes_always_reopens_consistent(kind: str, tmp_path: Path) -> None:
     print(f"seed {SEED} (set MINIUPI_CRASH_SEED to repeat the kill delays)")
@@ -228,19 +279,9 @@ def test_kill_during_writes_always_reopens_consistent(kind: str, tmp_path: Path)
         acks_file = tmp_path / f"acks{run}"
         when = run_until_killed(kind, directory, k + 1, acks_file, rng)
         where = f"{kind}, kill {run} {when} (seed {SEED})"
-        acks = read_acks(acks_file)
-        assert acks == list(range(k + 1, k + 1 + len(acks))), f"{where}: acknowledgements out of order"
-        floor = acks[-1] if acks else k  # durable before the kill: must be there
         for item in evidence(kind, directory):
             stats[item] += 1
-
-        tables = reopen_and_check(kind, directory, where)
-        n = tables.get("meta", {}).get("n", 0)
-        assert n >= floor, f"{where}: store holds batch {n}, but batch {floor} was acknowledged: a write was lost"
-        assert n <= floor + 1, f"{where}: store holds batch {n}, but {floor} was the last write that returned"
-        want = model.at(n)
-        assert tables == want, f"{where}: not the state after batch {n}: " + "; ".join(differences(tables, want))
-
+        n, acks, floor = check_reopened(kind, directory, k, acks_file, model, where)
         stats["kills " + when] += 1
         stats["runs that acknowledged writes"] += bool(acks)
         stats["in-flight batch found on disk"] += n == floor + 1
@@ -257,6 +298,59 @@ def test_kill_during_writes_always_reopens_consistent(kind: str, tmp_path: Path)
     assert reopen_and_check(kind, directory, f"{kind}, after the last kill") == model.at(k + 1)
 
 
+def files_at(step: str, files: dict[str, Any], where: str) -> None:
+    """The files as the step leaves them: the kill landed where it was meant to."""
+    rotated, tmp, journal, snapshot = files["rotated"], files["tmp"], files["journal"], files["snapshot"]
+    if step in ("rotated journal removed", "compacted"):
+        assert rotated is None, f"{where}: {files}"
+        return
+    assert rotated is not None, f"{where}: no rotated journal: {files}"
+    if step in ("renamed", "rename synced"):
+        assert journal is None, f"{where}: {files}"
+    elif step in ("journal created", "rotated"):
+        assert journal == b"", f"{where}: {files}"  # the next batch is not appended yet
+    elif step == "snapshot begun":
+        assert tmp and not tmp.endswith(b"}}"), f"{where}: {files}"  # written in part
+    elif step == "snapshot written":
+        assert tmp is not None and json.loads(tmp)["seq"] == rotated, f"{where}: {files}"
+    else:  # "snapshot replaced", "replace synced"
+        assert tmp is None and snapshot == rotated, f"{where}: {files}"
+
+
+@pytest.mark.parametrize("step", storage_json.STEPS)
+def test_json_kill_at_every_step_of_a_rotated_compaction(step: str, tmp_path: Path) -> None:
+    """A kill at each step of a rotation (in the writer) and of the compaction behind it (in its
+    thread, while the writer goes on) reopens to the acknowledged state. Each run kills at the
+    first, second or third time the step is reached, and the next run carries on from the files
+    that kill left, so some kills also land in a compaction that an opening took up again."""
+    rng = random.Random(f"{SEED}-{step}")
+    directory = tmp_path / "store"
+    model = Model()
+    k = 0
+    for run in range(1, KILLS_PER_STEP + 1):
+        acks_file = tmp_path / f"acks{run}"
+        nth = rng.randint(1, 3)
+        where = f"json, kill {run} at {step!r} (time {nth}, seed {SEED})"
+        proc = child("json", directory, k + 1, acks_file, step, str(nth))
+        try:
+            out, err = proc.communicate(timeout=CHILD_START_S + 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"{where}: the writer never reached the step:\n{out.decode()}\n{err.decode()[-3000:]}")
+        assert proc.returncode == -signal.SIGKILL and f"killed at {step}\n".encode() in out, (
+            f"{where}: exited {proc.returncode}:\n{out.decode()}\n{err.decode()[-3000:]}")
+        files_at(step, json_files(directory), where)
+        n, acks, floor = check_reopened("json", directory, k, acks_file, model, where)
+        if step in storage_json.STEPS[:4]:  # in the writer, before the batch's line is appended
+            assert n == floor, f"{where}: the batch in flight during a rotation is on disk"
+        k = n
+    store = open_store("json", directory, COMPACT_AFTER)
+    store.write(batch(k + 1))
+    store.close()
+    assert reopen_and_check("json", directory, f"json, after the kills at {step!r}") == model.at(k + 1)
+
+
 # --- a damaged store stops the node ------------------------------------------
 
 
@@ -269,6 +363,18 @@ def spoil_json_journal(data_dir: Path) -> Path:
     lines[0] = lines[0][:middle] + garbage + lines[0][middle + len(garbage):]
     journal.write_bytes(b"\n".join(lines))
     return journal
+
+
+def spoil_json_rotated_journal(data_dir: Path) -> Path:
+    """The files as a rotation leaves them (journal.jsonl renamed, a new empty one), the rotated one spoiled."""
+    journal, rotated = data_dir / storage_json.JOURNAL, data_dir / storage_json.ROTATED
+    journal.rename(rotated)
+    journal.write_bytes(b"")
+    lines = rotated.read_bytes().split(b"\n")
+    assert len(lines) >= 3, f"need at least two journal lines to spoil one in the middle: {lines!r}"
+    lines[0] = lines[0][:len(lines[0]) // 2] + b"\x00#garbage#\xff"
+    rotated.write_bytes(b"\n".join(lines))
+    return rotated
 
 
 def spoil_sqlite_garbled(data_dir: Path) -> Path:
@@ -308,8 +414,9 @@ def start_bank(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 @pytest.mark.parametrize(
     ("kind", "spoil"),
-    [("json", spoil_json_journal), ("sqlite", spoil_sqlite_garbled), ("sqlite", spoil_sqlite_truncated)],
-    ids=["json-journal-garbage", "sqlite-garbled", "sqlite-truncated"],
+    [("json", spoil_json_journal), ("json", spoil_json_rotated_journal), ("sqlite", spoil_sqlite_garbled),
+     ("sqlite", spoil_sqlite_truncated)],
+    ids=["json-journal-garbage", "json-rotated-journal-garbage", "sqlite-garbled", "sqlite-truncated"],
 )
 def test_damaged_store_makes_the_bank_refuse_to_start(
     kind: str, spoil: Callable[[Path], Path], tmp_path: Path
