@@ -25,6 +25,9 @@ from miniupi.nodes.txn_index import TxnIndex, cache_size
 from miniupi.states import TxnState
 
 TABLE = "refunds"  # original txn id -> {"ids": [refund ids, oldest first], "committed": minor}
+# Refunds one payment may have, whatever their state: each is listed in the payment's status and its
+# history entry, so a payee giving back a paisa at a time would otherwise grow them past one reply.
+MAX_REFUNDS_PER_PAYMENT = 100
 
 
 class RefundBook:
@@ -72,6 +75,9 @@ class RefundBook:
             raise NotFound(f"no transaction {payment.refund_of}")
 
         def within(tally: Tally) -> None:
+            if len(tally.ids) >= MAX_REFUNDS_PER_PAYMENT:
+                raise NotRefundable(f"payment {payment.refund_of} already has {len(tally.ids)} refunds, "
+                                    "the most one payment may have")
             left = original.payment.amount - tally.counted
             if payment.amount > left:
                 currency = payment.currency

@@ -17,9 +17,7 @@ treasury certificates, and a bank paused mid-way. The guarantees:
 - nothing secret reaches a log.
 
 One cluster for the module (gateway on SQLite, bank_a on SQLite, bank_b on
-JSON), with a daily limit of 100.00 in Asia/Kolkata. The tests marked xfail
-reproduce findings that are described, not fixed, on this branch: they fail
-as long as the finding stands (strict), and pass once it is fixed.
+JSON), with a daily limit of 100.00 in Asia/Kolkata.
 """
 from __future__ import annotations
 
@@ -43,13 +41,13 @@ import pytest
 
 from conftest import PASSWORD, cli_login, log_lines, me, money, unique_name, wait_logged
 from miniupi.client.api import AsyncClient, Client, CollectRequest, PayResult
-from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY, current_peer
+from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY
 from miniupi.errors import (
     AlreadyExists,
     DailyLimitReached,
-    InvalidArgument,
     MiniupiError,
     NotFound,
+    NotRefundable,
     PermissionDenied,
     RequestClosed,
     TooManyRequests,
@@ -58,15 +56,12 @@ from miniupi.errors import (
 from miniupi.nodes import collect
 from miniupi.nodes.collect import CollectBook, Request
 from miniupi.nodes.coordinator import Payment, Txn
-from miniupi.nodes.gateway import Books, GatewayServicer
 from miniupi.nodes.limits import DailyLimit
-from miniupi.nodes.refunds import RefundBook
 from miniupi.ops.audit import audit
 from miniupi.ops.testing import LocalCluster
 from miniupi.rich_status import error_of
-from miniupi.states import TxnState
 from miniupi.tls import dial
-from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from miniupi.v1 import common_pb2, gateway_pb2
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -433,57 +428,51 @@ def test_a_payer_asked_by_many_requesters_keeps_a_list_that_fits_one_reply(
     assert requesters[turned_away].request_money(me(victim), 1).state == "PENDING"
 
 
-@pytest.mark.xfail(strict=True, reason="finding: expired and declined requests are kept forever; "
-                                       "not fixed on this branch (see the report)")
 def test_one_requester_cannot_make_the_gateway_hold_requests_without_bound() -> None:
-    """A requester with the shortest expiry (1 s) has 100 pending at a time, but nothing ever drops the
-    expired ones: about 100 a second per account, each a row in memory, in the store and in every
-    audit, and each ask scans all of the requester's requests ever made."""
+    """A requester with the shortest expiry (1 s) has 100 pending at a time, about 100 new ones a second:
+    the gateway's memory holds only the open ones, and each expired one leaves it (its row stays in the
+    store, as a settled payment's does)."""
+    import sys
 
-    class Store:
-        async def write(self, batch: object) -> None:
-            pass
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "nodes"))
+    from dict_store import DictStore
+    from miniupi.nodes.group_commit import GroupCommit
+    from miniupi.nodes.txn_index import TxnIndex
 
-        async def barrier(self) -> None:
-            pass
-
-    book = CollectBook(Store(), {}, {}, set())  # type: ignore[arg-type]
-    start, asks = time.time(), 2000
-
-    async def ask_all() -> None:
-        for i in range(asks):  # one a second for 50 minutes of the gateway's clock, each expiring at once
+    async def ask_all() -> tuple[int, int]:
+        store = DictStore()
+        commit = GroupCommit(store)
+        book = CollectBook(commit, {}, TxnIndex(store, Txn.from_record), set())  # type: ignore[arg-type]
+        start, asks, most_open = time.time(), 2000, 0
+        for i in range(asks):  # one a second for over half an hour of the gateway's clock, each expiring at once
             at = start + i * 1.01
             with contextlib.suppress(MiniupiError):
                 await book.ask(Request(str(uuid.uuid4()), "victim@bank_a", "spammer@bank_b", 1, "INR", "", at, at + 1))
+            most_open = max(most_open, book.open_count)
+        await commit.close()
+        return most_open, len(store.tables.get(collect.TABLE, {}))
 
-    asyncio.run(ask_all())
-    assert sum(1 for _ in book) <= 1000
+    most_open, stored = asyncio.run(ask_all())
+    assert most_open <= collect.MAX_PENDING_PER_REQUESTER
+    assert stored == 2000  # every request is still answerable by id, from the store
 
 
-@pytest.mark.xfail(strict=True, reason="finding: a payment's refunds are unbounded in number; "
-                                       "not fixed on this branch (see the report)")
-def test_a_payment_with_very_many_refunds_still_fits_one_status_reply() -> None:
-    """The payee may give a payment back one paisa at a time, each refund listed in GetTransaction's reply
-    (and its id in the payer's history entry): 500.00 in 50000 refunds fill half of what a client takes in one
-    reply, 1000.00 more than all of it, and `miniupi txn` fails for both parties."""
-    original = Txn(Payment(str(uuid.uuid4()), "payer@bank_a", "payee@bank_b", 500_00, "INR"), TxnState.COMMITTED)
-    txns = {original.payment.txn_id: original}
-    refunds = RefundBook()
-    refunds.load(txns)
-    for _ in range(500_00):
-        refund = Payment(str(uuid.uuid4()), "payee@bank_b", "payer@bank_a", 1, "INR", refund_of=original.payment.txn_id)
-        try:
-            refunds.admit(refund, time.time())
-        except MiniupiError:
-            break
-        txns[refund.txn_id] = Txn(refund, TxnState.COMMITTED)
-    servicer = GatewayServicer(SimpleNamespace(call_timeout_s=1, currency="INR"),  # type: ignore[arg-type]
-                               SimpleNamespace(txns=txns), None, None,  # type: ignore[arg-type]
-                               Books(set(), refunds, set()))  # type: ignore[arg-type]
-    current_peer.set(ADMIN)
-    reply = asyncio.run(servicer.GetTransaction(gateway_pb2.GetTransactionRequest(txn_id=original.payment.txn_id),
-                                                None))  # type: ignore[arg-type]
-    assert reply.ByteSize() < CLIENT_RECEIVE_LIMIT // 2
+def test_a_payment_cannot_be_refunded_in_more_pieces_than_one_status_reply_shows(
+        cluster: LocalCluster, new_user: Callable[..., Client]) -> None:
+    """A payee giving a payment back a paisa at a time: the hundred-and-first refund is refused, so the
+    payment's status (and the payer's history entry) stays far below what a client takes in one reply."""
+    from miniupi.nodes.refunds import MAX_REFUNDS_PER_PAYMENT
+
+    payer, payee = new_user("bank_a", 10_00), new_user("bank_b", 0)
+    paid = payer.pay(me(payee), 5_00)
+    for _ in range(MAX_REFUNDS_PER_PAYMENT):
+        payee.refund(paid.txn_id, 1)
+    with pytest.raises(NotRefundable, match="the most one payment may have"):
+        payee.refund(paid.txn_id, 1)
+    status = payer.transaction(paid.txn_id)
+    assert len(status.refunds) == MAX_REFUNDS_PER_PAYMENT and status.refunded == MAX_REFUNDS_PER_PAYMENT
+    left = 10_00 - 5_00 + MAX_REFUNDS_PER_PAYMENT
+    assert money(payer) == (left, left)
 
 
 # -- daily limit ------------------------------------------------------------------------------
@@ -515,16 +504,12 @@ def test_approvals_and_payments_at_once_never_pass_the_daily_limit(cluster: Loca
     assert len(payer.requests()) == len(requests) - len(approved)
 
 
-@pytest.mark.xfail(strict=True, reason="finding: the day's totals restart whenever the date changes, "
-                                       "backwards too; not fixed on this branch (see the report)")
 def test_a_clock_stepping_back_over_midnight_gives_no_payer_a_second_allowance_for_the_day() -> None:
-    """DailyLimit keeps one day's totals and starts afresh on any other date, an earlier one too: a clock
-    stepped back over midnight (NTP, a restored VM) lets a payer spend that day's limit again, which the
-    audit then reports as a violation."""
+    """A clock stepped back over midnight (NTP, a restored VM) must not give a payer that day's limit again:
+    totals are kept per day and payer, never one running day that restarts on any change of date."""
     ist = ZoneInfo("Asia/Kolkata")
     limit = DailyLimit(SimpleNamespace(zone=ist, time_zone="Asia/Kolkata", currency="INR",  # type: ignore[arg-type]
                                        daily_limit_of=lambda account: LIMIT))
-    limit.load({})
 
     def payment(amount: int) -> Payment:
         return Payment(str(uuid.uuid4()), "p@bank_a", "q@bank_b", amount, "INR")
