@@ -35,7 +35,7 @@ def one_run(banks: int, storage: str, payments: int, concurrency: int) -> dict[s
         pids = {node.name: cluster.supervisor.pid(node.name) for node in cluster.config.nodes}
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         load_before = os.times()
-        result = bench_json(["--config", str(cluster.config_path), "--concurrency", str(concurrency),
+        result = bench_json(["--config", str(cluster.config_path), "--live", "--concurrency", str(concurrency),
                              "--payments", str(payments), "--no-audit"])
         load_after = os.times()
         used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}

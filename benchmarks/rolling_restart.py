@@ -31,7 +31,7 @@ def one_run(restarts: int, payments: int, concurrency: int, storage: str) -> dic
     with LocalCluster(Path(tempfile.mkdtemp(prefix="miniupi-rolling-")), bench_spec(2, storage)) as cluster:
         result: dict[str, Any] = {}
         load = threading.Thread(target=lambda: result.update(bench_json(
-            ["--config", str(cluster.config_path), "--concurrency", str(concurrency), "--payments", str(payments)])))
+            ["--config", str(cluster.config_path), "--live", "--concurrency", str(concurrency), "--payments", str(payments)])))
         load.start()
         time.sleep(WARM_UP_S)
         banks = sorted(cluster.config.banks)
