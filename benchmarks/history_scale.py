@@ -67,7 +67,7 @@ def seed(cluster: LocalCluster, n: int, progress: bool) -> float:
     """Write n settled payments into the cluster's fresh stores; returns the seconds it took."""
     started = time.monotonic()
     stores = open_stores(cluster)
-    gateway, payer_bank, payee_bank = stores["gateway"], stores["bank_0"], stores["bank_1"]
+    gateway = stores["gateway"]
     now = time.time()
     base = now - n * 0.001 - 3600  # applied one a millisecond, ending an hour ago
     sent: dict[str, int] = {}
