@@ -15,7 +15,9 @@ percentile write of each, how long the compaction took (what every write
 used to wait for when compaction ran inside write()), the process's
 resident memory (VmRSS, and its peak during the compaction, VmHWM after a
 reset), and what reopening the store costs in a fresh process: time, and
-resident memory after it and at its peak.
+resident memory after it and at its peak. With `--journal-mb N` it first
+writes more batches until the journal holds N MB (a restart replays it;
+the compaction rule lets it grow to the snapshot's size).
 """
 from __future__ import annotations
 
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--payments", type=int, default=1_000_000, help="settled payments in the snapshot")
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--baseline", type=int, default=2_000, help="writes timed with no compaction running")
+    parser.add_argument("--journal-mb", type=float, default=0.0, help="journal to leave for the reopen to replay")
     parser.add_argument("--dir", type=Path, default=None, help="where the store goes (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="leave the store's files behind")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -159,8 +162,11 @@ def main() -> None:
     peak_during, rss_after = status_mb("VmHWM"), status_mb("VmRSS")
     assert store.compactions == 2 and store.failed_compactions == 0, (store.compactions, store.failed_compactions)
     snapshot_mb = store.snapshot_file.stat().st_size / 1e6
-    store.close()
     say(f"compacted a {snapshot_mb:.0f} MB snapshot in {compaction_s:.1f} s behind {len(during)} writes")
+    while store.journal_file.stat().st_size < args.journal_mb * 1e6:
+        store.write(bank.batch())
+    journal_mb = store.journal_file.stat().st_size / 1e6
+    store.close()
 
     reopened = json.loads(subprocess.run([sys.executable, "-c", REOPEN, str(directory)], check=True,
                                          capture_output=True, text=True).stdout)
@@ -172,7 +178,7 @@ def main() -> None:
         "longest_write_ms": round(max(during) * 1000, 1),
         "rss_mb": {"before": round(rss_before, 1), "peak_during_compaction": round(peak_during, 1),
                    "after": round(rss_after, 1)},
-        "reopen": reopened,
+        "reopen": {**reopened, "journal_mb": round(journal_mb, 1)},
         "cpus": os.cpu_count(),
         # The machine's 1-minute load average before and after: the writes share it with everything else.
         "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],

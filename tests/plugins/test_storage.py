@@ -472,6 +472,45 @@ def test_json_reads_from_another_thread_see_whole_batches_through_compactions(
     assert expected["a"] == expected["b"] == {"x": 300}
 
 
+def test_json_the_old_snapshot_and_the_rotated_journal_are_freed_a_piece_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freed at once, a large file's blocks hold up a concurrent journal fdatasync (ext4)."""
+    monkeypatch.setattr(storage_json, "FREE_BYTES", 400)
+    monkeypatch.setattr(storage_json, "FREE_PAUSE_S", 0.0)
+    store = JsonStore(tmp_path, compact_after=1_000)  # compacted only when asked (compact_soon)
+    for i in range(4):
+        if i == 3:
+            store.compact_soon()
+        store.write([Put("t", f"k{i}", "x" * 600)])
+    compacted(store)  # the first snapshot: no old one to free, a rotated journal of three lines
+    old_snapshot = (tmp_path / storage_json.SNAPSHOT).stat().st_size
+    for i in range(4, 7):
+        store.write([Put("t", f"k{i}", "x" * 600)])
+    rotated = (tmp_path / storage_json.JOURNAL).stat().st_size  # four lines, to be rotated next
+    real_ftruncate, cuts = os.ftruncate, []
+
+    def ftruncate(fd: int, length: int) -> None:
+        cuts.append((os.fstat(fd).st_size, length, os.fstat(fd).st_nlink))
+        real_ftruncate(fd, length)
+
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    store.compact_soon()
+    store.write([Put("t", "k7", 0)])  # rotates
+    compacted(store)
+    store.close()
+    assert old_snapshot > 1000 and rotated > 1000
+    # Only files already removed (no link left), each from its size down to 0, 400 bytes at a time.
+    assert all(links == 0 for _, _, links in cuts), cuts
+    for size in (old_snapshot, rotated):
+        steps = [(before, after) for before, after, _ in cuts if before > after]
+        chain = [size]
+        for before, after in steps:
+            if before == chain[-1]:
+                chain.append(after)
+        assert chain[-1] == 0 and all(a - b <= 400 for a, b in zip(chain, chain[1:])), (size, cuts)
+    assert reopened(open_json, tmp_path) == {"t": {**{f"k{i}": "x" * 600 for i in range(7)}, "k7": 0}}
+
+
 def copy_files(directory: Path, to: Path) -> None:
     """The files as they are at this moment: what a crash here leaves on disk."""
     to.mkdir()
