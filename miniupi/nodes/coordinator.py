@@ -228,19 +228,18 @@ class Coordinator:
         txn = self.txns.get(payment.txn_id)
         if txn is not None:
             return await self._repeat(txn, payment)
-        now = time.time()
+        txn = Txn(payment, TxnState.INITIATED)
         admitted: list[Guard] = []
         try:
             for guard in self._guards:
-                guard.admit(payment, now)
+                guard.admit(payment, txn.created_at)
                 admitted.append(guard)
         except MiniupiError:
             # Refused before anything was recorded: the id stays free, as for any other bad input.
-            txn = Txn(payment, TxnState.INITIATED, created_at=now)
             for guard in admitted:
                 guard.release(txn)
             raise
-        txn = Txn(payment, TxnState.INITIATED, created_at=now, finished=asyncio.get_running_loop().create_future())
+        txn.finished = asyncio.get_running_loop().create_future()
         self.txns.add(payment.txn_id, txn)  # in the same step as the admissions: see Guard
         try:
             await self._commit.write([Put("txns", payment.txn_id, txn.record()), unfinished(payment.txn_id)])
