@@ -481,8 +481,8 @@ class JsonStore:
         else:
             return
         self.compactions += 1
+        self._step("compacted")  # before the writer may rotate again
         self._idle.set()
-        self._step("compacted")
 
     def _snapshot_pieces(self) -> Iterator[bytes]:
         """snapshot.json's text, SNAPSHOT_PIECE_ROWS rows at a time, from the state the writer no longer changes."""
