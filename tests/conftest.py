@@ -23,6 +23,7 @@ import grpc
 import pytest
 
 from miniupi.client.api import Client
+from miniupi.errors import MiniupiError
 from miniupi.ops.testing import LocalCluster
 from miniupi.tls import dial
 from miniupi.v1 import bank_pb2, bank_pb2_grpc
@@ -39,6 +40,15 @@ def unique_name(prefix: str = "u") -> str:
     """A fresh account name (lower-case letters, digits, _; at most 32 chars)."""
     return f"{prefix}{uuid.uuid4().hex[:12]}"
 
+
+
+def refusal(call: Callable[[], object]) -> MiniupiError:
+    """The refusal `call` raises (it must raise one)."""
+    try:
+        got = call()
+    except MiniupiError as e:
+        return e
+    pytest.fail(f"expected a refusal, got {got}")
 
 def wait_for(what: str, probe: Callable[[], T], timeout_s: float = 15.0, interval_s: float = 0.1) -> T:
     """Poll until probe() is truthy; fail naming `what` after timeout_s."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import PASSWORD, me, money, unique_name
+from conftest import PASSWORD, me, money, refusal, unique_name
 from miniupi.client.api import AsyncClient, Client, CollectRequest, Session
 from miniupi.errors import (
     AlreadyExists,
@@ -65,14 +65,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def every_node_up_afterwards(cluster: LocalCluster) -> Iterator[None]:
     yield
     every_node_running(cluster)
-
-
-def refusal(call: Callable[[], object]) -> MiniupiError:
-    try:
-        got = call()
-    except MiniupiError as e:
-        return e
-    pytest.fail(f"expected a refusal, got {got}")
 
 
 def asked(requester: Client, payer: Client, amount: int, **kwargs: object) -> CollectRequest:

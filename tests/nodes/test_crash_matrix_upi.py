@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PASSWORD, PLUGIN_DIR, unique_name, wait_for
+from conftest import PASSWORD, PLUGIN_DIR, refusal, unique_name, wait_for
 from miniupi.client.api import Client
 from miniupi.errors import MiniupiError, RefundExceedsPayment, RequestClosed
 from miniupi.ops.audit import collect
@@ -129,14 +129,6 @@ def every_node_up_and_nothing_armed(cluster: LocalCluster) -> Iterator[None]:
     yield
     faults.disarm(cluster.config.data_dir)
     every_node_running(cluster)
-
-
-def refusal(call: Callable[[], object]) -> MiniupiError:
-    try:
-        got = call()
-    except MiniupiError as e:
-        return e
-    pytest.fail(f"expected a refusal, got {got}")
 
 
 def login(cluster: LocalCluster, account: str, opening: int) -> Client:

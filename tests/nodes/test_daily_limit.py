@@ -23,11 +23,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import PASSWORD, PLUGIN_DIR, me, money, unique_name
+from conftest import PASSWORD, PLUGIN_DIR, me, money, refusal, unique_name
 from dict_store import DictStore
 from miniupi.client.api import AsyncClient, Client
 from miniupi.contract.store import Put
-from miniupi.errors import DailyLimitReached, InsufficientFunds, MiniupiError, UnknownAccount
+from miniupi.errors import DailyLimitReached, InsufficientFunds, UnknownAccount
 from miniupi.nodes.coordinator import Payment, Txn
 from miniupi.nodes.limits import DailyLimit
 from miniupi.ops.testing import LocalCluster
@@ -73,14 +73,6 @@ def every_node_up_afterwards(cluster: LocalCluster) -> Iterator[None]:
     yield
     faults.disarm(cluster.config.data_dir)
     every_node_running(cluster)
-
-
-def refusal(call: Callable[[], object]) -> MiniupiError:
-    try:
-        got = call()
-    except MiniupiError as e:
-        return e
-    pytest.fail(f"expected a refusal, got {got}")
 
 
 def over_the_limit(call: Callable[[], object]) -> DailyLimitReached:

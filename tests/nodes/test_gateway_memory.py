@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from conftest import PLUGIN_DIR, log_lines, me, money, wait_for
+from conftest import PLUGIN_DIR, log_lines, me, money, refusal, wait_for
 from miniupi.client.api import Client
-from miniupi.errors import AlreadyExists, DailyLimitReached, InsufficientFunds, MiniupiError, RefundExceedsPayment
+from miniupi.errors import AlreadyExists, DailyLimitReached, InsufficientFunds, RefundExceedsPayment
 from miniupi.nodes.coordinator import Payment, Txn
 from miniupi.nodes.txn_index import CACHE_ENV
 from miniupi.ops.testing import LocalCluster
@@ -80,14 +80,6 @@ def every_node_up_afterwards(cluster: LocalCluster) -> Iterator[None]:
     yield
     faults.disarm(cluster.config.data_dir)
     every_node_running(cluster)
-
-
-def refusal(call: Callable[[], object]) -> MiniupiError:
-    try:
-        got = call()
-    except MiniupiError as e:
-        return e
-    pytest.fail(f"expected a refusal, got {got}")
 
 
 def paid(payer: Client, to: str, amount: int) -> str:

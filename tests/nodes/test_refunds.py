@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from conftest import PLUGIN_DIR, me, money, wait_for
+from conftest import PLUGIN_DIR, me, money, refusal, wait_for
 from miniupi.client.api import AsyncClient, Client, RefundItem
 from miniupi.errors import (
     AlreadyExists,
@@ -82,15 +82,6 @@ def paid(payer: Client, payee: Client, amount: int) -> str:
     txn_id = str(uuid.uuid4())
     assert payer.pay(me(payee), amount, txn_id=txn_id).state == "COMMITTED"
     return txn_id
-
-
-def refusal(call: Callable[[], object]) -> MiniupiError:
-    """The refusal `call` raises (it must raise one)."""
-    try:
-        got = call()
-    except MiniupiError as e:
-        return e
-    pytest.fail(f"expected a refusal, got {got}")
 
 
 def same_words(a: MiniupiError, a_id: str, b: MiniupiError, b_id: str) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORD, me, money, wait_for
+from conftest import PASSWORD, me, money, refusal, wait_for
 from miniupi.client.api import STATUS_TIMEOUT_S, Client
 from miniupi.errors import InsufficientFunds, InvalidArgument, MiniupiError, NotFound, NotLoggedIn
 from miniupi.ops.testing import LocalCluster
@@ -47,14 +47,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def every_node_up_afterwards(cluster: LocalCluster) -> Iterator[None]:
     yield
     every_node_running(cluster)
-
-
-def refusal(call: Callable[[], object]) -> MiniupiError:
-    try:
-        got = call()
-    except MiniupiError as e:
-        return e
-    pytest.fail(f"expected a refusal, got {got}")
 
 
 def timed(call: Callable[[], object]) -> tuple[object, float]:

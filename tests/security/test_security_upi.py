@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from conftest import PASSWORD, cli_login, log_lines, me, money, unique_name, wait_logged
+from conftest import PASSWORD, cli_login, log_lines, me, money, refusal, unique_name, wait_logged
 from miniupi.client.api import AsyncClient, Client, CollectRequest, PayResult
 from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY
 from miniupi.errors import (
@@ -85,14 +85,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def refusal(call: Callable[[], object]) -> MiniupiError:
-    try:
-        got = call()
-    except MiniupiError as e:
-        return e
-    pytest.fail(f"expected a refusal, got {got}")
 
 
 def words(e: MiniupiError, the_id: str) -> tuple[object, ...]:
