@@ -28,6 +28,25 @@ class Put(NamedTuple):
     value: Any
 
 
+class Expect(NamedTuple):
+    """A condition of a conditional write: table[key] is a JSON object whose value[field] == value.
+
+    field None: the row must be absent, and the batch must put that key (the
+    put becomes an insert: of two writers racing to insert one key, exactly
+    one succeeds). Gateways sharing one store decide with these who owns a
+    payment (miniupi/nodes/replicas.py).
+    """
+
+    table: str
+    key: str
+    field: str | None
+    value: Any = None
+
+
+class Conflict(Exception):
+    """An Expect did not hold when the write ran: nothing of the batch was written."""
+
+
 class StoreDamaged(Exception):
     """The files on disk are not a state this store ever wrote; refuse to serve."""
 
@@ -49,8 +68,15 @@ class Store(Protocol):
         is as some batch left it.
         """
 
-    def write(self, batch: Sequence[Put]) -> None:
-        """Apply the whole batch atomically and durably, or raise and apply none."""
+    def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
+        """Apply the whole batch atomically and durably if every expectation holds, else raise
+        Conflict and apply none; any other failure raises and applies none too."""
+
+    def claim(self, table: str, field: str, owners: Collection[str], owner: str,
+              limit: int) -> list[tuple[str, Any]]:
+        """Set value[field] = owner in up to `limit` rows of `table` whose value[field] is one of
+        `owners`, atomically and durably; return those rows as now written. Rows another writer
+        holds locked are passed over, never waited for (in PostgreSQL: FOR UPDATE SKIP LOCKED)."""
 
     def close(self) -> None:
         """Release files; later calls are errors."""

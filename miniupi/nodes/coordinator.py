@@ -35,13 +35,15 @@ from miniupi.errors import (
 from miniupi.nodes.participants import Ack, Leg, Participants, Refusal, Vote
 from miniupi.nodes.patience import PreparePatience
 from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after, fire_before
-from miniupi.contract.store import Put
+from miniupi.contract.store import Conflict, Expect, Put
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.nodes.txn_index import UNFINISHED, TxnIndex, finished, unfinished
 from miniupi.states import TxnState
 # Phase 2 resends, and the abort of a payment whose decision write failed:
 # 0.1-0.2 s, then doubling up to 5-10 s.
 RETRY = RetryPolicy(base_s=0.2, factor=2.0, cap_s=10.0, jitter=0.5)
+# A repeat of an id another gateway is running reads the store for its decision: 10 ms, doubling to 0.5 s.
+POLL = RetryPolicy(base_s=0.01, factor=2.0, cap_s=0.5, jitter=0.5)
 _rng = random.Random()
 
 
@@ -163,6 +165,9 @@ class Coordinator:
 
     `tables` are the live tables loaded at start: the coordinator needs
     "unfinished" (txn_index.py); `txns`, if given, is the index already made.
+    `owner` names this gateway where several share the store (replicas.py):
+    then an id is taken by an insert the store decides, and each decision is
+    written only while this gateway still owns the payment.
     """
 
     def __init__(
@@ -175,11 +180,13 @@ class Coordinator:
         hooks: NodeHooks = NO_HOOKS,
         guards: Sequence[Guard] = (),
         txns: TxnIndex[Txn] | None = None,
+        owner: str | None = None,
     ) -> None:
         self._banks, self._commit = banks, commit
         self._prepare_timeout, self._call_timeout = prepare_timeout_s, call_timeout_s
         self._hooks = hooks
         self._guards = tuple(guards)
+        self.owner = owner
         # The live payments in memory, the settled ones read from the store (txn_index.py).
         self.txns: TxnIndex[Txn] = txns if txns is not None else TxnIndex(
             commit.store, Txn.from_record, tables.get(UNFINISHED, {}))
@@ -195,28 +202,58 @@ class Coordinator:
 
         Reads only what is unfinished: the live payments the index loaded, never the history.
         """
-        undecided = [t for t in self.txns.live() if t.state == TxnState.INITIATED]
+        stale = [finished(txn_id) for txn_id in self.txns.stale]
+        if stale:
+            await self._commit.write(stale)
+        self.txns.stale.clear()
+        return await self._finish(self.txns.live(), "payment aborted: the gateway restarted before deciding")
+
+    async def take_over(self, txn_ids: Sequence[str]) -> tuple[int, int]:
+        """Finish payments claimed from a gateway whose lease lapsed (replicas.py), as its restart would."""
+        adopted, done = [], []
+        for txn_id in txn_ids:
+            txn = self.txns.get(txn_id)
+            if txn is None or txn.acked:  # nothing left to do but drop the index row
+                done.append(finished(txn_id))
+            elif not self.txns.is_live(txn_id):
+                self.txns.add(txn_id, txn)
+                adopted.append(txn)
+        if done:
+            await self._commit.write(done)
+        return await self._finish(adopted, "payment aborted: its gateway stopped before deciding")
+
+    async def _finish(self, txns: Sequence[Txn], message: str) -> tuple[int, int]:
+        """Presumed abort for the undecided of `txns`, then phase 2 for every one not acknowledged."""
+        undecided = [t for t in txns if t.state == TxnState.INITIATED]
         now = time.time()
-        message = "payment aborted: the gateway restarted before deciding"
-        puts = [finished(txn_id) for txn_id in self.txns.stale]
-        for txn in undecided:
-            aborted = {**txn.record(), "state": TxnState.ABORTED, "code": Aborted.code, "message": message,
-                       "reason": Aborted.reason, "decided_at": now}
-            puts.append(Put("txns", txn.payment.txn_id, aborted))
-            puts += self._deciding(txn, TxnState.ABORTED)
-        if puts:
+
+        def aborted(txn: Txn) -> list[Put]:
+            record = {**txn.record(), "state": TxnState.ABORTED, "code": Aborted.code, "message": message,
+                      "reason": Aborted.reason, "decided_at": now}
+            return [Put("txns", txn.payment.txn_id, record), *self._deciding(txn, TxnState.ABORTED)]
+
+        if self.owner:  # each only while this gateway owns it, so one at a time
+            for txn in list(undecided):
+                try:
+                    await self._commit.write(aborted(txn), self._owned(txn))
+                except Exception as e:
+                    self._decided(txn, TxnState.ABORTED, False)
+                    if not isinstance(e, Conflict):
+                        raise
+                    self._taken_over(txn)
+                    undecided.remove(txn)
+        elif undecided:
             try:
-                await self._commit.write(puts)
+                await self._commit.write([put for txn in undecided for put in aborted(txn)])
             except Exception:
                 for txn in undecided:
                     self._decided(txn, TxnState.ABORTED, False)
                 raise
-        self.txns.stale.clear()
         for txn in undecided:
             txn.state, txn.code, txn.message, txn.reason, txn.decided_at = (
                 TxnState.ABORTED, Aborted.code, message, Aborted.reason, now)
             self._decided(txn, TxnState.ABORTED, True)
-        pending = [t for t in self.txns.live() if not t.acked]
+        pending = [t for t in txns if not t.acked and self.txns.is_live(t.payment.txn_id)]
         for txn in pending:
             self._spawn(self._resend_decision(txn))
         return len(undecided), len(pending)
@@ -241,12 +278,17 @@ class Coordinator:
             raise
         txn.finished = asyncio.get_running_loop().create_future()
         self.txns.add(payment.txn_id, txn)  # in the same step as the admissions: see Guard
+        # Where gateways share the store, the store decides which of two taking one id at once runs it.
+        taken = [Expect("txns", payment.txn_id, None)] if self.owner else ()
         try:
-            await self._commit.write([Put("txns", payment.txn_id, txn.record()), unfinished(payment.txn_id)])
+            await self._commit.write([Put("txns", payment.txn_id, txn.record()),
+                                      unfinished(payment.txn_id, self.owner)], taken)
         except Exception as e:
             self.txns.discard(payment.txn_id)
             self._release(txn)
             txn.finished.set_result(None)
+            if isinstance(e, Conflict):  # another gateway recorded it first: its answer is this one's
+                return await self._repeat(self.txns.get(payment.txn_id) or txn, payment)
             raise StoreUnavailable(f"gateway could not record the payment: {e}") from e
         vetoed = fire_before(self._hooks.miniupi_before_prepare, txn_id=payment.txn_id)
         self._in_flight += 1
@@ -261,14 +303,28 @@ class Coordinator:
     async def _repeat(self, txn: Txn, payment: Payment) -> TxnState:
         if txn.payment.details != payment.details:
             raise AlreadyExists(f"transaction id {payment.txn_id} was already used for a different payment")
+        wait = self._prepare_timeout + self._call_timeout + 1
         if txn.state == TxnState.INITIATED and txn.finished is not None:
-            wait = self._prepare_timeout + self._call_timeout + 1
             try:
                 await asyncio.wait_for(asyncio.shield(txn.finished), wait)
             except TimeoutError:
                 raise Unavailable(f"payment {payment.txn_id} is still in progress; ask again") from None
+            if self.owner:  # the id may have gone to another gateway after all (pay's Conflict)
+                txn = self.txns.get(payment.txn_id) or txn
+        if txn.state == TxnState.INITIATED and self.owner and not self.txns.is_live(payment.txn_id):
+            txn = await self._decided_elsewhere(txn, wait)
         await self._commit.barrier()
         return txn.outcome()
+
+    async def _decided_elsewhere(self, txn: Txn, wait: float) -> Txn:
+        """A payment another gateway runs, once the store holds its decision (or `wait` is over)."""
+        deadline = time.monotonic() + wait
+        failures = 0
+        while txn.state == TxnState.INITIATED and time.monotonic() < deadline:
+            failures += 1
+            await asyncio.sleep(min(POLL.delay(failures, _rng), max(0.0, deadline - time.monotonic())))
+            txn = self.txns.get(txn.payment.txn_id) or txn
+        return txn
 
     async def _two_phase(self, txn: Txn, refusal: MiniupiError | None = None) -> None:
         """Prepare, decide, tell the banks; a `refusal` (a plugin's veto) skips the prepares and aborts."""
@@ -290,7 +346,12 @@ class Coordinator:
                    "decided_at": decided_at}
         try:
             # The commit point; the guards' rows go down with it.
-            await self._commit.write([Put("txns", txn.payment.txn_id, decided), *self._deciding(txn, decision)])
+            await self._commit.write([Put("txns", txn.payment.txn_id, decided), *self._deciding(txn, decision)],
+                                     self._owned(txn))
+        except Conflict:
+            self._decided(txn, decision, False)
+            self._taken_over(txn)
+            return
         except Exception as e:
             self._decided(txn, decision, False)
             # Nobody may hear a decision the disk does not hold: the payment stays undecided
@@ -305,6 +366,22 @@ class Coordinator:
         self._decided(txn, decision, True)
         fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=txn.state)
         self._start_phase_two(txn)
+
+    def _owned(self, txn: Txn) -> Sequence[Expect]:
+        """What a decision's write expects: where gateways share the store, that this one still owns it."""
+        return [Expect(UNFINISHED, txn.payment.txn_id, "owner", self.owner)] if self.owner else ()
+
+    def _taken_over(self, txn: Txn) -> None:
+        """Another gateway took the payment over while this one was away (paused past its lease): its
+        decision stands, this one's is dropped unheard; the store's answer is the one to give."""
+        txn_id = txn.payment.txn_id
+        logger.warning("{} was taken over by another gateway before this one could decide it; "
+                       "its decision stands", txn_id)
+        self.txns.discard(txn_id)
+        stored = self.txns.get(txn_id)
+        if stored is not None:
+            txn.state, txn.code, txn.message, txn.reason, txn.decided_at, txn.acked = (
+                stored.state, stored.code, stored.message, stored.reason, stored.decided_at, stored.acked)
 
     def _refusal(self, txn_id: str, bank: str, vote: Vote | BaseException) -> MiniupiError | None:
         """None for a YES vote, else the refusal to give the client."""
@@ -371,8 +448,12 @@ class Coordinator:
             await asyncio.sleep(RETRY.delay(failures, _rng))
             try:
                 await self._commit.write([Put("txns", txn.payment.txn_id, aborted),
-                                          *self._deciding(txn, TxnState.ABORTED)])
+                                          *self._deciding(txn, TxnState.ABORTED)], self._owned(txn))
                 break
+            except Conflict:
+                self._decided(txn, TxnState.ABORTED, False)
+                self._taken_over(txn)
+                return
             except Exception as e:
                 self._decided(txn, TxnState.ABORTED, False)
                 logger.error("abort of undecided {} could not be made durable ({!r}); trying again",

@@ -6,14 +6,16 @@ one provides); this is how a node feeds it without an fsync per change.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 
 from loguru import logger
 
-from miniupi.contract.store import Put, Store
+from miniupi.contract.store import Conflict, Expect, Put, Store
 from miniupi.errors import StoreUnavailable
 from miniupi.nodes.running_loop import RunningLoop
 
@@ -58,7 +60,7 @@ class GroupCommit:
     def __init__(self, store: Store, inline_after_quiet_s: float | None = INLINE_AFTER_QUIET_S) -> None:
         self._store = store
         self._inline_after = float("inf") if inline_after_quiet_s is None else inline_after_quiet_s
-        self._pending: list[tuple[Sequence[Put], asyncio.Future[None] | None]] = []
+        self._pending: list[tuple[Sequence[Put], Sequence[Expect], asyncio.Future[None] | None]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._flusher: asyncio.Task[None] | None = None
         self._running_loop = RunningLoop()
@@ -71,13 +73,20 @@ class GroupCommit:
         """The store itself, for reads (get, scan): they see every batch whose write has returned."""
         return self._store
 
-    async def write(self, batch: Sequence[Put]) -> None:
-        """Return once `batch` (and everything before it) is durable."""
+    async def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
+        """Return once `batch` (and everything before it) is durable.
+
+        With `expect` the batch is conditional (contract/store.py): it goes down
+        alone, in its turn, and raises Conflict, writing nothing, if an
+        expectation does not hold. Only gateways sharing a store write these.
+        """
         if (not self._pending and not self._in_thread and (self._flusher is None or self._flusher.done())
                 and not self._failing and time.monotonic() - self._idle_since > self._inline_after):
             try:  # nothing is queued or being written, so order holds
                 if batch:
-                    self._store.write(batch)
+                    self._store.write(batch, expect) if expect else self._store.write(batch)
+            except Conflict:
+                raise
             except Exception as e:
                 self._failing = True
                 raise _unavailable(e, len(batch)) from e
@@ -86,7 +95,7 @@ class GroupCommit:
                 self._idle_since = time.monotonic()
             return
         future = self._running_loop().create_future()
-        self._submit(batch, future)
+        self._submit(batch, future, expect)
         await future
 
     async def barrier(self) -> None:
@@ -97,41 +106,65 @@ class GroupCommit:
         """
         await self.write(())
 
+    async def claim(self, table: str, field: str, owners: Collection[str], owner: str,
+                    limit: int) -> list[tuple[str, Any]]:
+        """Store.claim, in order after everything submitted so far, from the writer thread."""
+        await self.barrier()
+        self._in_thread = True  # keeps the loop's inline writes off the store meanwhile
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, functools.partial(self._store.claim, table, field, owners, owner, limit))
+        finally:
+            self._in_thread = False
+
     def write_later(self, batch: Sequence[Put]) -> None:
         """Queue `batch` without waiting; it still goes down in order."""
         self._submit(batch, None)
 
-    def _submit(self, batch: Sequence[Put], future: asyncio.Future[None] | None) -> None:
-        self._pending.append((batch, future))
+    def _submit(self, batch: Sequence[Put], future: asyncio.Future[None] | None,
+                expect: Sequence[Expect] = ()) -> None:
+        self._pending.append((batch, expect, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = self._running_loop().create_task(self._flush())
 
-    def _write_in_thread(self, puts: list[Put]) -> None:
+    def _write_in_thread(self, puts: list[Put], expect: Sequence[Expect]) -> None:
         try:
-            self._store.write(puts)
+            self._store.write(puts, expect) if expect else self._store.write(puts)
         finally:
             self._in_thread = False
+
+    def _take(self) -> tuple[list[Put], Sequence[Expect], list[asyncio.Future[None] | None]]:
+        """The next write: a conditional batch alone, or every unconditional one queued before the next."""
+        if self._pending[0][1]:
+            batch, expect, future = self._pending.pop(0)
+            return list(batch), expect, [future]
+        n = next((i for i, (_, expect, _) in enumerate(self._pending) if expect), len(self._pending))
+        taken, self._pending = self._pending[:n], self._pending[n:]
+        return [put for batch, _, _ in taken for put in batch], (), [future for _, _, future in taken]
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
-            taken, self._pending = self._pending, []
-            puts = [put for batch, _ in taken for put in batch]
+            puts, expect, futures = self._take()
             try:
                 if puts:
                     self._in_thread = True
-                    await loop.run_in_executor(self._executor, self._write_in_thread, puts)
+                    await loop.run_in_executor(self._executor, self._write_in_thread, puts, expect)
+            except Conflict as e:  # the store is well; this batch's condition was not
+                for future in futures:
+                    if future is not None and not future.done():
+                        future.set_exception(e)
             except BaseException as e:  # every waiter must learn of the failure
                 self._failing = self._failing or isinstance(e, Exception)  # not for a cancelled flusher
                 failed = _unavailable(e, len(puts)) if isinstance(e, Exception) else e
-                for _, future in taken:
+                for future in futures:
                     if future is not None and not future.done():
                         future.set_exception(failed)
                 if not isinstance(e, Exception):
                     raise
             else:
                 self._failing = self._failing and not puts  # a barrier alone proves nothing
-                for _, future in taken:
+                for future in futures:
                     if future is not None and not future.done():
                         future.set_result(None)
             finally:

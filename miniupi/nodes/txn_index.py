@@ -23,7 +23,9 @@ from typing import Any, Generic, Protocol, TypeVar
 from miniupi.contract.store import Put, Store
 
 TABLE = "txns"
-UNFINISHED = "unfinished"  # txn id -> true, while the payment is not acknowledged by every bank
+# txn id -> true, while the payment is not acknowledged by every bank; where gateways share the store,
+# {"owner": the gateway that runs it} (replicas.py).
+UNFINISHED = "unfinished"
 # Settled transactions kept in memory after their last use: a replay of a recent id or a look at
 # a recent payment costs no read. Each is about 0.5 kB. MINIUPI_GATEWAY_TXN_CACHE overrides it
 # (tests shrink it to 0 so that every settled read goes to the store).
@@ -94,7 +96,8 @@ class TxnIndex(Generic[T]):
         if record is None:
             return None
         txn = self._decode(txn_id, record)
-        self._remember(txn_id, txn)
+        if txn.acked:  # final; one another gateway is still running changes (replicas.py)
+            self._remember(txn_id, txn)
         return txn
 
     def __contains__(self, txn_id: object) -> bool:
@@ -155,9 +158,12 @@ class TxnIndex(Generic[T]):
             self._cache.popitem(last=False)
 
 
-def unfinished(txn_id: str) -> Put:
-    """The index row that makes a restart find the payment: in the INITIATED record's batch."""
-    return Put(UNFINISHED, txn_id, True)
+def unfinished(txn_id: str, owner: str | None = None) -> Put:
+    """The index row that makes a restart find the payment: in the INITIATED record's batch.
+
+    Where gateways share the store it names the `owner`, the one gateway that may decide it.
+    """
+    return Put(UNFINISHED, txn_id, True if owner is None else {"owner": owner})
 
 
 def finished(txn_id: str) -> Put:

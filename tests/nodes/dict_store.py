@@ -5,7 +5,7 @@ from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-from miniupi.contract.store import Put
+from miniupi.contract.store import Conflict, Expect, Put
 
 
 class DictStore:
@@ -34,13 +34,28 @@ class DictStore:
             if value is not None:
                 yield key, value
 
-    def write(self, batch: Sequence[Put]) -> None:
+    def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
+        for table, key, field, value in expect:
+            row = self.tables.get(table, {}).get(key)
+            if field is None:
+                if row is not None or not any((p.table, p.key) == (table, key) for p in batch):
+                    raise Conflict(f"{table}/{key} exists")
+            elif not isinstance(row, dict) or row.get(field) != value:
+                raise Conflict(f"{table}/{key}.{field} is not {value!r}")
         self.writes.append(list(batch))
         for table, key, value in batch:
             if value is None:
                 self.tables.get(table, {}).pop(key, None)
             else:
                 self.tables.setdefault(table, {})[key] = value
+
+    def claim(self, table: str, field: str, owners: Collection[str], owner: str,
+              limit: int) -> list[tuple[str, Any]]:
+        rows = self.tables.get(table, {})
+        taken = [key for key in sorted(rows) if isinstance(rows[key], dict) and rows[key].get(field) in owners]
+        claimed = [(key, {**rows[key], field: owner}) for key in taken[:limit]]
+        self.write([Put(table, key, value) for key, value in claimed])
+        return claimed
 
     def close(self) -> None:
         pass

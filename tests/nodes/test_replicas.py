@@ -1,0 +1,290 @@
+"""Gateways sharing one store, in one process: ids taken once, leases, takeover and fencing.
+
+Each gateway is a real Coordinator under its own group commit (and writer
+thread); they share one DictStore whose conditional writes and claims are
+atomic under a lock, as a database's row locks make them. The banks are
+test_coordinator's in-memory Participants, shared too, so "applied twice"
+shows as two prepares or two different decisions for one id. The same
+rules against real PostgreSQL and real processes are in
+tests/nodes/test_replicas_postgres.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import pytest
+
+from miniupi.contract.store import Expect, Put
+from miniupi.errors import Aborted, AlreadyExists, MiniupiError
+from miniupi.nodes.coordinator import Coordinator, Payment
+from miniupi.nodes.group_commit import GroupCommit
+from miniupi.nodes.replicas import LEASES, Replica, lapsed, owned
+from miniupi.nodes.txn_index import UNFINISHED
+from miniupi.states import TxnState
+from dict_store import DictStore
+from test_coordinator import CALL_TIMEOUT_S, PREPARE_TIMEOUT_S, Banks, outcome, payment
+
+pytestmark = pytest.mark.timeout(60)
+LEASE_S = 0.6
+
+
+class SharedStore(DictStore):
+    """One store for every gateway: each write and claim whole under one lock, as one transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.RLock()
+
+    def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
+        with self.lock:
+            super().write(batch, expect)
+
+    def claim(self, table: str, field: str, owners: Collection[str], owner: str, limit: int) -> list[tuple[str, Any]]:
+        with self.lock:
+            return super().claim(table, field, owners, owner, limit)
+
+
+class Replicas:
+    """Gateways named gw1, gw2, ... over one store and one set of banks."""
+
+    def __init__(self, banks: Banks, store: SharedStore | None = None) -> None:
+        self.banks, self.store = banks, store or SharedStore()
+        self.gateways: dict[str, tuple[GroupCommit, Coordinator, Replica]] = {}
+
+    async def start(self, name: str) -> Coordinator:
+        commit = GroupCommit(self.store)
+        unfinished = self.store.tables.get(UNFINISHED, {})
+        coordinator = Coordinator(self.banks, commit, {UNFINISHED: dict.fromkeys(owned(unfinished, name), True)},
+                                  PREPARE_TIMEOUT_S, CALL_TIMEOUT_S, owner=name)
+        replica = Replica(name, commit, coordinator, LEASE_S)
+        await replica.start()
+        await coordinator.recover()
+        self.gateways[name] = (commit, coordinator, replica)
+        return coordinator
+
+    def __getitem__(self, name: str) -> Coordinator:
+        return self.gateways[name][1]
+
+    def replica(self, name: str) -> Replica:
+        return self.gateways[name][2]
+
+    async def freeze(self, name: str) -> None:
+        """The gateway stops renewing its lease (as if paused) but stays in memory, able to act later."""
+        task = self.gateways[name][2]._task
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        for commit, coordinator, replica in self.gateways.values():
+            await replica.close()
+            await coordinator.close()
+            await commit.close()
+
+    def owner(self, txn_id: str) -> str | None:
+        row = self.store.tables.get(UNFINISHED, {}).get(txn_id)
+        return row["owner"] if row else None
+
+    def record(self, txn_id: str) -> dict[str, Any]:
+        return self.store.tables["txns"][txn_id]
+
+
+async def eventually(check: Any, within_s: float = 5.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not check() and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    return bool(check())
+
+
+def prepares_of(banks: Banks, txn_id: str) -> list[str]:
+    return sorted(bank for bank, t, _, _ in banks.prepares if t == txn_id)
+
+
+def test_one_id_sent_to_two_gateways_at_once_runs_one_2pc_and_both_answer_its_result() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        banks.delay_s = {"bank_a": 0.05}
+        cluster = Replicas(banks)
+        gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
+        for _ in range(10):
+            p = payment()
+            answers = await asyncio.gather(*(outcome(gw.pay(p)) for gw in (gw1, gw2, gw1, gw2)))
+            assert answers == [TxnState.COMMITTED] * 4
+            assert prepares_of(banks, p.txn_id) == ["bank_a", "bank_b"]
+            assert await eventually(lambda: banks.decided(p.txn_id) == [("bank_a", True), ("bank_b", True)])
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_id_taken_at_one_gateway_is_already_exists_with_other_details_at_the_other() -> None:
+    async def scenario() -> None:
+        cluster = Replicas(Banks())
+        gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
+        p = payment()
+        assert await gw1.pay(p) == TxnState.COMMITTED
+        other = Payment(p.txn_id, p.payer, p.payee, p.amount + 1, p.currency)
+        assert isinstance(await outcome(gw2.pay(other)), AlreadyExists)
+        assert await gw2.pay(p) == TxnState.COMMITTED  # the same details: the stored answer
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_repeat_at_the_other_gateway_waits_for_the_decision_of_the_one_running_it() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        banks.hold["bank_b"] = asyncio.Event()
+        cluster = Replicas(banks)
+        gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
+        p = payment()
+        first = asyncio.ensure_future(gw1.pay(p))
+        assert await eventually(lambda: prepares_of(banks, p.txn_id) == ["bank_a", "bank_b"])
+        repeat = asyncio.ensure_future(gw2.pay(p))
+        await asyncio.sleep(0.2)
+        assert not repeat.done()  # undecided: it waits, it does not answer "in progress" at once
+        banks.hold["bank_b"].set()
+        assert await first == await repeat == TxnState.COMMITTED
+        assert prepares_of(banks, p.txn_id) == ["bank_a", "bank_b"]
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_lapsed_gateways_undecided_payment_is_aborted_by_a_survivor_and_the_paused_one_cannot_commit_it() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        banks.hold["bank_b"] = asyncio.Event()
+        cluster = Replicas(banks)
+        gw1, _ = await cluster.start("gw1"), await cluster.start("gw2")
+        p = payment()
+        paused = asyncio.ensure_future(gw1.pay(p))  # prepared at both, the vote of bank_b held back
+        assert await eventually(lambda: prepares_of(banks, p.txn_id) == ["bank_a", "bank_b"])
+        assert cluster.owner(p.txn_id) == "gw1"
+        await cluster.freeze("gw1")
+        assert await eventually(lambda: cluster.record(p.txn_id)["state"] == TxnState.ABORTED, LEASE_S * 4)
+        assert cluster.replica("gw2").taken_over == 1
+        assert await eventually(lambda: banks.decided(p.txn_id) == [("bank_a", False), ("bank_b", False)])
+        banks.hold["bank_b"].set()  # gw1 wakes up with YES from both banks, and tries to commit
+        answer = await outcome(paused)
+        assert isinstance(answer, Aborted), answer  # the survivor's decision, not its own
+        assert [c for _, t, c in banks.decisions if t == p.txn_id and c] == []  # no bank ever heard COMMIT
+        assert cluster.record(p.txn_id)["state"] == TxnState.ABORTED
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_lapsed_gateways_decided_payment_is_resent_by_a_survivor_until_acknowledged() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        banks.refuse_decisions = {"bank_b": 10**6}  # bank_b hears nothing of gw1's phase 2
+        cluster = Replicas(banks)
+        gw1, _ = await cluster.start("gw1"), await cluster.start("gw2")
+        p = payment()
+        assert await gw1.pay(p) == TxnState.COMMITTED
+        await cluster.freeze("gw1")
+        await gw1.close()  # its resends stop with it
+        banks.refuse_decisions = {}
+        assert await eventually(lambda: cluster.owner(p.txn_id) is None, LEASE_S * 6)  # acknowledged, finished
+        assert cluster.record(p.txn_id)["state"] == TxnState.COMMITTED
+        assert cluster.record(p.txn_id)["acked"] is True
+        assert {c for _, t, c in banks.decisions if t == p.txn_id} == {True}
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_two_survivors_never_take_one_payment_over_twice() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        banks.hold["bank_b"] = asyncio.Event()
+        cluster = Replicas(banks)
+        gw1 = await cluster.start("gw1")
+        payments = [payment() for _ in range(30)]
+        running = [asyncio.ensure_future(gw1.pay(p)) for p in payments]
+        assert await eventually(lambda: all(prepares_of(banks, p.txn_id) for p in payments))
+        await cluster.freeze("gw1")
+        await cluster.start("gw2")
+        await cluster.start("gw3")
+        assert await eventually(lambda: all(cluster.record(p.txn_id)["state"] == TxnState.ABORTED
+                                            for p in payments), LEASE_S * 6)
+        assert cluster.replica("gw2").taken_over + cluster.replica("gw3").taken_over == len(payments)
+        banks.hold["bank_b"].set()
+        assert all(isinstance(r, Aborted) for r in await asyncio.gather(*(outcome(r) for r in running)))
+        for p in payments:
+            assert {c for _, t, c in banks.decisions if t == p.txn_id} == {False}
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_clean_stop_ends_the_lease_so_a_survivor_takes_over_at_once() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        banks.refuse_decisions = {"bank_a": 10**6}
+        cluster = Replicas(banks)
+        gw1, _ = await cluster.start("gw1"), await cluster.start("gw2")
+        p = payment()
+        assert await gw1.pay(p) == TxnState.COMMITTED
+        commit, coordinator, replica = cluster.gateways.pop("gw1")
+        await replica.close()
+        await coordinator.close()
+        await commit.close()
+        assert lapsed(cluster.store.scan(LEASES), "gw2", 1.0) == ["gw1"]  # ended: lapsed at any time
+        banks.refuse_decisions = {}
+        assert await eventually(lambda: cluster.owner(p.txn_id) is None, LEASE_S)
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_restarted_gateway_finishes_only_the_payments_it_still_owns() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        banks.refuse_decisions = {"bank_a": 10**6}
+        cluster = Replicas(banks)
+        gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
+        mine, theirs = payment(), payment()
+        assert await gw1.pay(mine) == TxnState.COMMITTED
+        assert await gw2.pay(theirs) == TxnState.COMMITTED
+        await cluster.freeze("gw1")
+        await cluster.freeze("gw2")
+        for name in ("gw1", "gw2"):
+            commit, coordinator, _ = cluster.gateways.pop(name)
+            await coordinator.close()
+            await commit.close()
+        sent = len(banks.decisions)
+        banks.refuse_decisions = {}
+        again = await cluster.start("gw1")  # gw2's lease has not lapsed yet: its payment stays its own
+        assert await eventually(lambda: cluster.owner(mine.txn_id) is None)
+        assert [t for _, t, _ in banks.decisions[sent:]] .count(theirs.txn_id) == 0
+        assert cluster.owner(theirs.txn_id) == "gw2"
+        assert again.txns.is_live(theirs.txn_id) is False
+        assert await eventually(lambda: cluster.owner(theirs.txn_id) is None, LEASE_S * 6)  # then it lapses
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_owner_rows_and_the_leases_read_as_they_are_written() -> None:
+    assert owned({"a": {"owner": "gw1"}, "b": {"owner": "gw2"}, "c": True}, "gw1") == ["a"]
+    assert lapsed([("gw1", {"until": 5.0}), ("gw2", {"until": 15.0}), ("gw3", "junk")], "gw9", 10.0) == ["gw1"]
+    assert lapsed([("gw1", {"until": 5.0})], "gw1", 10.0) == []  # never itself
+
+
+def test_a_refusal_from_the_store_is_not_taken_for_a_lost_payment() -> None:
+    async def scenario() -> None:
+        cluster = Replicas(Banks())
+        gw1 = await cluster.start("gw1")
+        banks_say_no = payment(amount=1)
+        cluster.banks.votes["bank_a"] = MiniupiError("down")
+        assert isinstance(await outcome(gw1.pay(banks_say_no)), Aborted)
+        assert cluster.record(banks_say_no.txn_id)["state"] == TxnState.ABORTED
+        await cluster.close()
+
+    asyncio.run(scenario())
