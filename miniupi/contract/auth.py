@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
-from miniupi.contract.store import Put
+from miniupi.contract.store import Put, Store
 
 
 class SessionLog(Protocol):
@@ -22,6 +22,10 @@ class SessionLog(Protocol):
 
     async def barrier(self) -> None:
         """Return once everything written so far is durable."""
+
+    @property
+    def store(self) -> Store:
+        """The store itself, for reading a row (`get`) where gateways share it."""
 
 
 class Authenticator(Protocol):

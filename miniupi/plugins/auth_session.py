@@ -33,7 +33,7 @@ from miniupi.contract.hookspecs import hookimpl
 from miniupi.nodes.callers import ALWAYS_OPEN_PREFIXES, GATEWAY_FOR_NODES, set_peer
 from miniupi.contract.auth import SessionLog
 from miniupi.contract.registry import Auth, AuthKind, Register
-from miniupi.contract.store import Put
+from miniupi.contract.store import Put, Store
 
 NAME = "session"
 # Methods that run before anyone has a session.
@@ -78,6 +78,10 @@ class _NotLoaded:
     async def barrier(self) -> None:
         raise RuntimeError("SessionStore used before load()")
 
+    @property
+    def store(self) -> Store:
+        raise RuntimeError("SessionStore used before load()")
+
 
 class SessionStore:
     """Sessions with an idle and an absolute expiry, kept durably in the gateway's store.
@@ -94,12 +98,19 @@ class SessionStore:
     are all at its front: each login sweeps them from there (and deletes
     their rows), and memory holds the sessions used within `idle_s`, not
     every one ever started.
+
+    Where several gateways share the store (`shared`), the row is the truth
+    and memory only its copy: each use reads the row, so a session started
+    at one gateway works at every other, and a logout at one is refused at
+    all from its answer on. Each gateway writes the last use it sees; a
+    session is idle only when neither its row nor this gateway saw a use.
     """
 
     tables = (TABLE,)
 
-    def __init__(self, idle_s: float, max_s: float, clock: Callable[[], float] = time.time) -> None:
-        self.idle_s, self.max_s, self._clock = idle_s, max_s, clock
+    def __init__(self, idle_s: float, max_s: float, clock: Callable[[], float] = time.time,
+                 shared: bool = False) -> None:
+        self.idle_s, self.max_s, self._clock, self.shared = idle_s, max_s, clock, shared
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently used first
         self._log: SessionLog = _NotLoaded()
         self._write_use_after = idle_s * LAST_USE_WRITE_FRACTION
@@ -113,15 +124,8 @@ class SessionStore:
         live: list[tuple[str, _Session]] = []
         dead: list[str] = []
         for session_id, row in tables.get(TABLE, {}).items():
-            try:
-                used = min(float(row["last_used"]), now)  # a clock that went back must not extend a session
-                session = _Session(bytes.fromhex(row["secret_sha256"]), str(row["account"]),
-                                   float(row["started"]), used, used)
-            except (KeyError, TypeError, ValueError, AttributeError):
-                logger.warning("sessions: dropping unreadable row {}", session_id)
-                dead.append(session_id)
-                continue
-            if self._expired(session, now):
+            session = _from_row(session_id, row, now)
+            if session is None or self._expired(session, now):
                 dead.append(session_id)
             else:
                 live.append((session_id, session))
@@ -155,13 +159,30 @@ class SessionStore:
             oldest = next(iter(self._sessions.values()))
             if now - oldest.last_used <= self.idle_s:
                 break
-            gone.append(Put(TABLE, self._sessions.popitem(last=False)[0], None))
+            session_id = self._sessions.popitem(last=False)[0]
+            if self.shared and self._stored(session_id, now) is not None:
+                continue  # in use at another gateway: out of this one's memory, not out of the store
+            gone.append(Put(TABLE, session_id, None))
         if gone:
             self._log.write_later(gone)
+
+    def _stored(self, session_id: str, now: float) -> _Session | None:
+        """The session as the shared store holds it, or None if it holds none (or an idle one)."""
+        session = _from_row(session_id, self._log.store.get(TABLE, session_id), now)
+        return None if session is None or now - session.last_used > self.idle_s else session
 
     def _find(self, key: str) -> tuple[str, _Session] | None:
         session_id, _, secret = key.partition(".")
         session = self._sessions.get(session_id)
+        if self.shared:  # the row decides: started or ended at another gateway, or still here
+            stored = _from_row(session_id, self._log.store.get(TABLE, session_id), self._clock())
+            if stored is None:
+                self._sessions.pop(session_id, None)
+                return None
+            if session is None:
+                session = self._sessions[session_id] = stored
+            elif stored.last_used > session.last_used:
+                session.last_used = session.stored_last_used = stored.last_used
         if session is None or not hmac.compare_digest(session.secret_hash, hashlib.sha256(secret.encode()).digest()):
             return None
         return session_id, session
@@ -200,6 +221,18 @@ class SessionStore:
             self._sessions[session_id] = session
             raise
         return session.account
+
+
+def _from_row(session_id: str, row: Any, now: float) -> _Session | None:
+    """A stored session, or None for no row or one that cannot be read (logged, to be dropped)."""
+    if row is None:
+        return None
+    try:
+        used = min(float(row["last_used"]), now)  # a clock that went back must not extend a session
+        return _Session(bytes.fromhex(row["secret_sha256"]), str(row["account"]), float(row["started"]), used, used)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        logger.warning("sessions: dropping unreadable row {}", session_id)
+        return None
 
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
@@ -255,7 +288,9 @@ def make_session_auth(node: NodeConfig, settings: Mapping[str, Any]) -> Auth:
     """At the gateway, sessions and their check; a bank needs nothing from this kind."""
     if node.role != "gateway":
         return Auth()
-    sessions = SessionStore(node.cluster.session_idle_s, node.cluster.session_max_s)
+    # Several gateways share one store (miniupi/nodes/replicas.py), and with it every session.
+    shared = len(getattr(node.cluster, "gateways", ())) > 1
+    sessions = SessionStore(node.cluster.session_idle_s, node.cluster.session_max_s, shared=shared)
     return Auth(authenticator=sessions, interceptors=[GatewaySessionInterceptor(sessions)])
 
 

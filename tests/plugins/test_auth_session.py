@@ -190,3 +190,70 @@ def test_unreadable_rows_are_dropped_on_load_not_a_crash() -> None:
     store = loaded(clock, log, {TABLE: {"a": {"account": "x@bank_a"}, "b": "junk"}})
     assert not store._sessions
     assert log.waited == [[Put(TABLE, "a", None), Put(TABLE, "b", None)]]
+
+
+# -- gateways sharing one store -----------------------------------------------------------------
+
+
+class SharedLog(Log):
+    """One store for several gateways' session stores: `store.get` reads its tables."""
+
+    @property
+    def store(self) -> SharedLog:
+        return self
+
+    def get(self, table: str, key: str) -> Any | None:
+        row = self.tables.get(table, {}).get(key)
+        return None if row is None else dict(row)
+
+
+def replicas(n: int = 2) -> tuple[Clock, SharedLog, list[SessionStore]]:
+    clock, log = Clock(), SharedLog()
+    stores = [SessionStore(IDLE_S, MAX_S, clock, shared=True) for _ in range(n)]
+    for store in stores:
+        asyncio.run(store.load({}, log))
+    return clock, log, stores
+
+
+def test_a_session_started_at_one_gateway_works_at_the_other_and_a_logout_at_either_ends_it_at_both() -> None:
+    _, _, (gw1, gw2) = replicas()
+    key, _ = asyncio.run(gw1.start("alice@bank_a"))
+    assert gw2.resolve(key) == "alice@bank_a"
+    assert gw1.resolve(key) == "alice@bank_a"
+    assert asyncio.run(gw2.end(key)) == "alice@bank_a"
+    for gateway in (gw1, gw2):
+        with pytest.raises(Unauthenticated):
+            gateway.resolve(key)
+
+
+def test_a_wrong_secret_is_refused_at_the_gateway_that_did_not_start_the_session() -> None:
+    _, _, (gw1, gw2) = replicas()
+    key, _ = asyncio.run(gw1.start("alice@bank_a"))
+    session_id, _, secret = key.partition(".")
+    with pytest.raises(Unauthenticated):
+        gw2.resolve(f"{session_id}.{secret[:-1]}x")
+    with pytest.raises(Unauthenticated):
+        gw2.resolve(f"{'0' * 32}.{secret}")
+
+
+def test_a_session_used_at_one_gateway_is_not_swept_as_idle_by_the_other() -> None:
+    clock, log, (gw1, gw2) = replicas()
+    key, _ = asyncio.run(gw1.start("alice@bank_a"))
+    gw2.resolve(key)
+    for _ in range(8):  # used at gw1 only, for twice the idle time
+        clock.now += IDLE_S / 4
+        gw1.resolve(key)
+    asyncio.run(gw2.start("bob@bank_b"))  # gw2's sweep finds the session idle in its own memory
+    assert key.partition(".")[0] in log.tables[TABLE]
+    assert gw2.resolve(key) == "alice@bank_a"
+
+
+def test_a_session_idle_everywhere_is_swept_from_the_shared_store() -> None:
+    clock, log, (gw1, gw2) = replicas()
+    key, _ = asyncio.run(gw1.start("alice@bank_a"))
+    clock.now += IDLE_S + 1
+    asyncio.run(gw2.start("bob@bank_b"))
+    asyncio.run(gw1.start("carol@bank_b"))
+    assert key.partition(".")[0] not in log.tables[TABLE]
+    with pytest.raises(Unauthenticated):
+        gw2.resolve(key)
