@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from miniupi.contract.store import Put
+from miniupi.contract.store import Expect, Put
 from miniupi.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -213,6 +213,12 @@ class CollectBook:
 
     def deciding(self, txn: Txn, decision: TxnState) -> list[Put]:
         return [Put(OPEN, txn.payment.request_id, None)] if txn.payment.request_id else []
+
+    def reserve(self, payment: Payment, now: float) -> tuple[list[Put], list[Expect]]:
+        return [], []
+
+    def settle(self, txn: Txn, decision: TxnState) -> tuple[list[Put], list[Expect]]:
+        return self.deciding(txn, decision), []
 
     def decided(self, txn: Txn, decision: TxnState, durable: bool) -> None:
         if durable and txn.payment.request_id:

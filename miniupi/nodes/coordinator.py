@@ -44,6 +44,8 @@ from miniupi.states import TxnState
 RETRY = RetryPolicy(base_s=0.2, factor=2.0, cap_s=10.0, jitter=0.5)
 # A repeat of an id another gateway is running reads the store for its decision: 10 ms, doubling to 0.5 s.
 POLL = RetryPolicy(base_s=0.01, factor=2.0, cap_s=0.5, jitter=0.5)
+# Writes of a shared store whose guard rows another gateway keeps changing: tried this often, then UNAVAILABLE.
+SHARED_ROW_TRIES = 20
 _rng = random.Random()
 
 
@@ -159,6 +161,18 @@ class Guard(Protocol):
         """The decision's batch was written (`durable`), or failed: the payment is then still in flight."""
         ...
 
+    # Where gateways share the store (replicas.py) no memory sees every payment in flight, so the
+    # guard's rows hold them, and these two take the place of admit and deciding: each returns the
+    # puts for the record's (or the decision's) batch and what they expect of the rows they replace.
+
+    def reserve(self, payment: Payment, now: float) -> tuple[list[Put], list[Expect]]:
+        """Raise the refusal as the store's rows stand, or the change that counts the payment as in flight."""
+        ...
+
+    def settle(self, txn: Txn, decision: TxnState) -> tuple[list[Put], list[Expect]]:
+        """The change that moves the payment from in flight to `decision`."""
+        ...
+
 
 class Coordinator:
     """2PC over `banks`, with every step made durable through `commit`; knows nothing of gRPC.
@@ -227,24 +241,26 @@ class Coordinator:
         undecided = [t for t in txns if t.state == TxnState.INITIATED]
         now = time.time()
 
-        def aborted(txn: Txn) -> list[Put]:
-            record = {**txn.record(), "state": TxnState.ABORTED, "code": Aborted.code, "message": message,
-                      "reason": Aborted.reason, "decided_at": now}
-            return [Put("txns", txn.payment.txn_id, record), *self._deciding(txn, TxnState.ABORTED)]
+        def aborted(txn: Txn) -> dict[str, Any]:
+            return {**txn.record(), "state": TxnState.ABORTED, "code": Aborted.code, "message": message,
+                    "reason": Aborted.reason, "decided_at": now}
 
         if self.owner:  # each only while this gateway owns it, so one at a time
             for txn in list(undecided):
                 try:
-                    await self._commit.write(aborted(txn), self._owned(txn))
-                except Exception as e:
+                    written = await self._write_decision(txn, aborted(txn), TxnState.ABORTED)
+                except Exception:
                     self._decided(txn, TxnState.ABORTED, False)
-                    if not isinstance(e, Conflict):
-                        raise
+                    raise
+                if not written:
+                    self._decided(txn, TxnState.ABORTED, False)
                     self._taken_over(txn)
                     undecided.remove(txn)
         elif undecided:
             try:
-                await self._commit.write([put for txn in undecided for put in aborted(txn)])
+                await self._commit.write([put for txn in undecided
+                                          for put in (Put("txns", txn.payment.txn_id, aborted(txn)),
+                                                      *self._deciding(txn, TxnState.ABORTED))])
             except Exception:
                 for txn in undecided:
                     self._decided(txn, TxnState.ABORTED, False)
@@ -266,30 +282,32 @@ class Coordinator:
         if txn is not None:
             return await self._repeat(txn, payment)
         txn = Txn(payment, TxnState.INITIATED)
-        admitted: list[Guard] = []
-        try:
-            for guard in self._guards:
-                guard.admit(payment, txn.created_at)
-                admitted.append(guard)
-        except MiniupiError:
-            # Refused before anything was recorded: the id stays free, as for any other bad input.
-            for guard in admitted:
-                guard.release(txn)
-            raise
+        if not self.owner:  # alone: admitted in memory; sharing the store: by the store (_record)
+            admitted: list[Guard] = []
+            try:
+                for guard in self._guards:
+                    guard.admit(payment, txn.created_at)
+                    admitted.append(guard)
+            except MiniupiError:
+                # Refused before anything was recorded: the id stays free, as for any other bad input.
+                for guard in admitted:
+                    guard.release(txn)
+                raise
         txn.finished = asyncio.get_running_loop().create_future()
         self.txns.add(payment.txn_id, txn)  # in the same step as the admissions: see Guard
-        # Where gateways share the store, the store decides which of two taking one id at once runs it.
-        taken = [Expect("txns", payment.txn_id, None)] if self.owner else ()
         try:
-            await self._commit.write([Put("txns", payment.txn_id, txn.record()),
-                                      unfinished(payment.txn_id, self.owner)], taken)
+            recorded = await self._record(txn)
         except Exception as e:
             self.txns.discard(payment.txn_id)
             self._release(txn)
             txn.finished.set_result(None)
-            if isinstance(e, Conflict):  # another gateway recorded it first: its answer is this one's
-                return await self._repeat(self.txns.get(payment.txn_id) or txn, payment)
+            if isinstance(e, MiniupiError) and not isinstance(e, StoreUnavailable):
+                raise  # a guard's refusal, met on a retry (shared store)
             raise StoreUnavailable(f"gateway could not record the payment: {e}") from e
+        if not recorded:  # another gateway recorded the id first: its answer is this one's
+            self.txns.discard(payment.txn_id)
+            txn.finished.set_result(None)
+            return await self._repeat(self.txns.get(payment.txn_id) or txn, payment)
         vetoed = fire_before(self._hooks.miniupi_before_prepare, txn_id=payment.txn_id)
         self._in_flight += 1
         try:
@@ -346,12 +364,7 @@ class Coordinator:
                    "decided_at": decided_at}
         try:
             # The commit point; the guards' rows go down with it.
-            await self._commit.write([Put("txns", txn.payment.txn_id, decided), *self._deciding(txn, decision)],
-                                     self._owned(txn))
-        except Conflict:
-            self._decided(txn, decision, False)
-            self._taken_over(txn)
-            return
+            written = await self._write_decision(txn, decided, decision)
         except Exception as e:
             self._decided(txn, decision, False)
             # Nobody may hear a decision the disk does not hold: the payment stays undecided
@@ -361,11 +374,72 @@ class Coordinator:
                             "again (restart the gateway if the store stays broken)", txn.payment.txn_id, e)
             self._spawn(self._abort_undecided(txn))
             raise StoreUnavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
+        if not written:
+            self._decided(txn, decision, False)
+            self._taken_over(txn)
+            return
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.
         txn.state, txn.code, txn.message, txn.reason, txn.decided_at = decision, code, message, reason, decided_at
         self._decided(txn, decision, True)
         fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=txn.state)
         self._start_phase_two(txn)
+
+    async def _record(self, txn: Txn) -> bool:
+        """Write the INITIATED record; False if another gateway sharing the store took the id first.
+
+        Alone, the guards admitted the payment in memory. Where gateways share
+        the store, the store decides: the record is an insert, and each
+        guard's row holds the payment in the same batch, expecting the row it
+        was computed from; a row another gateway changed meanwhile means
+        computing again from the new one.
+        """
+        p = txn.payment
+        puts = [Put("txns", p.txn_id, txn.record()), unfinished(p.txn_id, self.owner)]
+        if not self.owner:
+            await self._commit.write(puts)
+            return True
+        for attempt in range(1, SHARED_ROW_TRIES + 1):
+            batch, expect = list(puts), [Expect("txns", p.txn_id, None)]
+            for guard in self._guards:
+                more, expected = guard.reserve(p, txn.created_at)
+                batch += more
+                expect += expected
+            try:
+                await self._commit.write(batch, expect)
+                return True
+            except Conflict:
+                if self._commit.store.get("txns", p.txn_id) is not None:
+                    return False
+                await asyncio.sleep(POLL.delay(attempt, _rng))
+        raise StoreUnavailable(f"payment {p.txn_id} met other gateways' changes {SHARED_ROW_TRIES} times; "
+                               "ask again")
+
+    async def _write_decision(self, txn: Txn, record: dict[str, Any], decision: TxnState) -> bool:
+        """Write a decision with the guards' rows; False if another gateway took the payment over.
+
+        Where gateways share the store, it is written only while this gateway
+        owns the payment, and each guard's row expects the row it was
+        computed from, computed again if another gateway changed it.
+        """
+        p = txn.payment
+        if not self.owner:
+            await self._commit.write([Put("txns", p.txn_id, record), *self._deciding(txn, decision)])
+            return True
+        for attempt in range(1, SHARED_ROW_TRIES + 1):
+            batch, expect = [Put("txns", p.txn_id, record)], list(self._owned(txn))
+            for guard in self._guards:
+                more, expected = guard.settle(txn, decision)
+                batch += more
+                expect += expected
+            try:
+                await self._commit.write(batch, expect)
+                return True
+            except Conflict:
+                row = self._commit.store.get(UNFINISHED, p.txn_id)
+                if not isinstance(row, dict) or row.get("owner") != self.owner:
+                    return False
+                await asyncio.sleep(POLL.delay(attempt, _rng))
+        raise StoreUnavailable(f"decision of {p.txn_id} met other gateways' changes {SHARED_ROW_TRIES} times")
 
     def _owned(self, txn: Txn) -> Sequence[Expect]:
         """What a decision's write expects: where gateways share the store, that this one still owns it."""
@@ -447,10 +521,8 @@ class Coordinator:
             failures += 1
             await asyncio.sleep(RETRY.delay(failures, _rng))
             try:
-                await self._commit.write([Put("txns", txn.payment.txn_id, aborted),
-                                          *self._deciding(txn, TxnState.ABORTED)], self._owned(txn))
-                break
-            except Conflict:
+                if await self._write_decision(txn, aborted, TxnState.ABORTED):
+                    break
                 self._decided(txn, TxnState.ABORTED, False)
                 self._taken_over(txn)
                 return

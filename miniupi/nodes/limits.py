@@ -15,6 +15,7 @@ sets it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime
 
 from miniupi.config import ClusterConfig
@@ -22,7 +23,7 @@ from miniupi.contract.store import Put, Store
 from miniupi.errors import DailyLimitReached
 from miniupi.money import format_amount
 from miniupi.nodes.coordinator import Payment, Txn
-from miniupi.nodes.tallies import Tallies, Tally
+from miniupi.nodes.tallies import Change, Tallies, Tally
 from miniupi.nodes.txn_index import cache_size
 from miniupi.states import TxnState
 
@@ -39,9 +40,10 @@ class DailyLimit:
     `store` holds the committed totals (None: an empty one, for tests).
     """
 
-    def __init__(self, cluster: ClusterConfig, store: Store | None = None, cache: int | None = None) -> None:
+    def __init__(self, cluster: ClusterConfig, store: Store | None = None, cache: int | None = None,
+                 shared: bool = False) -> None:
         self._cluster = cluster
-        self._tallies = Tallies(TABLE, store, cache_size() if cache is None else cache)
+        self._tallies = Tallies(TABLE, store, cache_size() if cache is None else cache, shared=shared)
 
     def day(self, when: float) -> date:
         """The calendar day of Unix time `when` in the cluster's time zone."""
@@ -56,9 +58,7 @@ class DailyLimit:
     def counts(self, payment: Payment) -> bool:
         return not payment.refund_of and self._cluster.daily_limit_of(payment.payer) > 0
 
-    def admit(self, payment: Payment, now: float) -> None:
-        if not self.counts(payment):
-            return
+    def _within(self, payment: Payment, now: float) -> Callable[[Tally], None]:
         limit = self._cluster.daily_limit_of(payment.payer)
 
         def within(tally: Tally) -> None:
@@ -69,7 +69,24 @@ class DailyLimit:
                     f"daily limit of {format_amount(limit)} {currency} reached: {payment.payer} has sent "
                     f"{format_amount(sent)} {currency} today ({self.day(now)}, {self._cluster.time_zone})")
 
-        self._tallies.count(self.key(payment.payer, now), payment.txn_id, payment.amount, within)
+        return within
+
+    def admit(self, payment: Payment, now: float) -> None:
+        if self.counts(payment):
+            self._tallies.count(self.key(payment.payer, now), payment.txn_id, payment.amount,
+                                self._within(payment, now))
+
+    def reserve(self, payment: Payment, now: float) -> Change:
+        if not self.counts(payment):
+            return [], []
+        return self._tallies.reserve(self.key(payment.payer, now), payment.txn_id, payment.amount,
+                                     self._within(payment, now))
+
+    def settle(self, txn: Txn, decision: TxnState) -> Change:
+        p = txn.payment
+        if not self.counts(p):
+            return [], []
+        return self._tallies.settle(self.key(p.payer, txn.created_at), p.txn_id, p.amount, decision)
 
     def release(self, txn: Txn) -> None:
         if self.counts(txn.payment):

@@ -16,11 +16,13 @@ history needs it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from miniupi.contract.store import Put
 from miniupi.errors import NotFound, NotRefundable, PermissionDenied, RefundExceedsPayment
 from miniupi.money import format_amount
 from miniupi.nodes.coordinator import Payment, Txn
-from miniupi.nodes.tallies import Tallies, Tally
+from miniupi.nodes.tallies import Change, Tallies, Tally
 from miniupi.nodes.txn_index import TxnIndex, cache_size
 from miniupi.states import TxnState
 
@@ -33,9 +35,10 @@ MAX_REFUNDS_PER_PAYMENT = 100
 class RefundBook:
     """A Guard (coordinator.py) over refunds, and the index from a payment to its refunds."""
 
-    def __init__(self, txns: TxnIndex[Txn], cache: int | None = None) -> None:
+    def __init__(self, txns: TxnIndex[Txn], cache: int | None = None, shared: bool = False) -> None:
         self._txns = txns
-        self._tallies = Tallies(TABLE, txns.store, cache_size() if cache is None else cache, keep_ids=True)
+        self._tallies = Tallies(TABLE, txns.store, cache_size() if cache is None else cache, keep_ids=True,
+                                shared=shared)
 
     def refunds_of(self, txn_id: str) -> list[Txn]:
         """The refunds of a payment, oldest first, whatever their state."""
@@ -68,8 +71,19 @@ class RefundBook:
             raise NotRefundable(f"payment {p.txn_id} {what}; only a committed payment can be refunded")
 
     def admit(self, payment: Payment, now: float) -> None:
+        if payment.refund_of:
+            self._tallies.count(payment.refund_of, payment.txn_id, payment.amount, self._within(payment))
+
+    def reserve(self, payment: Payment, now: float) -> Change:
         if not payment.refund_of:
-            return
+            return [], []
+        return self._tallies.reserve(payment.refund_of, payment.txn_id, payment.amount, self._within(payment))
+
+    def settle(self, txn: Txn, decision: TxnState) -> Change:
+        p = txn.payment
+        return self._tallies.settle(p.refund_of, p.txn_id, p.amount, decision) if p.refund_of else ([], [])
+
+    def _within(self, payment: Payment) -> Callable[[Tally], None]:
         original = self._txns.get(payment.refund_of)
         if original is None:
             raise NotFound(f"no transaction {payment.refund_of}")
@@ -86,7 +100,7 @@ class RefundBook:
                     f"{payment.refund_of}: {format_amount(left)} of {format_amount(original.payment.amount)} "
                     f"{currency}")
 
-        self._tallies.count(payment.refund_of, payment.txn_id, payment.amount, within)
+        return within
 
     def release(self, txn: Txn) -> None:
         if txn.payment.refund_of:

@@ -15,6 +15,15 @@ still being written counts that commit too, and that other write might
 fail (a full disk) and the gateway die before aborting it. So a row names
 such commits ("deciding": {txn id: amount}); whoever reads the row takes
 each one back out unless the store holds its payment COMMITTED.
+
+Where several gateways share the store (replicas.py), no gateway's memory
+sees the others' payments in flight, so the row holds them too ("held":
+{txn id: amount}) and is the only copy: `reserve` reads it, checks, and
+gives the put that holds the payment, for the INITIATED record's batch;
+`settle` gives the put that moves it to committed (or drops it), for the
+decision's. Each put expects the row's version ("v") it was computed from,
+so of two gateways changing one row at once the store lets one through and
+the other computes again from the new row (coordinator.py retries).
 """
 from __future__ import annotations
 
@@ -23,10 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from miniupi.contract.store import Put, Store
+from miniupi.contract.store import Expect, Put, Store
 from miniupi.states import TxnState
 
 TXNS = "txns"
+Change = tuple[list[Put], list[Expect]]  # puts, and what they expect of the rows they replace
 
 
 @dataclass(slots=True)
@@ -45,8 +55,9 @@ class Tally:
 class Tallies:
     """The tallies of one table of rows ({"committed": minor, ["ids": [...]], ["deciding": {...}]})."""
 
-    def __init__(self, table: str, store: Store | None, cache: int, keep_ids: bool = False) -> None:
-        self.table = table
+    def __init__(self, table: str, store: Store | None, cache: int, keep_ids: bool = False,
+                 shared: bool = False) -> None:
+        self.table, self.shared = table, shared
         self._store = store
         self._keep_ids = keep_ids
         self._busy: dict[str, Tally] = {}  # something in flight
@@ -55,6 +66,8 @@ class Tallies:
 
     def look(self, key: str) -> Tally:
         """The tally, for reading: memory's, else the row's (not kept)."""
+        if self.shared:
+            return self._shared(key)[1]
         tally = self._busy.get(key)
         if tally is None:
             tally = self._idle.get(key)
@@ -116,17 +129,58 @@ class Tallies:
             tally.committed += amount
         self._settle(key, tally)
 
+    # -- gateways sharing the store: the row is the tally ----------------------------------------
+
+    def reserve(self, key: str, txn_id: str, amount: int, check: Callable[[Tally], None] = lambda t: None) -> Change:
+        """Run `check` on the row's tally, its held payments counted (it raises a refusal); then the
+        change that holds this payment too."""
+        row, tally = self._shared(key)
+        check(tally)
+        tally.in_flight[txn_id] = amount
+        if self._keep_ids and txn_id not in tally.ids:
+            tally.ids.append(txn_id)
+        return self._rewrite(key, row, tally)
+
+    def settle(self, key: str, txn_id: str, amount: int, decision: TxnState) -> Change:
+        """The change that ends the hold of a decided payment, counting it if it committed."""
+        row, tally = self._shared(key)
+        held = tally.in_flight.pop(txn_id, None)
+        if decision == TxnState.COMMITTED:
+            tally.committed += amount if held is None else held
+        if self._keep_ids and txn_id not in tally.ids:
+            tally.ids.append(txn_id)
+        return self._rewrite(key, row, tally)
+
+    def _shared(self, key: str) -> tuple[dict[str, Any] | None, Tally]:
+        row = None if self._store is None else self._store.get(self.table, key)
+        if row is None:
+            return None, Tally()
+        held = {txn_id: int(amount) for txn_id, amount in row.get("held", {}).items()}
+        return row, Tally(self._committed(row), held, ids=list(row.get("ids", ())))
+
+    def _rewrite(self, key: str, row: dict[str, Any] | None, tally: Tally) -> Change:
+        version = 0 if row is None else int(row.get("v", 0))
+        value: dict[str, Any] = {"committed": tally.committed, "held": tally.in_flight, "v": version + 1}
+        if self._keep_ids:
+            value["ids"] = tally.ids
+        expect = Expect(self.table, key, None) if row is None else Expect(self.table, key, "v", row.get("v"))
+        return [Put(self.table, key, value)], [expect]
+
     def _read(self, key: str) -> Tally:
         row = None if self._store is None else self._store.get(self.table, key)
         if row is None:
             return Tally()
+        return Tally(self._committed(row), ids=list(row.get("ids", ())))
+
+    def _committed(self, row: dict[str, Any]) -> int:
+        """The row's committed sum, less the commits it names that never reached the disk."""
         committed = int(row["committed"])
         for txn_id, amount in row.get("deciding", {}).items():
             assert self._store is not None
             record = self._store.get(TXNS, txn_id)
             if record is None or record["state"] != TxnState.COMMITTED:
                 committed -= int(amount)
-        return Tally(committed, ids=list(row.get("ids", ())))
+        return committed
 
     def _take(self, key: str) -> Tally:
         """The tally, busy from now on (until `_settle`)."""

@@ -12,23 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from collections.abc import Collection, Sequence
 from typing import Any
 
 import pytest
 
 from miniupi.contract.store import Expect, Put
-from miniupi.errors import Aborted, AlreadyExists, MiniupiError
-from miniupi.nodes.coordinator import Coordinator, Payment
+from miniupi.errors import Aborted, AlreadyExists, DailyLimitReached, MiniupiError, RefundExceedsPayment
+from miniupi.config import parse_config
+from miniupi.nodes.coordinator import Coordinator, Payment, Txn
 from miniupi.nodes.group_commit import GroupCommit
+from miniupi.nodes.limits import DailyLimit
+from miniupi.nodes.refunds import RefundBook
 from miniupi.nodes.replicas import LEASES, Replica, lapsed, owned
-from miniupi.nodes.txn_index import UNFINISHED
+from miniupi.nodes.txn_index import UNFINISHED, TxnIndex
 from miniupi.states import TxnState
 from dict_store import DictStore
 from test_coordinator import CALL_TIMEOUT_S, PREPARE_TIMEOUT_S, Banks, outcome, payment
 
 pytestmark = pytest.mark.timeout(60)
 LEASE_S = 0.6
+DAILY_LIMIT = 100_00
+LIMITED = parse_config({
+    "cluster": {"daily_limit": "100.00"},
+    "gateway": {"port": 50050},
+    "banks": {"bank_a": {"port": 50051}, "bank_b": {"port": 50052}},
+}, Path("limited.toml"))
 
 
 class SharedStore(DictStore):
@@ -48,17 +58,20 @@ class SharedStore(DictStore):
 
 
 class Replicas:
-    """Gateways named gw1, gw2, ... over one store and one set of banks."""
+    """Gateways named gw1, gw2, ... over one store and one set of banks; with `guards`, each has a daily
+    limit of DAILY_LIMIT and a refund book, both shared."""
 
-    def __init__(self, banks: Banks, store: SharedStore | None = None) -> None:
-        self.banks, self.store = banks, store or SharedStore()
+    def __init__(self, banks: Banks, store: SharedStore | None = None, guards: bool = False) -> None:
+        self.banks, self.store, self.guards = banks, store or SharedStore(), guards
         self.gateways: dict[str, tuple[GroupCommit, Coordinator, Replica]] = {}
 
     async def start(self, name: str) -> Coordinator:
         commit = GroupCommit(self.store)
         unfinished = self.store.tables.get(UNFINISHED, {})
-        coordinator = Coordinator(self.banks, commit, {UNFINISHED: dict.fromkeys(owned(unfinished, name), True)},
-                                  PREPARE_TIMEOUT_S, CALL_TIMEOUT_S, owner=name)
+        txns = TxnIndex(self.store, Txn.from_record, owned(unfinished, name), cache=0)
+        guards = (RefundBook(txns, 0, shared=True), DailyLimit(LIMITED, self.store, 0, shared=True)) if self.guards else ()
+        coordinator = Coordinator(self.banks, commit, {}, PREPARE_TIMEOUT_S, CALL_TIMEOUT_S, owner=name,
+                                  txns=txns, guards=guards)
         replica = Replica(name, commit, coordinator, LEASE_S)
         await replica.start()
         await coordinator.recover()
@@ -285,6 +298,79 @@ def test_a_refusal_from_the_store_is_not_taken_for_a_lost_payment() -> None:
         cluster.banks.votes["bank_a"] = MiniupiError("down")
         assert isinstance(await outcome(gw1.pay(banks_say_no)), Aborted)
         assert cluster.record(banks_say_no.txn_id)["state"] == TxnState.ABORTED
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_payments_at_two_gateways_at_once_never_pass_a_daily_limit_together() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        banks.delay_s = {"bank_b": 0.02}
+        cluster = Replicas(banks, guards=True)
+        gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
+        payments = [payment(amount=7_00) for _ in range(40)]  # 280.00 asked, 100.00 allowed
+        answers = await asyncio.gather(*(outcome((gw1, gw2)[i % 2].pay(p)) for i, p in enumerate(payments)))
+        committed = [p for p, a in zip(payments, answers) if a == TxnState.COMMITTED]
+        assert all(a == TxnState.COMMITTED or isinstance(a, DailyLimitReached) for a in answers), answers
+        assert sum(p.amount for p in committed) == 98_00  # 14 of 7.00: as many as fit, no more
+        assert {p.txn_id for p in committed} == {t for _, t, c in banks.decisions if c}
+        row = next(iter(cluster.store.tables["daily"].values()))
+        assert row["committed"] == 98_00 and row["held"] == {}
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_aborted_payment_gives_its_share_of_the_limit_back_across_gateways() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        cluster = Replicas(banks, guards=True)
+        gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
+        banks.votes["bank_b"] = MiniupiError("down")
+        assert isinstance(await outcome(gw1.pay(payment(amount=DAILY_LIMIT))), Aborted)
+        del banks.votes["bank_b"]
+        assert await gw2.pay(payment(amount=DAILY_LIMIT)) == TxnState.COMMITTED
+        assert isinstance(await outcome(gw1.pay(payment(amount=1))), DailyLimitReached)
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_refunds_at_two_gateways_at_once_never_give_back_more_than_the_payment() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        cluster = Replicas(banks, guards=True)
+        gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
+        original = payment("carol@bank_b", "dave@bank_a", amount=10_00)
+        assert await gw1.pay(original) == TxnState.COMMITTED
+        refunds = [Payment(payment().txn_id, original.payee, original.payer, 3_00, "INR", refund_of=original.txn_id)
+                   for _ in range(20)]
+        answers = await asyncio.gather(*(outcome((gw1, gw2)[i % 2].pay(r)) for i, r in enumerate(refunds)))
+        assert all(a == TxnState.COMMITTED or isinstance(a, RefundExceedsPayment) for a in answers), answers
+        assert sum(r.amount for r, a in zip(refunds, answers) if a == TxnState.COMMITTED) == 9_00
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_taken_over_payment_gives_back_its_hold_on_the_limit() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        banks.hold["bank_b"] = asyncio.Event()
+        cluster = Replicas(banks, guards=True)
+        gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
+        p = payment(amount=DAILY_LIMIT)
+        paused = asyncio.ensure_future(gw1.pay(p))
+        assert await eventually(lambda: prepares_of(banks, p.txn_id) == ["bank_a", "bank_b"])
+        assert isinstance(await outcome(gw2.pay(payment(amount=1))), DailyLimitReached)  # held by gw1's payment
+        await cluster.freeze("gw1")
+        assert await eventually(lambda: cluster.record(p.txn_id)["state"] == TxnState.ABORTED, LEASE_S * 4)
+        banks.hold["bank_b"].set()
+        assert isinstance(await outcome(paused), Aborted)
+        assert await gw2.pay(payment(amount=DAILY_LIMIT)) == TxnState.COMMITTED
+        row = next(iter(cluster.store.tables["daily"].values()))
+        assert row["committed"] == DAILY_LIMIT and row["held"] == {}
         await cluster.close()
 
     asyncio.run(scenario())
