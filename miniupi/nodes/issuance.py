@@ -6,6 +6,8 @@ twice. So the gateway records each id with its details durably before the
 bank hears of it, as it does for payments, and refuses an id that a payment
 or another deposit already took. Memory holds a deposit only while its
 record is being written; after that it is read from the store by id.
+Where gateways share the store, the record is an insert (Expect): of two
+gateways given one id at once, the store lets one bind it.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 from collections.abc import Container
 from dataclasses import dataclass
 from miniupi.errors import AlreadyExists, StoreUnavailable
-from miniupi.contract.store import Put
+from miniupi.contract.store import Conflict, Expect, Put
 from miniupi.nodes.group_commit import GroupCommit
 
 TABLE = "deposits"
@@ -27,8 +29,8 @@ class DepositOrder:
 
 
 class Issuer:
-    def __init__(self, commit: GroupCommit, payments: Container[str]) -> None:
-        self._commit, self._payments = commit, payments
+    def __init__(self, commit: GroupCommit, payments: Container[str], shared: bool = False) -> None:
+        self._commit, self._payments, self._shared = commit, payments, shared
         self._writing: dict[str, tuple[str, int]] = {}  # deposits whose record is on its way to the disk
 
     def _known(self, txn_id: str) -> tuple[str, int] | None:
@@ -61,6 +63,14 @@ class Issuer:
         self._writing[order.txn_id] = (order.account, order.amount)
         try:
             await self._commit.write([Put(TABLE, order.txn_id, {
-                "account": order.account, "amount": order.amount, "created_at": time.time()})])
-        finally:
-            del self._writing[order.txn_id]  # written: the store answers from now on; failed: the id is free
+                "account": order.account, "amount": order.amount, "created_at": time.time()})],
+                [Expect(TABLE, order.txn_id, None)] if self._shared else ())
+        except Conflict:  # bound at another gateway first: a repeat, or another deposit
+            del self._writing[order.txn_id]
+            if self._known(order.txn_id) != (order.account, order.amount):
+                raise AlreadyExists(f"deposit {order.txn_id} was made with other details") from None
+            return
+        except BaseException:
+            del self._writing[order.txn_id]  # failed: the id is free
+            raise
+        del self._writing[order.txn_id]  # written: the store answers from now on

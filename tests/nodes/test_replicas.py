@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+import uuid
 from pathlib import Path
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -19,8 +21,18 @@ from typing import Any
 import pytest
 
 from miniupi.contract.store import Expect, Put
-from miniupi.errors import Aborted, AlreadyExists, DailyLimitReached, MiniupiError, RefundExceedsPayment
+from miniupi.errors import (
+    Aborted,
+    AlreadyExists,
+    DailyLimitReached,
+    MiniupiError,
+    RefundExceedsPayment,
+    RequestClosed,
+    TooManyRequests,
+)
 from miniupi.config import parse_config
+from miniupi.nodes.collect import MAX_PENDING_PER_REQUESTER, Request, RequestState
+from miniupi.nodes.collect_shared import SharedCollectBook
 from miniupi.nodes.coordinator import Coordinator, Payment, Txn
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.nodes.limits import DailyLimit
@@ -64,14 +76,17 @@ class Replicas:
     def __init__(self, banks: Banks, store: SharedStore | None = None, guards: bool = False) -> None:
         self.banks, self.store, self.guards = banks, store or SharedStore(), guards
         self.gateways: dict[str, tuple[GroupCommit, Coordinator, Replica]] = {}
+        self.books: dict[str, SharedCollectBook] = {}
 
     async def start(self, name: str) -> Coordinator:
         commit = GroupCommit(self.store)
         unfinished = self.store.tables.get(UNFINISHED, {})
         txns = TxnIndex(self.store, Txn.from_record, owned(unfinished, name), cache=0)
+        book = SharedCollectBook(commit, txns, ())
+        self.books[name] = book
         guards = (RefundBook(txns, 0, shared=True), DailyLimit(LIMITED, self.store, 0, shared=True)) if self.guards else ()
         coordinator = Coordinator(self.banks, commit, {}, PREPARE_TIMEOUT_S, CALL_TIMEOUT_S, owner=name,
-                                  txns=txns, guards=guards)
+                                  txns=txns, guards=(*guards, book))
         replica = Replica(name, commit, coordinator, LEASE_S)
         await replica.start()
         await coordinator.recover()
@@ -371,6 +386,69 @@ def test_a_taken_over_payment_gives_back_its_hold_on_the_limit() -> None:
         assert await gw2.pay(payment(amount=DAILY_LIMIT)) == TxnState.COMMITTED
         row = next(iter(cluster.store.tables["daily"].values()))
         assert row["committed"] == DAILY_LIMIT and row["held"] == {}
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def request(payer: str = "alice@bank_a", payee: str = "bob@bank_b", amount: int = 5_00) -> Request:
+    now = time.time()
+    return Request(str(uuid.uuid4()), payer, payee, amount, "INR", "lunch", now, now + 600)
+
+
+def test_a_request_asked_at_one_gateway_is_polled_and_paid_once_at_the_other() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        cluster = Replicas(banks)
+        gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
+        asked = await cluster.books["gw1"].ask(request())
+        book2 = cluster.books["gw2"]
+        assert [r.request_id for r in book2.open_for("alice@bank_a", time.time())] == [asked.request_id]
+        approval = book2.approvable(asked.request_id, "alice@bank_a", time.time())
+        answers = await asyncio.gather(gw2.pay(approval), gw1.pay(approval), gw2.pay(approval))
+        assert answers == [TxnState.COMMITTED] * 3
+        assert prepares_of(banks, asked.request_id) == ["bank_a", "bank_b"]
+        assert cluster.books["gw1"].state(asked, time.time())[0] == RequestState.PAID
+        for account in ("alice@bank_a", "bob@bank_b"):
+            assert cluster.books["gw1"].open_for(account, time.time()) == []
+            assert cluster.store.tables["inbox"][account]["ids"] == []
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_approval_at_one_gateway_racing_a_decline_at_the_other_has_one_winner() -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        cluster = Replicas(banks)
+        gw1, _ = await cluster.start("gw1"), await cluster.start("gw2")
+        for _ in range(15):
+            asked = await cluster.books["gw2"].ask(request())
+            approval = cluster.books["gw1"].approvable(asked.request_id, "alice@bank_a", time.time())
+            paid, declined = await asyncio.gather(
+                outcome(gw1.pay(approval)),
+                outcome(cluster.books["gw2"].decline(asked.request_id, "alice@bank_a", time.time())))
+            state = cluster.books["gw1"].state(cluster.books["gw1"].find(asked.request_id, "alice@bank_a"))[0]
+            if paid == TxnState.COMMITTED:
+                assert isinstance(declined, RequestClosed) and state == RequestState.PAID, (declined, state)
+            else:
+                assert isinstance(paid, RequestClosed) and state == RequestState.DECLINED, (paid, state)
+                assert prepares_of(banks, asked.request_id) == []
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_cap_on_pending_requests_counts_those_asked_at_every_gateway() -> None:
+    async def scenario() -> None:
+        cluster = Replicas(Banks())
+        await cluster.start("gw1")
+        await cluster.start("gw2")
+        books = [cluster.books["gw1"], cluster.books["gw2"]]
+        answers = await asyncio.gather(*(outcome(books[i % 2].ask(request(payer=f"p{i}@bank_a")))
+                                         for i in range(MAX_PENDING_PER_REQUESTER + 10)))
+        assert sum(isinstance(a, Request) for a in answers) == MAX_PENDING_PER_REQUESTER
+        assert all(isinstance(a, (Request, TooManyRequests)) for a in answers), answers
         await cluster.close()
 
     asyncio.run(scenario())
