@@ -136,7 +136,7 @@ class CollectBook:
 
     def _read(self, request_id: str) -> Request | None:
         row = self._store.get(TABLE, request_id)
-        return None if row is None else Request(request_id=request_id, **row)
+        return None if row is None else _request(request_id, row)
 
     def _get(self, request_id: str) -> Request | None:
         """The request: open ones from memory, closed ones from the store."""
@@ -198,7 +198,7 @@ class CollectBook:
                 seen.add(request_id)
                 yield request
             else:
-                yield Request(request_id=request_id, **row)
+                yield _request(request_id, row)
         for request_id, request in list(self._open.items()):
             if request_id not in seen:
                 yield request
@@ -320,7 +320,13 @@ class CollectBook:
         return declined
 
 
-def _row(request: Request) -> dict[str, Any]:
+def _row(request: Request, version: int = 0) -> dict[str, Any]:
+    """The request's row; "v" is the version gateways sharing the store expect (collect_shared.py)."""
     row = asdict(request)
     del row["request_id"]
+    row["v"] = version
     return row
+
+
+def _request(request_id: str, row: dict[str, Any]) -> Request:
+    return Request(request_id=request_id, **{k: v for k, v in row.items() if k != "v"})

@@ -39,6 +39,7 @@ from miniupi.nodes.collect import (
     CollectBook,
     Request,
     RequestState,
+    _request,
     _row,
 )
 from miniupi.nodes.coordinator import Payment, Txn
@@ -151,7 +152,7 @@ class SharedCollectBook(CollectBook):
                 raise TooManyRequests(f"{request.payer} has too many requests waiting for an answer; "
                                       "ask again later")
             puts, expects = self._inboxes(request, now, add=True)
-            return ([Put(TABLE, request.request_id, {**_row(request), "v": 1}), *puts],
+            return ([Put(TABLE, request.request_id, _row(request, 1)), *puts],
                     [Expect(TABLE, request.request_id, None), *expects]), request
 
         return await self._write((request.payer, request.payee), compute)
@@ -170,7 +171,7 @@ class SharedCollectBook(CollectBook):
             row, expect = self._versioned(TABLE, request_id)
             assert row is not None
             puts, expects = self._inboxes(declined, now, add=False)
-            return ([Put(TABLE, request_id, {**_row(declined), "v": int(row.get("v", 0)) + 1}), *puts],
+            return ([Put(TABLE, request_id, _row(declined, int(row["v"]) + 1)), *puts],
                     [expect, *expects]), declined
 
         request = self.find(request_id, caller)
@@ -191,7 +192,7 @@ class SharedCollectBook(CollectBook):
             raise RequestClosed(f"request {payment.request_id} was declined")
         if now >= request.expires_at:
             raise RequestClosed(f"request {payment.request_id} expired")
-        return [Put(TABLE, payment.request_id, {**row, "v": int(row.get("v", 0)) + 1})], [expect]
+        return [Put(TABLE, payment.request_id, {**row, "v": int(row["v"]) + 1})], [expect]
 
     def settle(self, txn: Txn, decision: TxnState) -> Change:
         """A decided approval: out of both inboxes."""
@@ -199,7 +200,3 @@ class SharedCollectBook(CollectBook):
             return [], []
         request = self._read(txn.payment.request_id)
         return self._inboxes(request, txn.created_at, add=False) if request else ([], [])
-
-
-def _request(request_id: str, row: dict[str, Any]) -> Request:
-    return Request(request_id=request_id, **{k: v for k, v in row.items() if k != "v"})

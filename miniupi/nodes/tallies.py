@@ -108,7 +108,9 @@ class Tallies:
                 tally.ids.append(txn_id)
         if decision == TxnState.COMMITTED:
             tally.committing[txn_id] = tally.in_flight[txn_id]
-        value: dict[str, Any] = {"committed": tally.committed + sum(tally.committing.values())}
+        # "v": the version gateways sharing the store expect (reserve, settle); one alone never needs more
+        # than a row that has one, in case its store is shared later.
+        value: dict[str, Any] = {"committed": tally.committed + sum(tally.committing.values()), "v": 0}
         if self._keep_ids:
             value["ids"] = list(tally.ids)
         others = {i: a for i, a in tally.committing.items() if i != txn_id}
