@@ -32,6 +32,21 @@ class StoreDamaged(Exception):
     """The files on disk are not a state this store ever wrote; refuse to serve."""
 
 
+class Expect(NamedTuple):
+    """A condition of a conditional write: table[key] is a JSON object whose value[field] == value.
+    field None: the row must be absent, and the batch must put that key (the put becomes an insert:
+    of two writers racing to insert one key, exactly one succeeds)."""
+
+    table: str
+    key: str
+    field: str | None
+    value: Any = None
+
+
+class Conflict(Exception):
+    """An Expect did not hold when the write ran: nothing of the batch was written."""
+
+
 class Store(Protocol):
     def load(self, tables: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
         """The named tables (None: every table) whole, as last written: {table: {key: value}}.
@@ -49,8 +64,13 @@ class Store(Protocol):
         is as some batch left it.
         """
 
-    def write(self, batch: Sequence[Put]) -> None:
-        """Apply the whole batch atomically and durably, or raise and apply none."""
+    def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
+        """Apply the whole batch atomically and durably if every expectation holds, else raise Conflict and apply none."""
+
+    def claim(self, table: str, field: str, owners: Collection[str], owner: str, limit: int) -> list[tuple[str, Any]]:
+        """Set value[field] = owner in up to `limit` rows of `table` whose value[field] is one of `owners`,
+        atomically and durably; return those rows as now written. Rows another writer holds locked are
+        passed over, never waited for (in PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED)."""
 
     def close(self) -> None:
         """Release files; later calls are errors."""
