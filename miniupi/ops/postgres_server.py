@@ -193,7 +193,7 @@ class LocalPostgres:
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> LocalPostgres:
         """Start the server as our child and wait until it takes connections."""
         self.initialise()
-        log = open(self.root / "postgres.log", "ab")
+        log = os.fdopen(os.open(self.root / "postgres.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         try:
             self._proc = subprocess.Popen(self.server_argv(), stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, cwd="/", **self._as_server_user())
