@@ -38,6 +38,7 @@ from miniupi.contract.expectations import check_claim, claimable, claimed, inser
 from miniupi.contract.hookspecs import hookimpl
 from miniupi.contract.registry import Register, Setting, StorageKind
 from miniupi.contract.store import Conflict, Expect, Put, StoreDamaged
+from miniupi.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from miniupi.config import NodeConfig
@@ -162,14 +163,15 @@ class PostgresStore:
 
     def _read(self, query: sql.Composed, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         # A read is tried twice: a reader the server dropped (a restart) fails once and is replaced,
-        # and reading again changes nothing.
+        # and reading again changes nothing. A server still away is StoreUnavailable, which the node
+        # answers as UNAVAILABLE (try again), as it does a failed write: not a fault of the node.
         for attempt in (1, 2):
             try:
                 with self._connection(self._readers) as conn:
                     return conn.execute(query, params).fetchall()
-            except psycopg.OperationalError:
-                if attempt == 2:
-                    raise
+            except (psycopg.OperationalError, PoolTimeout) as e:
+                if attempt == 2 or isinstance(e, PoolTimeout):
+                    raise StoreUnavailable(f"PostgreSQL at {self.target} unavailable: {_first_line(e)}") from e
         raise AssertionError("unreachable")
 
     # --- reads ---
