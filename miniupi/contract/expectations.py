@@ -41,15 +41,24 @@ def require(expect: Expect, current: Any | None) -> None:
         raise Conflict(f"{expect.table}/{expect.key}: expected {wanted}")
 
 
+def last_puts(batch: Sequence[Put]) -> dict[tuple[str, str], Any]:
+    """The last value a batch writes to each (table, key), None for a delete: within a batch the last
+    write to a key wins. Raises TypeError for a table or key that is not a str."""
+    last: dict[tuple[str, str], Any] = {}
+    for table, key, value in batch:
+        if not isinstance(table, str) or not isinstance(key, str):
+            raise TypeError(f"table and key must be str, got {table!r}, {key!r}")
+        last[table, key] = value
+    return last
+
+
 def inserted_keys(batch: Sequence[Put], expect: Sequence[Expect]) -> set[tuple[str, str]]:
     """The (table, key) of every absent-row expectation, each of which the batch must put (not delete).
 
     Raises ValueError for one it does not: "must be absent" alone would be a
     read, and these are write conditions.
     """
-    last: dict[tuple[str, str], Any] = {}
-    for table, key, value in batch:
-        last[table, key] = value
+    last = last_puts(batch)
     inserted = set()
     for e in expect:
         if not isinstance(e.table, str) or not isinstance(e.key, str):

@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -386,6 +387,9 @@ class Supervisor:
         0), not that it serves yet: `miniupi start gateway; miniupi sync`
         would otherwise meet a gateway still opening its store.
         """
+        if name == POSTGRES and self.cluster.postgres is not None:
+            self._wait_postgres(self.cluster.postgres.port, timeout_s)
+            return
         node = self.cluster.node(name)
         deadline = time.monotonic() + timeout_s
         while not is_serving(node, 0.5):
@@ -395,6 +399,19 @@ class Supervisor:
                 raise SupervisionError(f"{name} is running but did not answer within {timeout_s:g} s; "
                                        f"see {node.data_dir / (name + '.log')}")
             time.sleep(0.05)
+
+    def _wait_postgres(self, port: int, timeout_s: float) -> None:
+        """Until the managed PostgreSQL takes TCP connections (it answers the nodes' logins once it does)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SupervisionError(f"postgres is running but did not take connections within {timeout_s:g} s; "
+                                           f"see {stderr_path(self.cluster, POSTGRES)}") from None
+                time.sleep(0.05)
 
     def status(self) -> list[NodeStatus]:
         """Every node supervisord runs, in cluster-file order."""

@@ -34,7 +34,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 
 from miniupi.config import ConfigError
-from miniupi.contract.expectations import check_claim, claimable, claimed, inserted_keys, require
+from miniupi.contract.expectations import check_claim, claimable, claimed, inserted_keys, last_puts, require
 from miniupi.contract.hookspecs import hookimpl
 from miniupi.contract.registry import Register, Setting, StorageKind
 from miniupi.contract.store import Conflict, Expect, Put, StoreDamaged
@@ -214,11 +214,7 @@ class PostgresStore:
     # --- writes ---
 
     def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
-        last: dict[tuple[str, str], Any] = {}
-        for table, key, value in batch:
-            if not isinstance(table, str) or not isinstance(key, str):
-                raise TypeError(f"table and key must be str, got {table!r}, {key!r}")
-            last[table, key] = value
+        last = last_puts(batch)
         inserts = inserted_keys(batch, expect)
         if not last:
             return

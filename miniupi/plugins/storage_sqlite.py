@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from miniupi.contract.hookspecs import hookimpl
 from miniupi.contract.registry import Register, StorageKind
-from miniupi.contract.expectations import check_claim, claimable, claimed, inserted_keys, require
+from miniupi.contract.expectations import check_claim, claimable, claimed, inserted_keys, last_puts, require
 from miniupi.contract.store import Expect, Put, StoreDamaged
 
 if TYPE_CHECKING:
@@ -140,11 +140,7 @@ class SqliteStore:
         # Collapse to the last write per key so upserts and deletes can go
         # down as two order-free executemany calls; encode everything first
         # so a bad value fails before the transaction starts.
-        last: dict[tuple[str, str], Any] = {}
-        for table, key, value in batch:
-            if not isinstance(table, str) or not isinstance(key, str):
-                raise TypeError(f"table and key must be str, got {table!r}, {key!r}")
-            last[table, key] = value
+        last = last_puts(batch)
         inserted_keys(batch, expect)
         if not last:
             return

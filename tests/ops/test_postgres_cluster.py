@@ -147,6 +147,7 @@ def test_miniupi_run_runs_the_managed_postgresql_first_and_nodes_use_it(enterabl
         status = {s.name: s for s in cluster.supervisor.status()}
         assert status["postgres"].state == "RUNNING" and status["postgres"].address.startswith("127.0.0.1:")
         cluster.restart_node("bank_a")
+        assert cluster.cli("restart", "postgres").returncode == 0
         with cluster.client() as c:
             c.login(alice, PASSWORD)
             assert money(c)[0] == 700
