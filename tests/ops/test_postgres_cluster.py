@@ -19,7 +19,7 @@ import pytest
 from miniupi.errors import Aborted, Unavailable
 from miniupi.ops.postgres_server import LocalPostgres
 from miniupi.ops.testing import LocalCluster, local_postgres
-from tests.conftest import PASSWORD, money, open_account
+from tests.conftest import PASSWORD, money, open_account, wait_for
 
 ON_POSTGRES: dict[str, Any] = {
     "cluster": {"name": "pg", "prepare_timeout_s": 3, "call_timeout_s": 3, "max_opening_deposit": "10000.00"},
@@ -144,8 +144,9 @@ def test_miniupi_run_runs_the_managed_postgresql_first_and_nodes_use_it(enterabl
         alice, bob = open_account(cluster, "bank_a", 1_000), open_account(cluster, "bank_b", 0)
         pay_rounds(cluster, alice, bob, 3)
         assert audit_ok(cluster)["ok"]
-        status = {s.name: s for s in cluster.supervisor.status()}
-        assert status["postgres"].state == "RUNNING" and status["postgres"].address.startswith("127.0.0.1:")
+        postgres = wait_for("postgres RUNNING (after its startsecs)", lambda: next(
+            (s for s in cluster.supervisor.status() if s.name == "postgres" and s.state == "RUNNING"), None))
+        assert postgres.address == f"127.0.0.1:{cluster.config.postgres.port}"
         cluster.restart_node("bank_a")
         assert cluster.cli("restart", "postgres").returncode == 0
         with cluster.client() as c:
