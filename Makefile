@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= config/cluster.toml
 
-.PHONY: run test proto clean
+.PHONY: run test proto clean postgres-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/miniupi run $(CONFIG)
 
-test: $(STAMP)
+# The tests boot real PostgreSQL servers; the demo cluster (make run) needs none.
+test: $(STAMP) postgres-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+postgres-server:
+	@scripts/ensure_postgres.sh
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py

@@ -66,6 +66,15 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class PostgresConfig:
+    """The cluster file's [postgres] table: a PostgreSQL server that `miniupi run` runs for the cluster."""
+
+    managed: bool  # run it under supervisord; nodes with `managed = true` in their postgres settings use it
+    port: int  # on 127.0.0.1 only
+    bin_dir: Path | None  # where `postgres` and `initdb` are; None: found on the machine
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     path: Path
     name: str
@@ -91,6 +100,7 @@ class ClusterConfig:
     # What the file says of each node, the gateway first. The NodeConfigs point back at this cluster,
     # so they are made from it once, on first use: a cached_property writes no frozen field.
     node_fields: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
+    postgres: PostgresConfig | None = None  # the [postgres] table, if there is one
 
     @cached_property
     def _nodes(self) -> tuple[NodeConfig, ...]:
@@ -308,6 +318,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         daily_limits[account] = limits.amount(account, 0)
     limits.done()
 
+    postgres = _postgres(path, top.get("postgres", dict, None, expected="a [postgres] table"))
+    if postgres is not None and postgres.managed and "postgres" in (n["name"] for n in nodes):
+        raise banks_table.error("postgres", "a bank name other than postgres (the managed PostgreSQL's program)")
+
     p = _Section(path, "plugins", top.get("plugins", dict, {}))
     load = p.get("load", list, [], expected="a list of module names")
     if not all(isinstance(m, str) and m for m in load):
@@ -315,7 +329,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     p.done()
     top.done()
 
-    cluster = ClusterConfig(**settings, daily_limits=daily_limits, plugins=tuple(load), node_fields=tuple(nodes))
+    cluster = ClusterConfig(**settings, daily_limits=daily_limits, plugins=tuple(load), node_fields=tuple(nodes),
+                            postgres=postgres)
     for account in daily_limits:
         if split_address(account)[1] not in cluster.banks:
             raise limits.error(account, f"an account at one of this cluster's banks ({', '.join(cluster.banks)})")
@@ -324,11 +339,24 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         if problem:
             raise ConfigError(f"{path}: key '{node.where}.host': {problem}")
     ports: dict[tuple[str, int], str] = {}
+    if postgres is not None and postgres.managed:
+        ports["127.0.0.1", postgres.port] = "postgres"
     for node in cluster.nodes:
         other = ports.setdefault((node.host, node.port), node.name)
         if other != node.name:
             raise ConfigError(f"{path}: {node.name} and {other} both use {node.address}")
     return cluster
+
+
+def _postgres(path: Path, table: dict[str, Any] | None) -> PostgresConfig | None:
+    if table is None:
+        return None
+    t = _Section(path, "postgres", table)
+    managed = t.get("managed", bool, expected="true or false (true: `miniupi run` runs this PostgreSQL)")
+    bin_dir = t.get("bin_dir", str, None, expected="the directory holding the postgres and initdb programs")
+    config = PostgresConfig(managed=managed, port=t.port(), bin_dir=Path(bin_dir).resolve() if bin_dir else None)
+    t.done()
+    return config
 
 
 def host_problem(host: str, identities: frozenset[str]) -> str | None:

@@ -98,8 +98,10 @@ def test_the_cluster_file_in_the_operations_guide_shows_every_default_as_the_cod
               "log_json", "daily_limit", "time_zone", "daily_limits", "plugins"]
     from dataclasses import fields as dataclass_fields
 
-    from miniupi.config import ClusterConfig
-    assert set(fields) == {f.name for f in dataclass_fields(ClusterConfig)} - {"path", "raw", "node_fields"}
+    from miniupi.config import ClusterConfig, PostgresConfig
+    # [postgres] has no default (absent: no managed server): the guide shows one as an example.
+    assert set(fields) == {f.name for f in dataclass_fields(ClusterConfig)} - {"path", "raw", "node_fields", "postgres"}
+    assert minimal.postgres is None and documented.postgres == PostgresConfig(managed=True, port=5440, bin_dir=None)
     assert {f: getattr(documented, f) for f in fields} == {f: getattr(minimal, f) for f in fields}
     for name in ("gateway", "bank_a", "bank_b"):
         a, b = documented.node(name), minimal.node(name)

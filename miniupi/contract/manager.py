@@ -27,6 +27,7 @@ PROJECT = "miniupi"
 DEFAULT_PLUGINS = {
     "storage_sqlite": "miniupi.plugins.storage_sqlite",
     "storage_json": "miniupi.plugins.storage_json",
+    "storage_postgres": "miniupi.plugins.storage_postgres",
     "auth_session": "miniupi.plugins.auth_session",
     "call_log": "miniupi.plugins.call_log",
 }

@@ -43,11 +43,16 @@ class Setting:
 
 @dataclass(frozen=True)
 class StorageKind:
-    """`open(node, path, settings)` returns the node's Store in directory `path`, creating it."""
+    """`open(node, path, settings)` returns the node's Store in directory `path`, creating it.
+
+    `check(node, settings)`, if given, says what is wrong with the settings taken
+    together (None: nothing), once each one is valid on its own.
+    """
 
     name: str
     open: Callable[[NodeConfig, Path, Mapping[str, Any]], Store]
     settings: Sequence[Setting] = ()
+    check: Callable[[NodeConfig, Mapping[str, Any]], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,10 @@ def check_plugins(cluster: ClusterConfig) -> Plugins:
             _lookup(cluster, node, "auth", node.auth, kinds.auth)]
         for kind in chosen:
             settings[node.name, kind.name] = _settings(cluster, node, kind, chosen)
+        storage = kinds.storage[node.storage]
+        problem = storage.check(node, settings[node.name, storage.name]) if storage.check else None
+        if problem:
+            raise PluginChoiceError(f"{cluster.path}: {node.where}.{storage.name}: {problem}")
     return Plugins(pm, kinds, settings)
 
 

@@ -29,7 +29,8 @@ class Put(NamedTuple):
 
 
 class Expect(NamedTuple):
-    """A condition of a conditional write: table[key] is a JSON object whose value[field] == value.
+    """A condition of a conditional write: table[key] is a JSON object whose value[field] == value
+    (the field present: a missing one matches no value; contract/expectations.py decides).
 
     field None: the row must be absent, and the batch must put that key (the
     put becomes an insert: of two writers racing to insert one key, exactly

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from miniupi.ops.testing import LocalCluster
+from miniupi.ops.postgres_server import LocalPostgres
+from miniupi.ops.testing import LocalCluster, local_postgres
 
 
 @pytest.fixture
@@ -40,3 +41,23 @@ def miniupi_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
     yield boot
     for cluster in started:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def miniupi_postgres() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server for the whole session, on a free port of 127.0.0.1, data in a temporary
+    directory, stopped and removed at the end. Pass it to a cluster to put its postgres nodes there::
+
+        def test_pay_on_postgres(miniupi_cluster, miniupi_postgres):
+            cluster = miniupi_cluster({"cluster": {}, "gateway": {"storage": "postgres"},
+                                       "banks": {"bank_a": {"storage": "postgres"}, "bank_b": {}}},
+                                      postgres=miniupi_postgres)
+
+    Each cluster gets a database of its own on it. `connection(dbname)` gives
+    psycopg's connection keywords (the superuser `miniupi`, its password read
+    from `password_file`), `create_database(name)` makes another database.
+    Do not stop or restart it: other tests share it; a test that restarts
+    PostgreSQL boots its own with miniupi.ops.testing.local_postgres().
+    """
+    with local_postgres() as server:
+        yield server

@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
 from miniupi.ops.certs import write_file
+from miniupi.ops.postgres_server import LocalPostgres
 from miniupi.config import ClusterConfig, ConfigError, NodeConfig
 from miniupi.nodes.server import NodeStartError
 from miniupi.tls import dial
@@ -57,6 +59,16 @@ START_RETRIES = 3
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How often `run` forwards the nodes' stderr and looks for a node that failed to start.
 WATCH_EVERY_S = 0.25
+
+
+# The managed PostgreSQL's program: started before every node (priority), stopped with a fast shutdown
+# (SIGINT: its clients are cut off and a checkpoint written; SIGTERM would wait for every node to leave).
+POSTGRES = "postgres"
+POSTGRES_PRIORITY = 50
+# Unlike a node it is not restarted forever: one that exits within this long, this many times in a row
+# (a port taken, a damaged data directory), is FATAL, and `run` stops with its last line.
+POSTGRES_STARTSECS = 3
+POSTGRES_START_RETRIES = 2
 
 
 # How long `miniupi start`/`restart` wait for a node to answer after supervisord started it.
@@ -119,7 +131,8 @@ class NodeStatus:
     @property
     def failed_to_start(self) -> bool:
         """Exited saying it cannot start, or FATAL: supervisord could not even spawn it."""
-        return self.state == "FATAL" or (self.state == "EXITED" and self.exit_status in REFUSED_EXIT_CODES)
+        return self.state == "FATAL" or (self.state == "EXITED" and self.exit_status in REFUSED_EXIT_CODES
+                                         and self.name != POSTGRES)  # whose exit codes mean other things
 
 
 # --- the config file ---------------------------------------------------------
@@ -132,6 +145,20 @@ def node_command(cluster: ClusterConfig, node: NodeConfig) -> list[str]:
     if node.role == "gateway":
         return [*base, "gateway", *config]
     return [*base, "bank", "--name", node.name, *config]
+
+
+def managed_postgres(cluster: ClusterConfig) -> LocalPostgres | None:
+    """The PostgreSQL server `miniupi run` runs for this cluster, if its file asks for one."""
+    pg = cluster.postgres
+    if pg is None or not pg.managed:
+        return None
+    return LocalPostgres(cluster.data_dir, pg.port, pg.bin_dir)
+
+
+def program_names(cluster: ClusterConfig) -> list[str]:
+    """Every program supervisord runs for the cluster: the managed PostgreSQL first, then the nodes."""
+    managed = cluster.postgres is not None and cluster.postgres.managed
+    return [*([POSTGRES] if managed else []), *(n.name for n in cluster.nodes)]
 
 
 def conf_path(cluster: ClusterConfig) -> Path:
@@ -148,9 +175,9 @@ def socket_path(cluster: ClusterConfig) -> Path:
     return Path(tempfile.gettempdir()) / f"miniupi-{os.getuid()}-{digest}.sock"
 
 
-def stderr_path(cluster: ClusterConfig, node: NodeConfig) -> Path:
-    """Where supervisord keeps a node's stderr, for `run` to show it and quote its last line."""
-    return cluster.data_dir / f"{node.name}.stderr"
+def stderr_path(cluster: ClusterConfig, node: NodeConfig | str) -> Path:
+    """Where supervisord keeps a program's stderr, for `run` to show it and quote its last line."""
+    return cluster.data_dir / f"{node if isinstance(node, str) else node.name}.stderr"
 
 
 def supervisord_argv(cluster: ClusterConfig) -> list[str]:
@@ -176,8 +203,11 @@ def _ini(value: str | Path) -> str:
     return text.replace("%", "%%")
 
 
-def write_supervisord_conf(cluster: ClusterConfig) -> Path:
-    """Write data_dir/supervisord.conf for the cluster's topology and return its path."""
+def write_supervisord_conf(cluster: ClusterConfig, postgres: LocalPostgres | None = None) -> Path:
+    """Write data_dir/supervisord.conf for the cluster's topology and return its path.
+
+    `postgres`, the managed server (initialised), is one more program, started first.
+    """
     data_dir = cluster.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     sock = socket_path(cluster)
@@ -201,7 +231,9 @@ def write_supervisord_conf(cluster: ClusterConfig) -> Path:
         "[supervisorctl]",
         f"serverurl = {_ini('unix://' + str(sock))}",
     ]
-    lines += ["", f"[group:{GROUP}]", f"programs = {','.join(n.name for n in cluster.nodes)}"]
+    lines += ["", f"[group:{GROUP}]", f"programs = {','.join(program_names(cluster))}"]
+    if postgres is not None:
+        lines += _postgres_program(cluster, postgres)
     cwd = Path.cwd()
     for node in cluster.nodes:
         lines += [
@@ -234,6 +266,31 @@ def write_supervisord_conf(cluster: ClusterConfig) -> Path:
     path = conf_path(cluster)
     write_file(path, ("\n".join(lines) + "\n").encode(), 0o600)
     return path
+
+
+def _postgres_program(cluster: ClusterConfig, postgres: LocalPostgres) -> list[str]:
+    lines = [
+        "",
+        f"[program:{POSTGRES}]",
+        f"command = {_ini(shlex.join(postgres.server_argv()))}",
+        # Its own directory: as root it runs as the postgres user, who may not enter ours.
+        f"directory = {_ini(postgres.data)}",
+        f"priority = {POSTGRES_PRIORITY}",
+        "autostart = true",
+        "autorestart = true",
+        f"startsecs = {POSTGRES_STARTSECS}",
+        f"startretries = {POSTGRES_START_RETRIES}",
+        "stopsignal = INT",
+        "stopwaitsecs = 30",
+        "stdout_logfile = /dev/stdout",
+        "stdout_logfile_maxbytes = 0",
+        f"stderr_logfile = {_ini(stderr_path(cluster, POSTGRES)).replace('%', '%%')}",
+        "stderr_logfile_maxbytes = 1MB",
+        "stderr_logfile_backups = 0",
+    ]
+    if postgres.run_as is not None:
+        lines.append(f"user = {postgres.run_as.name}")  # PostgreSQL refuses to run as root
+    return lines
 
 
 # --- the control client ------------------------------------------------------
@@ -285,7 +342,7 @@ class Supervisor:
             proxy("close")()
 
     def _namespec(self, name: str) -> str:
-        names = [n.name for n in self.cluster.nodes]
+        names = program_names(self.cluster)
         if name not in names:
             raise UnknownNode(f"no node named {name!r} (known nodes: {', '.join(names)})")
         return f"{GROUP}:{name}"
@@ -330,6 +387,9 @@ class Supervisor:
         0), not that it serves yet: `miniupi start gateway; miniupi sync`
         would otherwise meet a gateway still opening its store.
         """
+        if name == POSTGRES and self.cluster.postgres is not None:
+            self._wait_postgres(self.cluster.postgres.port, timeout_s)
+            return
         node = self.cluster.node(name)
         deadline = time.monotonic() + timeout_s
         while not is_serving(node, 0.5):
@@ -340,10 +400,25 @@ class Supervisor:
                                        f"see {node.data_dir / (name + '.log')}")
             time.sleep(0.05)
 
+    def _wait_postgres(self, port: int, timeout_s: float) -> None:
+        """Until the managed PostgreSQL takes TCP connections (it answers the nodes' logins once it does)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SupervisionError(f"postgres is running but did not take connections within {timeout_s:g} s; "
+                                           f"see {stderr_path(self.cluster, POSTGRES)}") from None
+                time.sleep(0.05)
+
     def status(self) -> list[NodeStatus]:
         """Every node supervisord runs, in cluster-file order."""
-        order = {n.name: i for i, n in enumerate(self.cluster.nodes)}
+        order = {name: i for i, name in enumerate(program_names(self.cluster))}
         addresses = {n.name: n.address for n in self.cluster.nodes}
+        if self.cluster.postgres is not None:
+            addresses[POSTGRES] = f"127.0.0.1:{self.cluster.postgres.port}"
         infos = sorted(self._call("getAllProcessInfo"), key=lambda i: (order.get(i["name"], len(order)), i["name"]))
         return [
             NodeStatus(
@@ -413,10 +488,14 @@ def run(cluster: ClusterConfig) -> int:
     Raises NodeFailedToStart, once every node is stopped, if one could not start.
     """
     _clear_stale_socket(cluster)
-    write_supervisord_conf(cluster)
-    width = max(len(n.name) for n in cluster.nodes)
-    for node in cluster.nodes:
-        print(f"{node.name:<{width}}  {node.address}")
+    postgres = managed_postgres(cluster)
+    if postgres is not None:
+        postgres.initialise()  # initdb on the first run only
+    write_supervisord_conf(cluster, postgres)
+    shown = [*([(POSTGRES, f"127.0.0.1:{postgres.port}")] if postgres else []), *((n.name, n.address) for n in cluster.nodes)]
+    width = max(len(name) for name, _ in shown)
+    for name, address in shown:
+        print(f"{name:<{width}}  {address}")
     print(f"logs below; Ctrl-C stops everything (data in {cluster.data_dir})", flush=True)
     tails = _StderrTails(cluster)
     # supervisord applies its own umask only when it daemonizes: set it here, for its log and pid files.
@@ -469,7 +548,7 @@ class _StderrTails:
     """Copies what each node writes to stderr onto ours, remembering each node's last line."""
 
     def __init__(self, cluster: ClusterConfig) -> None:
-        self.paths = {node.name: stderr_path(cluster, node) for node in cluster.nodes}
+        self.paths = {name: stderr_path(cluster, name) for name in program_names(cluster)}
         for path in self.paths.values():
             path.unlink(missing_ok=True)  # a line from an earlier run is not this run's error
         self.offsets = dict.fromkeys(self.paths, 0)

@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from miniupi.ops.certs import init_certs
 from miniupi.client.api import Client
 from miniupi.config import load_config
 from miniupi.contract.registry import PluginChoiceError
+from miniupi.ops.postgres_server import LocalPostgres
 from miniupi.ops.supervision import Supervisor, is_serving
 
 DEFAULT_SPEC: dict[str, Any] = {
@@ -59,7 +62,7 @@ class LocalCluster:
     """A cluster in `root`: start(), clients, node controls, stop()."""
 
     def __init__(self, root: Path, spec: Mapping[str, Any] | str | os.PathLike[str] | None = None,
-                 accounts: Accounts | None = None) -> None:
+                 accounts: Accounts | None = None, postgres: LocalPostgres | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         if isinstance(spec, (str, os.PathLike)):
@@ -67,6 +70,8 @@ class LocalCluster:
                 spec = tomllib.load(f)
         self.spec = copy.deepcopy(dict(spec or DEFAULT_SPEC))
         self._fill_in(accounts or {})
+        if postgres is not None:
+            self._on_postgres(postgres)
         self.config_path = self.root / "cluster.toml"
         self.config_path.write_text(tomli_w.dumps(self.spec))
         self.config = load_config(self.config_path)
@@ -79,7 +84,8 @@ class LocalCluster:
         cluster["data_dir"] = str(self.root / "data")
         cluster["certs_dir"] = str(self.root / "certs")
         nodes = [self.spec.setdefault("gateway", {}), *self.spec.setdefault("banks", {}).values()]
-        portless = [node for node in nodes if "port" not in node]
+        managed = self.spec.get("postgres")
+        portless = [node for node in [*nodes, *([managed] if managed else [])] if "port" not in node]
         for node, port in zip(portless, free_ports(len(portless))):
             node["port"] = port
         for name, bank in self.spec["banks"].items():
@@ -90,6 +96,19 @@ class LocalCluster:
                 bank["accounts"] = str(path)
             elif "accounts" in bank:
                 bank["accounts"] = str(Path(bank["accounts"]).resolve())
+
+    def _on_postgres(self, server: LocalPostgres) -> None:
+        """Point every node on `storage = "postgres"` without settings of its own at a database of
+        this cluster's on `server`, so clusters sharing one server never see each other's nodes."""
+        nodes = [self.spec["gateway"], *self.spec["banks"].values()]
+        chosen = [node for node in nodes if node.get("storage") == "postgres" and "postgres" not in node]
+        if not chosen:
+            return
+        database = f"cluster_{uuid.uuid4().hex[:12]}"
+        server.create_database(database)
+        for node in chosen:
+            node["postgres"] = {"host": "127.0.0.1", "port": server.port, "user": "miniupi", "dbname": database,
+                                "password_file": str(server.password_file)}
 
     # -- whole cluster --------------------------------------------------
 
@@ -177,3 +196,23 @@ class LocalCluster:
                "MINIUPI_HOME": str(home or self.root / "home")}
         return subprocess.run([sys.executable, "-m", "miniupi", *args], input=input, capture_output=True,
                               text=True, env=env, timeout=timeout, cwd=self.root)
+
+
+@contextlib.contextmanager
+def local_postgres(root: Path | None = None) -> Iterator[LocalPostgres]:
+    """A throwaway PostgreSQL server on a free port of 127.0.0.1, stopped and removed afterwards.
+
+    Its data goes in a new directory of the system's temporary directory
+    unless `root` is given: run as root, the server runs as the postgres user,
+    who must be able to enter every directory above its own.
+    """
+    import shutil
+
+    base = Path(tempfile.mkdtemp(prefix="miniupi-pg-")) if root is None else Path(root)
+    server = LocalPostgres(base, free_port())
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        if root is None:
+            shutil.rmtree(base, ignore_errors=True)

@@ -42,7 +42,8 @@ from loguru import logger
 
 from miniupi.contract.hookspecs import hookimpl
 from miniupi.contract.registry import Register, StorageKind, setting_at_least
-from miniupi.contract.store import Put, StoreDamaged
+from miniupi.contract.expectations import check_claim, claimable, claimed, inserted_keys, require
+from miniupi.contract.store import Expect, Put, StoreDamaged
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -270,15 +271,21 @@ class JsonStore:
 
     # --- the writer: one thread at a time ---
 
-    def write(self, batch: Sequence[Put]) -> None:
+    def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
         self._check_usable()
         ops: Ops = []
         for table, key, value in batch:
             if not isinstance(table, str) or not isinstance(key, str):
                 raise TypeError(f"table and key must be str, got {table!r}, {key!r}")
             ops.append((table, key, None if value is None else _encode(value)))
+        inserted_keys(batch, expect)
         if not ops:
             return
+        # One process and one writer own this store, so the state read here is
+        # the state the batch lands on: nothing can come in between.
+        for e in expect:
+            current = self._encoded(e.table, e.key)
+            require(e, None if current is None else json.loads(current))
         if self._rotating or (self._idle.is_set() and (self._compact_asked or (
                 self._journal_lines >= self._compact_after
                 and self._journal_size >= self._journal_share * self._snapshot_size))):
@@ -288,6 +295,20 @@ class JsonStore:
         self._append(f"[{seq},[{body}]]\n".encode())
         self._journal_lines += 1
         self._apply(seq, ops)
+
+    def claim(self, table: str, field: str, owners: Collection[str], owner: str, limit: int) -> list[tuple[str, Any]]:
+        # The writer's own call, like write(): it reads the rows and writes them with no
+        # other writer in between. A scan of the table: the JSON store has no index on fields.
+        check_claim(table, field, owner, limit)
+        taken: list[tuple[str, Any]] = []
+        if limit > 0 and owners:
+            for key, value in self.scan(table):
+                if claimable(value, field, owners):
+                    taken.append((key, claimed(value, field, owner)))
+                    if len(taken) == limit:
+                        break
+        self.write([Put(table, key, value) for key, value in taken])
+        return taken
 
     def compact_soon(self) -> None:
         """Rotate at the next write whatever the thresholds, unless a compaction runs (benchmarks, tests)."""

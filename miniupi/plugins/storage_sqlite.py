@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from miniupi.contract.hookspecs import hookimpl
 from miniupi.contract.registry import Register, StorageKind
-from miniupi.contract.store import Put, StoreDamaged
+from miniupi.contract.expectations import check_claim, claimable, claimed, inserted_keys, last_puts, require
+from miniupi.contract.store import Expect, Put, StoreDamaged
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -135,26 +136,51 @@ class SqliteStore:
         except ValueError:
             raise StoreDamaged(f"{self.file}: value of {table}/{key} is not JSON") from None
 
-    def write(self, batch: Sequence[Put]) -> None:
+    def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
         # Collapse to the last write per key so upserts and deletes can go
         # down as two order-free executemany calls; encode everything first
         # so a bad value fails before the transaction starts.
-        last: dict[tuple[str, str], Any] = {}
-        for table, key, value in batch:
-            if not isinstance(table, str) or not isinstance(key, str):
-                raise TypeError(f"table and key must be str, got {table!r}, {key!r}")
-            last[table, key] = value
+        last = last_puts(batch)
+        inserted_keys(batch, expect)
         if not last:
             return
         upserts = [(t, k, _encode(v)) for (t, k), v in last.items() if v is not None]
         deletes = [tk for tk, v in last.items() if v is None]
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
+            # BEGIN IMMEDIATE holds the database's write lock from here to COMMIT, so what the
+            # expectations read cannot change before the batch goes down, whatever process writes.
+            for e in expect:
+                row = conn.execute("SELECT value FROM kv WHERE tbl = ? AND key = ?", (e.table, e.key)).fetchone()
+                require(e, None if row is None else self._decode(e.table, e.key, row[0]))
             if upserts:
                 conn.executemany("INSERT OR REPLACE INTO kv (tbl, key, value) VALUES (?, ?, ?)", upserts)
             if deletes:
                 conn.executemany("DELETE FROM kv WHERE tbl = ? AND key = ?", deletes)
+
+    def claim(self, table: str, field: str, owners: Collection[str], owner: str, limit: int) -> list[tuple[str, Any]]:
+        check_claim(table, field, owner, limit)
+        owners = sorted(set(owners))
+        if not owners or limit == 0:
+            return []
+        with self._transaction() as conn:
+            # No row locks in SQLite: the write lock of BEGIN IMMEDIATE makes a claim whole, and two
+            # claimers take turns, the second seeing the first's rows as already taken.
+            rows = conn.execute(
+                f"SELECT key, value FROM kv WHERE tbl = ? AND value ->> ? IN ({','.join('?' * len(owners))}) "
+                "ORDER BY key LIMIT ?", (table, field, *owners, limit)).fetchall()
+            taken = [(key, claimed(value, field, owner)) for key, text in rows
+                     if claimable(value := self._decode(table, key, text), field, owners)]
+            conn.executemany("UPDATE kv SET value = ? WHERE tbl = ? AND key = ?",
+                             [(_encode(value), table, key) for key, value in taken])
+        return taken
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The writer's connection inside BEGIN IMMEDIATE: COMMIT if the block ends, ROLLBACK if it raises."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -32,10 +32,10 @@ COMMANDS = {
 TYPOS = {
     "bank auth": ("bank_a", "auth", "sesion", "banks.bank_a.auth: no auth plugin named 'sesion' (have: session)"),
     "bank storage": ("bank_b", "storage", "sqlit",
-                     "banks.bank_b.storage: no storage plugin named 'sqlit' (have: json, sqlite)"),
+                     "banks.bank_b.storage: no storage plugin named 'sqlit' (have: json, postgres, sqlite)"),
     "gateway auth": ("gateway", "auth", "none", "gateway.auth: no auth plugin named 'none' (have: session)"),
     "gateway storage": ("gateway", "storage", "jsn",
-                        "gateway.storage: no storage plugin named 'jsn' (have: json, sqlite)"),
+                        "gateway.storage: no storage plugin named 'jsn' (have: json, postgres, sqlite)"),
 }
 
 

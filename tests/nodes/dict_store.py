@@ -5,7 +5,8 @@ from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-from miniupi.contract.store import Conflict, Expect, Put
+from miniupi.contract.expectations import inserted_keys, require
+from miniupi.contract.store import Expect, Put
 
 
 class DictStore:
@@ -35,13 +36,9 @@ class DictStore:
                 yield key, value
 
     def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
-        for table, key, field, value in expect:
-            row = self.tables.get(table, {}).get(key)
-            if field is None:
-                if row is not None or not any((p.table, p.key) == (table, key) for p in batch):
-                    raise Conflict(f"{table}/{key} exists")
-            elif not isinstance(row, dict) or row.get(field) != value:
-                raise Conflict(f"{table}/{key}.{field} is not {value!r}")
+        inserted_keys(batch, expect)
+        for e in expect:
+            require(e, self.tables.get(e.table, {}).get(e.key))
         self.writes.append(list(batch))
         for table, key, value in batch:
             if value is None:

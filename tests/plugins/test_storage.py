@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -21,7 +22,7 @@ from miniupi.plugins import storage_json, storage_sqlite
 from miniupi.plugins.storage_json import JsonStore
 from miniupi.plugins.storage_sqlite import SqliteStore
 from miniupi.contract.registry import Register, check_plugins
-from miniupi.contract.store import Put, Store, StoreDamaged
+from miniupi.contract.store import Conflict, Expect, Put, Store, StoreDamaged
 from miniupi.nodes.group_commit import GroupCommit
 
 Opener = Callable[[Path], Store]
@@ -35,9 +36,23 @@ def open_json(path: Path) -> JsonStore:
     return JsonStore(path)
 
 
-@pytest.fixture(params=[open_sqlite, open_json], ids=["sqlite", "json"])
+def postgres_opener(request: pytest.FixtureRequest) -> Opener:
+    """Stores on the session's PostgreSQL server, a schema per directory: reopening a path reopens its schema."""
+    from psycopg.conninfo import make_conninfo
+
+    from miniupi.plugins.storage_postgres import PostgresStore
+
+    conninfo = make_conninfo(**request.getfixturevalue("miniupi_postgres").connection())
+
+    def open_postgres(path: Path) -> Store:
+        return PostgresStore(conninfo, "t_" + hashlib.sha256(str(path).encode()).hexdigest()[:20])
+
+    return open_postgres
+
+
+@pytest.fixture(params=[open_sqlite, open_json, postgres_opener], ids=["sqlite", "json", "postgres"])
 def open_store(request: pytest.FixtureRequest) -> Opener:
-    return request.param
+    return request.param(request) if request.param is postgres_opener else request.param
 
 
 @pytest.fixture
@@ -155,6 +170,66 @@ def test_keys_must_be_strings(open_store: Opener, tmp_path: Path) -> None:
         store.write([Put("t", "ok", 1), Put("t", 5, 1)])  # type: ignore[arg-type]
     store.close()
     assert reopened(open_store, tmp_path) == {}
+
+
+def test_a_write_whose_expectations_hold_is_applied_whole(open_store: Opener, tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.write([Put("txns", "t1", {"state": "INITIATED", "owner": "gw1", "n": 2**63 - 1})])
+    store.write([Put("txns", "t1", {"state": "COMMITTED", "owner": "gw1"}), Put("txns", "t2", {"owner": "gw1"}),
+                 Put("other", "x", 1)],
+                expect=[Expect("txns", "t1", "owner", "gw1"), Expect("txns", "t1", "state", "INITIATED"),
+                        Expect("txns", "t2", None)])
+    store.close()
+    assert reopened(open_store, tmp_path) == {
+        "txns": {"t1": {"state": "COMMITTED", "owner": "gw1"}, "t2": {"owner": "gw1"}}, "other": {"x": 1}}
+
+
+@pytest.mark.parametrize("expect", [
+    Expect("txns", "t1", "owner", "gw2"),  # another value
+    Expect("txns", "t1", "missing", None),  # a field must be there to match, even a null
+    Expect("txns", "t1", "n", True),  # 1 is not true in JSON
+    Expect("txns", "absent", "owner", "gw1"),  # no row at all
+    Expect("txns", "list", "owner", "gw1"),  # not an object
+    Expect("txns", "t1", None),  # a row that must be absent is there
+], ids=["other-value", "missing-field", "bool-is-not-int", "absent-row", "not-an-object", "row-exists"])
+def test_a_write_whose_expectation_fails_raises_conflict_and_applies_nothing(
+        open_store: Opener, tmp_path: Path, expect: Expect) -> None:
+    store = open_store(tmp_path)
+    store.write([Put("txns", "t1", {"owner": "gw1", "n": 1}), Put("txns", "list", ["owner"])])
+    before = store.load()
+    batch = [Put("txns", "other", 1), Put("txns", "t1", None), Put(expect.table, expect.key, {"owner": "me"})]
+    with pytest.raises(Conflict):
+        store.write(batch, expect=[expect])
+    assert store.load() == before
+    store.write([Put("txns", "after", 2)])  # still usable
+    store.close()
+    assert reopened(open_store, tmp_path) == {**before, "txns": {**before["txns"], "after": 2}}
+
+
+def test_an_absent_row_expectation_needs_a_put_of_its_key(open_store: Opener, tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    for batch in ([Put("t", "other", 1)], [Put("t", "k", 1), Put("t", "k", None)]):
+        with pytest.raises(ValueError):
+            store.write(batch, expect=[Expect("t", "k", None)])
+    assert store.load() == {}
+    store.close()
+
+
+def test_claim_takes_rows_of_the_named_owners_in_key_order_and_writes_them(open_store: Opener, tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.write([Put("work", f"k{n}", {"owner": ["dead1", "dead2", "alive"][n % 3], "n": n}) for n in range(9)]
+                + [Put("work", "odd", ["owner", "dead1"]), Put("work", "nested", {"x": {"owner": "dead1"}}),
+                   Put("work", "nul", {"owner": "dead1", "note": "a\u0000b"}), Put("elsewhere", "e", {"owner": "dead1"})])
+    first = store.claim("work", "owner", ["dead1", "dead2"], "me", 4)
+    assert first == [(f"k{n}", {"owner": "me", "n": n}) for n in (0, 1, 3, 4)]
+    rest = store.claim("work", "owner", {"dead1", "dead2"}, "me", 100)
+    assert [key for key, _ in rest] == ["k6", "k7", "nul"] and rest[-1][1] == {"owner": "me", "note": "a\u0000b"}
+    assert store.claim("work", "owner", ["dead1"], "me", 100) == [] and store.claim("work", "owner", [], "me", 5) == []
+    store.close()
+    rows = reopened(open_store, tmp_path)
+    assert sorted(k for k, v in rows["work"].items() if isinstance(v, dict) and v.get("owner") == "me") == \
+        ["k0", "k1", "k3", "k4", "k6", "k7", "nul"]
+    assert rows["elsewhere"] == {"e": {"owner": "dead1"}} and rows["work"]["nested"] == {"x": {"owner": "dead1"}}
 
 
 # --- SQLite ------------------------------------------------------------------

@@ -1,0 +1,428 @@
+"""A store in PostgreSQL: one schema per node, a row per key, shared by as many processes as connect.
+
+For nodes that must outlive their host's disk, or share their state with
+other processes (gateway replicas): PostgreSQL's own durability,
+replication and backups then hold the node's state. Each node has a schema
+of its own (its name, unless `schema` says otherwise), so several nodes,
+and several clusters, can share one database.
+
+The Store contract is synchronous (the group commit calls write() from its
+writer thread; get and scan come from the event loop), so this uses
+psycopg's synchronous API, with two `psycopg_pool.ConnectionPool`s: one
+connection for the writer, a few for readers, so a read never waits behind
+a write and sees only committed batches. Values are stored in a `json`
+column, as the exact text written: integers of any size come back exactly,
+and nothing is re-encoded on the way in.
+
+Conditional writes and claims are decided by the database, under row
+locks, so processes racing on one schema get exactly one winner.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
+
+from miniupi.config import ConfigError
+from miniupi.contract.expectations import check_claim, claimable, claimed, inserted_keys, last_puts, require
+from miniupi.contract.hookspecs import hookimpl
+from miniupi.contract.registry import Register, Setting, StorageKind
+from miniupi.contract.store import Conflict, Expect, Put, StoreDamaged
+from miniupi.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from miniupi.config import NodeConfig
+
+NAME = "postgres"
+SCHEMA_VERSION = 1
+SCAN_PAGE = 1000  # rows read at once by scan() and load()
+POOL_SIZE = 2  # reader connections
+CONNECT_WAIT_S = 30.0  # at open: PostgreSQL may be starting alongside the node (miniupi run)
+ACQUIRE_S = 5.0  # the longest a call waits for a connection while PostgreSQL is up
+ACQUIRE_DOWN_S = 0.2  # and once a connection was lost, until one works again: fail fast, not stall the loop
+CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout, unless the connection settings give one
+SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
+ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+# Each version's statements, applied in order to a schema at a lower version; {s} is the schema.
+# "C" collation: keys sort by code point, as in the SQLite and JSON stores, whatever the database's locale.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("""CREATE TABLE {s}.kv (
+               tbl text COLLATE "C" NOT NULL,
+               key text COLLATE "C" NOT NULL,
+               value json NOT NULL,
+               PRIMARY KEY (tbl, key))""",),
+}
+
+
+class PostgresUnreachable(ConfigError):
+    """The node's PostgreSQL could not be reached at open, or its settings cannot be used: one line.
+
+    A ConfigError, so a node that cannot open its store refuses to start
+    with this line rather than a traceback.
+    """
+
+
+class _SteadyAttempt(AttemptWithBackoff):
+    # psycopg_pool doubles its wait between reconnection attempts without a bound: after a minute's
+    # outage a node would wait another minute before it noticed PostgreSQL was back. Once a second.
+    DELAY_BACKOFF = 1.0
+
+
+class _Pool(ConnectionPool):
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(attempt or _SteadyAttempt(timeout=self.reconnect_timeout), growing)
+
+
+class PostgresStore:
+    """A Store in schema `schema` of the database `conninfo` names; see miniupi.contract.store.Store."""
+
+    def __init__(self, conninfo: str, schema: str, pool_size: int = POOL_SIZE,
+                 connect_wait_s: float = CONNECT_WAIT_S) -> None:
+        if not SCHEMA_RE.match(schema):
+            raise ValueError(f"not a schema name this store uses: {schema!r}")
+        self.schema = schema
+        where = conninfo_to_dict(conninfo)
+        self.target = f"{where.get('host', 'localhost')}:{where.get('port', 5432)}/{where.get('dbname', '')}"
+        _wait_for_server(conninfo, self.target, connect_wait_s)
+        pools = dict(kwargs={"autocommit": True}, timeout=ACQUIRE_S, reconnect_timeout=365 * 86400.0, open=False)
+        # The writer's connection is checked (one round trip) before each batch goes out on it, so a
+        # connection the server dropped, at a restart, is replaced rather than failing a batch.
+        self._writers = _Pool(conninfo, min_size=1, max_size=1, name=f"{schema}-writer",
+                              check=ConnectionPool.check_connection, **pools)
+        self._readers = _Pool(conninfo, min_size=1, max_size=pool_size, name=f"{schema}-readers", **pools)
+        self._down = False  # a connection was lost and none has worked since
+        s = sql.Identifier(schema)
+        q = {name: sql.SQL(text).format(s=s) for name, text in _STATEMENTS.items()}
+        self._q = q
+        try:
+            for pool in (self._writers, self._readers):
+                pool.open(wait=True, timeout=connect_wait_s)
+            self._migrate()
+        except PoolTimeout:
+            self.close()
+            raise PostgresUnreachable(f"cannot reach PostgreSQL at {self.target} within {connect_wait_s:g} s") from None
+        except BaseException:
+            self.close()
+            raise
+
+    # --- opening ---
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring it to SCHEMA_VERSION; refuse one this store did not make."""
+        s = sql.Identifier(self.schema)
+        with self._writers.connection() as conn, conn.transaction():
+            # Two processes opening one schema at once (replicas starting together) take turns.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"miniupi schema {self.schema}",))
+            tables = {name for (name,) in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (self.schema,))}
+            if "miniupi_schema" not in tables:
+                if tables:
+                    raise StoreDamaged(f"PostgreSQL {self.target} schema {self.schema}: holds tables this store "
+                                       f"did not make ({', '.join(sorted(tables))})")
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {s}").format(s=s))
+                conn.execute(sql.SQL("CREATE TABLE {s}.miniupi_schema (version integer NOT NULL)").format(s=s))
+                conn.execute(sql.SQL("INSERT INTO {s}.miniupi_schema VALUES (0)").format(s=s))
+            rows = conn.execute(sql.SQL("SELECT version FROM {s}.miniupi_schema").format(s=s)).fetchall()
+            if len(rows) != 1:
+                raise StoreDamaged(f"PostgreSQL {self.target} schema {self.schema}: miniupi_schema holds "
+                                   f"{len(rows)} rows, not one")
+            version = rows[0][0]
+            if version > SCHEMA_VERSION:
+                raise StoreDamaged(f"PostgreSQL {self.target} schema {self.schema} is at version {version}, "
+                                   f"newer than this miniupi's {SCHEMA_VERSION}: upgrade miniupi")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    conn.execute(sql.SQL(statement).format(s=s))
+            if version < SCHEMA_VERSION:
+                conn.execute(sql.SQL("UPDATE {s}.miniupi_schema SET version = %s").format(s=s), (SCHEMA_VERSION,))
+
+    # --- connections ---
+
+    @contextlib.contextmanager
+    def _connection(self, pool: ConnectionPool) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with pool.connection(timeout=ACQUIRE_DOWN_S if self._down else ACQUIRE_S) as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout):
+            self._down = True
+            raise
+        self._down = False
+
+    def _read(self, query: sql.Composed, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        # A read is tried twice: a reader the server dropped (a restart) fails once and is replaced,
+        # and reading again changes nothing. A server still away is StoreUnavailable, which the node
+        # answers as UNAVAILABLE (try again), as it does a failed write: not a fault of the node.
+        for attempt in (1, 2):
+            try:
+                with self._connection(self._readers) as conn:
+                    return conn.execute(query, params).fetchall()
+            except (psycopg.OperationalError, PoolTimeout) as e:
+                if attempt == 2 or isinstance(e, PoolTimeout):
+                    raise StoreUnavailable(f"PostgreSQL at {self.target} unavailable: {_first_line(e)}") from e
+        raise AssertionError("unreachable")
+
+    # --- reads ---
+
+    def load(self, tables: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+        # Page by page, as scan: no result of a whole large table held twice at once.
+        names = None if tables is None else sorted(set(tables))
+        if names == []:
+            return {}
+        loaded: dict[str, dict[str, Any]] = {}
+        after: tuple[str, str] = ("", "")
+        while True:
+            if names is None:
+                page = self._read(self._q["load_all"], (*after, SCAN_PAGE))
+            else:
+                page = self._read(self._q["load_named"], (names, *after, SCAN_PAGE))
+            for tbl, key, value in page:
+                loaded.setdefault(tbl, {})[key] = value
+            if len(page) < SCAN_PAGE:
+                return loaded
+            after = (page[-1][0], page[-1][1])
+
+    def get(self, table: str, key: str) -> Any | None:
+        rows = self._read(self._q["get"], (table, key))
+        return rows[0][0] if rows else None
+
+    def scan(self, table: str) -> Iterator[tuple[str, Any]]:
+        # Pages by key: no connection or transaction is held across the caller's awaits.
+        after = ""
+        first = True
+        while True:
+            page = self._read(self._q["scan_first" if first else "scan_after"],
+                              (table, SCAN_PAGE) if first else (table, after, SCAN_PAGE))
+            first = False
+            yield from page
+            if len(page) < SCAN_PAGE:
+                return
+            after = page[-1][0]
+
+    # --- writes ---
+
+    def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
+        last = last_puts(batch)
+        inserts = inserted_keys(batch, expect)
+        if not last:
+            return
+        # Encoded before the transaction, so a bad value fails with nothing sent; sorted, so that
+        # processes writing one schema lock its rows in one order and do not deadlock.
+        upserts = sorted((t, k, _encode(v)) for (t, k), v in last.items() if v is not None and (t, k) not in inserts)
+        deletes = sorted(tk for tk, v in last.items() if v is None)
+        new_rows = sorted((t, k, _encode(last[t, k])) for t, k in inserts)
+        checks = sorted((e for e in expect if e.field is not None), key=lambda e: (e.table, e.key))
+        with self._connection(self._writers) as conn:
+            if not checks and not new_rows:
+                # One round trip: BEGIN, the statements and COMMIT go out together.
+                with conn.pipeline(), conn.transaction():
+                    self._apply(conn, upserts, deletes)
+                return
+            with conn.transaction():
+                for e in checks:
+                    # Locked until COMMIT: another writer's change to this row waits for us, or we for it.
+                    row = conn.execute(self._q["lock"], (e.table, e.key)).fetchone()
+                    require(e, None if row is None else row[0])
+                for t, k, v in new_rows:
+                    # Of two transactions inserting one key, the second waits for the first and then
+                    # inserts nothing: the database decides the race.
+                    if conn.execute(self._q["insert"], (t, k, v)).rowcount != 1:
+                        raise Conflict(f"{t}/{k}: expected no row")
+                self._apply(conn, upserts, deletes)
+
+    def _apply(self, conn: psycopg.Connection[Any], upserts: list[tuple[str, str, str]],
+               deletes: list[tuple[str, str]]) -> None:
+        if upserts:
+            conn.execute(self._q["upsert"], [list(column) for column in zip(*upserts)])
+        if deletes:
+            conn.execute(self._q["delete"], [list(column) for column in zip(*deletes)])
+
+    def claim(self, table: str, field: str, owners: Collection[str], owner: str, limit: int) -> list[tuple[str, Any]]:
+        check_claim(table, field, owner, limit)
+        owners = sorted(set(owners))
+        if not owners or limit == 0:
+            return []
+        with self._connection(self._writers) as conn, conn.transaction():
+            # SKIP LOCKED: rows another claimer (or writer) holds are passed over, never waited for,
+            # so concurrent claimers split the rows between them and none is claimed twice.
+            # Rows are matched on their text, as this store wrote it (compact, ASCII): `"field":"owner"`
+            # in it. PostgreSQL's own ->> would have to read every string of the row, and fails on one
+            # holding \u0000; the text match may also find the pair deeper in a row, which the check
+            # below passes over.
+            patterns = [_like(f"{_encode(field)}:{_encode(o)}") for o in owners]
+            rows = conn.execute(self._q["claim"], (table, patterns, limit)).fetchall()
+            taken = [(key, claimed(value, field, owner)) for key, value in rows if claimable(value, field, owners)]
+            if taken:
+                self._apply(conn, [(table, key, _encode(value)) for key, value in taken], [])
+        return taken
+
+    def close(self) -> None:
+        for pool in (getattr(self, "_writers", None), getattr(self, "_readers", None)):
+            if pool is not None:
+                pool.close()
+
+
+_STATEMENTS = {
+    "get": "SELECT value FROM {s}.kv WHERE tbl = %s AND key = %s",
+    "lock": "SELECT value FROM {s}.kv WHERE tbl = %s AND key = %s FOR UPDATE",
+    "scan_first": "SELECT key, value FROM {s}.kv WHERE tbl = %s ORDER BY key LIMIT %s",
+    "scan_after": "SELECT key, value FROM {s}.kv WHERE tbl = %s AND key > %s ORDER BY key LIMIT %s",
+    "load_all": "SELECT tbl, key, value FROM {s}.kv WHERE (tbl, key) > (%s, %s) ORDER BY tbl, key LIMIT %s",
+    "load_named": "SELECT tbl, key, value FROM {s}.kv WHERE tbl = ANY(%s) AND (tbl, key) > (%s, %s) "
+                  "ORDER BY tbl, key LIMIT %s",
+    "insert": "INSERT INTO {s}.kv (tbl, key, value) VALUES (%s, %s, %s::json) ON CONFLICT (tbl, key) DO NOTHING",
+    "upsert": "INSERT INTO {s}.kv (tbl, key, value) SELECT t, k, v::json FROM unnest(%s::text[], %s::text[], %s::text[])"
+              " AS u(t, k, v) ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
+    "delete": "DELETE FROM {s}.kv USING unnest(%s::text[], %s::text[]) AS d(t, k) WHERE tbl = d.t AND key = d.k",
+    "claim": "SELECT key, value FROM {s}.kv WHERE tbl = %s AND value::text LIKE ANY(%s) ORDER BY key LIMIT %s "
+             "FOR UPDATE SKIP LOCKED",
+}
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching any text that contains `text`."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _wait_for_server(conninfo: str, target: str, wait_s: float) -> None:
+    """Return once a connection succeeds; a refusal that waiting will not cure (a wrong password, an
+    unknown database or role) is one line at once, and a server that stays away one line after wait_s."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            psycopg.connect(conninfo).close()
+            return
+        except psycopg.OperationalError as e:
+            reason = _first_line(e)
+            if any(words in reason for words in ("authentication failed", "does not exist", "no password supplied",
+                                                 "not permitted", "no pg_hba.conf entry")):
+                raise PostgresUnreachable(f"PostgreSQL at {target} refused the connection: {reason}") from None
+            if time.monotonic() > deadline:
+                raise PostgresUnreachable(f"cannot reach PostgreSQL at {target} within {wait_s:g} s: {reason}") from None
+            time.sleep(0.2)
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+# --- the storage kind: its settings and how a node's connection is found ---
+
+
+def _valid_dsn(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parsed = conninfo_to_dict(value)
+    except psycopg.ProgrammingError:
+        return False
+    return "password" not in parsed
+
+
+def _optional(kind: type, extra: Any = lambda v: True) -> Any:
+    return lambda v: v is None or (isinstance(v, kind) and not isinstance(v, bool) and extra(v))
+
+
+NO_PASSWORD = ("password_file naming a file that holds it, or dsn_env naming an environment variable "
+               "that holds the whole connection string")
+
+SETTINGS = (
+    Setting("managed", False, "true or false (true: the cluster's own PostgreSQL, from its [postgres] table)",
+            lambda v: isinstance(v, bool)),
+    Setting("dsn_env", None, "the name of an environment variable holding the connection string",
+            _optional(str, ENV_RE.match)),
+    Setting("dsn", None, f"a connection string without a password (a password never goes in the cluster file: "
+                         f"use {NO_PASSWORD})", _valid_dsn),
+    Setting("password", None, f"no password: a password never goes in the cluster file (use {NO_PASSWORD})",
+            lambda v: False),
+    Setting("password_file", None, "the path of a file holding the password", _optional(str, bool)),
+    Setting("host", None, "a host name or address", _optional(str, bool)),
+    Setting("port", None, "a port number from 1 to 65535", _optional(int, lambda v: 0 < v < 65536)),
+    Setting("dbname", None, "a database name", _optional(str, bool)),
+    Setting("user", None, "a role name", _optional(str, bool)),
+    Setting("schema", None, "a schema name of lower-case letters, digits and _ (default: the node's name)",
+            _optional(str, SCHEMA_RE.match)),
+    Setting("pool_size", POOL_SIZE, "a whole number of reader connections, at least 1",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+)
+CONNECTION_KEYS = ("dsn_env", "dsn", "password_file", "host", "port", "dbname", "user")
+
+
+def check_settings(node: NodeConfig, settings: Mapping[str, Any]) -> str | None:
+    """What is wrong with a node's settings taken together, or None (the registry reports it as one line)."""
+    given = [key for key in CONNECTION_KEYS if settings.get(key) is not None]
+    if settings["managed"]:
+        managed = node.cluster.postgres
+        if managed is None or not managed.managed:
+            return "managed = true, but the cluster file has no [postgres] table with managed = true"
+        if given:
+            return f"managed = true takes no connection settings of its own (got {', '.join(given)})"
+    if settings["dsn_env"] is not None and settings["dsn"] is not None:
+        return "dsn_env and dsn are two ways of giving one connection string: give one"
+    return None
+
+
+def conninfo(node: NodeConfig, settings: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> str:
+    """The node's libpq connection string, its password read now from where the settings say.
+
+    Settings left out are libpq's to fill, from its own environment variables
+    (PGHOST, PGPASSFILE, ...) and defaults.
+    """
+    where = f"{node.cluster.path}: {node.where}.{NAME}"
+    keywords: dict[str, Any] = {"application_name": f"miniupi {node.name}"}
+    base = ""
+    if settings["managed"]:
+        from miniupi.ops.postgres_server import DATABASE, HOST, PASSWORD_FILE, SUPERUSER
+
+        managed = node.cluster.postgres
+        assert managed is not None
+        keywords.update(host=HOST, port=managed.port, user=SUPERUSER, dbname=DATABASE)
+        password_file: str | None = str(node.cluster.data_dir / PASSWORD_FILE)
+    else:
+        password_file = settings["password_file"]
+        if settings["dsn_env"] is not None:
+            base = environ.get(settings["dsn_env"], "")
+            if not base:
+                raise PostgresUnreachable(f"{where}.dsn_env: the environment variable {settings['dsn_env']} "
+                                          "is not set; it should hold the connection string")
+            try:
+                conninfo_to_dict(base)
+            except psycopg.ProgrammingError:
+                raise PostgresUnreachable(f"{where}.dsn_env: {settings['dsn_env']} does not hold a connection "
+                                          "string libpq understands") from None
+        elif settings["dsn"] is not None:
+            base = settings["dsn"]
+        keywords.update({key: settings[key] for key in ("host", "port", "dbname", "user") if settings[key] is not None})
+    if password_file is not None:
+        try:
+            keywords["password"] = Path(password_file).read_text().strip()
+        except OSError as e:
+            raise PostgresUnreachable(f"{where}: cannot read the password file {password_file}: {e.strerror}") from None
+    if "connect_timeout" not in conninfo_to_dict(base):
+        keywords["connect_timeout"] = CONNECT_TIMEOUT_S
+    return make_conninfo(base, **keywords)
+
+
+def open_postgres(node: NodeConfig, path: Path, settings: Mapping[str, Any]) -> PostgresStore:
+    return PostgresStore(conninfo(node, settings), settings["schema"] or node.name, settings["pool_size"])
+
+
+@hookimpl
+def miniupi_register_kinds(register: Register) -> None:
+    # Set per node in its sub-table, such as [banks.bank_a.postgres] managed = true.
+    register.add_storage(StorageKind(NAME, open_postgres, settings=SETTINGS, check=check_settings))
