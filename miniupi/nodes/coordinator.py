@@ -555,10 +555,17 @@ class Coordinator:
             logger.warning("{} of {} at {} not acknowledged: {}", txn.state, txn.payment.txn_id, bank, detail)
         return acked
 
-    def _mark_acked(self, txn: Txn) -> None:
+    def _mark_acked(self, txn: Txn, failures: int = 0) -> None:
         txn.acked = True
-        # Losing this write only means the decision is sent once more after a restart.
-        self._commit.write_later([Put("txns", txn.payment.txn_id, txn.record()), finished(txn.payment.txn_id)])
+
+        def failed() -> None:  # the store was away: write it again, backing off, until it takes it
+            if not self._closing:
+                asyncio.get_running_loop().call_later(RETRY.delay(failures + 1, _rng), self._mark_acked, txn,
+                                                      failures + 1)
+
+        # Lost in a crash, this write only means the decision is sent once more after the restart.
+        self._commit.write_later([Put("txns", txn.payment.txn_id, txn.record()), finished(txn.payment.txn_id)],
+                                 failed)
         self.txns.retire(txn.payment.txn_id)  # settled: from now on read from the store (or the cache)
 
     def _release(self, txn: Txn) -> None:

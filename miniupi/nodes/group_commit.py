@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +19,9 @@ from miniupi.contract.store import Conflict, Expect, Put, Store
 from miniupi.errors import StoreUnavailable
 from miniupi.nodes.running_loop import RunningLoop
 
+
+# Who waits for a queued batch: a writer's future, a write_later's `failed`, or nobody.
+Waiter = asyncio.Future[None] | Callable[[], None] | None
 
 # A store that finished its last write this long ago, with nothing queued,
 # writes the next batch on the event loop itself. Handing a write to the
@@ -60,7 +63,7 @@ class GroupCommit:
     def __init__(self, store: Store, inline_after_quiet_s: float | None = INLINE_AFTER_QUIET_S) -> None:
         self._store = store
         self._inline_after = float("inf") if inline_after_quiet_s is None else inline_after_quiet_s
-        self._pending: list[tuple[Sequence[Put], Sequence[Expect], asyncio.Future[None] | None]] = []
+        self._pending: list[tuple[Sequence[Put], Sequence[Expect], Waiter]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._flusher: asyncio.Task[None] | None = None
         self._running_loop = RunningLoop()
@@ -117,12 +120,12 @@ class GroupCommit:
         finally:
             self._in_thread = False
 
-    def write_later(self, batch: Sequence[Put]) -> None:
-        """Queue `batch` without waiting; it still goes down in order."""
-        self._submit(batch, None)
+    def write_later(self, batch: Sequence[Put], failed: Callable[[], None] | None = None) -> None:
+        """Queue `batch` without waiting; it still goes down in order. If its write fails, `failed()`
+        is called (on the loop): it is not retried here, as a later batch may have changed its rows."""
+        self._submit(batch, failed)
 
-    def _submit(self, batch: Sequence[Put], future: asyncio.Future[None] | None,
-                expect: Sequence[Expect] = ()) -> None:
+    def _submit(self, batch: Sequence[Put], future: Waiter, expect: Sequence[Expect] = ()) -> None:
         self._pending.append((batch, expect, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = self._running_loop().create_task(self._flush())
@@ -133,7 +136,7 @@ class GroupCommit:
         finally:
             self._in_thread = False
 
-    def _take(self) -> tuple[list[Put], Sequence[Expect], list[asyncio.Future[None] | None]]:
+    def _take(self) -> tuple[list[Put], Sequence[Expect], list[Waiter]]:
         """The next write: a conditional batch alone, or every unconditional one queued before the next."""
         if self._pending[0][1]:
             batch, expect, future = self._pending.pop(0)
@@ -152,20 +155,23 @@ class GroupCommit:
                     await loop.run_in_executor(self._executor, self._write_in_thread, puts, expect)
             except Conflict as e:  # the store is well; this batch's condition was not
                 for future in futures:
-                    if future is not None and not future.done():
+                    if isinstance(future, asyncio.Future) and not future.done():
                         future.set_exception(e)
             except BaseException as e:  # every waiter must learn of the failure
                 self._failing = self._failing or isinstance(e, Exception)  # not for a cancelled flusher
                 failed = _unavailable(e, len(puts)) if isinstance(e, Exception) else e
                 for future in futures:
-                    if future is not None and not future.done():
-                        future.set_exception(failed)
+                    if isinstance(future, asyncio.Future):
+                        if not future.done():
+                            future.set_exception(failed)
+                    elif future is not None and isinstance(e, Exception):
+                        future()  # a write_later's `failed`
                 if not isinstance(e, Exception):
                     raise
             else:
                 self._failing = self._failing and not puts  # a barrier alone proves nothing
                 for future in futures:
-                    if future is not None and not future.done():
+                    if isinstance(future, asyncio.Future) and not future.done():
                         future.set_result(None)
             finally:
                 self._idle_since = time.monotonic()

@@ -331,6 +331,29 @@ def test_a_decision_the_store_refused_is_never_told_and_becomes_an_abort_once_it
     asyncio.run(scenario())
 
 
+def test_an_acknowledgement_the_store_refused_is_written_again_once_it_writes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        banks = Banks()
+        banks.refuse_decisions = {"bank_a": 1}  # phase 2 is resent once, 0.1-0.2 s later
+        gateway = Gateway(tmp_path, banks)
+        p = payment()
+        assert await gateway.coordinator.pay(p) == TxnState.COMMITTED
+        gateway.store.failing = True  # the disk is full when the acknowledgement is written
+        assert await acked(gateway.coordinator, p.txn_id)  # in memory at once
+        await asyncio.sleep(0.3)
+        assert gateway.on_disk(p.txn_id)["acked"] is False
+        gateway.store.failing = False
+        deadline = time.monotonic() + 5
+        while not gateway.on_disk(p.txn_id)["acked"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert gateway.on_disk(p.txn_id)["acked"] is True  # without a restart
+        with sqlite3.connect(gateway.path) as db:
+            assert db.execute("SELECT count(*) FROM kv WHERE tbl = 'unfinished'").fetchone() == (0,)
+        await gateway.close()
+
+    asyncio.run(scenario())
+
+
 # -- phase 2 and recovery -----------------------------------------------------------------------
 
 
