@@ -78,7 +78,8 @@ class LocalCluster:
         cluster = self.spec.setdefault("cluster", {})
         cluster["data_dir"] = str(self.root / "data")
         cluster["certs_dir"] = str(self.root / "certs")
-        nodes = [self.spec.setdefault("gateway", {}), *self.spec.setdefault("banks", {}).values()]
+        gateways = list(self.spec["gateways"].values()) if "gateways" in self.spec else [self.spec.setdefault("gateway", {})]
+        nodes = [*gateways, *self.spec.setdefault("banks", {}).values()]
         portless = [node for node in nodes if "port" not in node]
         for node, port in zip(portless, free_ports(len(portless))):
             node["port"] = port
