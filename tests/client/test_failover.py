@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import sys
 import uuid
@@ -19,8 +18,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from conftest import PASSWORD, PLUGIN_DIR, cli_login, cli_ok, lines_with, money, open_account, refusal, wait_for, \
-    wait_logged
+from conftest import (PASSWORD, PLUGIN_DIR, cli_login, cli_ok, cluster_with_test_plugins, lines_with, money,
+                      open_account, refusal, wait_for, wait_logged)
 from miniupi.client.api import Client
 from miniupi.config import load_config
 from miniupi.errors import InsufficientFunds, NoAnswer
@@ -43,11 +42,8 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with pytest.MonkeyPatch.context() as env:
-        # Before boot: supervisord passes it to every node.
-        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")])))
-        with LocalCluster(tmp_path_factory.mktemp("failover"), SPEC) as c:
-            yield c
+    with cluster_with_test_plugins(tmp_path_factory.mktemp("failover"), SPEC) as c:
+        yield c
 
 
 @contextlib.contextmanager
