@@ -26,8 +26,8 @@ GATEWAY = "gateway"
 # Certificate identities other than the banks': no bank or gateway, and no user, may take one of these names.
 RESERVED_NAMES = frozenset({GATEWAY, "client", "admin", "treasury", "ca"})
 # Settings every gateway must share: a session key one gateway hands out lives as long at every other.
-SESSION_KEYS = ("session_idle_s", "session_max_s")
 SESSION_DEFAULTS = {"session_idle_s": 15 * 60, "session_max_s": 24 * 3600}
+SESSION_KEYS = tuple(SESSION_DEFAULTS)
 NODE_NAME_RULE = "lower-case letters, digits and _ (not gateway, client, admin, treasury, ca or localhost)"
 # Every node certificate names this host, so a bank of that name would be passed by any node's leaf.
 LOCALHOST = "localhost"
@@ -356,8 +356,8 @@ def _gateways(path: Path, top: _Section, c: _Section, settings: dict[str, Any]) 
     and the session settings they share into `settings`.
 
     The session settings are the cluster's, under [cluster], since every
-    gateway must honour a key another one handed out for as long; a
-    [gateway] table may hold them instead, as it always could.
+    gateway must honour a key another one handed out for as long; the one
+    [gateway] table may hold them instead.
     """
     single, several = "gateway" in top.table, "gateways" in top.table
     if single and several:
