@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", "show each node of the running cluster", json_output=True)
     for verb in ("stop", "start", "restart"):
         add(verb, f"{verb} one node of the running cluster").add_argument(
-            "node", metavar="NODE", help="the node's name: gateway or a bank's name")
+            "node", metavar="NODE", help="the node's name: a gateway's or a bank's")
 
     certs = add("certs", "cluster CA and certificates")
     certs.add_argument("action", choices=["init"], help="init: make whatever is missing")
@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="the bank's name in the cluster file")
     p.add_argument("--port", type=int, help="listen on this port (default: the cluster file's)")
     p.add_argument("--log-json", action="store_true", help="structured log lines")
-    p = add("gateway", "run the gateway node in the foreground")
+    p = add("gateway", "run a gateway node in the foreground")
+    p.add_argument("--name", help="which gateway of a cluster file with several (default: the only one)")
     p.add_argument("--port", type=int, help="listen on this port (default: the cluster file's)")
     p.add_argument("--log-json", action="store_true", help="structured log lines")
 
@@ -289,9 +290,10 @@ def cmd_gateway(args: argparse.Namespace) -> None:
     from miniupi.contract.registry import check_plugins
 
     cluster = load_config(args.config)  # a wrong cluster file is exit 2, before anything starts
+    cluster.gateway_named(args.name)  # an unknown or missing --name is a wrong command line: exit 2 too
     plugins = check_plugins(cluster)
     with _refusing_to_start():
-        asyncio.run(run_gateway(cluster, args.port, args.log_json, plugins))
+        asyncio.run(run_gateway(cluster, args.port, args.log_json, plugins, args.name))
 
 
 def cmd_verb(args: argparse.Namespace) -> None:

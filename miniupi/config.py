@@ -21,8 +21,14 @@ from miniupi.money import BadAmount, parse_amount
 DEFAULT_CONFIG = "config/cluster.toml"
 # \Z, not $: "$" would also accept a name ending in a newline.
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
-# Certificate identities other than the banks': no bank, and no user, may take one of these names.
-RESERVED_NAMES = frozenset({"gateway", "client", "admin", "treasury", "ca"})
+# The certificate identity every gateway holds, and the name of the one gateway of a [gateway] table.
+GATEWAY = "gateway"
+# Certificate identities other than the banks': no bank or gateway, and no user, may take one of these names.
+RESERVED_NAMES = frozenset({GATEWAY, "client", "admin", "treasury", "ca"})
+# Settings every gateway must share: a session key one gateway hands out lives as long at every other.
+SESSION_DEFAULTS = {"session_idle_s": 15 * 60, "session_max_s": 24 * 3600}
+SESSION_KEYS = tuple(SESSION_DEFAULTS)
+NODE_NAME_RULE = "lower-case letters, digits and _ (not gateway, client, admin, treasury, ca or localhost)"
 # Every node certificate names this host, so a bank of that name would be passed by any node's leaf.
 LOCALHOST = "localhost"
 # Far below 2**63 - 1 minor units, so no sum of balances and credits in flight can overflow an int64.
@@ -37,9 +43,9 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """One node (the gateway or a bank) as the cluster file describes it."""
+    """One node (a gateway or a bank) as the cluster file describes it."""
 
-    name: str
+    name: str  # "gateway" for the one gateway of a [gateway] table; a replica's own name under [gateways]
     role: str  # "gateway" or "bank"
     host: str
     port: int
@@ -56,9 +62,17 @@ class NodeConfig:
         return f"{self.host}:{self.port}"
 
     @property
+    def identity(self) -> str:
+        """The name of the certificate it serves and dials with: every gateway is `gateway`, so banks
+        accept any of them and clients reach any of them by the one name they pin."""
+        return GATEWAY if self.role == GATEWAY else self.name
+
+    @property
     def where(self) -> str:
-        """The node's table in the cluster file, for messages: "gateway" or "banks.bank_a"."""
-        return "gateway" if self.role == "gateway" else f"banks.{self.name}"
+        """The node's table in the cluster file, for messages: "gateway", "gateways.gw1" or "banks.bank_a"."""
+        if self.role != GATEWAY:
+            return f"banks.{self.name}"
+        return GATEWAY if self.name == GATEWAY else f"gateways.{self.name}"
 
     @property
     def data_dir(self) -> Path:
@@ -97,7 +111,7 @@ class ClusterConfig:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Per-account exceptions to daily_limit, from the [daily_limits] table: "user@bank" -> minor units.
     daily_limits: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
-    # What the file says of each node, the gateway first. The NodeConfigs point back at this cluster,
+    # What the file says of each node, the gateways first. The NodeConfigs point back at this cluster,
     # so they are made from it once, on first use: a cached_property writes no frozen field.
     node_fields: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
     postgres: PostgresConfig | None = None  # the [postgres] table, if there is one
@@ -111,12 +125,29 @@ class ClusterConfig:
         return list(self._nodes)
 
     @cached_property
+    def gateways(self) -> dict[str, NodeConfig]:
+        """Every gateway, in file order: the one "gateway" of a [gateway] table, or each [gateways.NAME]."""
+        return {node.name: node for node in self._nodes if node.role == GATEWAY}
+
+    @cached_property
     def gateway(self) -> NodeConfig:
+        """The first gateway: the one, in a cluster with a [gateway] table."""
         return self._nodes[0]
+
+    def gateway_named(self, name: str | None) -> NodeConfig:
+        """The gateway of that name; None: the only one (a cluster of several must be told which)."""
+        if name is None:
+            if len(self.gateways) > 1:
+                raise ConfigError(f"{self.path}: this cluster has gateways {', '.join(self.gateways)}; "
+                                  "name one with --name")
+            return self.gateway
+        if name not in self.gateways:
+            raise ConfigError(f"{self.path}: no gateway named {name!r} (have {', '.join(self.gateways)})")
+        return self.gateways[name]
 
     @cached_property
     def banks(self) -> dict[str, NodeConfig]:
-        return {node.name: node for node in self._nodes[1:]}
+        return {node.name: node for node in self._nodes if node.role == "bank"}
 
     @cached_property
     def zone(self) -> ZoneInfo:
@@ -267,45 +298,21 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         raise c.error("max_balance", f"a positive amount of at most {DEFAULT_MAX_BALANCE // 100}.00")
     if settings["max_opening_deposit"] > settings["max_balance"]:
         raise c.error("max_opening_deposit", "an amount no larger than max_balance")
+
+    nodes = _gateways(path, top, c, settings)
     c.done()
 
-    g = _Section(path, "gateway", top.get("gateway", dict, expected="a [gateway] table"))
-    storage, auth = g.get("storage", str, "sqlite"), g.get("auth", str, "session")
-    nodes = [dict(
-        name="gateway",
-        role="gateway",
-        host=g.get("host", str, "127.0.0.1"),
-        port=g.port(),
-        storage=storage,
-        auth=auth,
-        plugin_settings=g.plugin_tables(storage, auth),
-    )]
-    settings["session_idle_s"] = g.positive("session_idle_s", 15 * 60)
-    settings["session_max_s"] = g.positive("session_max_s", 24 * 3600)
-    g.done()
-
     banks_table = _Section(path, "banks", top.get("banks", dict, expected="a [banks.NAME] table per bank"))
+    gateway_names = {node["name"] for node in nodes}
     for bank_name in banks_table.table:
-        if not NAME_RE.match(bank_name) or bank_name in RESERVED_NAMES or bank_name == LOCALHOST:
-            raise banks_table.error(
-                bank_name,
-                "a bank name of lower-case letters, digits and _ (not gateway, client, admin, treasury, ca or localhost)",
-            )
+        _check_node_name(banks_table, bank_name, "bank")
+        if bank_name in gateway_names:
+            raise banks_table.error(bank_name, f"a name of its own: {bank_name} is a gateway's name")
         b = _Section(path, f"banks.{bank_name}", banks_table.get(bank_name, dict))
         accounts = b.get("accounts", str, None)
-        storage, auth = b.get("storage", str, "sqlite"), b.get("auth", str, "session")
-        nodes.append(dict(
-            name=bank_name,
-            role="bank",
-            host=b.get("host", str, "127.0.0.1"),
-            port=b.port(),
-            storage=storage,
-            auth=auth,
-            accounts=Path(accounts).resolve() if accounts else None,
-            plugin_settings=b.plugin_tables(storage, auth),
-        ))
+        nodes.append({**_node_fields(b, bank_name, "bank"), "accounts": Path(accounts).resolve() if accounts else None})
         b.done()
-    if len(nodes) == 1:
+    if len(nodes) == len(gateway_names):
         raise banks_table.error("", "at least one [banks.NAME] table")
 
     limits = _Section(path, "daily_limits", top.get("daily_limits", dict, {}))
@@ -357,6 +364,63 @@ def _postgres(path: Path, table: dict[str, Any] | None) -> PostgresConfig | None
     config = PostgresConfig(managed=managed, port=t.port(), bin_dir=Path(bin_dir).resolve() if bin_dir else None)
     t.done()
     return config
+
+
+def _check_node_name(table: _Section, name: str, what: str) -> None:
+    """A node's name is its supervised program's, its data directory's and, for a bank, its identity's."""
+    if not NAME_RE.match(name) or name in RESERVED_NAMES or name == LOCALHOST:
+        raise table.error(name, f"a {what} name of {NODE_NAME_RULE}")
+
+
+def _node_fields(section: _Section, name: str, role: str) -> dict[str, Any]:
+    """What a gateway's or a bank's table says of the node itself."""
+    storage, auth = section.get("storage", str, "sqlite"), section.get("auth", str, "session")
+    return dict(name=name, role=role, host=section.get("host", str, "127.0.0.1"), port=section.port(),
+                storage=storage, auth=auth, plugin_settings=section.plugin_tables(storage, auth))
+
+
+def _gateways(path: Path, top: _Section, c: _Section, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The gateways' node fields, from a [gateway] table or from [gateways.NAME] tables (never both),
+    and the session settings they share into `settings`.
+
+    The session settings are the cluster's, under [cluster], since every
+    gateway must honour a key another one handed out for as long; the one
+    [gateway] table may hold them instead.
+    """
+    single, several = "gateway" in top.table, "gateways" in top.table
+    if single and several:
+        raise ConfigError(f"{path}: both [gateway] and [gateways.NAME] tables: use one form "
+                          "([gateway] for one gateway, [gateways.NAME] for each of several)")
+    if not single and not several:
+        raise ConfigError(f"{path}: missing key '(top level).gateway' (a [gateway] table, "
+                          "or a [gateways.NAME] table per gateway)")
+    for key, default in SESSION_DEFAULTS.items():
+        settings[key] = c.positive(key, default)
+    if single:
+        g = _Section(path, GATEWAY, top.get(GATEWAY, dict, expected="a [gateway] table"))
+        fields = _node_fields(g, GATEWAY, GATEWAY)
+        for key in SESSION_KEYS:
+            if key in g.table and key in c.table:
+                raise ConfigError(f"{path}: key '{GATEWAY}.{key}': set once, under [cluster] or [gateway], "
+                                  "not in both")
+            if key in g.table:
+                settings[key] = g.positive(key, SESSION_DEFAULTS[key])
+        g.done()
+        return [fields]
+    table = _Section(path, "gateways", top.get("gateways", dict, expected="a [gateways.NAME] table per gateway"))
+    if not table.table:
+        raise table.error("", "at least one [gateways.NAME] table")
+    nodes = []
+    for name in table.table:
+        _check_node_name(table, name, "gateway")
+        g = _Section(path, f"gateways.{name}", table.get(name, dict, expected="a table of that gateway's keys"))
+        shared = next((key for key in SESSION_KEYS if key in g.table), None)
+        if shared is not None:
+            raise ConfigError(f"{path}: key 'gateways.{name}.{shared}': every gateway shares it; "
+                              "set it once under [cluster]")
+        nodes.append(_node_fields(g, name, GATEWAY))
+        g.done()
+    return nodes
 
 
 def host_problem(host: str, identities: frozenset[str]) -> str | None:

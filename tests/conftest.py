@@ -50,6 +50,16 @@ def refusal(call: Callable[[], object]) -> MiniupiError:
         return e
     pytest.fail(f"expected a refusal, got {got}")
 
+@contextlib.contextmanager
+def cluster_with_test_plugins(root: Path, spec: dict) -> Iterator[LocalCluster]:
+    """A LocalCluster whose nodes can load the suite's plugins (tests/plugins) through `[plugins] load`."""
+    with pytest.MonkeyPatch.context() as env:
+        # Before boot: supervisord passes it to every node.
+        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")])))
+        with LocalCluster(root, spec) as c:
+            yield c
+
+
 def wait_for(what: str, probe: Callable[[], T], timeout_s: float = 15.0, interval_s: float = 0.1) -> T:
     """Poll until probe() is truthy; fail naming `what` after timeout_s."""
     deadline = time.monotonic() + timeout_s

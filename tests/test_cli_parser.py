@@ -130,3 +130,17 @@ def test_a_verbs_parser_refuses_in_one_line_and_never_exits(words: list[str], me
     with pytest.raises(InvalidArgument) as refused:
         VERBS[words[0]].parser.parse_args(words[1:])
     assert refused.value.message == message
+
+
+@pytest.mark.parametrize("words, message", [
+    ([], "this cluster has gateways gw1, gw2; name one with --name"),
+    (["--name", "gw3"], "no gateway named 'gw3' (have gw1, gw2)"),
+])
+def test_a_gateway_of_several_must_be_named_and_known_or_it_is_one_line_and_exit_2(
+        tmp_path: Path, words: list[str], message: str) -> None:
+    config = tmp_path / "cluster.toml"
+    config.write_text('[cluster]\n[gateways.gw1]\nport = 1\n[gateways.gw2]\nport = 3\n[banks.bank_a]\nport = 2\n')
+    run = subprocess.run([sys.executable, "-m", "miniupi", "gateway", *words, "--config", str(config)],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [f"miniupi: {config.resolve()}: {message}"]

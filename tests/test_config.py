@@ -93,3 +93,82 @@ def test_setup_file_errors_name_the_account(tmp_path: Path) -> None:
     path.write_text('[accounts.alice]\nbalance = 10\npassword = "x"\n')
     with pytest.raises(ConfigError, match=r"accounts\.alice\.balance"):
         read_setup_file(path)
+
+
+REPLICATED = {"cluster": {"session_idle_s": 60},
+              "gateways": {"gw1": {"port": 1}, "gw2": {"port": 3, "host": "10.0.0.2", "storage": "json"}},
+              "banks": {"bank_a": {"port": 2}}}
+
+
+def test_the_single_gateway_form_is_one_gateway_named_gateway() -> None:
+    cluster = parse_config({**MINIMAL, "gateway": {"port": 1, "session_idle_s": 30}}, Path("c.toml"))
+    assert list(cluster.gateways) == ["gateway"] and cluster.gateways["gateway"] is cluster.gateway
+    assert (cluster.gateway.where, cluster.gateway.identity) == ("gateway", "gateway")
+    assert cluster.gateway.data_dir == cluster.data_dir / "gateway"
+    assert cluster.session_idle_s == 30 and cluster.gateway_named(None) is cluster.gateway
+
+
+def test_several_gateways_are_replicas_of_one_identity_each_with_its_own_table_and_data() -> None:
+    cluster = parse_config(REPLICATED, Path("c.toml"))
+    assert [n.name for n in cluster.nodes] == ["gw1", "gw2", "bank_a"]
+    assert list(cluster.gateways) == ["gw1", "gw2"] and cluster.gateway.name == "gw1"
+    gw2 = cluster.gateways["gw2"]
+    assert (gw2.role, gw2.identity, gw2.where, gw2.address, gw2.storage) == (
+        "gateway", "gateway", "gateways.gw2", "10.0.0.2:3", "json")
+    assert gw2.data_dir == cluster.data_dir / "gw2" and list(cluster.banks) == ["bank_a"]
+    assert (cluster.session_idle_s, cluster.session_max_s) == (60, 24 * 3600)
+    assert cluster.gateway_named("gw2") is gw2
+
+
+def test_a_cluster_of_several_gateways_must_be_told_which_one_to_run() -> None:
+    cluster = parse_config(REPLICATED, Path("c.toml"))
+    with pytest.raises(ConfigError, match="gateways gw1, gw2; name one with --name"):
+        cluster.gateway_named(None)
+    with pytest.raises(ConfigError, match=r"no gateway named 'gw3' \(have gw1, gw2\)"):
+        cluster.gateway_named("gw3")
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"gateway": {"port": 5}}, ["both [gateway] and [gateways.NAME]", "use one form"]),
+    ({"gateways": {}}, ["gateways", "at least one [gateways.NAME]"]),
+    ({"gateways": {"gateway": {"port": 1}}}, ["gateways.gateway", "gateway name"]),
+    ({"gateways": {"Gw1": {"port": 1}}}, ["gateways.Gw1", "lower-case"]),
+    ({"gateways": {"treasury": {"port": 1}}}, ["gateways.treasury"]),
+    ({"gateways": {"bank_a": {"port": 1}}}, ["banks.bank_a", "bank_a is a gateway's name"]),
+    ({"gateways": {"gw1": {"port": 1}, "gw2": {"port": 1}}}, ["gw2 and gw1 both use 127.0.0.1:1"]),
+    ({"gateways": {"gw1": {"port": 2}}}, ["both use 127.0.0.1:2"]),
+    ({"gateways": {"gw1": {"port": 1, "prot": 5}}}, ["unknown key 'gateways.gw1.prot'"]),
+    ({"gateways": {"gw1": {}}}, ["missing key 'gateways.gw1.port'"]),
+    ({"gateways": {"gw1": {"port": 1, "host": "gateway"}}}, ["gateways.gw1.host", "identity's name"]),
+    ({"gateways": {"gw1": {"port": 1, "session_idle_s": 5}}}, ["gateways.gw1.session_idle_s", "under [cluster]"]),
+    ({"gateways": {"gw1": 1}}, ["gateways.gw1", "a table"]),
+    ({"gateways": [1]}, ["gateways", "[gateways.NAME] table per gateway"]),
+    ({"cluster": {"session_max_s": -1}}, ["cluster.session_max_s", "positive"]),
+])
+def test_a_wrong_gateways_table_is_one_line_naming_what_is_wrong(change: dict, words: list[str]) -> None:
+    raw = {**REPLICATED, **change}
+    if "gateway" in change:
+        raw = {**REPLICATED, "gateway": change["gateway"]}
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, Path("c.toml"))
+    assert "\n" not in str(e.value)
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_a_file_with_no_gateway_names_both_forms() -> None:
+    with pytest.raises(ConfigError, match=r"\[gateway\] table, or a \[gateways.NAME\] table per gateway"):
+        parse_config({"cluster": {}, "banks": {"bank_a": {"port": 2}}}, Path("c.toml"))
+
+
+def test_session_lifetimes_are_set_once_for_every_gateway() -> None:
+    cluster = parse_config({**MINIMAL, "cluster": {"session_max_s": 600}}, Path("c.toml"))
+    assert cluster.session_max_s == 600
+    with pytest.raises(ConfigError, match="gateway.session_max_s': set once"):
+        parse_config({**MINIMAL, "cluster": {"session_max_s": 600}, "gateway": {"port": 1, "session_max_s": 60}},
+                     Path("c.toml"))
+
+
+def test_the_replicated_example_loads_with_two_gateways_and_two_banks() -> None:
+    cluster = load_config(ROOT / "config" / "cluster-replicated.toml")
+    assert list(cluster.gateways) == ["gw1", "gw2"] and len(cluster.banks) == 2

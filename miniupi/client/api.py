@@ -1,5 +1,8 @@
 """Talking to the gateway over mTLS, with errors turned back into exceptions.
 
+Each call goes to one of the cluster's gateways, and on to the next when
+that one cannot be reached (failover.py).
+
 AsyncClient is the real one; Client runs it on a private event loop for
 programs and tests that are not asynchronous.
 
@@ -22,6 +25,7 @@ from typing import Any, TypeVar
 import grpc
 
 from miniupi.backoff import RetryPolicy
+from miniupi.client.failover import Gateways
 from miniupi.client.outbox import Outbox, OutboxEntry
 from miniupi.client.sync import Courier, SyncReport
 from miniupi.contract.identity import ADMIN, SESSION_METADATA_KEY
@@ -38,8 +42,8 @@ from miniupi.errors import (
 )
 from miniupi.rich_status import error_of
 from miniupi import validate
-from miniupi.tls import dial, impostor
-from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from miniupi.tls import impostor
+from miniupi.v1 import common_pb2, gateway_pb2
 
 
 T = TypeVar("T")
@@ -196,30 +200,12 @@ class AsyncClient:
         deliver_forever; `retry` and `rng` set their backoff (default: RetryPolicy.from_env())."""
         self.cluster, self.session, self.identity = cluster, session, identity
         self.timeout = timeout if timeout is not None else cluster.prepare_timeout_s + cluster.call_timeout_s + 5
-        self._retired: set[asyncio.Future[None]] = set()
-        self._connect()
+        self.gateways = Gateways(cluster, identity, self.timeout)
         self._courier: Courier | None = None
         self._wake = asyncio.Event()
         if outbox is not None:
             box = outbox if isinstance(outbox, Outbox) else Outbox(outbox)
             self._courier = Courier(box, retry or RetryPolicy.from_env(), rng)
-
-    def _connect(self, redial: bool = False) -> None:
-        # A redial gets a private subchannel pool: it must really dial again, not inherit the
-        # shared connection's reconnect backoff (up to two minutes after a long outage).
-        options = (("grpc.use_local_subchannel_pool", 1),) if redial else ()
-        self._channel = dial(self.cluster.certs_dir, self.identity, "gateway", self.cluster.gateway.address, options)
-        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
-
-    def _redial_if_failed(self) -> None:
-        """After a transport failure a channel fails calls at once until its own backoff ends;
-        our retries keep their own schedule, so each one gets a channel that dials now."""
-        if self._channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-            # Closed in the background, once any call still on it is over, so it stops redialling too.
-            closing = asyncio.ensure_future(self._channel.close(grace=self.timeout))
-            self._retired.add(closing)
-            closing.add_done_callback(self._retired.discard)
-            self._connect(redial=True)
 
     async def _call(self, method: str, request: Any, authed: bool = True, timeout: float | None = None) -> Any:
         metadata = None
@@ -227,9 +213,8 @@ class AsyncClient:
             metadata = ((SESSION_METADATA_KEY, self.session.key),)
         elif authed and self.identity != ADMIN:  # the admin's certificate is its credential
             raise NotLoggedIn("not logged in; run: miniupi login USER@BANK")
-        self._redial_if_failed()
         try:
-            return await getattr(self._stub, method)(request, timeout=timeout or self.timeout, metadata=metadata)
+            return await self.gateways.call(method, request, timeout=timeout or self.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             raise as_error(e) from None
 
@@ -442,8 +427,7 @@ class AsyncClient:
         self._wake.set()
 
     async def close(self) -> None:
-        await self._channel.close()
-        await asyncio.gather(*self._retired, return_exceptions=True)
+        await self.gateways.close()
         if self._courier is not None:
             self._courier.outbox.close()
 

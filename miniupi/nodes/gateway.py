@@ -363,16 +363,16 @@ def _only_treasury() -> None:
 
 
 async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json: bool = False,
-                      plugins: Plugins | None = None) -> None:
-    """Serve the gateway; `plugins` is check_plugins(cluster), done here if not given."""
+                      plugins: Plugins | None = None, name: str | None = None) -> None:
+    """Serve the gateway `name` (None: the only one); `plugins` is check_plugins(cluster), done here if not given."""
+    node = cluster.gateway_named(name)
     if plugins is None:
         plugins = check_plugins(cluster)  # before the node creates anything
-    node = cluster.gateway
     if port is not None:
         node = dataclasses.replace(node, port=port)
     auth = plugins.auth(node)
     if auth.authenticator is None:
-        raise NodeStartError(f"{cluster.path}: gateway.auth: the auth plugin {node.auth!r} "
+        raise NodeStartError(f"{cluster.path}: {node.where}.auth: the auth plugin {node.auth!r} "
                              "issues no sessions, and the gateway must authenticate customers")
     sessions = auth.authenticator
     setup_node_logging(node, log_json or cluster.log_json)

@@ -1,13 +1,20 @@
-"""A bank that voted YES never decides alone: it asks the gateway.
+"""A bank that voted YES never decides alone: it asks the gateways.
 
 Normally the gateway's phase 2 reaches the bank first. This loop covers
 the rest (the gateway's messages lost, or the gateway down for long):
 every prepared transaction older than the gateway's own time to decide is
 asked about with GetDecision until the answer is COMMITTED or ABORTED.
+
+With several gateways the bank does not know which one coordinated, so it
+asks each. A gateway presumes abort for an id it never recorded, so a
+gateway with a store of its own answers ABORTED for another's payment: a
+COMMITTED from any gateway is final, an ABORTED only once every gateway
+says it. With one gateway that is its answer, as it always was.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import grpc
@@ -23,40 +30,54 @@ CHECK_EVERY_S = 1.0
 
 
 async def resolve_in_doubt(ledger: Ledger, node: NodeConfig) -> None:
-    """Run until cancelled, applying the gateway's decision to old prepared transactions."""
+    """Run until cancelled, applying the gateways' decision to old prepared transactions."""
     cluster = node.cluster
     patience = cluster.prepare_timeout_s + cluster.call_timeout_s
-    # Pinned to `gateway`: a decision from any other server would commit or abort on its word.
-    async with dial(cluster.certs_dir, node.name, "gateway", cluster.gateway.address, CHANNEL_OPTIONS) as channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
+    async with contextlib.AsyncExitStack() as channels:
+        stubs: dict[NodeConfig, gateway_pb2_grpc.GatewayStub] = {}
+        for gateway in cluster.gateways.values():
+            # Pinned to `gateway`: a decision from any other server would commit or abort on its word.
+            channel = await channels.enter_async_context(
+                dial(cluster.certs_dir, node.name, gateway.identity, gateway.address, CHANNEL_OPTIONS))
+            stubs[gateway] = gateway_pb2_grpc.GatewayStub(channel)
         while True:
             await asyncio.sleep(CHECK_EVERY_S)
             try:
-                await _ask_about_old_prepares(ledger, node, stub, patience, cluster.call_timeout_s)
+                await _ask_about_old_prepares(ledger, stubs, patience, cluster.call_timeout_s)
             except Exception as e:  # a store error must not end the loop; the next round retries
                 logger.error("resolving in-doubt transactions failed: {!r}", e)
 
 
-async def _ask_about_old_prepares(ledger: Ledger, node: NodeConfig, stub: gateway_pb2_grpc.GatewayStub,
+async def _ask_about_old_prepares(ledger: Ledger, stubs: dict[NodeConfig, gateway_pb2_grpc.GatewayStub],
                                   patience: float, timeout: float) -> None:
     now = time.time()
     old = [t for t in map(ledger.txns.get, list(ledger.prepared)) if t and now - t.prepared_at > patience]
+    away: set[NodeConfig] = set()  # gateways that did not answer this round: asked again next round
     for txn in old:
-        try:
-            reply = await stub.GetDecision(gateway_pb2.GetDecisionRequest(txn_id=txn.txn_id),
-                                           timeout=timeout)
-        except grpc.aio.AioRpcError as e:
-            if impostor(e.details()):
-                logger.error("refusing the server at {}: its certificate is not the gateway's ({})",
-                             node.cluster.gateway.address, e.details())
-            else:
-                logger.debug("in doubt about {}: gateway said {}", txn.txn_id, e.code().name)
-            break  # the gateway is away; ask again next round
+        states = []
+        for gateway, stub in stubs.items():
+            if gateway in away:
+                continue
+            try:
+                reply = await stub.GetDecision(gateway_pb2.GetDecisionRequest(txn_id=txn.txn_id), timeout=timeout)
+            except grpc.aio.AioRpcError as e:
+                if impostor(e.details()):
+                    logger.error("refusing the server at {}: its certificate is not the gateway's ({})",
+                                 gateway.address, e.details())
+                else:
+                    logger.debug("in doubt about {}: {} said {}", txn.txn_id, gateway.name, e.code().name)
+                away.add(gateway)
+                continue
+            states.append(reply.state)
+            if reply.state == common_pb2.COMMITTED:
+                break
+        if len(away) == len(stubs):
+            break  # no gateway answers; ask again next round
         if txn.txn_id not in ledger.prepared:
             continue  # phase 2 arrived meanwhile
-        if reply.state == common_pb2.COMMITTED:
+        if common_pb2.COMMITTED in states:
             logger.info("in-doubt {} resolved: COMMITTED", txn.txn_id)
             await ledger.commit(txn.txn_id)
-        elif reply.state == common_pb2.ABORTED:
+        elif len(states) == len(stubs) and all(state == common_pb2.ABORTED for state in states):
             logger.info("in-doubt {} resolved: ABORTED", txn.txn_id)
             await ledger.abort(txn.txn_id)

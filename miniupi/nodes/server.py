@@ -101,7 +101,7 @@ async def serve(
     names += [health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
     try:
-        port = server.add_secure_port(node.address, server_credentials(node.cluster.certs_dir, node.name))
+        port = server.add_secure_port(node.address, server_credentials(node.cluster.certs_dir, node.identity))
     except RuntimeError as e:
         raise NodeStartError(f"{node.name}: cannot listen on {node.address}: {e}") from None
     address = f"{node.host}:{port}"

@@ -29,7 +29,7 @@ from datetime import datetime
 
 import grpc
 
-from miniupi.config import ClusterConfig
+from miniupi.config import GATEWAY, ClusterConfig, NodeConfig
 from miniupi.errors import Unavailable
 from miniupi.nodes.coordinator import Payment, Txn
 from miniupi.nodes.settlement import Flow, Settlement, settle
@@ -354,8 +354,31 @@ def _check_settlement(gateway: Mapping[str, GatewayTxnView], banks: list[BankVie
             f"{_in(*debited)}, {to}'s ledger credits {_in(*credited)}; payments that differ: {_ids(differ) or 'none'}")
 
 
+# How far a transaction got; of two gateways' readings of one id, the further counts.
+_PROGRESS = {TxnState.INITIATED: 0, TxnState.ABORTED: 1, TxnState.COMMITTED: 2}
+
+
+def merge_gateways(views: list[GatewayView]) -> GatewayView:
+    """Every gateway's reading as one.
+
+    Gateways sharing a store report the same rows. Gateways with stores of
+    their own may both hold an id a client resent to the second when the
+    first died holding it: the first presumed abort on restart, the second
+    ran it to its end, and that end is what the banks were told, so it is
+    the one checked against them.
+    """
+    merged = GatewayView()
+    for view in views:
+        for txn_id, txn in view.items():
+            known = merged.get(txn_id)
+            if known is None or _PROGRESS.get(txn.state, 0) > _PROGRESS.get(known.state, 0):
+                merged[txn_id] = txn
+        merged.requests.update(view.requests)
+    return merged
+
+
 async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[GatewayView, list[BankView]]:
-    """Read the gateway and every bank, as the admin."""
+    """Read every gateway and every bank, as the admin."""
     def channel(peer: str, address: str) -> grpc.aio.Channel:
         return dial(cluster.certs_dir, "admin", peer, address)
 
@@ -375,9 +398,9 @@ async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[Gatewa
                 raise Unavailable(f"cannot audit {name}: {e.code().name} {e.details()}") from None
         return view
 
-    async def read_gateway() -> GatewayView:
+    async def read_gateway(node: NodeConfig) -> GatewayView:
         out = GatewayView()
-        async with channel("gateway", cluster.gateway.address) as gateway:
+        async with channel(node.identity, node.address) as gateway:
             stub = gateway_pb2_grpc.GatewayStub(gateway)
             try:
                 async for chunk in stub.ListTransactions(gateway_pb2.ListTransactionsRequest(), timeout=timeout):
@@ -389,11 +412,12 @@ async def collect(cluster: ClusterConfig, timeout: float = 30.0) -> tuple[Gatewa
                         state = gateway_pb2.RequestState.Name(q.state).removeprefix("REQUEST_")
                         out.requests[q.request_id] = RequestView(q.from_account, q.to_account, q.amount.minor, state)
             except grpc.aio.AioRpcError as e:
-                raise Unavailable(f"cannot audit the gateway: {e.code().name} {e.details()}") from None
+                which = "the gateway" if node.name == GATEWAY else f"gateway {node.name}"
+                raise Unavailable(f"cannot audit {which}: {e.code().name} {e.details()}") from None
         return out
 
-    # The gateway first: a bank commit it does not know yet would look like a violation.
-    gateway = await read_gateway()
+    # The gateways first: a bank commit they do not know yet would look like a violation.
+    gateway = merge_gateways([await read_gateway(node) for node in cluster.gateways.values()])
     banks = await asyncio.gather(*(read_bank(name) for name in cluster.banks))
     return gateway, list(banks)
 

@@ -203,10 +203,9 @@ def leaf_hosts(cluster: ClusterConfig, name: str, extra_hosts: Sequence[str] = (
     if not is_node(cluster, name):
         return []
     hosts = list(LOCAL_HOSTS)
-    node = next((n for n in cluster.nodes if n.name == name), None)
+    # Every gateway holds the one `gateway` leaf, so it names the hosts of them all.
     # A wildcard bind address is not something a client can dial, so it is no name.
-    if node is not None and node.host not in ("0.0.0.0", "::", ""):
-        hosts.append(node.host)
+    hosts += [n.host for n in cluster.nodes if n.identity == name and n.host not in ("0.0.0.0", "::", "")]
     hosts.extend(extra_hosts)
     return hosts
 

@@ -29,7 +29,9 @@ def miniupi_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
     a temporary directory). The cluster runs through `miniupi run`, under
     supervisord; `cluster.stop_node`, `start_node`, `restart_node` and
     `kill_node` control single nodes, and `cluster.cli(...)` runs the
-    command line against it. With no spec, a gateway and two banks.
+    command line against it. With no spec, a gateway and two banks; a
+    spec with `"gateways": {"gw1": {}, "gw2": {}}` instead of `"gateway"`
+    boots several gateways, and clients fail over between them.
     """
     started: list[LocalCluster] = []
 

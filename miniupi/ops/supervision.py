@@ -32,7 +32,7 @@ from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnect
 
 from miniupi.ops.certs import write_file
 from miniupi.ops.postgres_server import LocalPostgres
-from miniupi.config import ClusterConfig, ConfigError, NodeConfig
+from miniupi.config import GATEWAY, ClusterConfig, ConfigError, NodeConfig
 from miniupi.nodes.server import NodeStartError
 from miniupi.tls import dial
 
@@ -77,7 +77,7 @@ SERVING_TIMEOUT_S = 30.0
 
 def is_serving(node: NodeConfig, timeout: float = 1.0) -> bool:
     """True if `node` answers SERVING over mTLS (as the admin), under its own certificate."""
-    with dial(node.cluster.certs_dir, "admin", node.name, node.address, aio=False) as channel:
+    with dial(node.cluster.certs_dir, "admin", node.identity, node.address, aio=False) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError:
@@ -143,7 +143,9 @@ def node_command(cluster: ClusterConfig, node: NodeConfig) -> list[str]:
     base = [sys.executable, "-m", "miniupi"]
     config = ["--config", str(cluster.path)]
     if node.role == "gateway":
-        return [*base, "gateway", *config]
+        # A replica is told which one it is; the gateway of a [gateway] table is the only one.
+        name = [] if node.name == GATEWAY else ["--name", node.name]
+        return [*base, "gateway", *name, *config]
     return [*base, "bank", "--name", node.name, *config]
 
 
@@ -241,7 +243,7 @@ def write_supervisord_conf(cluster: ClusterConfig, postgres: LocalPostgres | Non
             f"[program:{node.name}]",
             f"command = {_ini(shlex.join(node_command(cluster, node)))}",
             f"directory = {_ini(cwd)}",
-            # Banks are spawned first and the gateway is signalled first.
+            # Banks are spawned first and the gateways are signalled first.
             f"priority = {200 if node.role == 'gateway' else 100}",
             "autostart = true",
             # Every exit but a refusal to start is restarted, however often: a node

@@ -83,7 +83,7 @@ class LocalCluster:
         cluster = self.spec.setdefault("cluster", {})
         cluster["data_dir"] = str(self.root / "data")
         cluster["certs_dir"] = str(self.root / "certs")
-        nodes = [self.spec.setdefault("gateway", {}), *self.spec.setdefault("banks", {}).values()]
+        nodes = self._node_specs()
         managed = self.spec.get("postgres")
         portless = [node for node in [*nodes, *([managed] if managed else [])] if "port" not in node]
         for node, port in zip(portless, free_ports(len(portless))):
@@ -97,10 +97,15 @@ class LocalCluster:
             elif "accounts" in bank:
                 bank["accounts"] = str(Path(bank["accounts"]).resolve())
 
+    def _node_specs(self) -> list[dict[str, Any]]:
+        """The spec's table of every node: each gateway's, then each bank's."""
+        gateways = list(self.spec["gateways"].values()) if "gateways" in self.spec else [self.spec.setdefault("gateway", {})]
+        return [*gateways, *self.spec.setdefault("banks", {}).values()]
+
     def _on_postgres(self, server: LocalPostgres) -> None:
         """Point every node on `storage = "postgres"` without settings of its own at a database of
         this cluster's on `server`, so clusters sharing one server never see each other's nodes."""
-        nodes = [self.spec["gateway"], *self.spec["banks"].values()]
+        nodes = self._node_specs()
         chosen = [node for node in nodes if node.get("storage") == "postgres" and "postgres" not in node]
         if not chosen:
             return

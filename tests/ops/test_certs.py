@@ -66,6 +66,28 @@ def test_identities_are_nodes_then_tools(cluster: ClusterConfig) -> None:
     assert identities(cluster) == NAMES
 
 
+def test_the_one_gateway_leaf_names_the_host_of_every_gateway_and_replicas_get_none_of_their_own(
+        tmp_path: Path) -> None:
+    cluster = parse_config({
+        "cluster": {"certs_dir": str(tmp_path / "certs")},
+        "gateways": {"gw1": {"host": "gw1.example.test", "port": 7000}, "gw2": {"host": "10.0.0.9", "port": 7000}},
+        "banks": {"bank_a": {"host": "10.1.2.3", "port": 7001}},
+    }, Path("test.toml"))
+    assert identities(cluster) == ["gateway", "bank_a", *USERS]
+    init_certs(cluster)
+    names = sans(load_cert(cluster.certs_dir / "gateway.pem"))
+    assert names[0] == x509.DNSName("gateway")
+    assert x509.DNSName("gw1.example.test") in names and x509.IPAddress(ipaddress.ip_address("10.0.0.9")) in names
+    assert x509.IPAddress(ipaddress.ip_address("10.1.2.3")) not in names  # the bank's host is the bank's
+    assert not (cluster.certs_dir / "gw1.pem").exists() and not (cluster.certs_dir / "gw2.pem").exists()
+    # A gateway added on a new host re-issues the leaf so it names that host too.
+    grown = parse_config({**cluster.raw, "gateways": {**cluster.raw["gateways"],
+                                                      "gw3": {"host": "gw3.example.test", "port": 7000}}},
+                         Path("test.toml"))
+    assert cluster.certs_dir / "gateway.pem" in init_certs(grown)
+    assert x509.DNSName("gw3.example.test") in sans(load_cert(cluster.certs_dir / "gateway.pem"))
+
+
 def test_init_creates_every_file_with_private_modes(cluster: ClusterConfig) -> None:
     written = init_certs(cluster)
     d = cluster.certs_dir

@@ -125,6 +125,19 @@ def test_node_command_runs_miniupi_with_the_cluster_file(cluster: ClusterConfig)
     assert bank == [sys.executable, "-m", "miniupi", "bank", "--name", "bank_a", "--config", str(cluster.path)]
 
 
+def test_each_gateway_is_a_program_of_its_own_told_which_one_it_is(cluster: ClusterConfig) -> None:
+    replicated = parse_config({**{k: v for k, v in cluster.raw.items() if k != "gateway"},
+                               "gateways": {"gw1": {"port": 50050}, "gw2": {"port": 50060}}}, cluster.path)
+    options = ServerOptions()
+    options.realize(args=["-c", str(supervision.write_supervisord_conf(replicated))])
+    programs = {p.name: p for g in options.process_group_configs for p in g.process_configs}
+    assert sorted(programs) == ["bank_a", "bank_b", "gw1", "gw2"]
+    assert shlex.split(programs["gw2"].command) == [
+        sys.executable, "-m", "miniupi", "gateway", "--name", "gw2", "--config", str(cluster.path)]
+    # Banks are spawned first, and every gateway is signalled before them.
+    assert programs["gw1"].priority == programs["gw2"].priority > programs["bank_a"].priority
+
+
 def test_socket_path_falls_back_to_a_short_stable_name(cluster: ClusterConfig) -> None:
     assert supervision.socket_path(cluster) == cluster.data_dir / "supervisor.sock"
     deep = parse_config({**cluster.raw, "cluster": {"data_dir": "/tmp/" + "d" * 120}}, cluster.path)
