@@ -107,6 +107,9 @@ class ClusterConfig:
     # What one payer may send per calendar day in time_zone, in minor units; 0: no limit.
     daily_limit: int
     time_zone: str  # an IANA name such as "Asia/Kolkata"; the day of daily_limit and of settlement dates
+    # Where several gateways share a store: how long one may go unheard before another takes its
+    # unfinished payments over (miniupi/nodes/replicas.py).
+    gateway_lease_s: float
     plugins: tuple[str, ...]
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Per-account exceptions to daily_limit, from the [daily_limits] table: "user@bank" -> minor units.
@@ -286,6 +289,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         log_json=c.get("log_json", bool, False, expected="true or false"),
         daily_limit=c.amount("daily_limit", 0),
         time_zone=c.get("time_zone", str, "UTC", expected='an IANA time zone such as "Asia/Kolkata"'),
+        gateway_lease_s=c.positive("gateway_lease_s", 5),
         raw=raw,
     )
     try:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -51,12 +51,13 @@ def refusal(call: Callable[[], object]) -> MiniupiError:
     pytest.fail(f"expected a refusal, got {got}")
 
 @contextlib.contextmanager
-def cluster_with_test_plugins(root: Path, spec: dict) -> Iterator[LocalCluster]:
-    """A LocalCluster whose nodes can load the suite's plugins (tests/plugins) through `[plugins] load`."""
+def cluster_with_test_plugins(root: Path, spec: dict, **kwargs: Any) -> Iterator[LocalCluster]:
+    """A LocalCluster whose nodes can load the suite's plugins (tests/plugins) through `[plugins] load`;
+    `kwargs` go to LocalCluster (postgres=...)."""
     with pytest.MonkeyPatch.context() as env:
         # Before boot: supervisord passes it to every node.
         env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")])))
-        with LocalCluster(root, spec) as c:
+        with LocalCluster(root, spec, **kwargs) as c:
             yield c
 
 

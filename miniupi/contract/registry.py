@@ -53,6 +53,9 @@ class StorageKind:
     open: Callable[[NodeConfig, Path, Mapping[str, Any]], Store]
     settings: Sequence[Setting] = ()
     check: Callable[[NodeConfig, Mapping[str, Any]], str | None] | None = None
+    # One store that several processes may open at once with the same settings (a database server):
+    # what several gateways of one cluster must run on, as they share one truth.
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,27 @@ def check_plugins(cluster: ClusterConfig) -> Plugins:
         problem = storage.check(node, settings[node.name, storage.name]) if storage.check else None
         if problem:
             raise PluginChoiceError(f"{cluster.path}: {node.where}.{storage.name}: {problem}")
+    _check_one_store(cluster, kinds.storage, settings)
     return Plugins(pm, kinds, settings)
+
+
+def _check_one_store(cluster: ClusterConfig, kinds: Mapping[str, StorageKind],
+                     settings: Mapping[tuple[str, str], Mapping[str, Any]]) -> None:
+    """Several gateways must open one store: with a store each, one id could be paid at two of them."""
+    gateways = list(cluster.gateways.values())
+    if len(gateways) < 2:
+        return
+    first = gateways[0]
+    shared = sorted(name for name, kind in kinds.items() if kind.shared)
+    for node in gateways:
+        if not kinds[node.storage].shared:
+            raise PluginChoiceError(
+                f"{cluster.path}: {node.where}.storage: several gateways must share one store, and {node.storage!r} "
+                f"is a store of one process; use one that several can open ({', '.join(shared) or 'none loaded'})")
+        if node.storage != first.storage or settings[node.name, node.storage] != settings[first.name, first.storage]:
+            raise PluginChoiceError(
+                f"{cluster.path}: {node.where}: several gateways must share one store, so the same storage "
+                f"and storage settings as {first.where}")
 
 
 def _lookup(cluster: ClusterConfig, node: NodeConfig, key: str, name: str, kinds: Mapping[str, Any]) -> Any:

@@ -36,10 +36,12 @@ from miniupi.money import format_amount
 from miniupi import validate
 from miniupi.nodes.bank_links import BankLinks
 from miniupi.nodes.collect import CollectBook, Request, check_expiry, check_note
+from miniupi.nodes.collect_shared import SharedCollectBook
 from miniupi.nodes.coordinator import Coordinator, Payment, Txn
 from miniupi.nodes.issuance import DepositOrder, Issuer
 from miniupi.nodes.limits import DailyLimit
 from miniupi.nodes.refunds import RefundBook
+from miniupi.nodes.replicas import Replica, owned
 from miniupi.nodes.gateway_store import live_tables, upgrade
 from miniupi.nodes.settlement import Settler
 from miniupi.nodes.passwords import MAX_PASSWORD
@@ -387,13 +389,21 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
     hooks = NodeHooks(plugins.pm, node)
     links = BankLinks(cluster)
     links.watch()
-    txns = TxnIndex(commit.store, Txn.from_record, tables.get(UNFINISHED, {}), cache)
-    issuer = Issuer(commit, txns)
-    refunds = RefundBook(txns, cache)
-    requests = CollectBook(commit, tables, txns, issuer)
+    # Several gateways share one store (checked at load), and the store decides what any two of them
+    # could do at once: miniupi/nodes/replicas.py. One alone keeps its live state in memory.
+    shared = len(cluster.gateways) > 1
+    unfinished = tables.get(UNFINISHED, {})
+    txns = TxnIndex(commit.store, Txn.from_record, owned(unfinished, node.name) if shared else unfinished, cache)
+    issuer = Issuer(commit, txns, shared=shared)
+    refunds = RefundBook(txns, cache, shared=shared)
+    requests = SharedCollectBook(commit, txns, issuer) if shared else CollectBook(commit, tables, txns, issuer)
     coordinator = Coordinator(links, commit, tables, cluster.prepare_timeout_s, cluster.call_timeout_s, hooks=hooks,
-                              guards=(refunds, DailyLimit(cluster, commit.store, cache), requests), txns=txns)
+                              guards=(refunds, DailyLimit(cluster, commit.store, cache, shared=shared), requests),
+                              txns=txns, owner=node.name if shared else None)
     books = Books(issuer, refunds, requests)
+    replica = Replica(node.name, commit, coordinator, cluster.gateway_lease_s) if shared else None
+    if replica is not None:
+        await replica.start()  # the lease first: no other gateway takes over what this one now finishes
     aborted, resent = await coordinator.recover()
     logger.info("recovery: {} undecided payments aborted, {} decisions being resent, {} open requests in memory; "
                 "a cache of {} settled payments", aborted, resent, requests.open_count, txns.cache_limit)
@@ -405,6 +415,8 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
 
     async def on_stop() -> None:
         await coordinator.close()
+        if replica is not None:
+            await replica.close()  # the lease ends now: another gateway takes over what is unfinished
         await links.close()
         await commit.close()
 

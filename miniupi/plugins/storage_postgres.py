@@ -419,10 +419,12 @@ def conninfo(node: NodeConfig, settings: Mapping[str, Any], environ: Mapping[str
 
 
 def open_postgres(node: NodeConfig, path: Path, settings: Mapping[str, Any]) -> PostgresStore:
-    return PostgresStore(conninfo(node, settings), settings["schema"] or node.name, settings["pool_size"])
+    # Every gateway of a cluster is the identity "gateway" and opens the one schema of that name:
+    # several gateways share one truth (miniupi/nodes/replicas.py).
+    return PostgresStore(conninfo(node, settings), settings["schema"] or node.identity, settings["pool_size"])
 
 
 @hookimpl
 def miniupi_register_kinds(register: Register) -> None:
     # Set per node in its sub-table, such as [banks.bank_a.postgres] managed = true.
-    register.add_storage(StorageKind(NAME, open_postgres, settings=SETTINGS, check=check_settings))
+    register.add_storage(StorageKind(NAME, open_postgres, settings=SETTINGS, check=check_settings, shared=True))

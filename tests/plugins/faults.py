@@ -8,12 +8,15 @@ tests/plugins on PYTHONPATH). A test arms a fault by writing
     {"node": "gateway", "point": "after_decision", "decision": "COMMITTED", "action": "kill"}
     {"node": "bank_b", "point": "before_vote", "action": "sleep", "seconds": 5}
     {"node": "gateway", "point": "before_prepare", "action": "raise"}
+    {"node": "gw1", "point": "before_decision", "action": "stop"}
 
 `point` is a hook name without `miniupi_`; `decision`, `bank`, `txn_id`,
 `yes` narrow the match. Each entry fires once: it is removed from the file
 before it acts, so the node supervisord restarts runs normally. "kill" is
 SIGKILL to itself: no cleanup, no flush, exactly like `kill -9` at that line.
 "raise" raises RaisedByFault from the hook, as a plugin with a bug would.
+"stop" is SIGSTOP to itself: frozen at that line until a SIGCONT (a paused
+process) or a SIGKILL (a crash at exactly that step, whenever the test likes).
 
 Every node of a cluster shares the one file, so the read-remove-write is
 done under an exclusive lock (`faults.lock`): two nodes hitting their
@@ -130,6 +133,8 @@ def _maybe_fault(node: NodeConfig, point: str, **details: Any) -> None:
         time.sleep(fault["seconds"])  # blocks the whole node, like a stalled process
     elif fault["action"] == "raise":
         raise RaisedByFault(f"fault injected at {point} on {node.name}")
+    elif fault["action"] == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 @hookimpl
