@@ -106,6 +106,7 @@ class Gateways:
                 reply = await getattr(self._stub(i), method)(request, timeout=timeout, metadata=metadata)
             except grpc.aio.AioRpcError as e:
                 if not self._not_reached(i, e):
+                    self.current = i  # a refusal is an answer: this gateway is up
                     raise
                 failures.append(e)
                 continue

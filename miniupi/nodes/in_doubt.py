@@ -5,11 +5,11 @@ the rest (the gateway's messages lost, or the gateway down for long):
 every prepared transaction older than the gateway's own time to decide is
 asked about with GetDecision until the answer is COMMITTED or ABORTED.
 
-With several gateways the bank does not know which one coordinated, so it
-asks each. A gateway presumes abort for an id it never recorded, so a
-gateway with a store of its own answers ABORTED for another's payment: a
-COMMITTED from any gateway is final, an ABORTED only once every gateway
-says it. With one gateway that is its answer, as it always was.
+Several gateways share one store (miniupi/nodes/replicas.py), so any of
+them answers for every payment, from that store: the bank asks them in
+turn until one answers, and its decision is final. A payment still
+undecided is INITIATED in the store (its gateway writes it before any
+prepare), so presumed abort answers only for ids never recorded.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ async def _ask_about_old_prepares(ledger: Ledger, stubs: dict[NodeConfig, gatewa
     old = [t for t in map(ledger.txns.get, list(ledger.prepared)) if t and now - t.prepared_at > patience]
     away: set[NodeConfig] = set()  # gateways that did not answer this round: asked again next round
     for txn in old:
-        states = []
+        state = None
         for gateway, stub in stubs.items():
             if gateway in away:
                 continue
@@ -68,16 +68,15 @@ async def _ask_about_old_prepares(ledger: Ledger, stubs: dict[NodeConfig, gatewa
                     logger.debug("in doubt about {}: {} said {}", txn.txn_id, gateway.name, e.code().name)
                 away.add(gateway)
                 continue
-            states.append(reply.state)
-            if reply.state == common_pb2.COMMITTED:
-                break
-        if len(away) == len(stubs):
+            state = reply.state
+            break
+        if state is None:
             break  # no gateway answers; ask again next round
         if txn.txn_id not in ledger.prepared:
             continue  # phase 2 arrived meanwhile
-        if common_pb2.COMMITTED in states:
+        if state == common_pb2.COMMITTED:
             logger.info("in-doubt {} resolved: COMMITTED", txn.txn_id)
             await ledger.commit(txn.txn_id)
-        elif len(states) == len(stubs) and all(state == common_pb2.ABORTED for state in states):
+        elif state == common_pb2.ABORTED:
             logger.info("in-doubt {} resolved: ABORTED", txn.txn_id)
             await ledger.abort(txn.txn_id)

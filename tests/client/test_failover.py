@@ -1,9 +1,9 @@
 """Clients that know several gateways: each gateway serves, and a client whose gateway is down,
 or dies under a payment, goes on through another with the same ids and the same session.
 
-The cluster has two gateways, gw1 and gw2, each on a SQLite store of its own. So that a key
-issued by one is good at the other, as it is once gateways share a store, they run the
-test auth kind `shared_sessions` (tests/plugins/shared_sessions.py).
+The cluster has two gateways, gw1 and gw2, sharing one PostgreSQL (the session's server), so a
+key issued by one is good at the other. What the gateways themselves do when one dies holding a
+payment is tests/nodes/test_replicas_postgres.py's.
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from conftest import (PASSWORD, PLUGIN_DIR, cli_login, cli_ok, cluster_with_test
                       open_account, refusal, wait_for, wait_logged)
 from miniupi.client.api import Client
 from miniupi.config import load_config
-from miniupi.errors import InsufficientFunds, NoAnswer
+from miniupi.errors import Aborted, InsufficientFunds, NoAnswer
 from miniupi.ops.supervision import is_serving
+from miniupi.ops.postgres_server import LocalPostgres
 from miniupi.ops.testing import LocalCluster
 
 sys.path.insert(0, str(PLUGIN_DIR))  # the nodes load it from PYTHONPATH; the test arms it directly
@@ -33,16 +34,15 @@ pytestmark = pytest.mark.timeout(300)
 SPEC = {
     "cluster": {"name": "failover", "prepare_timeout_s": 3, "call_timeout_s": 3,
                 "max_opening_deposit": "10000.00"},
-    "gateways": {"gw1": {"storage": "sqlite", "auth": "shared_sessions"},
-                 "gw2": {"storage": "sqlite", "auth": "shared_sessions"}},
+    "gateways": {"gw1": {"storage": "postgres"}, "gw2": {"storage": "postgres"}},
     "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
-    "plugins": {"load": ["faults", "shared_sessions"]},
+    "plugins": {"load": ["faults"]},
 }
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with cluster_with_test_plugins(tmp_path_factory.mktemp("failover"), SPEC) as c:
+def cluster(tmp_path_factory: pytest.TempPathFactory, miniupi_postgres: LocalPostgres) -> Iterator[LocalCluster]:
+    with cluster_with_test_plugins(tmp_path_factory.mktemp("failover"), SPEC, postgres=miniupi_postgres) as c:
         yield c
 
 
@@ -62,13 +62,14 @@ def paid_through(cluster: LocalCluster, gateway: str, txn_id: str) -> bool:
     return bool(lines_with(cluster, gateway, "Pay", txn_id, "code=OK"))
 
 
-def test_each_gateway_is_a_supervised_node_with_its_own_store_that_serves(cluster: LocalCluster) -> None:
+def test_each_gateway_is_a_supervised_node_on_the_one_shared_store_that_serves(cluster: LocalCluster) -> None:
     config = cluster.config
     assert [n.name for n in config.nodes] == ["gw1", "gw2", "bank_a", "bank_b"]
     for name in ("gw1", "gw2"):
         assert is_serving(config.node(name))
-        assert (config.data_dir / name / "store.sqlite3").exists()
-        wait_logged(cluster, name, f"{name} serving on")
+        assert not (config.data_dir / name / "store.sqlite3").exists()
+        wait_logged(cluster, name, f"{name} serving on {config.gateways[name].address}")
+        wait_logged(cluster, name, "storage postgres")
     status = {row["name"]: row for row in json.loads(cli_ok(cluster, "status", "--json", home=cluster.root))}
     assert status["gw1"]["state"] == status["gw2"]["state"] == "RUNNING"
     assert status["gw2"]["address"] == config.gateways["gw2"].address
@@ -91,21 +92,24 @@ def test_a_payment_whose_gateway_dies_under_it_is_resent_to_the_other_with_its_i
     with cluster.client() as client:
         session = client.login(payer, PASSWORD)
         assert client.pay(payee, 100).state == "COMMITTED"
-        assert client._async.gateways.preferred.name == "gw1"
+        first = client._async.gateways.preferred.name
         txn_id = str(uuid.uuid4())
-        # gw1 records the payment, then dies with SIGKILL before any bank hears of it.
-        faults.arm(cluster.config.data_dir, {"node": "gw1", "point": "before_prepare", "action": "kill",
+        # The gateway records the payment, then dies with SIGKILL before any bank hears of it. The
+        # client sends the same id to the other, which finds it recorded and undecided, and answers
+        # once the dead one's restart (or, past its lease, the other itself) has presumed it aborted.
+        faults.arm(cluster.config.data_dir, {"node": first, "point": "before_prepare", "action": "kill",
                                              "txn_id": txn_id})
-        assert client.pay(payee, 300, txn_id=txn_id).state == "COMMITTED"
+        lost = refusal(lambda: client.pay(payee, 300, txn_id=txn_id))
+        assert isinstance(lost, Aborted) and "before deciding" in lost.message, lost
         assert client.session is session  # never asked to log in again
-        assert client._async.gateways.preferred.name == "gw2"
-        # Both payments, each once. gw1 may have died before its commit of the first reached bank_a
-        # (phase 2 goes on after the answer); it sends it once supervisord has restarted it.
-        wait_for("both payments applied", lambda: money(client) == (9_600, 9_600), timeout_s=30)
+        assert client._async.gateways.preferred.name != first
+        assert client.pay(payee, 300).state == "COMMITTED"  # a new id pays it
+        wait_for("each payment applied once", lambda: money(client) == (9_600, 9_600), timeout_s=30)
     assert [f["details"]["txn_id"] for f in faults.fired(cluster.config.data_dir)
-            if f["node"] == "gw1"] == [txn_id]
-    assert paid_through(cluster, "gw2", txn_id)
-    cluster.wait_ready("gw1")  # supervisord brought it back
+            if f["node"] == first] == [txn_id]
+    other = "gw2" if first == "gw1" else "gw1"
+    wait_for(f"{other}'s log of the resend", lambda: lines_with(cluster, other, "Pay", txn_id), timeout_s=10)
+    cluster.wait_ready(first)  # supervisord brought it back
 
 
 def test_a_refusal_is_the_answer_and_is_not_sent_to_another_gateway(cluster: LocalCluster) -> None:
