@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= config/cluster.toml
 
-.PHONY: run test proto clean postgres-server
+.PHONY: run run-replicated test proto clean postgres-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 run: $(STAMP)
 	$(BIN)/miniupi run $(CONFIG)
+
+# Two gateways on a PostgreSQL server that miniupi runs itself (installed first when missing).
+run-replicated: $(STAMP) postgres-server
+	$(BIN)/miniupi run config/cluster-replicated.toml
 
 # The tests boot real PostgreSQL servers; the demo cluster (make run) needs none.
 test: $(STAMP) postgres-server
