@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/chaos_run.py --duration 600 --seed 7     # or: make chaos DURATION=600 SEED=7
 
 A gateway and three banks (sqlite, json, sqlite) run under supervisord as in
-production. Several clients, all in one asyncio loop, pay random amounts
+production; with `--replicas 2`, two gateways sharing a PostgreSQL server
+(a throw-away one, on 127.0.0.1) in the gateway's place. Several clients, all in one asyncio loop, pay random amounts
 between a fixed set of accounts (across banks and inside one bank; some
 larger than the payer has). Meanwhile a nemesis, driven by its own seeded
 random stream, SIGKILLs nodes (one or two at once, or at an exact 2PC step
@@ -63,7 +64,8 @@ from miniupi.ops.audit import BankView, GatewayTxnView, audit, check, collect
 from miniupi.client.api import AsyncClient, Session
 from miniupi.errors import Internal, MiniupiError, NotFound, Unauthenticated, Unavailable
 from miniupi.ops.supervision import SupervisionError
-from miniupi.ops.testing import LocalCluster
+from miniupi.ops.postgres_server import LocalPostgres
+from miniupi.ops.testing import LocalCluster, local_postgres
 from miniupi.states import TxnState
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "tests" / "plugins"  # the fault injection the nodes load
@@ -96,13 +98,19 @@ class ChaosSettings:
     settle_s: float = 30.0  # nothing may stay in doubt longer than this once all nodes are up
     resend_s: float = 60.0  # bound on resending the unknown payments at the end
     read_every_s: float = 3.0  # live reads of the whole cluster during the chaos
+    replicas: int = 1  # gateways; more than one share a PostgreSQL server
+    lease_s: float = 2.0  # their gateway_lease_s
 
     def command(self) -> str:
-        return (f".venv/bin/python tests/ops/chaos_run.py --duration {self.duration_s:g} --seed {self.seed} "
-                f"--workers {self.workers} --rate {self.rate:g}")
+        return (f".venv/bin/python benchmarks/chaos_run.py --duration {self.duration_s:g} --seed {self.seed} "
+                f"--workers {self.workers} --rate {self.rate:g}" + self._replicas())
 
     def make_command(self) -> str:
-        return f"make chaos DURATION={self.duration_s:g} SEED={self.seed}"
+        more = f" CHAOS_ARGS='{self._replicas().strip()}'" if self.replicas > 1 else ""
+        return f"make chaos DURATION={self.duration_s:g} SEED={self.seed}{more}"
+
+    def _replicas(self) -> str:
+        return f" --replicas {self.replicas}" if self.replicas > 1 else ""
 
 
 @dataclass
@@ -167,12 +175,17 @@ def new_txn_id(rng: random.Random) -> str:
 
 
 def cluster_spec(settings: ChaosSettings) -> dict[str, Any]:
-    return {
+    spec: dict[str, Any] = {
         "cluster": {"name": "chaos", "prepare_timeout_s": settings.timeout_s, "call_timeout_s": settings.timeout_s},
-        "gateway": {"storage": "sqlite"},
         "banks": {name: {"storage": storage} for name, storage in BANKS.items()},
         "plugins": {"load": ["faults"]},
     }
+    if settings.replicas > 1:
+        spec["cluster"]["gateway_lease_s"] = settings.lease_s
+        spec["gateways"] = {f"gw{i}": {"storage": "postgres"} for i in range(1, settings.replicas + 1)}
+    else:
+        spec["gateway"] = {"storage": "sqlite"}
+    return spec
 
 
 def opening_accounts(settings: ChaosSettings) -> dict[str, dict[str, tuple[str, str]]]:
@@ -320,7 +333,7 @@ class Chaos:
                 except SupervisionError as e:
                     fault.note += f" start: {e}"
         elif kind == "crash_at_point":
-            point = rng.choice(GATEWAY_POINTS if node == "gateway" else BANK_POINTS)
+            point = rng.choice(GATEWAY_POINTS if self.cluster.config.node(node).role == "gateway" else BANK_POINTS)
             data_dir = self.cluster.config.data_dir
             before = len(faults.fired(data_dir))
             faults.arm(data_dir, {"node": node, "point": point, "action": "kill"})
@@ -572,13 +585,19 @@ def verify(ops: list[Op], gateway: dict[str, GatewayTxnView], banks: list[BankVi
     return bad
 
 
-def run_chaos(settings: ChaosSettings, root: Path, log: Callable[[str], None] = print) -> ChaosResult:
+def run_chaos(settings: ChaosSettings, root: Path, log: Callable[[str], None] = print,
+              postgres: LocalPostgres | None = None) -> ChaosResult:
     """Boot a cluster in `root`, run the workload and the nemesis, heal, check. Needs tests/plugins on
-    PYTHONPATH for the nodes (main() sets it; tests use monkeypatch.setenv)."""
+    PYTHONPATH for the nodes (main() sets it; tests use monkeypatch.setenv). Several gateways run on
+    `postgres`, or on a throw-away server of their own."""
+    if settings.replicas > 1 and postgres is None:
+        with local_postgres() as server:
+            return run_chaos(settings, root, log, server)
     log(f"chaos: seed {settings.seed}, {settings.duration_s:g}s, {settings.workers} clients, "
-        f"cluster in {root}")
+        f"{settings.replicas} gateway{'s' if settings.replicas > 1 else ''}, cluster in {root}")
     log(f"replay: {settings.make_command()}   (or: {settings.command()})")
-    cluster = LocalCluster(root, cluster_spec(settings), accounts=opening_accounts(settings))
+    cluster = LocalCluster(root, cluster_spec(settings), accounts=opening_accounts(settings),
+                           postgres=postgres if settings.replicas > 1 else None)
     started = time.monotonic()
     try:
         cluster.start(timeout=60)
@@ -633,9 +652,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=None, help="cluster directory (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster directory even when it passes")
     parser.add_argument("--json", type=Path, default=None, help="write the summary and every fault here")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="gateways, sharing a throw-away PostgreSQL when more than one (default 1)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
-    settings = ChaosSettings(duration_s=args.duration, seed=seed, workers=args.workers, rate=args.rate)
+    if args.replicas < 1:
+        parser.error("--replicas must be at least 1")
+    settings = ChaosSettings(duration_s=args.duration, seed=seed, workers=args.workers, rate=args.rate,
+                             replicas=args.replicas)
     root = args.root or Path(tempfile.mkdtemp(prefix=f"miniupi-chaos-{seed}-"))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")]))
     result = run_chaos(settings, root)

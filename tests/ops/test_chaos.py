@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from miniupi.ops.audit import BankView, GatewayTxnView
+from miniupi.ops.postgres_server import LocalPostgres
 from conftest import ROOT
 
 # chaos_run.py is a tool beside the benchmarks (make chaos runs it); its workload and checker are tested here.
@@ -45,6 +46,23 @@ def test_bank_workload_under_kills_pauses_and_restarts_keeps_every_invariant(
     assert result.summary["faults_by_node"].get("gateway", 0) >= 1, replay
     assert payments["still_unknown"] == 0, replay
     assert result.summary["live_reads"].get("taken", 0) >= 1, replay
+
+
+def test_bank_workload_with_two_gateways_on_postgres_under_kills_pauses_and_restarts_keeps_every_invariant(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, miniupi_postgres: LocalPostgres) -> None:
+    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1, 1_000_000))
+    settings = ChaosSettings(duration_s=float(os.environ.get("CHAOS_DURATION", "30")), seed=seed, replicas=2)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")])))
+
+    result = run_chaos(settings, tmp_path / "cluster", postgres=miniupi_postgres)
+
+    replay = f"replay: {settings.make_command()} (logs in {tmp_path / 'cluster'})"
+    assert result.ok, f"{len(result.violations)} violations, seed {seed}:\n{report_text(result)}\n{replay}"
+    payments, by_node = result.summary["payments"], result.summary["faults_by_node"]
+    assert payments["ok"] >= 100, replay
+    assert set(result.summary["faults"]) == set(FAULT_KINDS), replay
+    assert by_node.get("gw1", 0) + by_node.get("gw2", 0) >= 2, replay  # the gateways were hit
+    assert payments["still_unknown"] == 0, replay
 
 
 # -- the checker itself, on hand-made readings: it must catch what it claims to ----------------
