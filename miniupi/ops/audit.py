@@ -178,6 +178,14 @@ async def _reading(cluster: ClusterConfig, timeout: float) -> AsyncIterator[_Rea
                 return
             txns.extend((t.txn_id, _gateway_txn(t)) for t in chunk.txns)
             requests.extend((q.request_id, _request(q)) for q in chunk.requests)
+            # One stream in id order, a request after the payment of its id: whatever id a chunk ends
+            # with, no payment up to it is still to come, nor a request below it (or up to it, when a
+            # request ends the chunk).
+            last_txn = chunk.txns[-1].txn_id if chunk.txns else ""
+            last_request = chunk.requests[-1].request_id if chunk.requests else ""
+            last = max(last_txn, last_request)
+            txns.arrived(last)
+            requests.arrived(last, inclusive=last_request == last)
 
         runs = [txns, requests, *(run for _, run, _ in banks)]
         feeds = {0: feed_gateway, 1: feed_gateway, **{2 + i: feed for i, (_, _, feed) in enumerate(banks)}}
