@@ -306,27 +306,32 @@ class Checker:
         """This id's money between banks three ways: the gateway's, the payer's bank's, the payee's bank's."""
         gateway: dict[Pair, int] = {}
         if g is not None and g.state == TxnState.COMMITTED:
-            gateway[(_bank_of(g.payer), _bank_of(g.payee))] = g.amount
+            gateway[(g.payer.rpartition("@")[2], g.payee.rpartition("@")[2])] = g.amount
         debits: dict[Pair, int] = {}
         credits: dict[Pair, int] = {}
         for bank, (state, legs) in at_banks.items():
             if state != TxnState.COMMITTED:  # deposits (DEPOSITED) move no money between banks
                 continue
             for account, delta, counterparty in legs:
-                other = _bank_of(counterparty)
+                other = counterparty.rpartition("@")[2]
                 if "@" not in counterparty or not other:
                     self._nameless.add(f"{txn_id} at {bank} ({account} {delta:+d}, counterparty {counterparty!r})")
                 elif delta < 0:
                     debits[(bank, other)] = debits.get((bank, other), 0) - delta
                 else:
                     credits[(other, bank)] = credits.get((other, bank), 0) + delta
-        for sums, by_pair in ((self._debited, debits), (self._credited, credits)):
-            for pair, amount in by_pair.items():
-                sums[pair][0] += amount
-                sums[pair][1] += 1
-        for pair in gateway.keys() | debits.keys() | credits.keys():
-            if not gateway.get(pair) == debits.get(pair) == credits.get(pair):
-                self._differ[pair].add(txn_id)
+        for pair, amount in debits.items():
+            sums = self._debited[pair]
+            sums[0] += amount
+            sums[1] += 1
+        for pair, amount in credits.items():
+            sums = self._credited[pair]
+            sums[0] += amount
+            sums[1] += 1
+        if not gateway == debits == credits:
+            for pair in gateway.keys() | debits.keys() | credits.keys():
+                if not gateway.get(pair) == debits.get(pair) == credits.get(pair):
+                    self._differ[pair].add(txn_id)
 
     def _refund(self, txn_id: str, g: GatewayTxnView) -> None:
         if g.state == TxnState.COMMITTED:
