@@ -26,10 +26,10 @@ IDS = [f"{i}{i}{i}{i}{i}{i}{i}{i}-0000-4000-8000-000000000000" for i in range(1,
 ACCOUNTS = ["alice@bank_a", "dave@bank_a", "bob@bank_b", "carol@bank_c"]
 BANKS = ("bank_a", "bank_b", "bank_c")
 NOON = 1_796_536_800.0  # 2026-12-06 12:00 in Kolkata
-STATES = ["COMMITTED", "ABORTED", "INITIATED"]
+STATES = ["COMMITTED", "COMMITTED", "ABORTED", "INITIATED"]
 
 
-def limits(daily_limit: str = "0.40") -> ClusterConfig:
+def limits(daily_limit: str = "0.25") -> ClusterConfig:
     return parse_config({"cluster": {"daily_limit": daily_limit, "time_zone": "Asia/Kolkata"},
                          "gateway": {"port": 1}, "banks": {name: {"port": 2 + i} for i, name in enumerate(BANKS)}},
                         Path("audit.toml"))
@@ -138,6 +138,20 @@ def test_the_join_lines_up_runs_by_id_and_says_which_run_to_read_next() -> None:
     gateway.extend([("d", 4)])
     gateway.done = True
     assert list(ready([gateway, bank])) == [("d", [4, None])] and hungry([gateway, bank]) == []
+
+
+def test_runs_sharing_one_stream_go_on_as_far_as_the_stream_has_come() -> None:
+    # The gateway's payments and requests come in one stream in id order, a request after its payment:
+    # a chunk ending with payment "c" means no payment up to "c" and no request below "c" is to come.
+    txns, requests, bank = Run("the gateway"), Run("the gateway's requests"), Run("bank_a", [("a", 1), ("d", 4)])
+    txns.extend([("a", "pay a"), ("c", "pay c")])
+    txns.arrived("c")
+    requests.arrived("c", inclusive=False)
+    assert list(ready([txns, requests, bank])) == [("a", ["pay a", None, 1])]
+    assert hungry([txns, requests, bank]) == [requests]  # request "c" may still come
+    requests.extend([("c", "ask c")])
+    assert list(ready([txns, requests, bank])) == [("c", ["pay c", "ask c", None])]
+    assert hungry([txns, requests, bank]) == [txns, requests]  # "d" is the bank's; theirs may come first
 
 
 def test_a_run_out_of_id_order_is_refused_rather_than_judged() -> None:
