@@ -6,8 +6,9 @@ Seeds N settled payments into the fresh SQLite stores of a gateway and two
 banks, exactly as benchmarks/history_scale.py does (skipped when `--root`
 already holds a cluster seeded with N), starts the cluster, then runs
 `miniupi audit --json` as a user would, `--runs` times, and reports each
-run's wall time and the audit process's peak resident memory (its own
-rusage, read with wait4), with the machine's load average before each run.
+run's wall time, the audit process's peak resident memory and CPU time
+(its own rusage, read with wait4), with the machine's load average before
+each run.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def audit_run(cluster: LocalCluster) -> dict[str, Any]:
         err = errors.read()
     report = json.loads(out) if out.strip() else {}
     return {"ok": bool(report.get("ok")), "exit": proc.returncode, "seconds": round(seconds, 1),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "load_average": round(load, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "load_average": round(load, 2),
             "committed": report.get("committed"), "violations": report.get("violations", [])[:3],
             "stderr": err.decode()[-300:]}
 
