@@ -384,10 +384,10 @@ class Chaos:
             at = round(time.monotonic() - self.began, 1)
             for v in report.violations:
                 if LIVE_RACE.search(v):
-                    # The gateway is read before the banks, so a payment decided and applied in
-                    # between is legitimately INITIATED there; check(settled=False) tolerates this
-                    # in its bank loop but not its gateway loop (reported as a bug in audit.py).
-                    # An ABORTED gateway with a committing bank is still a violation.
+                    # The banks are read before the gateway, so the gateway's record is never older
+                    # than a bank's and this should not happen; if it does, it counts here, and as a
+                    # violation once it outlives one whole read. An ABORTED gateway with a
+                    # committing bank is a violation at once.
                     self.reads["initiated_then_committed"] += 1
                     txn_id = v.split()[0]
                     if self.race_ids.get(txn_id, self.reads["taken"]) != self.reads["taken"]:

@@ -38,6 +38,7 @@ from miniupi.errors import (
 )
 from miniupi.nodes.coordinator import Payment, Txn
 from miniupi.nodes.group_commit import GroupCommit
+from miniupi.nodes.overlay import overlay
 from miniupi.nodes.txn_index import TxnIndex
 from miniupi.states import TxnState
 
@@ -190,18 +191,10 @@ class CollectBook:
         return isinstance(request_id, str) and self._get(request_id) is not None
 
     def scan(self) -> Iterator[Request]:
-        """Every request, in bounded memory: the store's in id order, open ones as memory has them."""
-        seen: set[str] = set()
-        for request_id, row in self._store.scan(TABLE):
-            request = self._open.get(request_id)
-            if request is not None:
-                seen.add(request_id)
-                yield request
-            else:
-                yield _request(request_id, row)
-        for request_id, request in list(self._open.items()):
-            if request_id not in seen:
-                yield request
+        """Every request, in id order and bounded memory: the store's, open ones as memory has them."""
+        for _, request in overlay(self._store.scan(TABLE), self._open,
+                                  _request, self._get):
+            yield request
 
     # -- a Guard of the coordinator: a request closes with its payment's decision ---------------
 

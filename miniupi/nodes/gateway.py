@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import itertools
 import math
 import time
@@ -305,18 +306,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def ListTransactions(self, request: gateway_pb2.ListTransactionsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[gateway_pb2.TransactionChunk]:
         if current_peer.get() != ADMIN:
             raise PermissionDenied("only the admin may list transactions")
-        for batch in _chunks(self.coordinator.txns.scan()):  # from the store, in bounded memory
-            yield gateway_pb2.TransactionChunk(txns=[
-                gateway_pb2.GatewayTxn(
-                    txn_id=t.payment.txn_id, from_account=t.payment.payer, to_account=t.payment.payee,
-                    amount=common_pb2.Money(minor=t.payment.amount, currency=t.payment.currency),
-                    state=common_pb2.TxnState.Value(t.state), acknowledged=t.acked, refusal_code=t.code,
-                    refund_of=t.payment.refund_of, request_id=t.payment.request_id, created_at=t.created_at,
-                    decided_at=t.decided_at)
-                for _, t in batch])
-        for requests in _chunks(self.books.requests.scan()):
+        # Payments and collect requests in one run of ids, from the store in bounded memory; on one id
+        # (a request's payment bears its id) the payment first. The audit joins this with every bank's
+        # reading by id, and a request's state, derived from its payment when its message is made, is
+        # never older than that payment's reading.
+        merged = heapq.merge(((txn_id, 0, txn) for txn_id, txn in self.coordinator.txns.scan()),
+                             ((r.request_id, 1, r) for r in self.books.requests.scan()), key=lambda e: e[:2])
+        for batch in _chunks(merged):
             now = time.time()
-            yield gateway_pb2.TransactionChunk(requests=[self._collect_request(r, now) for r in requests])
+            yield gateway_pb2.TransactionChunk(
+                txns=[_gateway_txn(t) for _, kind, t in batch if kind == 0],
+                requests=[self._collect_request(r, now) for _, kind, r in batch if kind == 1])
 
     async def Deposit(self, request: gateway_pb2.DepositRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.DepositReply:
         """New money, by the treasury only: its id bound here cluster-wide, then credited once by the bank."""
@@ -356,6 +356,15 @@ def _chunks(items: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
+
+
+def _gateway_txn(t: Txn) -> gateway_pb2.GatewayTxn:
+    return gateway_pb2.GatewayTxn(
+        txn_id=t.payment.txn_id, from_account=t.payment.payer, to_account=t.payment.payee,
+        amount=common_pb2.Money(minor=t.payment.amount, currency=t.payment.currency),
+        state=common_pb2.TxnState.Value(t.state), acknowledged=t.acked, refusal_code=t.code,
+        refund_of=t.payment.refund_of, request_id=t.payment.request_id, created_at=t.created_at,
+        decided_at=t.decided_at)
 
 
 def _only_treasury() -> None:

@@ -44,6 +44,7 @@ from miniupi.contract.identity import TREASURY  # the counterparty a deposit sho
 from miniupi.contract.store import Put
 from miniupi.nodes.bank_store import FORMAT, history_key, history_row
 from miniupi.nodes.group_commit import GroupCommit
+from miniupi.nodes.overlay import overlay
 from miniupi.nodes.participants import YES, Leg, Refusal, Vote
 from miniupi.states import TxnState
 
@@ -639,11 +640,13 @@ class AuditView:
         return out
 
     def txns(self) -> Iterator[tuple[str, str, tuple[Leg, ...]]]:
-        """(id, state, legs) of every transaction, as when the view began: the live ones, then the store's."""
-        yield from ((txn_id, state, legs) for txn_id, (state, legs) in self.live.items())
-        for txn_id, record in self._ledger._commit.store.scan("txns"):
-            if txn_id not in self.live and txn_id not in self.new:
-                yield txn_id, record["state"], tuple(Leg(*leg) for leg in record["legs"])
+        """(id, state, legs) of every transaction, as when the view began, in id order (so the audit
+        can join it by id): the store's, less the ids new since, with the live ones over them."""
+        rows = ((txn_id, r) for txn_id, r in self._ledger._commit.store.scan("txns") if txn_id not in self.new)
+        settled = overlay(rows, self.live, lambda _, r: (r["state"], tuple(Leg(*leg) for leg in r["legs"])),
+                          self.live.get)
+        for txn_id, (state, legs) in settled:
+            yield txn_id, state, legs
 
 
 @dataclass

@@ -46,11 +46,15 @@ class Settler:
         self._totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
 
     def add(self, txn: Txn) -> None:
-        if txn.state != TxnState.COMMITTED or not in_window(txn.decided_at, self.since, self.until):
+        if txn.state == TxnState.COMMITTED:
+            self.add_payment(txn.payment.payer, txn.payment.payee, txn.payment.amount, txn.decided_at)
+
+    def add_payment(self, payer: str, payee: str, amount: int, decided_at: float) -> None:
+        """A committed payment, from account payer to account payee (user@bank each)."""
+        if not in_window(decided_at, self.since, self.until):
             return
-        p = txn.payment
-        pair = self._totals[(p.payer.rpartition("@")[2], p.payee.rpartition("@")[2])]
-        pair[0] += p.amount
+        pair = self._totals[(payer.rpartition("@")[2], payee.rpartition("@")[2])]
+        pair[0] += amount
         pair[1] += 1
 
     def report(self, banks: Iterable[str]) -> Settlement:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 from miniupi.contract.store import Put, Store
+from miniupi.nodes.overlay import overlay
 
 TABLE = "txns"
 # txn id -> true, while the payment is not acknowledged by every bank; where gateways share the store,
@@ -118,19 +119,8 @@ class TxnIndex(Generic[T]):
         return txn_id in self._live
 
     def scan(self) -> Iterator[tuple[str, T]]:
-        """Every transaction, in bounded memory: the store's rows in key order, each in its live
-        version where memory has one, then the live ones the store does not hold yet."""
-        seen: set[str] = set()
-        for txn_id, record in self.store.scan(TABLE):
-            txn = self._live.get(txn_id)
-            if txn is not None:
-                seen.add(txn_id)
-                yield txn_id, txn
-            else:
-                yield txn_id, self._decode(txn_id, record)
-        for txn_id, txn in list(self._live.items()):
-            if txn_id not in seen:
-                yield txn_id, txn
+        """Every transaction, in id order and bounded memory (see `overlay`)."""
+        return overlay(self.store.scan(TABLE), self._live, self._decode, self.get)
 
     # -- the coordinator's changes -----------------------------------------
 

@@ -181,7 +181,10 @@ class BankServicer:
 
     def Audit(self, request, context):
         """Every account and every transaction this bank knows, in chunks, for
-        `miniupi audit`. Gateway and admin only.
+        `miniupi audit`: one reading as of the call, the counters first, then
+        the accounts, then the transactions in id order (so that the audit can
+        join them with the gateway's ListTransactions by id). Gateway and admin
+        only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -178,8 +178,9 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTransactions(self, request, context):
-        """Every transaction the gateway recorded, in chunks, for `miniupi audit`.
-        Admin only.
+        """Every transaction and collect request the gateway recorded, in chunks,
+        for `miniupi audit`: in id order, so that it can be joined with each
+        bank's Audit by id. Admin only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
