@@ -38,16 +38,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from miniupi.config import ClusterConfig
 from miniupi.errors import MiniupiError
 from miniupi.nodes.garbage import quiet_garbage_collector
 
+if TYPE_CHECKING:
+    from miniupi.ops.postgres_server import LocalPostgres
+
 PASSWORD = "bench-password"
 PAYMENT_MINOR = 1  # one paisa: payers never run dry, whatever N is
 OPENING_MINOR = 10**12
 BULK_CHUNK = 5000  # names per bulk opening: well inside a message's 1 MiB
+# A PostgreSQL backend publishes its statistics at most once a second, at the end of a transaction
+# (the gateways' lease renewals make one every few seconds): wait for the last of the load's to show.
+PG_STATS_FLUSH_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -207,6 +213,17 @@ def tree_cpu_s(pids: dict[str, int]) -> dict[str, float]:
     return used
 
 
+def postgres_counters(server: LocalPostgres) -> dict[str, int]:
+    """The server's transactions committed, WAL syncs and WAL bytes so far, over every database."""
+    import psycopg
+
+    with psycopg.connect(**server.connection(), autocommit=True) as conn:
+        commits = conn.execute("SELECT sum(xact_commit) FROM pg_stat_database").fetchone()
+        wal = conn.execute("SELECT wal_sync, wal_bytes FROM pg_stat_wal").fetchone()
+    assert commits is not None and wal is not None
+    return {"commits": int(commits[0]), "wal_syncs": int(wal[0]), "wal_bytes": int(wal[1])}
+
+
 def cpu_report(used_s: dict[str, float], kinds: dict[str, str], load_s: float, ok: int,
                window_s: float) -> dict[str, Any]:
     """CPU per acknowledged payment, in ms, by kind of process (gateways, banks, postgres, load) and in all."""
@@ -313,6 +330,7 @@ def run_bench(opts: BenchOptions, json_output: bool) -> dict[str, Any]:
         stack.callback(signal.signal, signal.SIGTERM, previous_sigterm)
         meters: dict[str, int] = {}  # process name -> pid whose CPU (with its descendants') is counted
         kinds: dict[str, str] = {}
+        postgres: LocalPostgres | None = None
         if opts.live:
             cluster = load_config(opts.config)
             prefix = f"bench_{os.urandom(4).hex()}_"  # never a name someone has, never one of an earlier run
@@ -320,7 +338,6 @@ def run_bench(opts: BenchOptions, json_output: bool) -> dict[str, Any]:
         else:
             root = Path(tempfile.mkdtemp(prefix="miniupi-bench-"))
             stack.callback(shutil.rmtree, root, ignore_errors=True)
-            postgres = None
             if "postgres" in (opts.storage, opts.bank_storage):
                 postgres = stack.enter_context(local_postgres())
                 meters["postgres"] = postgres.pid
@@ -339,7 +356,7 @@ def run_bench(opts: BenchOptions, json_output: bool) -> dict[str, Any]:
         t = time.perf_counter()
         payees = asyncio.run(open_bench_accounts(cluster, opts.accounts, opening_per_account(opts), prefix))
         say(f"bench: opened {opts.accounts * len(cluster.banks)} accounts in {time.perf_counter() - t:.1f}s")
-        result = _run_load(cluster, payees, opts, show_progress=True, meters=meters, kinds=kinds)
+        result = _run_load(cluster, payees, opts, show_progress=True, meters=meters, kinds=kinds, postgres=postgres)
         if opts.audit:
             from miniupi.ops.audit import audit
 
@@ -361,8 +378,9 @@ def _interrupted(signum: int, frame: Any) -> None:
 
 def _run_load(cluster: ClusterConfig, payees: dict[str, tuple[str, ...]], opts: BenchOptions,
               show_progress: bool, meters: dict[str, int] | None = None,
-              kinds: dict[str, str] | None = None) -> dict[str, Any]:
-    """Drive the load; with `meters` (name -> pid), count their CPU over the timed window too."""
+              kinds: dict[str, str] | None = None, postgres: LocalPostgres | None = None) -> dict[str, Any]:
+    """Drive the load; with `meters` (name -> pid), count their CPU over the timed window too, and with
+    `postgres`, the server's commits and WAL syncs."""
     from tqdm import tqdm
 
     banks = list(cluster.banks)
@@ -394,6 +412,7 @@ def _run_load(cluster: ClusterConfig, payees: dict[str, tuple[str, ...]], opts: 
     while not all(r.value for r in ready):  # every payer logged in
         check_alive()
         time.sleep(0.05)
+    pg_before = postgres_counters(postgres) if postgres else {}
     cpu_before = tree_cpu_s(meters or {})
     start = time.perf_counter()
     go.set()
@@ -413,6 +432,9 @@ def _run_load(cluster: ClusterConfig, payees: dict[str, tuple[str, ...]], opts: 
     load_after = os.getloadavg()[0]
     for p in procs:
         p.join(10)
+    if postgres:
+        time.sleep(PG_STATS_FLUSH_S)
+        pg_after = postgres_counters(postgres)
     elapsed = max(r.elapsed_s for r in results) if results else window
     result = summary(results, elapsed)
     errors: dict[str, int] = {}
@@ -428,6 +450,9 @@ def _run_load(cluster: ClusterConfig, payees: dict[str, tuple[str, ...]], opts: 
     if meters:
         used = {name: cpu_after[name] - cpu_before[name] for name in meters}
         result["cpu"] = cpu_report(used, kinds or {}, sum(r.cpu_s for r in results), result["ok"], window)
+    if postgres and result["ok"]:
+        result["postgres"] = {f"{name}_per_payment": round((pg_after[name] - pg_before[name]) / result["ok"], 2)
+                              for name in pg_before}
     result["command"] = " ".join(["miniupi", *sys.argv[1:]]) if sys.argv and "bench" in sys.argv else ""
     return result
 
@@ -454,6 +479,10 @@ def print_table(result: dict[str, Any]) -> None:
             + f" ({cpu['cores_busy']:.2f} cores busy)"))
     else:
         rows.append(("CPU per payment", "not measured with --live (the nodes may run on other hosts)"))
+    pg = result.get("postgres")
+    if pg:
+        rows.append(("PostgreSQL", f"{pg['commits_per_payment']:.2f} commits, {pg['wal_syncs_per_payment']:.2f} WAL syncs, "
+                                   f"{pg['wal_bytes_per_payment']:.0f} WAL bytes per payment"))
     rows.append(("load average", "{before:.2f} before, {after:.2f} after (1 minute)".format(**result["load_average_1m"])))
     if "audit_ok" in result:
         rows.append(("audit", "every invariant held" if result["audit_ok"] else
