@@ -83,6 +83,7 @@ def test_bench_on_postgres_with_two_gateways_loads_both_reports_cpu_per_process_
         ms for kind, ms in cpu["ms_per_payment"].items() if kind != "all"), abs=0.01)
     # Payers start at gateway i % 2, so both replicas carry load.
     assert cpu["seconds"]["gw1"] > 0.1 and cpu["seconds"]["gw2"] > 0.1
+    assert result["postgres"]["commits_per_payment"] > 0 and result["postgres"]["wal_syncs_per_payment"] > 0
     assert set(result["load_average_1m"]) == {"before", "after"}
 
 
