@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 # `miniupi bench` defaults, kept apart so that an option given can be told from one left out.
 BENCH_BANKS, BENCH_STORAGE, BENCH_PAYMENTS, BENCH_DURATION = 2, "sqlite", 10000, 10.0
 BENCH_MAX_BANKS = 64
+BENCH_MAX_GATEWAYS = 16
+SHARED_STORE = "postgres"  # the one store several gateways may share
 
 # A process killed by SIGPIPE exits 128 + 13 in the shell's eyes; we exit the same when the reader goes away.
 EXIT_BROKEN_PIPE = 141
@@ -87,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bench the running cluster of the cluster file instead of a throw-away one; "
                         "the accounts it opens and the money it issues there stay")
     p.add_argument("--banks", type=count(BENCH_MAX_BANKS), help=f"banks in the throw-away cluster (default {BENCH_BANKS})")
-    p.add_argument("--storage", help=f"storage plugin of every node of the throw-away cluster (default {BENCH_STORAGE})")
+    p.add_argument("--storage", help=f"storage plugin of every node of the throw-away cluster (default {BENCH_STORAGE}); "
+                                     f"{SHARED_STORE}: on a throw-away PostgreSQL server")
+    p.add_argument("--bank-storage", help="the banks' storage plugin instead, when it differs from the gateways'")
+    p.add_argument("--gateways", type=count(BENCH_MAX_GATEWAYS),
+                   help=f"gateways in the throw-away cluster, sharing one store (default 1; more need --storage "
+                        f"{SHARED_STORE}); payer i starts at gateway i %% N")
     p.add_argument("--accounts", type=count(10_000_000), default=1000, help="accounts opened per bank (default 1000)")
     p.add_argument("--concurrency", type=count(100_000), default=64, help="payers paying at once (default 64)")
     p.add_argument("--payments", type=count(100_000_000),
@@ -218,8 +225,12 @@ def _bench_conflict(args: argparse.Namespace) -> str | None:
         return "--payments (closed loop) cannot go with --rate or --duration (open loop)"
     if args.duration is not None and args.rate is None:
         return "--duration needs --rate (open loop); a closed loop runs --payments"
-    if args.live and (args.banks is not None or args.storage is not None):
-        return "--banks and --storage shape a throw-away cluster; with --live the cluster file does"
+    if args.live and any(v is not None for v in (args.banks, args.storage, args.bank_storage, args.gateways)):
+        return ("--banks, --gateways, --storage and --bank-storage shape a throw-away cluster; "
+                "with --live the cluster file does")
+    if (args.gateways or 1) > 1 and args.storage != SHARED_STORE:
+        return (f"--gateways {args.gateways} needs --storage {SHARED_STORE}: several gateways share one store, "
+                f"and {args.storage or BENCH_STORAGE} is one process's")
     if args.config is not None and not args.live:
         return ("--config names a running cluster, which bench drives only with --live; "
                 "without both it boots a throw-away one")
@@ -242,6 +253,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
               file=sys.stderr)
     result = run_bench(BenchOptions(
         config=args.config, live=args.live, banks=banks, storage=args.storage or BENCH_STORAGE,
+        bank_storage=args.bank_storage or args.storage or BENCH_STORAGE, gateways=args.gateways or 1,
         accounts=args.accounts, concurrency=args.concurrency, payments=payments if args.rate is None else 0,
         rate=args.rate or 0.0, duration=BENCH_DURATION if args.duration is None else args.duration,
         processes=args.processes, seed=args.seed if args.seed is not None else default_seed(),

@@ -190,6 +190,13 @@ class LocalPostgres:
 
     # --- as a child of this process (tests): start, stop, restart ------------
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id (its backends are its children); only while started here."""
+        if self._proc is None:
+            raise RuntimeError("this PostgreSQL server was not started by this process")
+        return self._proc.pid
+
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> LocalPostgres:
         """Start the server as our child and wait until it takes connections."""
         self.initialise()

@@ -5,9 +5,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +60,33 @@ def test_bench_boots_a_cluster_pays_across_banks_audits_and_leaves_no_folder_beh
     assert "seed 1" in run.stderr  # the figure can be reproduced
 
 
+def test_bench_on_postgres_with_two_gateways_loads_both_reports_cpu_per_process_kind_and_audits() -> None:
+    # Run as root, PostgreSQL runs as the postgres user, who must be able to enter the temporary directory.
+    tmp = Path(tempfile.mkdtemp(prefix="miniupi-bench-test-"))
+    os.chmod(tmp, 0o711)
+    try:
+        run = subprocess.run(
+            [*BENCH, "--payments", "400", "--concurrency", "8", "--accounts", "20", "--storage", "postgres",
+             "--bank-storage", "sqlite", "--gateways", "2", "--seed", "1", "--json"],
+            capture_output=True, text=True, timeout=240, cwd=tmp, env=bench_env(tmp))
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert sorted(p.name for p in tmp.iterdir()) == []  # the cluster's folder and PostgreSQL's both gone
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = json.loads(run.stdout)
+    assert (result["ok"], result["failed"], result["audit_ok"]) == (400, 0, True)
+    assert (result["gateways"], result["storage"], result["bank_storage"]) == (2, "postgres", "sqlite")
+    cpu = result["cpu"]
+    assert list(cpu["ms_per_payment"]) == ["gateways", "banks", "postgres", "load", "all"]
+    assert all(ms > 0 for ms in cpu["ms_per_payment"].values())
+    assert cpu["ms_per_payment"]["all"] == pytest.approx(sum(
+        ms for kind, ms in cpu["ms_per_payment"].items() if kind != "all"), abs=0.01)
+    # Payers start at gateway i % 2, so both replicas carry load.
+    assert cpu["seconds"]["gw1"] > 0.1 and cpu["seconds"]["gw2"] > 0.1
+    assert result["postgres"]["commits_per_payment"] > 0 and result["postgres"]["wal_syncs_per_payment"] > 0
+    assert set(result["load_average_1m"]) == {"before", "after"}
+
+
 def test_bench_refuses_a_single_bank_in_one_line(tmp_path) -> None:
     run = subprocess.run([sys.executable, "-m", "miniupi", "bench", "--banks", "1"], capture_output=True,
                          text=True, timeout=60, cwd=tmp_path)
@@ -70,8 +99,11 @@ def test_bench_refuses_a_single_bank_in_one_line(tmp_path) -> None:
     (["--payments", "10", "--rate", "5"], "--payments (closed loop) cannot go with --rate or --duration"),
     (["--payments", "10", "--duration", "5"], "--payments (closed loop) cannot go with --rate or --duration"),
     (["--duration", "5"], "--duration needs --rate"),
-    (["--live", "--banks", "3"], "--banks and --storage shape a throw-away cluster"),
-    (["--live", "--storage", "json"], "--banks and --storage shape a throw-away cluster"),
+    (["--live", "--banks", "3"], "--banks, --gateways, --storage and --bank-storage shape a throw-away cluster"),
+    (["--live", "--gateways", "2"], "shape a throw-away cluster; with --live the cluster file does"),
+    (["--gateways", "2"], "--gateways 2 needs --storage postgres: several gateways share one store"),
+    (["--gateways", "2", "--storage", "json"], "--gateways 2 needs --storage postgres"),
+    (["--live", "--storage", "json"], "shape a throw-away cluster"),
     (["--config", "elsewhere.toml"], "drives only with --live"),
     # float() and int() would take these; nan once reached the accounts' funding and raised there.
     (["--rate", "5", "--duration", "nan"], "--duration: not a number above 0"),
