@@ -95,7 +95,7 @@ def test_the_cluster_file_in_the_operations_guide_shows_every_default_as_the_cod
                            tmp_path / "c.toml")
     fields = ["name", "data_dir", "certs_dir", "currency", "prepare_timeout_s", "call_timeout_s", "session_idle_s",
               "session_max_s", "login_attempts", "login_lockout_s", "max_opening_deposit", "max_balance",
-              "log_json", "daily_limit", "time_zone", "daily_limits", "plugins"]
+              "log_json", "daily_limit", "time_zone", "gateway_lease_s", "daily_limits", "plugins"]
     from dataclasses import fields as dataclass_fields
 
     from miniupi.config import ClusterConfig, PostgresConfig
