@@ -136,6 +136,21 @@ class GroupCommit:
         finally:
             self._in_thread = False
 
+    def _take_all(self) -> tuple[list[tuple[list[Put], Sequence[Expect]]], list[list[Waiter]]]:
+        """Every queued batch, for a store that writes many conditional ones at once (write_each):
+        unconditional runs merged into one batch, each conditional batch on its own."""
+        groups: list[tuple[list[Put], Sequence[Expect]]] = []
+        waiters: list[list[Waiter]] = []
+        for batch, expect, future in self._pending:
+            if expect or not groups or groups[-1][1]:
+                groups.append((list(batch), expect))
+                waiters.append([future])
+            else:
+                groups[-1][0].extend(batch)
+                waiters[-1].append(future)
+        self._pending = []
+        return groups, waiters
+
     def _take(self) -> tuple[list[Put], Sequence[Expect], list[Waiter]]:
         """The next write: a conditional batch alone, or every unconditional one queued before the next."""
         if self._pending[0][1]:
@@ -145,9 +160,18 @@ class GroupCommit:
         taken, self._pending = self._pending[:n], self._pending[n:]
         return [put for batch, _, _ in taken for put in batch], (), [future for _, _, future in taken]
 
+    def _write_each_in_thread(self, groups: list[tuple[list[Put], Sequence[Expect]]]) -> list[Conflict | None]:
+        try:
+            return self._store.write_each(groups)  # type: ignore[attr-defined]
+        finally:
+            self._in_thread = False
+
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
+            if hasattr(self._store, "write_each") and any(expect for _, expect, _ in self._pending):
+                await self._flush_each(loop)
+                continue
             puts, expect, futures = self._take()
             try:
                 if puts:
@@ -175,6 +199,33 @@ class GroupCommit:
                         future.set_result(None)
             finally:
                 self._idle_since = time.monotonic()
+
+    async def _flush_each(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Everything queued in one write_each: one durable commit, a Conflict only where it arose."""
+        groups, waiters = self._take_all()
+        puts = sum(len(batch) for batch, _ in groups)
+        try:
+            self._in_thread = True
+            answers = await loop.run_in_executor(self._executor, self._write_each_in_thread, groups)
+        except BaseException as e:  # nothing was written: every waiter must learn of it
+            self._failing = self._failing or isinstance(e, Exception)
+            failed = _unavailable(e, puts) if isinstance(e, Exception) else e
+            for future in (f for group in waiters for f in group):
+                if isinstance(future, asyncio.Future):
+                    if not future.done():
+                        future.set_exception(failed)
+                elif future is not None and isinstance(e, Exception):
+                    future()
+            if not isinstance(e, Exception):
+                raise
+        else:
+            self._failing = False
+            for answer, group in zip(answers, waiters):
+                for future in group:
+                    if isinstance(future, asyncio.Future) and not future.done():
+                        future.set_exception(answer) if answer is not None else future.set_result(None)
+        finally:
+            self._idle_since = time.monotonic()
 
     async def close(self) -> None:
         """Write what is queued, then close the store."""

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 NAME = "postgres"
 SCHEMA_VERSION = 1
 SCAN_PAGE = 1000  # rows read at once by scan() and load()
+# A group of conditional batches that PostgreSQL ended to break a deadlock is tried again this often.
+DEADLOCK_TRIES = 5
 POOL_SIZE = 2  # reader connections
 CONNECT_WAIT_S = 30.0  # at open: PostgreSQL may be starting alongside the node (miniupi run)
 ACQUIRE_S = 5.0  # the longest a call waits for a connection while PostgreSQL is up
@@ -84,6 +87,28 @@ class _SteadyAttempt(AttemptWithBackoff):
 class _Pool(ConnectionPool):
     def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
         super()._add_connection(attempt or _SteadyAttempt(timeout=self.reconnect_timeout), growing)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One batch made ready before any transaction: encoded (a bad value fails with nothing sent) and
+    sorted, so that processes writing one schema lock its rows in one order and do not deadlock."""
+
+    upserts: list[tuple[str, str, str]]
+    deletes: list[tuple[str, str]]
+    new_rows: list[tuple[str, str, str]]
+    checks: list[Expect]
+
+    @classmethod
+    def of(cls, batch: Sequence[Put], expect: Sequence[Expect]) -> _Prepared | None:
+        last = last_puts(batch)
+        inserts = inserted_keys(batch, expect)
+        if not last:
+            return None
+        return cls(sorted((t, k, _encode(v)) for (t, k), v in last.items() if v is not None and (t, k) not in inserts),
+                   sorted(tk for tk, v in last.items() if v is None),
+                   sorted((t, k, _encode(last[t, k])) for t, k in inserts),
+                   sorted((e for e in expect if e.field is not None), key=lambda e: (e.table, e.key)))
 
 
 class PostgresStore:
@@ -214,33 +239,66 @@ class PostgresStore:
     # --- writes ---
 
     def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
-        last = last_puts(batch)
-        inserts = inserted_keys(batch, expect)
-        if not last:
+        prepared = _Prepared.of(batch, expect)
+        if prepared is None:
             return
-        # Encoded before the transaction, so a bad value fails with nothing sent; sorted, so that
-        # processes writing one schema lock its rows in one order and do not deadlock.
-        upserts = sorted((t, k, _encode(v)) for (t, k), v in last.items() if v is not None and (t, k) not in inserts)
-        deletes = sorted(tk for tk, v in last.items() if v is None)
-        new_rows = sorted((t, k, _encode(last[t, k])) for t, k in inserts)
-        checks = sorted((e for e in expect if e.field is not None), key=lambda e: (e.table, e.key))
         with self._connection(self._writers) as conn:
-            if not checks and not new_rows:
+            if not prepared.checks and not prepared.new_rows:
                 # One round trip: BEGIN, the statements and COMMIT go out together.
                 with conn.pipeline(), conn.transaction():
-                    self._apply(conn, upserts, deletes)
+                    self._apply(conn, prepared.upserts, prepared.deletes)
                 return
             with conn.transaction():
-                for e in checks:
-                    # Locked until COMMIT: another writer's change to this row waits for us, or we for it.
-                    row = conn.execute(self._q["lock"], (e.table, e.key)).fetchone()
-                    require(e, None if row is None else row[0])
-                for t, k, v in new_rows:
-                    # Of two transactions inserting one key, the second waits for the first and then
-                    # inserts nothing: the database decides the race.
-                    if conn.execute(self._q["insert"], (t, k, v)).rowcount != 1:
-                        raise Conflict(f"{t}/{k}: expected no row")
-                self._apply(conn, upserts, deletes)
+                self._lock(conn, prepared.checks)
+                self._run(conn, prepared)
+
+    def write_each(self, batches: Sequence[tuple[Sequence[Put], Sequence[Expect]]]) -> list[Conflict | None]:
+        """Each batch atomically and in order, all made durable by one COMMIT; a batch whose expectations
+        fail is left out (its Conflict in the answer) and the others go down. Any other failure applies
+        none. So gateways sharing the store pay one WAL flush for many conditional batches, not one each.
+        """
+        prepared = [_Prepared.of(batch, expect) for batch, expect in batches]
+        checks = sorted({(e.table, e.key) for p in prepared if p for e in p.checks})
+        for attempt in range(1, DEADLOCK_TRIES + 1):
+            answers: list[Conflict | None] = []
+            try:
+                with self._connection(self._writers) as conn, conn.transaction():
+                    # Every row any batch expects, locked first and in one order: two gateways' groups
+                    # then wait for each other rather than each holding a row the other needs.
+                    self._lock(conn, [Expect(t, k, "") for t, k in checks], check=False)
+                    for p in prepared:
+                        if p is None:
+                            answers.append(None)
+                            continue
+                        try:
+                            with conn.transaction():  # a savepoint: a Conflict undoes this batch alone
+                                self._lock(conn, p.checks)
+                                self._run(conn, p)
+                            answers.append(None)
+                        except Conflict as e:
+                            answers.append(e)
+                return answers
+            except psycopg.errors.DeadlockDetected:
+                # Two new rows inserted in other orders by two groups: PostgreSQL ends one of them, and
+                # nothing of it was applied; the same group again meets the other's rows committed.
+                if attempt == DEADLOCK_TRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _lock(self, conn: psycopg.Connection[Any], checks: Sequence[Expect], check: bool = True) -> None:
+        for e in checks:
+            # Locked until COMMIT: another writer's change to this row waits for us, or we for it.
+            row = conn.execute(self._q["lock"], (e.table, e.key)).fetchone()
+            if check:
+                require(e, None if row is None else row[0])
+
+    def _run(self, conn: psycopg.Connection[Any], p: _Prepared) -> None:
+        for t, k, v in p.new_rows:
+            # Of two transactions inserting one key, the second waits for the first and then
+            # inserts nothing: the database decides the race.
+            if conn.execute(self._q["insert"], (t, k, v)).rowcount != 1:
+                raise Conflict(f"{t}/{k}: expected no row")
+        self._apply(conn, p.upserts, p.deletes)
 
     def _apply(self, conn: psycopg.Connection[Any], upserts: list[tuple[str, str, str]],
                deletes: list[tuple[str, str]]) -> None:

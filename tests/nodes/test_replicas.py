@@ -15,12 +15,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from miniupi.contract.store import Expect, Put
+from miniupi.contract.store import Conflict, Expect, Put
 from miniupi.errors import (
     Aborted,
     AlreadyExists,
@@ -69,12 +69,39 @@ class SharedStore(DictStore):
             return super().claim(table, field, owners, owner, limit)
 
 
+class GroupingStore(SharedStore):
+    """A SharedStore that writes many conditional batches at once, as PostgreSQL does (write_each)."""
+
+    def write_each(self, batches: Sequence[tuple[Sequence[Put], Sequence[Expect]]]) -> list[Conflict | None]:
+        answers: list[Conflict | None] = []
+        with self.lock:
+            for batch, expect in batches:
+                try:
+                    super().write(batch, expect)
+                    answers.append(None)
+                except Conflict as e:
+                    answers.append(e)
+        return answers
+
+
+@pytest.fixture(autouse=True, params=[SharedStore, GroupingStore], ids=["batch by batch", "grouped"])
+def store_kind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test twice: the group commit writing a conditional batch alone, and many in one write_each."""
+    global STORE
+    STORE = request.param
+    yield
+    STORE = SharedStore
+
+
+STORE: type[SharedStore] = SharedStore
+
+
 class Replicas:
     """Gateways named gw1, gw2, ... over one store and one set of banks; with `guards`, each has a daily
     limit of DAILY_LIMIT and a refund book, both shared."""
 
     def __init__(self, banks: Banks, store: SharedStore | None = None, guards: bool = False) -> None:
-        self.banks, self.store, self.guards = banks, store or SharedStore(), guards
+        self.banks, self.store, self.guards = banks, store or STORE(), guards
         self.gateways: dict[str, tuple[GroupCommit, Coordinator, Replica]] = {}
         self.books: dict[str, SharedCollectBook] = {}
 

@@ -233,3 +233,61 @@ def test_the_connection_comes_from_dsn_env_or_a_password_file(tmp_path: Path, mi
     with pytest.raises(PostgresUnreachable, match="password authentication failed") as e:
         open_postgres(node, tmp_path, file_settings)
     assert "wrong" not in str(e.value) and keywords["password"] not in str(e.value)
+
+
+# -- many conditional batches, one commit (write_each) ------------------------------------------
+
+
+def test_write_each_applies_every_batch_whose_expectations_hold_and_leaves_out_the_others(
+        dsn: str, schema: str, stores: list[PostgresStore]) -> None:
+    stores.append(PostgresStore(dsn, schema))
+    store = stores[0]
+    store.write([Put("txns", "taken", {"by": "other"}), Put("tally", "k", {"v": 3, "sum": 30})])
+    answers = store.write_each([
+        ([Put("txns", "new", {"by": "me"})], [Expect("txns", "new", None)]),
+        ([Put("txns", "taken", {"by": "me"})], [Expect("txns", "taken", None)]),  # lost the race
+        ([Put("tally", "k", {"v": 4, "sum": 35})], [Expect("tally", "k", "v", 3)]),
+        ([Put("tally", "k", {"v": 4, "sum": 99})], [Expect("tally", "k", "v", 3)]),  # the row moved on
+        ([Put("log", "plain", 1)], []),
+    ])
+    assert [type(a).__name__ for a in answers] == ["NoneType", "Conflict", "NoneType", "Conflict", "NoneType"]
+    assert store.load() == {"txns": {"taken": {"by": "other"}, "new": {"by": "me"}},
+                            "tally": {"k": {"v": 4, "sum": 35}}, "log": {"plain": 1}}
+
+
+def test_write_each_with_a_failing_batch_applies_none(dsn: str, schema: str, stores: list[PostgresStore]) -> None:
+    stores.append(PostgresStore(dsn, schema))
+    with pytest.raises(ValueError):
+        stores[0].write_each([([Put("t", "a", 1)], []), ([Put("t", "b", float("nan"))], [])])
+    assert stores[0].load() == {}
+
+
+def test_groups_from_two_processes_changing_shared_rows_in_opposite_orders_lose_no_update(
+        dsn: str, schema: str, stores: list[PostgresStore]) -> None:
+    """Two gateways' group commits, each bumping counters a and b by compare-and-set in its own order:
+    every bump either lands once or answers Conflict, and no group fails (no deadlock reaches them)."""
+    stores += [PostgresStore(dsn, schema, pool_size=1) for _ in range(2)]
+    stores[0].write([Put("c", "a", {"v": 0}), Put("c", "b", {"v": 0})])
+    landed = [0, 0]
+    errors: list[BaseException] = []
+
+    def bump(n: int) -> None:
+        order = ["a", "b"] if n == 0 else ["b", "a"]
+        try:
+            for _ in range(60):
+                rows = {key: stores[n].get("c", key) for key in order}
+                answers = stores[n].write_each([
+                    ([Put("c", key, {"v": rows[key]["v"] + 1})], [Expect("c", key, "v", rows[key]["v"])])
+                    for key in order])
+                landed[n] += sum(answer is None for answer in answers)
+        except BaseException as e:  # noqa: B036 - the assertion below reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=bump, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    final = stores[0].load()["c"]
+    assert final["a"]["v"] + final["b"]["v"] == sum(landed) > 0
