@@ -80,8 +80,10 @@ class GroupCommit:
         """Return once `batch` (and everything before it) is durable.
 
         With `expect` the batch is conditional (contract/store.py): it goes down
-        alone, in its turn, and raises Conflict, writing nothing, if an
-        expectation does not hold. Only gateways sharing a store write these.
+        in its turn, atomically on its own, and raises Conflict, writing nothing,
+        if an expectation does not hold. A store with `write_each` takes it with
+        everything else queued, in one durable commit; any other, alone. Only
+        gateways sharing a store write these.
         """
         if (not self._pending and not self._in_thread and (self._flusher is None or self._flusher.done())
                 and not self._failing and time.monotonic() - self._idle_since > self._inline_after):
