@@ -61,6 +61,18 @@ def cluster_with_test_plugins(root: Path, spec: dict, **kwargs: Any) -> Iterator
             yield c
 
 
+def two_gateways(name: str, lease_s: float = 5.0) -> dict[str, Any]:
+    """A cluster spec of two gateways sharing PostgreSQL (pass postgres= to the cluster), a bank on
+    SQLite and one on JSON, and the fault plugin."""
+    return {
+        "cluster": {"name": name, "prepare_timeout_s": 3, "call_timeout_s": 3, "gateway_lease_s": lease_s,
+                    "max_opening_deposit": "10000.00"},
+        "gateways": {"gw1": {"storage": "postgres"}, "gw2": {"storage": "postgres"}},
+        "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
+        "plugins": {"load": ["faults"]},
+    }
+
+
 def wait_for(what: str, probe: Callable[[], T], timeout_s: float = 15.0, interval_s: float = 0.1) -> T:
     """Poll until probe() is truthy; fail naming `what` after timeout_s."""
     deadline = time.monotonic() + timeout_s

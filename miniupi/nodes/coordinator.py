@@ -398,21 +398,10 @@ class Coordinator:
         if not self.owner:
             await self._commit.write(puts)
             return True
-        for attempt in range(1, SHARED_ROW_TRIES + 1):
-            batch, expect = list(puts), [Expect("txns", p.txn_id, None)]
-            for guard in self._guards:
-                more, expected = guard.reserve(p, txn.created_at)
-                batch += more
-                expect += expected
-            try:
-                await self._commit.write(batch, expect)
-                return True
-            except Conflict:
-                if self._commit.store.get("txns", p.txn_id) is not None:
-                    return False
-                await asyncio.sleep(POLL.delay(attempt, _rng))
-        raise StoreUnavailable(f"payment {p.txn_id} met other gateways' changes {SHARED_ROW_TRIES} times; "
-                               "ask again")
+        return await self._shared_write(puts, [Expect("txns", p.txn_id, None)],
+                                        lambda guard: guard.reserve(p, txn.created_at),
+                                        lambda: self._commit.store.get("txns", p.txn_id) is not None,
+                                        f"payment {p.txn_id}")
 
     async def _write_decision(self, txn: Txn, record: dict[str, Any], decision: TxnState) -> bool:
         """Write a decision with the guards' rows; False if another gateway took the payment over.
@@ -425,21 +414,34 @@ class Coordinator:
         if not self.owner:
             await self._commit.write([Put("txns", p.txn_id, record), *self._deciding(txn, decision)])
             return True
+
+        def lost() -> bool:
+            row = self._commit.store.get(UNFINISHED, p.txn_id)
+            return not isinstance(row, dict) or row.get("owner") != self.owner
+
+        return await self._shared_write([Put("txns", p.txn_id, record)], self._owned(txn),
+                                        lambda guard: guard.settle(txn, decision), lost, f"decision of {p.txn_id}")
+
+    async def _shared_write(self, puts: list[Put], expect: Sequence[Expect],
+                            change: Callable[[Guard], tuple[list[Put], list[Expect]]],
+                            lost: Callable[[], bool], what: str) -> bool:
+        """Write `puts` and each guard's `change`, expecting `expect` and the rows the changes were computed
+        from, computed again when another gateway changed such a row first; False once `lost()` says the
+        conflict was the payment's own (its id taken by another gateway, or the payment taken over)."""
         for attempt in range(1, SHARED_ROW_TRIES + 1):
-            batch, expect = [Put("txns", p.txn_id, record)], list(self._owned(txn))
+            batch, expected = list(puts), list(expect)
             for guard in self._guards:
-                more, expected = guard.settle(txn, decision)
+                more, rows = change(guard)
                 batch += more
-                expect += expected
+                expected += rows
             try:
-                await self._commit.write(batch, expect)
+                await self._commit.write(batch, expected)
                 return True
             except Conflict:
-                row = self._commit.store.get(UNFINISHED, p.txn_id)
-                if not isinstance(row, dict) or row.get("owner") != self.owner:
+                if lost():
                     return False
                 await asyncio.sleep(POLL.delay(attempt, _rng))
-        raise StoreUnavailable(f"decision of {p.txn_id} met other gateways' changes {SHARED_ROW_TRIES} times")
+        raise StoreUnavailable(f"{what} met other gateways' changes {SHARED_ROW_TRIES} times; ask again")
 
     def _owned(self, txn: Txn) -> Sequence[Expect]:
         """What a decision's write expects: where gateways share the store, that this one still owns it."""

@@ -19,7 +19,7 @@ import pytest
 import tomli_w
 
 from conftest import (PASSWORD, PLUGIN_DIR, cli_login, cli_ok, cluster_with_test_plugins, lines_with, money,
-                      open_account, refusal, wait_for, wait_logged)
+                      open_account, refusal, two_gateways, wait_for, wait_logged)
 from miniupi.client.api import Client
 from miniupi.config import load_config
 from miniupi.errors import Aborted, InsufficientFunds, NoAnswer
@@ -31,13 +31,7 @@ sys.path.insert(0, str(PLUGIN_DIR))  # the nodes load it from PYTHONPATH; the te
 import faults  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
-SPEC = {
-    "cluster": {"name": "failover", "prepare_timeout_s": 3, "call_timeout_s": 3,
-                "max_opening_deposit": "10000.00"},
-    "gateways": {"gw1": {"storage": "postgres"}, "gw2": {"storage": "postgres"}},
-    "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
-    "plugins": {"load": ["faults"]},
-}
+SPEC = two_gateways("failover")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import grpc
 import pytest
 
-from conftest import PASSWORD, PLUGIN_DIR, cli_ok, cluster_with_test_plugins, lines_with, open_account, wait_for
+from conftest import (PASSWORD, PLUGIN_DIR, cli_ok, cluster_with_test_plugins, lines_with, open_account, two_gateways,
+                      wait_for)
 from miniupi.contract.identity import SESSION_METADATA_KEY
 from miniupi.ops.postgres_server import LocalPostgres
 from miniupi.ops.testing import LocalCluster
@@ -35,13 +36,7 @@ import faults  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 LEASE_S = 2.0
-SPEC = {
-    "cluster": {"name": "replicas", "prepare_timeout_s": 3, "call_timeout_s": 3, "gateway_lease_s": LEASE_S,
-                "max_opening_deposit": "10000.00"},
-    "gateways": {"gw1": {"storage": "postgres"}, "gw2": {"storage": "postgres"}},
-    "banks": {"bank_a": {"storage": "sqlite"}, "bank_b": {"storage": "json"}},
-    "plugins": {"load": ["faults"]},
-}
+SPEC = two_gateways("replicas", LEASE_S)
 
 
 @pytest.fixture(scope="module")
