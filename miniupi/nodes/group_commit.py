@@ -132,9 +132,19 @@ class GroupCommit:
         if self._flusher is None or self._flusher.done():
             self._flusher = self._running_loop().create_task(self._flush())
 
-    def _write_in_thread(self, puts: list[Put], expect: Sequence[Expect]) -> None:
+    def _write_in_thread(self, puts: list[Put], expect: Sequence[Expect]) -> list[Conflict | None]:
+        """One batch, answered as write_each answers: None, or the Conflict that kept it out."""
         try:
             self._store.write(puts, expect) if expect else self._store.write(puts)
+            return [None]
+        except Conflict as e:  # the store is well; this batch's condition was not
+            return [e]
+        finally:
+            self._in_thread = False
+
+    def _write_each_in_thread(self, groups: list[tuple[list[Put], Sequence[Expect]]]) -> list[Conflict | None]:
+        try:
+            return self._store.write_each(groups)  # type: ignore[attr-defined]
         finally:
             self._in_thread = False
 
@@ -153,81 +163,44 @@ class GroupCommit:
         self._pending = []
         return groups, waiters
 
-    def _take(self) -> tuple[list[Put], Sequence[Expect], list[Waiter]]:
+    def _take(self) -> tuple[list[tuple[list[Put], Sequence[Expect]]], list[list[Waiter]]]:
         """The next write: a conditional batch alone, or every unconditional one queued before the next."""
         if self._pending[0][1]:
             batch, expect, future = self._pending.pop(0)
-            return list(batch), expect, [future]
+            return [(list(batch), expect)], [[future]]
         n = next((i for i, (_, expect, _) in enumerate(self._pending) if expect), len(self._pending))
         taken, self._pending = self._pending[:n], self._pending[n:]
-        return [put for batch, _, _ in taken for put in batch], (), [future for _, _, future in taken]
-
-    def _write_each_in_thread(self, groups: list[tuple[list[Put], Sequence[Expect]]]) -> list[Conflict | None]:
-        try:
-            return self._store.write_each(groups)  # type: ignore[attr-defined]
-        finally:
-            self._in_thread = False
+        return [([put for batch, _, _ in taken for put in batch], ())], [[future for _, _, future in taken]]
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
             if hasattr(self._store, "write_each") and any(expect for _, expect, _ in self._pending):
-                await self._flush_each(loop)
-                continue
-            puts, expect, futures = self._take()
+                # Everything queued in one write_each: one durable commit, a Conflict only where it arose.
+                groups, waiters = self._take_all()
+                write = functools.partial(self._write_each_in_thread, groups)
+            else:
+                groups, waiters = self._take()
+                write = functools.partial(self._write_in_thread, *groups[0])
+            puts = sum(len(batch) for batch, _ in groups)
             try:
+                answers: list[Conflict | None] = [None] * len(groups)
                 if puts:
                     self._in_thread = True
-                    await loop.run_in_executor(self._executor, self._write_in_thread, puts, expect)
-            except Conflict as e:  # the store is well; this batch's condition was not
-                for future in futures:
-                    if isinstance(future, asyncio.Future) and not future.done():
-                        future.set_exception(e)
-            except BaseException as e:  # every waiter must learn of the failure
+                    answers = await loop.run_in_executor(self._executor, write)
+            except BaseException as e:  # nothing was written: every waiter must learn of it
                 self._failing = self._failing or isinstance(e, Exception)  # not for a cancelled flusher
-                failed = _unavailable(e, len(puts)) if isinstance(e, Exception) else e
-                for future in futures:
-                    if isinstance(future, asyncio.Future):
-                        if not future.done():
-                            future.set_exception(failed)
-                    elif future is not None and isinstance(e, Exception):
-                        future()  # a write_later's `failed`
+                failed = _unavailable(e, puts) if isinstance(e, Exception) else e
+                for group in waiters:
+                    _answer(group, failed, store_failed=isinstance(e, Exception))
                 if not isinstance(e, Exception):
                     raise
             else:
                 self._failing = self._failing and not puts  # a barrier alone proves nothing
-                for future in futures:
-                    if isinstance(future, asyncio.Future) and not future.done():
-                        future.set_result(None)
+                for answer, group in zip(answers, waiters):
+                    _answer(group, answer)
             finally:
                 self._idle_since = time.monotonic()
-
-    async def _flush_each(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Everything queued in one write_each: one durable commit, a Conflict only where it arose."""
-        groups, waiters = self._take_all()
-        puts = sum(len(batch) for batch, _ in groups)
-        try:
-            self._in_thread = True
-            answers = await loop.run_in_executor(self._executor, self._write_each_in_thread, groups)
-        except BaseException as e:  # nothing was written: every waiter must learn of it
-            self._failing = self._failing or isinstance(e, Exception)
-            failed = _unavailable(e, puts) if isinstance(e, Exception) else e
-            for future in (f for group in waiters for f in group):
-                if isinstance(future, asyncio.Future):
-                    if not future.done():
-                        future.set_exception(failed)
-                elif future is not None and isinstance(e, Exception):
-                    future()
-            if not isinstance(e, Exception):
-                raise
-        else:
-            self._failing = False
-            for answer, group in zip(answers, waiters):
-                for future in group:
-                    if isinstance(future, asyncio.Future) and not future.done():
-                        future.set_exception(answer) if answer is not None else future.set_result(None)
-        finally:
-            self._idle_since = time.monotonic()
 
     async def close(self) -> None:
         """Write what is queued, then close the store."""
@@ -236,3 +209,13 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._store.close)
         self._executor.shutdown(wait=True)
+
+
+def _answer(waiters: Sequence[Waiter], error: BaseException | None, store_failed: bool = False) -> None:
+    """Tell a written batch's waiters: done, or `error`; a write_later's `failed` hears of a failed store."""
+    for waiter in waiters:
+        if isinstance(waiter, asyncio.Future):
+            if not waiter.done():
+                waiter.set_result(None) if error is None else waiter.set_exception(error)
+        elif waiter is not None and store_failed:
+            waiter()
