@@ -122,6 +122,12 @@ def banks_and_legs(payment: Payment) -> dict[str, list[Leg]]:
     return legs
 
 
+
+def _aborted(txn: Txn, message: str, decided_at: float) -> dict[str, Any]:
+    """The record of `txn` presumed aborted: by a restart, a takeover, or a decision the store refused."""
+    return {**txn.record(), "state": TxnState.ABORTED, "code": Aborted.code, "message": message,
+            "reason": Aborted.reason, "decided_at": decided_at}
+
 # What the client hears for a bank's NO; a reason not listed here aborts.
 _REFUSALS: dict[Refusal | None, Callable[[str], MiniupiError]] = {
     Refusal.INSUFFICIENT_FUNDS: InsufficientFunds,
@@ -241,25 +247,20 @@ class Coordinator:
         undecided = [t for t in txns if t.state == TxnState.INITIATED]
         now = time.time()
 
-        def aborted(txn: Txn) -> dict[str, Any]:
-            return {**txn.record(), "state": TxnState.ABORTED, "code": Aborted.code, "message": message,
-                    "reason": Aborted.reason, "decided_at": now}
-
         if self.owner:  # each only while this gateway owns it, so one at a time
             for txn in list(undecided):
                 try:
-                    written = await self._write_decision(txn, aborted(txn), TxnState.ABORTED)
+                    written = await self._write_decision(txn, _aborted(txn, message, now), TxnState.ABORTED)
                 except Exception:
                     self._decided(txn, TxnState.ABORTED, False)
                     raise
                 if not written:
-                    self._decided(txn, TxnState.ABORTED, False)
-                    self._taken_over(txn)
+                    self._taken_over(txn, TxnState.ABORTED)
                     undecided.remove(txn)
         elif undecided:
             try:
                 await self._commit.write([put for txn in undecided
-                                          for put in (Put("txns", txn.payment.txn_id, aborted(txn)),
+                                          for put in (Put("txns", txn.payment.txn_id, _aborted(txn, message, now)),
                                                       *self._deciding(txn, TxnState.ABORTED))])
             except Exception:
                 for txn in undecided:
@@ -375,8 +376,7 @@ class Coordinator:
             self._spawn(self._abort_undecided(txn))
             raise StoreUnavailable(f"payment {txn.payment.txn_id} could not be decided; ask again") from e
         if not written:
-            self._decided(txn, decision, False)
-            self._taken_over(txn)
+            self._taken_over(txn, decision)
             return
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.
         txn.state, txn.code, txn.message, txn.reason, txn.decided_at = decision, code, message, reason, decided_at
@@ -447,9 +447,10 @@ class Coordinator:
         """What a decision's write expects: where gateways share the store, that this one still owns it."""
         return [Expect(UNFINISHED, txn.payment.txn_id, "owner", self.owner)] if self.owner else ()
 
-    def _taken_over(self, txn: Txn) -> None:
+    def _taken_over(self, txn: Txn, decision: TxnState) -> None:
         """Another gateway took the payment over while this one was away (paused past its lease): its
-        decision stands, this one's is dropped unheard; the store's answer is the one to give."""
+        decision stands, this one's `decision` is dropped unheard; the store's answer is the one to give."""
+        self._decided(txn, decision, False)
         txn_id = txn.payment.txn_id
         logger.warning("{} was taken over by another gateway before this one could decide it; "
                        "its decision stands", txn_id)
@@ -516,8 +517,7 @@ class Coordinator:
         """
         message = "payment aborted: the gateway could not record its decision"
         decided_at = time.time()
-        aborted = {**txn.record(), "state": TxnState.ABORTED, "code": Aborted.code, "message": message,
-                   "reason": Aborted.reason, "decided_at": decided_at}
+        aborted = _aborted(txn, message, decided_at)
         failures = 0
         while True:
             failures += 1
@@ -525,8 +525,7 @@ class Coordinator:
             try:
                 if await self._write_decision(txn, aborted, TxnState.ABORTED):
                     break
-                self._decided(txn, TxnState.ABORTED, False)
-                self._taken_over(txn)
+                self._taken_over(txn, TxnState.ABORTED)
                 return
             except Exception as e:
                 self._decided(txn, TxnState.ABORTED, False)
