@@ -82,8 +82,7 @@ class Tallies:
             self._settle(key, tally)
             raise
         tally.in_flight[txn_id] = amount
-        if self._keep_ids and txn_id not in tally.ids:
-            tally.ids.append(txn_id)
+        self._name(tally, txn_id)
 
     def uncount(self, key: str, txn_id: str) -> None:
         """A payment counted but never recorded: it was not, and its id goes."""
@@ -104,8 +103,7 @@ class Tallies:
         tally = self._take(key)
         if txn_id not in tally.in_flight:
             tally.in_flight[txn_id] = amount
-            if self._keep_ids and txn_id not in tally.ids:
-                tally.ids.append(txn_id)
+            self._name(tally, txn_id)
         if decision == TxnState.COMMITTED:
             tally.committing[txn_id] = tally.in_flight[txn_id]
         # "v": the version gateways sharing the store expect (reserve, settle); one alone never needs more
@@ -139,8 +137,7 @@ class Tallies:
         row, tally = self._shared(key)
         check(tally)
         tally.in_flight[txn_id] = amount
-        if self._keep_ids and txn_id not in tally.ids:
-            tally.ids.append(txn_id)
+        self._name(tally, txn_id)
         return self._rewrite(key, row, tally)
 
     def settle(self, key: str, txn_id: str, amount: int, decision: TxnState) -> Change:
@@ -149,8 +146,7 @@ class Tallies:
         held = tally.in_flight.pop(txn_id, None)
         if decision == TxnState.COMMITTED:
             tally.committed += amount if held is None else held
-        if self._keep_ids and txn_id not in tally.ids:
-            tally.ids.append(txn_id)
+        self._name(tally, txn_id)
         return self._rewrite(key, row, tally)
 
     def _shared(self, key: str) -> tuple[dict[str, Any] | None, Tally]:
@@ -167,6 +163,11 @@ class Tallies:
             value["ids"] = tally.ids
         expect = Expect(self.table, key, None) if row is None else Expect(self.table, key, "v", row.get("v"))
         return [Put(self.table, key, value)], [expect]
+
+    def _name(self, tally: Tally, txn_id: str) -> None:
+        """Keep the payment's id in the tally's list, once, where the table keeps ids (refunds)."""
+        if self._keep_ids and txn_id not in tally.ids:
+            tally.ids.append(txn_id)
 
     def _read(self, key: str) -> Tally:
         row = None if self._store is None else self._store.get(self.table, key)
