@@ -36,6 +36,7 @@ from miniupi.nodes.participants import Ack, Leg, Participants, Refusal, Vote
 from miniupi.nodes.patience import PreparePatience
 from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after, fire_before
 from miniupi.contract.store import Conflict, Expect, Put
+from miniupi.nodes import ids
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.nodes.txn_index import UNFINISHED, TxnIndex, finished, unfinished
 from miniupi.states import TxnState
@@ -218,18 +219,31 @@ class Coordinator:
     # -- recovery -------------------------------------------------------
 
     async def recover(self) -> tuple[int, int]:
-        """Presumed abort for undecided ids; resend every unacknowledged decision. Run once, before serving.
+        """Settle what the last run left: how many payments were undecided, how many decisions are resent.
 
-        Reads only what is unfinished: the live payments the index loaded, never the history.
+        Run once, before serving; it reads only the live payments the index
+        loaded, never the history. Alone, a gateway presumes every undecided
+        payment aborted (DESIGN.md). Where gateways share the store, a restart
+        is a takeover of its own payments, and runs them on (take_over).
         """
         stale = [finished(txn_id) for txn_id in self.txns.stale]
         if stale:
             await self._commit.write(stale)
         self.txns.stale.clear()
-        return await self._finish(self.txns.live(), "payment aborted: the gateway restarted before deciding")
+        if self.owner:
+            return self._carry_on(self.txns.live())
+        return await self._presume_aborted(self.txns.live())
 
     async def take_over(self, txn_ids: Sequence[str]) -> tuple[int, int]:
-        """Finish payments claimed from a gateway whose lease lapsed (replicas.py), as its restart would."""
+        """Finish payments claimed from a gateway whose lease lapsed (replicas.py): how many were undecided,
+        how many decisions are resent.
+
+        A decided payment is resent, as a restart would. An undecided one is not
+        presumed aborted: its record holds every detail, so it runs on from phase
+        1 here, and the client resending its id to this gateway gets the answer
+        the lost one would have given. A bank that voted answers the same vote
+        again; one that never heard of the payment votes now.
+        """
         adopted, done = [], []
         for txn_id in txn_ids:
             txn = self.txns.get(txn_id)
@@ -240,24 +254,30 @@ class Coordinator:
                 adopted.append(txn)
         if done:
             await self._commit.write(done)
-        return await self._finish(adopted, "payment aborted: its gateway stopped before deciding")
+        return self._carry_on(adopted)
 
-    async def _finish(self, txns: Sequence[Txn], message: str) -> tuple[int, int]:
-        """Presumed abort for the undecided of `txns`, then phase 2 for every one not acknowledged."""
+    def _carry_on(self, txns: Sequence[Txn]) -> tuple[int, int]:
+        """Run the undecided of `txns` on from phase 1, and resend the others' decisions."""
+        undecided = [t for t in txns if t.state == TxnState.INITIATED]
+        for txn in undecided:
+            txn.finished = asyncio.get_running_loop().create_future()  # repeats wait for it, as in pay
+            self._spawn(self._run_on(txn))
+        return len(undecided), self._resend(txns)
+
+    async def _run_on(self, txn: Txn) -> None:
+        """Run a recorded, undecided payment to its decision; only its repeats wait for the outcome."""
+        try:
+            await self._run(txn)
+        except MiniupiError as e:  # its decision could not be written: _two_phase aborts it when it can
+            logger.error("payment {} run on after a takeover could not be decided: {}", txn.payment.txn_id,
+                         e.message)
+
+    async def _presume_aborted(self, txns: Sequence[Txn]) -> tuple[int, int]:
+        """Abort the undecided of `txns` in one write, then resend every decision not acknowledged."""
+        message = "payment aborted: the gateway restarted before deciding"
         undecided = [t for t in txns if t.state == TxnState.INITIATED]
         now = time.time()
-
-        if self.owner:  # each only while this gateway owns it, so one at a time
-            for txn in list(undecided):
-                try:
-                    written = await self._write_decision(txn, _aborted(txn, message, now), TxnState.ABORTED)
-                except Exception:
-                    self._decided(txn, TxnState.ABORTED, False)
-                    raise
-                if not written:
-                    self._taken_over(txn, TxnState.ABORTED)
-                    undecided.remove(txn)
-        elif undecided:
+        if undecided:
             try:
                 await self._commit.write([put for txn in undecided
                                           for put in (Put("txns", txn.payment.txn_id, _aborted(txn, message, now)),
@@ -270,10 +290,15 @@ class Coordinator:
             txn.state, txn.code, txn.message, txn.reason, txn.decided_at = (
                 TxnState.ABORTED, Aborted.code, message, Aborted.reason, now)
             self._decided(txn, TxnState.ABORTED, True)
-        pending = [t for t in txns if not t.acked and self.txns.is_live(t.payment.txn_id)]
+        return len(undecided), self._resend(txns)
+
+    def _resend(self, txns: Sequence[Txn]) -> int:
+        """Phase 2 again for every decided one of `txns` that is live and not acknowledged; how many."""
+        pending = [t for t in txns if t.state != TxnState.INITIATED and not t.acked
+                   and self.txns.is_live(t.payment.txn_id)]
         for txn in pending:
             self._spawn(self._resend_decision(txn))
-        return len(undecided), len(pending)
+        return len(pending)
 
     # -- payments -------------------------------------------------------
 
@@ -309,7 +334,13 @@ class Coordinator:
             self.txns.discard(payment.txn_id)
             txn.finished.set_result(None)
             return await self._repeat(self.txns.get(payment.txn_id) or txn, payment)
-        vetoed = fire_before(self._hooks.miniupi_before_prepare, txn_id=payment.txn_id)
+        await self._run(txn)
+        return txn.outcome()
+
+    async def _run(self, txn: Txn) -> None:
+        """2PC for a recorded payment, its `finished` future set when it is over."""
+        assert txn.finished is not None
+        vetoed = fire_before(self._hooks.miniupi_before_prepare, txn_id=txn.payment.txn_id)
         self._in_flight += 1
         try:
             await self._two_phase(txn, vetoed)
@@ -317,7 +348,6 @@ class Coordinator:
             self._in_flight -= 1
             txn.finished.set_result(None)
             txn.finished = None  # repeats already waiting hold it; kept, it cost every payment a future
-        return txn.outcome()
 
     async def _repeat(self, txn: Txn, payment: Payment) -> TxnState:
         if txn.payment.details != payment.details:
@@ -398,10 +428,23 @@ class Coordinator:
         if not self.owner:
             await self._commit.write(puts)
             return True
-        return await self._shared_write(puts, [Expect("txns", p.txn_id, None)],
-                                        lambda guard: guard.reserve(p, txn.created_at),
-                                        lambda: self._commit.store.get("txns", p.txn_id) is not None,
-                                        f"payment {p.txn_id}")
+        expect = [Expect("txns", p.txn_id, None)]
+        if not p.request_id:  # a request's payment bears the id its request took (ids.py)
+            put, taken = ids.take(p.txn_id, ids.PAYMENT)
+            puts.append(put)
+            expect.append(taken)
+        return await self._shared_write(puts, expect, lambda guard: guard.reserve(p, txn.created_at),
+                                        lambda: self._id_lost(p), f"payment {p.txn_id}")
+
+    def _id_lost(self, p: Payment) -> bool:
+        """After a Conflict on a new id: True if another gateway recorded a payment of it first; raises
+        AlreadyExists if a deposit or a collect request took it; False if the conflict was elsewhere."""
+        if self._commit.store.get("txns", p.txn_id) is not None:
+            return True
+        kind = ids.taken_as(self._commit.store, p.txn_id)
+        if kind is not None and kind != ids.PAYMENT and not p.request_id:
+            raise ids.already_used(p.txn_id, kind)
+        return False
 
     async def _write_decision(self, txn: Txn, record: dict[str, Any], decision: TxnState) -> bool:
         """Write a decision with the guards' rows; False if another gateway took the payment over.

@@ -413,9 +413,10 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
     replica = Replica(node.name, commit, coordinator, cluster.gateway_lease_s) if shared else None
     if replica is not None:
         await replica.start()  # the lease first: no other gateway takes over what this one now finishes
-    aborted, resent = await coordinator.recover()
-    logger.info("recovery: {} undecided payments aborted, {} decisions being resent, {} open requests in memory; "
-                "a cache of {} settled payments", aborted, resent, requests.open_count, txns.cache_limit)
+    undecided, resent = await coordinator.recover()
+    logger.info("recovery: {} undecided payments {}, {} decisions being resent, {} open requests in memory; "
+                "a cache of {} settled payments", undecided, "run again from phase 1" if shared else "aborted",
+                resent, requests.open_count, txns.cache_limit)
 
     def add_services(server: grpc.aio.Server) -> list[str]:
         gateway_pb2_grpc.add_GatewayServicer_to_server(
