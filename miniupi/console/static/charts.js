@@ -20,7 +20,7 @@ function make(target, series, yLabel, data) {
     width: width(), height: 190,
     scales: {x: {time: true}, y: {range: (u, min, max) => [0, Math.max(1, max * 1.1)]}},
     axes: [{}, {label: yLabel, size: 60}],
-    series: [{}, ...series.map(([label, stroke]) => ({label, stroke, width: 2, spanGaps: false}))],
+    series: [{}, ...series.map(([label, stroke]) => ({label, stroke, width: 2, spanGaps: false, points: {show: false}}))],
     legend: {live: false},
   }, data, document.getElementById(target));
 }

@@ -57,7 +57,7 @@ function row(n) {
 function render() {
   if (last === null) return;
   body.replaceChildren(...last.nodes.map(row));
-  if (last.supervisor) say(`${last.supervisor}: the nodes' health is shown, their controls are not.`, 'bad');
+  if (last.supervisor) say(`${last.supervisor}. Health is shown; the controls need the supervisor.`, 'bad');
 }
 
 function say(text, kind) {
