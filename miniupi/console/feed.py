@@ -1,8 +1,9 @@
 """What every open console page is told, gathered once a tick and pushed to each page as it changes.
 
 One loop polls for all pages, however many are open: the supervisor for each
-program's state and pid (as `miniupi status` does), each node's health
-service over mTLS as the admin, and the gateways' metrics. Each page's
+program's state and pid (as `miniupi status` does) and each node's health
+service over mTLS as the admin, while a page is open; the gateways' metrics
+always, so that a page opened later finds the last minutes drawn. Each page's
 subscription is a short queue; a page too slow to keep up is dropped and
 its browser reconnects to a fresh snapshot, so no page can make the others
 or the cluster wait. Events are named for the panel that shows them
@@ -45,6 +46,7 @@ class Feed:
         """(event, data) for one page: the latest of each, then every change, until it is dropped."""
         queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(QUEUE)
         self._pages.add(queue)
+        self.poke()  # the nodes are watched only while a page is open: look now
         try:
             for name, data in list(self.latest.items()):
                 yield name, data
@@ -79,9 +81,12 @@ class Feed:
         """Gather and publish once a tick until cancelled."""
         next_metrics = time.monotonic()
         while True:
-            nodes = await self.nodes()
-            if json.dumps(nodes, separators=(",", ":")) != self.latest.get("nodes"):
-                self.publish("nodes", nodes)
+            if self._pages:
+                nodes = await self.nodes()
+                if json.dumps(nodes, separators=(",", ":")) != self.latest.get("nodes"):
+                    self.publish("nodes", nodes)
+            else:  # nobody watches: spare the nodes the health checks, and the next page a stale view
+                self.latest.pop("nodes", None)
             if time.monotonic() >= next_metrics:
                 next_metrics += TICK_S
                 await self._metrics()

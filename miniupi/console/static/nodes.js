@@ -5,6 +5,7 @@ const panel = document.getElementById('nodes');
 const body = panel.querySelector('tbody');
 const note = panel.querySelector('.note');
 const pending = new Map();  // node -> the action under way
+const SHOWN_MS = 8000;  // how long a control's success stays said; a failure stays until the next one
 let last = null;
 
 const ACTIONS = [
@@ -72,7 +73,9 @@ async function act(name, action) {
   render();
   const answer = await change(`/api/nodes/${encodeURIComponent(name)}/${action}`);
   pending.delete(name);
-  say(answer.error ?? answer.message, answer.error ? 'bad' : 'good');
+  const text = answer.error ?? answer.message;
+  say(text, answer.error ? 'bad' : 'good');
+  if (!answer.error) setTimeout(() => { if (note.textContent === text) say('', 'good'); }, SHOWN_MS);
   render();
 }
 
