@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from miniupi.config import CONSOLE, ClusterConfig
+from miniupi.config import CONSOLE, ClusterConfig, NodeConfig
 from miniupi.console import metrics
 from miniupi.ops.supervision import POSTGRES, NodeStatus, Supervisor, SupervisionError, is_serving
 from miniupi.tls import CertsMissing
@@ -125,12 +125,12 @@ class Feed:
             })
         return {"cluster": self.cluster.name, "nodes": rows, "supervisor": problem}
 
-    def _node(self, name: str) -> Any:
+    def _node(self, name: str) -> NodeConfig | None:
         if name in (POSTGRES, CONSOLE):
             return None
         return next((n for n in self.cluster.nodes if n.name == name), None)
 
-    async def _serving(self, node: Any) -> str:
+    async def _serving(self, node: NodeConfig) -> str:
         try:
             ok = await asyncio.to_thread(is_serving, node, HEALTH_TIMEOUT_S)
         except CertsMissing:
