@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         add(verb, f"{verb} one node of the running cluster").add_argument(
             "node", metavar="NODE", help="the node's name: a gateway's or a bank's")
 
+    p = add("console", "serve the live web console of a cluster (loopback unless told)")
+    p.add_argument("cluster_file", nargs="?", metavar="CONFIG", help=f"cluster file (default {DEFAULT_CONFIG})")
+    p.add_argument("--host", help="listen on this address (default: the cluster file's [console], or 127.0.0.1)")
+    p.add_argument("--port", type=count(65535), help="listen on this port (default: [console]'s, or 8700)")
+    p.add_argument("--public", action="store_true", help="allow a --host beyond loopback")
+    p.add_argument("--url", action="store_true", help="print the URL that signs a browser in, and exit")
+
     certs = add("certs", "cluster CA and certificates")
     certs.add_argument("action", choices=["init"], help="init: make whatever is missing")
     certs.add_argument("--force", action="store_true", help="make a new CA and re-issue every certificate")
@@ -155,12 +162,19 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_control(args: argparse.Namespace) -> None:
     from miniupi.ops.supervision import Supervisor
 
-    supervisor = Supervisor(load_config(args.config))
-    control = {"stop": supervisor.stop, "start": supervisor.start, "restart": supervisor.restart}
-    control[args.command](args.node)
-    if args.command != "stop":
-        supervisor.wait_serving(args.node)  # "done" means the node answers, as the next command expects
+    Supervisor(load_config(args.config)).control(args.command, args.node)
     print(f"{args.node}: {args.command} done")
+
+
+def cmd_console(args: argparse.Namespace) -> None:
+    from miniupi.console.server import console_settings, serve, sign_in_url
+
+    cluster = load_config(args.cluster_file or args.config)
+    settings = console_settings(cluster, args.host, args.port, args.public)
+    if args.url:
+        print(sign_in_url(cluster, settings))
+        return
+    serve(cluster, settings)
 
 
 def cmd_certs(args: argparse.Namespace) -> None:
@@ -327,6 +341,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "stop": cmd_control,
     "start": cmd_control,
     "restart": cmd_control,
+    "console": cmd_console,
     "certs": cmd_certs,
     "audit": cmd_audit,
     "bench": cmd_bench,

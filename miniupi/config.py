@@ -7,6 +7,7 @@ in `data_dir = "var/data"` run from the project root.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -88,6 +89,41 @@ class PostgresConfig:
     bin_dir: Path | None  # where `postgres` and `initdb` are; None: found on the machine
 
 
+# The web console's port when the cluster file gives none (or has no [console] table at all).
+CONSOLE_PORT = 8700
+# The console's supervised program, a name no node may take when the file has a [console] table.
+CONSOLE = "console"
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The cluster file's [console] table: the web console `miniupi run` runs beside the nodes."""
+
+    host: str  # loopback unless public
+    port: int
+    public: bool  # the operator's explicit consent to listen beyond loopback
+
+    @property
+    def url(self) -> str:
+        """Where its page is (with no key: `miniupi console --url` gives the one that signs in)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+
+def console_bind_problem(host: str, public: bool) -> str | None:
+    """Why the console may not listen on `host`, or None: it controls the cluster, so only loopback
+    unless the operator said public."""
+    if public or host == LOCALHOST:
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (f"a loopback address (127.0.0.1, ::1 or localhost), not {host!r}: the console controls the cluster; "
+            "set public = true to listen beyond this machine")
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     path: Path
@@ -118,6 +154,7 @@ class ClusterConfig:
     # so they are made from it once, on first use: a cached_property writes no frozen field.
     node_fields: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
     postgres: PostgresConfig | None = None  # the [postgres] table, if there is one
+    console: ConsoleConfig | None = None  # the [console] table, if there is one
 
     @cached_property
     def _nodes(self) -> tuple[NodeConfig, ...]:
@@ -333,6 +370,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     if postgres is not None and postgres.managed and "postgres" in (n["name"] for n in nodes):
         raise banks_table.error("postgres", "a bank name other than postgres (the managed PostgreSQL's program)")
 
+    console = _console(path, top.get("console", dict, None, expected="a [console] table"))
+    if console is not None and CONSOLE in (n["name"] for n in nodes):
+        raise banks_table.error(CONSOLE, "a node name other than console (the web console's program)")
+
     p = _Section(path, "plugins", top.get("plugins", dict, {}))
     load = p.get("load", list, [], expected="a list of module names")
     if not all(isinstance(m, str) and m for m in load):
@@ -341,7 +382,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     top.done()
 
     cluster = ClusterConfig(**settings, daily_limits=daily_limits, plugins=tuple(load), node_fields=tuple(nodes),
-                            postgres=postgres)
+                            postgres=postgres, console=console)
     for account in daily_limits:
         if split_address(account)[1] not in cluster.banks:
             raise limits.error(account, f"an account at one of this cluster's banks ({', '.join(cluster.banks)})")
@@ -352,6 +393,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     ports: dict[tuple[str, int], str] = {}
     if postgres is not None and postgres.managed:
         ports["127.0.0.1", postgres.port] = "postgres"
+    if console is not None:
+        ports.setdefault((console.host, console.port), CONSOLE)
     for node in cluster.nodes:
         other = ports.setdefault((node.host, node.port), node.name)
         if other != node.name:
@@ -368,6 +411,20 @@ def _postgres(path: Path, table: dict[str, Any] | None) -> PostgresConfig | None
     config = PostgresConfig(managed=managed, port=t.port(), bin_dir=Path(bin_dir).resolve() if bin_dir else None)
     t.done()
     return config
+
+
+def _console(path: Path, table: dict[str, Any] | None) -> ConsoleConfig | None:
+    if table is None:
+        return None
+    t = _Section(path, CONSOLE, table)
+    host = t.get("host", str, "127.0.0.1", expected="the address the console listens on")
+    public = t.get("public", bool, False, expected="true or false (true: the console may listen beyond loopback)")
+    port = t.port() if "port" in t.table else t.get("port", int, CONSOLE_PORT)
+    problem = console_bind_problem(host, public)
+    if problem:
+        raise t.error("host", problem)
+    t.done()
+    return ConsoleConfig(host=host, port=port, public=public)
 
 
 def _check_node_name(table: _Section, name: str, what: str) -> None:
