@@ -116,6 +116,11 @@ _nodes_lock = threading.Lock()
 _reached_2pc: contextvars.ContextVar[bool] = contextvars.ContextVar("miniupi_reached_2pc", default=False)
 
 
+def _of(node: NodeConfig | None) -> NodeMetrics | None:
+    """The node's metrics; None without a metrics_port (or for hooks called with no node, as tests do)."""
+    return _nodes.get(node.name) if node is not None else None
+
+
 @hookimpl
 def miniupi_node_loaded(node: NodeConfig, readings: dict[str, Callable[[], int]]) -> None:
     if node.metrics_port is None:
@@ -129,7 +134,7 @@ def miniupi_node_loaded(node: NodeConfig, readings: dict[str, Callable[[], int]]
 @hookimpl
 def miniupi_node_stopped(node: NodeConfig) -> None:
     with _nodes_lock:
-        metrics = _nodes.pop(node.name, None)
+        metrics = _nodes.pop(node.name, None) if node is not None else None
     if metrics is not None:
         metrics.close()
 
@@ -141,7 +146,7 @@ def miniupi_server_interceptors(node: NodeConfig) -> list[grpc.aio.ServerInterce
 
 @hookimpl
 def miniupi_after_store_write(node: NodeConfig, seconds: float, items: int) -> None:
-    metrics = _nodes.get(node.name)
+    metrics = _of(node)
     if metrics is not None:
         metrics.write_seconds.observe(seconds)
         metrics.write_items.observe(items)
@@ -155,49 +160,49 @@ def miniupi_before_prepare(node: NodeConfig, txn_id: str) -> None:
 @hookimpl
 def miniupi_repeated_id(node: NodeConfig, txn_id: str) -> None:
     _reached_2pc.set(True)
-    metrics = _nodes.get(node.name)
+    metrics = _of(node)
     if metrics is not None:
         metrics.repeats.inc()
 
 
 @hookimpl
 def miniupi_after_prepare(node: NodeConfig, txn_id: str, bank: str, seconds: float) -> None:
-    metrics = _nodes.get(node.name)
+    metrics = _of(node)
     if metrics is not None:
         metrics.prepares[bank].observe(seconds)
 
 
 @hookimpl
 def miniupi_after_phase(node: NodeConfig, txn_id: str, phase: str, seconds: float) -> None:
-    metrics = _nodes.get(node.name)
+    metrics = _of(node)
     if metrics is not None:
         metrics.phases[phase].observe(seconds)
 
 
 @hookimpl
 def miniupi_after_decision(node: NodeConfig, txn_id: str, decision: str, reason: str, kind: str) -> None:
-    metrics = _nodes.get(node.name)
+    metrics = _of(node)
     if metrics is not None:
         metrics.outcome(OUTCOMES[decision], reason, kind).inc()
 
 
 @hookimpl
 def miniupi_before_vote(node: NodeConfig, txn_id: str, yes: bool) -> None:
-    metrics = _nodes.get(node.name)
+    metrics = _of(node)
     if metrics is not None and not yes:  # a YES counts once durable, in miniupi_after_vote
         metrics.votes[False].inc()
 
 
 @hookimpl
 def miniupi_after_vote(node: NodeConfig, txn_id: str, yes: bool) -> None:
-    metrics = _nodes.get(node.name)
+    metrics = _of(node)
     if metrics is not None:
         metrics.votes[True].inc()
 
 
 @hookimpl
 def miniupi_after_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
-    metrics = _nodes.get(node.name)
+    metrics = _of(node)
     if metrics is not None:
         metrics.decisions[decision].inc()
 
