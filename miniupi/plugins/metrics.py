@@ -50,7 +50,6 @@ class NodeMetrics:
     def __init__(self, node: NodeConfig, readings: dict[str, Callable[[], int]]) -> None:
         self.node = node
         self.registry = r = CollectorRegistry()
-        ProcessCollector(registry=r)  # the standard process_* metrics: CPU, memory, open files
         Gauge("miniupi_node_info", "This node: always 1.", ["node", "role"], registry=r).labels(node.name, node.role).set(1)
         self.write_seconds = Histogram("miniupi_store_write_seconds", "One durable write of the group commit.",
                                        buckets=WRITE_BUCKETS, registry=r)
@@ -58,13 +57,20 @@ class NodeMetrics:
                                      "...) sharing one durable write.", buckets=ITEMS_BUCKETS, registry=r)
         for name, read in readings.items():
             Gauge(f"miniupi_{name}", READINGS.get(name, name), registry=r).set_function(read)
-        if node.role == "bank":
-            votes = Counter("miniupi_bank_votes", "Votes on prepares, by vote (yes or no).", ["vote"], registry=r)
-            self.votes = {True: votes.labels("yes"), False: votes.labels("no")}
-            decisions = Counter("miniupi_bank_decisions", "Decisions applied to prepared transactions.",
-                                ["decision"], registry=r)
-            self.decisions = {d: decisions.labels(label) for d, label in OUTCOMES.items()}
-            return
+        self._server: Any = None
+        self._bank() if node.role == "bank" else self._gateway()
+        ProcessCollector(registry=r)  # the standard process_* metrics (CPU, memory, open files), listed last
+
+    def _bank(self) -> None:
+        r = self.registry
+        votes = Counter("miniupi_bank_votes", "Votes on prepares, by vote (yes or no).", ["vote"], registry=r)
+        self.votes = {True: votes.labels("yes"), False: votes.labels("no")}
+        decisions = Counter("miniupi_bank_decisions", "Decisions applied to prepared transactions.",
+                            ["decision"], registry=r)
+        self.decisions = {d: decisions.labels(label) for d, label in OUTCOMES.items()}
+
+    def _gateway(self) -> None:
+        r = self.registry
         self.payments = Counter("miniupi_payments", "Payments by outcome (committed, aborted: the durable "
                                 "decision; refused: before any 2PC), refusal reason and kind.",
                                 ["outcome", "reason", "kind"], registry=r)
@@ -80,11 +86,10 @@ class NodeMetrics:
         self.phases["payment"] = self.payment_seconds
         prepares = Histogram("miniupi_bank_prepare_seconds", "One bank's answer to a prepare, as the gateway waits "
                              "for it.", ["bank"], buckets=LATENCY_BUCKETS, registry=r)
-        self.prepares = {bank: prepares.labels(bank) for bank in node.cluster.banks}
+        self.prepares = {bank: prepares.labels(bank) for bank in self.node.cluster.banks}
         self.lockouts = Counter("miniupi_lockouts", "Logins refused because the account is locked.", registry=r)
         self.repeats = Counter("miniupi_repeated_ids", "Payments asked again for an id already known (outbox "
                                "resends, retries): answered from its record.", registry=r)
-        self._server: Any = None
 
     def outcome(self, outcome: str, reason: str, kind: str) -> Any:
         """The counter of one outcome, reason and kind, made on its first use."""

@@ -2,6 +2,7 @@
 exactly the payments made, with their outcomes and reasons (miniupi/plugins/metrics.py)."""
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -171,3 +172,12 @@ def test_a_bad_metrics_port_is_one_line_and_nothing_starts(tmp_path: Path) -> No
     assert run.stderr.splitlines() == [f"miniupi: {path}: key 'gateway.metrics_port': expected a port number from "
                                        "1 to 65535"]
     assert not (tmp_path / "data").exists()
+
+
+def test_the_operations_guide_lists_exactly_the_metrics_the_nodes_serve(cluster: LocalCluster) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md").read_text()
+    section = text[text.index("\n## Metrics\n"):text.index("\n## Troubleshooting\n")]
+    listed = set(re.findall(r"^\| `(miniupi_\w+)` \|", section, re.MULTILINE))
+    served = {re.sub(r"_(bucket|count|sum)$", "", name) for node in ("gateway", "bank_a")
+              for name, _ in scrape(cluster, node) if name.startswith("miniupi_")}
+    assert listed == served
