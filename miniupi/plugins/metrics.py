@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -24,7 +24,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from miniupi.config import NodeConfig
 from miniupi.contract.hookspecs import hookimpl
-from miniupi.contract.interceptors import wrap_handler
+from miniupi.contract.interceptors import MethodInterceptor
 from miniupi.errors import AccountLocked, MiniupiError
 
 # Seconds: a payment or a phase, from a millisecond to the 10 s of a prepare timeout.
@@ -212,26 +212,17 @@ def miniupi_after_apply(node: NodeConfig, txn_id: str, decision: str) -> None:
         metrics.decisions[decision].inc()
 
 
-class PaymentCallInterceptor(grpc.aio.ServerInterceptor):
+class PaymentCallInterceptor(MethodInterceptor):
     """Counts what no hook sees: payments refused before any 2PC (bad input, a limit, no session),
     by their reason, and logins refused for a locked account."""
 
     def __init__(self, node: str) -> None:
+        super().__init__()
         self.node = node
-        self._arounds: dict[str, _Watch] = {}
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        method = details.method.rsplit("/", 1)[-1]
-        if handler is None or (method not in PAYING and method != "Login"):
-            return handler
-        around = self._arounds.get(method)
-        if around is None:  # one per method, so wrap_handler's cache serves every later call
-            around = self._arounds[method] = _Watch(self.node, method)
-        return wrap_handler(handler, around)
+    def around_for(self, method: str) -> _Watch | None:
+        name = method.rsplit("/", 1)[-1]
+        return _Watch(self.node, name) if name in PAYING or name == "Login" else None
 
 
 class _Watch:
