@@ -14,9 +14,12 @@ import pytest
 import tomli_w
 from prometheus_client.parser import text_string_to_metric_families
 
-from miniupi.errors import AccountLocked, BadCredentials, InsufficientFunds, InvalidAmount
+from miniupi.errors import Aborted, AccountLocked, BadCredentials, InsufficientFunds, InvalidAmount
 from miniupi.ops.testing import LocalCluster, free_ports
-from conftest import refusal, wait_for
+from conftest import PLUGIN_DIR, cluster_with_test_plugins, refusal, wait_for
+
+sys.path.insert(0, str(PLUGIN_DIR))  # the nodes load it from PYTHONPATH; the test arms it directly
+import faults  # noqa: E402
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -25,9 +28,10 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     gateway, bank_a, bank_b = free_ports(3)
     spec = {"cluster": {"name": "metrics", "login_attempts": 2}, "gateway": {"metrics_port": gateway},
-            "banks": {"bank_a": {"metrics_port": bank_a}, "bank_b": {"metrics_port": bank_b, "storage": "json"}}}
+            "banks": {"bank_a": {"metrics_port": bank_a}, "bank_b": {"metrics_port": bank_b, "storage": "json"}},
+            "plugins": {"load": ["faults"]}}
     accounts = {"bank_a": {"alice": ("10.00", "pw"), "carol": ("0", "pw")}, "bank_b": {"bob": ("0", "pw")}}
-    with LocalCluster(tmp_path_factory.mktemp("metrics"), spec, accounts=accounts) as c:
+    with cluster_with_test_plugins(tmp_path_factory.mktemp("metrics"), spec, accounts=accounts) as c:
         yield c
 
 
@@ -113,6 +117,21 @@ def test_counters_move_by_exactly_the_payments_made_with_their_outcomes_and_reas
     for node in nodes:  # every node wrote durably, and each write held at least one writer's batch
         writes = moved(before[node], after[node], "miniupi_store_write_items_count")
         assert writes > 0 and moved(before[node], after[node], "miniupi_store_write_items_sum") >= writes
+
+
+def test_a_payment_a_plugin_vetoes_counts_once_as_aborted_never_as_refused(cluster: LocalCluster) -> None:
+    before = scrape(cluster, "gateway")
+    faults.arm(cluster.config.data_dir, {"node": "gateway", "point": "before_prepare", "action": "raise"})
+    with cluster.client() as c:
+        c.login("alice@bank_a", "pw")
+        assert refusal(lambda: c.pay("bob@bank_b", 1)).reason == Aborted.reason
+    assert faults.fired(cluster.config.data_dir)
+    after = scrape(cluster, "gateway")
+    assert moved(before, after, "miniupi_payments_total", outcome="aborted", reason="PAYMENT_ABORTED",
+                 kind="payment") == 1
+    assert sum(v for (name, _), v in after.items() if name == "miniupi_payments_total") - sum(
+        v for (name, _), v in before.items() if name == "miniupi_payments_total") == 1
+    assert moved(before, after, "miniupi_2pc_phase_seconds_count", phase="prepare") == 0  # no bank was asked
 
 
 def test_logins_refused_for_a_locked_account_are_counted_as_lockouts(cluster: LocalCluster) -> None:
