@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=count(64), default=1, help="load processes (default 1)")
     p.add_argument("--seed", type=int, help="random seed (printed; default random)")
     p.add_argument("--no-audit", action="store_true", help="skip the invariant check at the end")
+    p.add_argument("--metrics", action="store_true",
+                   help="every node of the throw-away cluster serves its Prometheus metrics (to measure their cost)")
 
     p = add("bank", "run one bank node in the foreground")
     p.add_argument("--name", required=True, help="the bank's name in the cluster file")
@@ -239,8 +241,9 @@ def _bench_conflict(args: argparse.Namespace) -> str | None:
         return "--payments (closed loop) cannot go with --rate or --duration (open loop)"
     if args.duration is not None and args.rate is None:
         return "--duration needs --rate (open loop); a closed loop runs --payments"
-    if args.live and any(v is not None for v in (args.banks, args.storage, args.bank_storage, args.gateways)):
-        return ("--banks, --gateways, --storage and --bank-storage shape a throw-away cluster; "
+    if args.live and (args.metrics or any(v is not None for v in (args.banks, args.storage, args.bank_storage,
+                                                                  args.gateways))):
+        return ("--banks, --gateways, --storage, --bank-storage and --metrics shape a throw-away cluster; "
                 "with --live the cluster file does")
     if (args.gateways or 1) > 1 and args.storage != SHARED_STORE:
         return (f"--gateways {args.gateways} needs --storage {SHARED_STORE}: several gateways share one store, "
@@ -271,7 +274,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         accounts=args.accounts, concurrency=args.concurrency, payments=payments if args.rate is None else 0,
         rate=args.rate or 0.0, duration=BENCH_DURATION if args.duration is None else args.duration,
         processes=args.processes, seed=args.seed if args.seed is not None else default_seed(),
-        audit=not args.no_audit), args.json)
+        audit=not args.no_audit, metrics=args.metrics), args.json)
     if result.get("audit_ok") is False:
         raise SystemExit(1)
 

@@ -54,6 +54,8 @@ class NodeConfig:
     auth: str
     cluster: ClusterConfig = field(repr=False, compare=False)
     accounts: Path | None = None
+    # Where the node serves its Prometheus metrics (on `host`, path /metrics); None: it serves none.
+    metrics_port: int | None = None
     # Sub-tables named after the node's storage or auth kind, such as [banks.bank_b.json]:
     # that plugin's own settings, checked against what it declares by miniupi.contract.registry.
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
@@ -238,8 +240,10 @@ class _Section:
             raise self.error(key, expected or _kind_name(kind))
         return value
 
-    def port(self, key: str = "port") -> int:
-        value = self.get(key, int, expected="a port number from 1 to 65535")
+    def port(self, key: str = "port", default: Any = ...) -> Any:
+        value = self.get(key, int, default, expected="a port number from 1 to 65535")
+        if value is None:
+            return None
         if not 0 < value < 65536:
             raise self.error(key, "a port number from 1 to 65535")
         return value
@@ -399,6 +403,12 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         other = ports.setdefault((node.host, node.port), node.name)
         if other != node.name:
             raise ConfigError(f"{path}: {node.name} and {other} both use {node.address}")
+    for node in cluster.nodes:  # after every node's own port, so a clash names the metrics port
+        if node.metrics_port is not None:
+            mine = f"{node.where}.metrics_port"
+            other = ports.setdefault((node.host, node.metrics_port), mine)
+            if other != mine:
+                raise ConfigError(f"{path}: key '{mine}': {node.host}:{node.metrics_port} is taken by {other}")
     return cluster
 
 
@@ -437,7 +447,8 @@ def _node_fields(section: _Section, name: str, role: str) -> dict[str, Any]:
     """What a gateway's or a bank's table says of the node itself."""
     storage, auth = section.get("storage", str, "sqlite"), section.get("auth", str, "session")
     return dict(name=name, role=role, host=section.get("host", str, "127.0.0.1"), port=section.port(),
-                storage=storage, auth=auth, plugin_settings=section.plugin_tables(storage, auth))
+                metrics_port=section.port("metrics_port", None), storage=storage, auth=auth,
+                plugin_settings=section.plugin_tables(storage, auth))
 
 
 def _gateways(path: Path, top: _Section, c: _Section, settings: dict[str, Any]) -> list[dict[str, Any]]:

@@ -110,7 +110,11 @@ def test_the_cluster_file_in_the_operations_guide_shows_every_default_as_the_cod
     assert {f: getattr(documented, f) for f in fields} == {f: getattr(minimal, f) for f in fields}
     for name in ("gateway", "bank_a", "bank_b"):
         a, b = documented.node(name), minimal.node(name)
-        assert (a.host, a.port, a.storage, a.auth) == (b.host, b.port, b.storage, b.auth)
+        assert (a.host, a.port, a.storage, a.auth, a.metrics_port) == (b.host, b.port, b.storage, b.auth, None)
+    from miniupi.config import NodeConfig
+    # Every key of a node's table is shown, the ones without a default as a comment.
+    for key in {f.name for f in dataclass_fields(NodeConfig)} - {"name", "role", "cluster", "plugin_settings"}:
+        assert re.search(rf"^#? ?{key} = ", block.group(1), re.MULTILINE), f"the guide's cluster file lacks {key}"
     json_kind = plugins.kinds.storage["json"]
     assert plugins.settings["bank_b", "json"] == {s.name: s.default for s in json_kind.settings}
 

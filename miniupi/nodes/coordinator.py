@@ -70,6 +70,11 @@ class Payment:
         """What must match for a repeated id to be the same payment."""
         return self.payer, self.payee, self.amount, self.currency, self.refund_of, self.request_id
 
+    @property
+    def kind(self) -> str:
+        """"refund", "request" (a collect request's payment) or "payment", for observers."""
+        return "refund" if self.refund_of else "request" if self.request_id else "payment"
+
 
 @dataclass(slots=True)
 class Txn:
@@ -306,6 +311,7 @@ class Coordinator:
         """Run the payment once per id and return COMMITTED, or raise its refusal."""
         txn = self.txns.get(payment.txn_id)
         if txn is not None:
+            fire_after(self._hooks.miniupi_repeated_id, txn_id=payment.txn_id)
             return await self._repeat(txn, payment)
         txn = Txn(payment, TxnState.INITIATED)
         if not self.owner:  # alone: admitted in memory; sharing the store: by the store (_record)
@@ -321,6 +327,7 @@ class Coordinator:
                 raise
         txn.finished = asyncio.get_running_loop().create_future()
         self.txns.add(payment.txn_id, txn)  # in the same step as the admissions: see Guard
+        started = time.perf_counter()
         try:
             recorded = await self._record(txn)
         except Exception as e:
@@ -343,7 +350,7 @@ class Coordinator:
         vetoed = fire_before(self._hooks.miniupi_before_prepare, txn_id=txn.payment.txn_id)
         self._in_flight += 1
         try:
-            await self._two_phase(txn, vetoed)
+            await self._two_phase(txn, vetoed, started)
         finally:
             self._in_flight -= 1
             txn.finished.set_result(None)
@@ -375,14 +382,22 @@ class Coordinator:
             txn = self.txns.get(txn.payment.txn_id) or txn
         return txn
 
-    async def _two_phase(self, txn: Txn, refusal: MiniupiError | None = None) -> None:
-        """Prepare, decide, tell the banks; a `refusal` (a plugin's veto) skips the prepares and aborts."""
+    async def _two_phase(self, txn: Txn, refusal: MiniupiError | None = None, started: float = 0.0) -> None:
+        """Prepare, decide, tell the banks; a `refusal` (a plugin's veto) skips the prepares and aborts.
+
+        `started` is when the payment's record began (perf_counter), for miniupi_after_phase.
+        """
         p = txn.payment
         if refusal is None:
-            sent = [(bank, self._banks.prepare(bank, p.txn_id, p.currency, legs,
-                                               self._patience(bank, self._in_flight)))
-                    for bank, legs in banks_and_legs(p).items()]  # all banks at once, then collect
+            asked = time.perf_counter()
+            # All banks at once, then collect; as futures (gather would make them so), to time each.
+            sent = [(bank, asyncio.ensure_future(self._banks.prepare(bank, p.txn_id, p.currency, legs,
+                                                                     self._patience(bank, self._in_flight))))
+                    for bank, legs in banks_and_legs(p).items()]
+            for bank, vote in sent:
+                self._time_vote(vote, p.txn_id, bank, asked)
             votes = await asyncio.gather(*(vote for _, vote in sent), return_exceptions=True)  # futures: no tasks
+            self._timed(p.txn_id, "prepare", asked)
             refusals = [self._refusal(p.txn_id, bank, vote) for (bank, _), vote in zip(sent, votes)]
             refusal = next((r for r in refusals if r is not None), None)
         decision = TxnState.COMMITTED if refusal is None else TxnState.ABORTED
@@ -393,6 +408,7 @@ class Coordinator:
         decided_at = time.time()
         decided = {**txn.record(), "state": decision, "code": code, "message": message, "reason": reason,
                    "decided_at": decided_at}
+        writing = time.perf_counter()
         try:
             # The commit point; the guards' rows go down with it.
             written = await self._write_decision(txn, decided, decision)
@@ -411,8 +427,23 @@ class Coordinator:
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.
         txn.state, txn.code, txn.message, txn.reason, txn.decided_at = decision, code, message, reason, decided_at
         self._decided(txn, decision, True)
-        fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=txn.state)
+        self._timed(p.txn_id, "decision_write", writing)
+        if started:
+            self._timed(p.txn_id, "payment", started)
+        fire_after(self._hooks.miniupi_after_decision, txn_id=p.txn_id, decision=txn.state, reason=reason,
+                   kind=p.kind)
         self._start_phase_two(txn)
+
+    def _timed(self, txn_id: str, phase: str, since: float) -> None:
+        """Tell observers that `phase` of `txn_id` took from `since` (perf_counter) until now."""
+        fire_after(self._hooks.miniupi_after_phase, txn_id=txn_id, phase=phase, seconds=time.perf_counter() - since)
+
+    def _time_vote(self, vote: asyncio.Future[Vote], txn_id: str, bank: str, asked: float) -> None:
+        """Tell observers how long `bank` took to answer the prepare, when it answers."""
+        def answered(_: Any) -> None:
+            fire_after(self._hooks.miniupi_after_prepare, txn_id=txn_id, bank=bank,
+                       seconds=time.perf_counter() - asked)
+        vote.add_done_callback(answered)
 
     async def _record(self, txn: Txn) -> bool:
         """Write the INITIATED record; False if another gateway sharing the store took the id first.
@@ -526,6 +557,7 @@ class Coordinator:
         client hears of it, so anything the client does next through the
         gateway reaches that bank after it (Balance and History wait for it).
         """
+        since = time.perf_counter()
         sent = self._decide_at_banks(txn)
 
         def first_try_done(answers: asyncio.Future[list[Any]]) -> None:
@@ -536,18 +568,22 @@ class Coordinator:
                     self._mark_acked(txn)
                 return
             if self._all_acked(txn, answers.result()):
+                self._timed(txn.payment.txn_id, "phase2", since)
                 self._mark_acked(txn)
             else:
-                self._spawn(self._resend_decision(txn))
+                self._spawn(self._resend_decision(txn, since))
 
         sent.add_done_callback(first_try_done)
 
-    async def _resend_decision(self, txn: Txn) -> None:
-        """Keep telling the banks until every one has acknowledged, backing off."""
+    async def _resend_decision(self, txn: Txn, since: float = 0.0) -> None:
+        """Keep telling the banks until every one has acknowledged, backing off; `since`: when phase 2
+        began in this process (perf_counter), 0 for a decision resent after a restart."""
         failures = 0
         while not self._all_acked(txn, await self._decide_at_banks(txn)):
             failures += 1
             await asyncio.sleep(RETRY.delay(failures, _rng))
+        if since:
+            self._timed(txn.payment.txn_id, "phase2", since)
         self._mark_acked(txn)
 
     async def _abort_undecided(self, txn: Txn) -> None:
@@ -578,7 +614,8 @@ class Coordinator:
         txn.decided_at = decided_at
         self._decided(txn, TxnState.ABORTED, True)
         logger.warning("{} aborted: its decision could not be recorded", txn.payment.txn_id)
-        fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=TxnState.ABORTED)
+        fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=TxnState.ABORTED,
+                   reason=Aborted.reason, kind=txn.payment.kind)
         self._start_phase_two(txn)
 
     def _decide_at_banks(self, txn: Txn) -> asyncio.Future[list[Ack | BaseException]]:
