@@ -341,11 +341,12 @@ class Coordinator:
             self.txns.discard(payment.txn_id)
             txn.finished.set_result(None)
             return await self._repeat(self.txns.get(payment.txn_id) or txn, payment)
-        await self._run(txn)
+        await self._run(txn, started)
         return txn.outcome()
 
-    async def _run(self, txn: Txn) -> None:
-        """2PC for a recorded payment, its `finished` future set when it is over."""
+    async def _run(self, txn: Txn, started: float = 0.0) -> None:
+        """2PC for a recorded payment, its `finished` future set when it is over; `started`: when its
+        record began (perf_counter), 0 for one run on after a takeover or a restart."""
         assert txn.finished is not None
         vetoed = fire_before(self._hooks.miniupi_before_prepare, txn_id=txn.payment.txn_id)
         self._in_flight += 1
