@@ -2,12 +2,13 @@
 
 One loop polls for all pages, however many are open: the supervisor for each
 program's state and pid (as `miniupi status` does) and each node's health
-service over mTLS as the admin, while a page is open; the gateways' metrics
+service over mTLS as the admin, and every gateway's recent payments
+(payments.py) twice a tick, while a page is open; the gateways' metrics
 always, so that a page opened later finds the last minutes drawn. Each page's
 subscription is a short queue; a page too slow to keep up is dropped and
 its browser reconnects to a fresh snapshot, so no page can make the others
 or the cluster wait. Events are named for the panel that shows them
-("nodes", "metrics"); a new panel is one more event name.
+("nodes", "metrics", "payments"); a new panel is one more event name.
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from typing import Any
 
 from miniupi.config import CONSOLE, ClusterConfig, NodeConfig
 from miniupi.console import metrics
+from miniupi.console.payments import Payments
 from miniupi.ops.supervision import POSTGRES, NodeStatus, Supervisor, SupervisionError, is_serving
 from miniupi.tls import CertsMissing
 
 TICK_S = 1.0
+PAYMENTS_TICK_S = 0.5  # a payment shows in the table within this and a page's own latency
 HEALTH_TIMEOUT_S = 0.8
 WINDOW_S = 300  # the charts' span: the last five minutes
 QUEUE = 64  # events a page may lag behind before it is dropped
@@ -37,8 +40,10 @@ class Feed:
         self.supervisor = Supervisor(cluster)
         self.series = metrics.Series(keep=int(WINDOW_S / TICK_S))
         self.latest: dict[str, str] = {}  # event name -> its last data, what a new page starts from
+        self.payments = Payments(cluster)
         self._pages: set[asyncio.Queue[tuple[str, str]]] = set()
         self._poke = asyncio.Event()
+        self._page_opened = asyncio.Event()
 
     # -- the pages ------------------------------------------------------------------------------
 
@@ -47,6 +52,7 @@ class Feed:
         queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(QUEUE)
         self._pages.add(queue)
         self.poke()  # the nodes are watched only while a page is open: look now
+        self._page_opened.set()  # and the payments
         try:
             for name, data in list(self.latest.items()):
                 yield name, data
@@ -78,7 +84,30 @@ class Feed:
     # -- the loop -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Gather and publish once a tick until cancelled."""
+        """Gather and publish until cancelled: the nodes and the metrics once a tick, the payments twice."""
+        watching = asyncio.create_task(self._watch_payments())
+        try:
+            await self._watch_nodes()
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+            await self.payments.forget()
+
+    async def _watch_payments(self) -> None:
+        while True:
+            self._page_opened.clear()
+            if self._pages:
+                changed = await self.payments.poll()
+                if changed is not None:
+                    self.publish("payments", changed, keep=self.payments.whole())
+            elif "payments" in self.latest:  # nobody watches: ask the gateways nothing, hold nothing
+                self.latest.pop("payments")
+                await self.payments.forget()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._page_opened.wait(), PAYMENTS_TICK_S)
+
+    async def _watch_nodes(self) -> None:
         next_metrics = time.monotonic()
         while True:
             if self._pages:

@@ -1,0 +1,57 @@
+// The payments panel: every gateway's recent payments, newest first, as they happen; a click opens
+// that payment's timeline (timeline.js).
+import {amount, el, on, stateKind} from './feed.js';
+import {follow, open} from './timeline.js';
+
+const panel = document.getElementById('payments');
+const body = panel.querySelector('tbody');
+const note = panel.querySelector('.note');
+const empty = panel.querySelector('.empty');
+const rows = new Map();  // txn_id -> the payment's row, as the console sent it last
+
+// The console's order too (payments.py newest_first): newest record first, the id breaking ties.
+function newestFirst(a, b) {
+  return b.created_at - a.created_at || (a.txn_id < b.txn_id ? 1 : a.txn_id > b.txn_id ? -1 : 0);
+}
+
+// Unix seconds as the local time of day, to the millisecond.
+function clock(unix) {
+  const d = new Date(unix * 1000);
+  const two = (n) => String(n).padStart(2, '0');
+  return `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}.${String(d.getMilliseconds()).padStart(3, '0')}`;
+}
+
+function row(p) {
+  const tr = el('tr', {onclick: () => select(p.txn_id)},
+    el('td', {className: 'time', textContent: clock(p.created_at)}),
+    el('td', {className: 'id', textContent: p.txn_id.slice(0, 8), title: p.txn_id}),
+    el('td', {className: 'from', textContent: p.from}),
+    el('td', {className: 'to', textContent: p.to}),
+    el('td', {className: 'amount', textContent: `${amount(p.amount_minor)} ${p.currency}`}),
+    el('td', {className: 'kind', textContent: p.kind}),
+    el('td', {className: 'state'}, el('span', {className: `badge ${stateKind(p.state)}`, textContent: p.state})),
+    el('td', {className: 'reason', textContent: p.reason}));
+  tr.dataset.txn = p.txn_id;
+  tr.classList.toggle('selected', p.txn_id === selected);
+  return tr;
+}
+
+let selected = null;
+
+function select(txnId) {
+  selected = txnId;
+  for (const tr of body.children) tr.classList.toggle('selected', tr.dataset.txn === txnId);
+  open(rows.get(txnId));
+}
+
+on('payments', (data, first) => {
+  if (first || data.whole) rows.clear();
+  for (const p of data.payments) rows.set(p.txn_id, p);
+  const shown = [...rows.values()].sort(newestFirst);
+  for (const p of shown.splice(data.keep)) rows.delete(p.txn_id);  // the console keeps as many
+  body.replaceChildren(...shown.map(row));
+  empty.hidden = shown.length > 0;
+  note.textContent = data.note ?? '';
+  note.hidden = !data.note;
+  if (selected !== null) follow(rows.get(selected));
+});
