@@ -19,11 +19,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from miniupi.config import CONSOLE, ClusterConfig, NodeConfig
 from miniupi.console import metrics
 from miniupi.console.payments import Payments
-from miniupi.ops.supervision import POSTGRES, NodeStatus, Supervisor, SupervisionError, is_serving
-from miniupi.tls import CertsMissing
+from miniupi.ops.supervision import POSTGRES, NodeStatus, Supervisor, SupervisionError
+from miniupi.tls import CertsMissing, dial
 
 TICK_S = 1.0
 PAYMENTS_TICK_S = 0.5  # a payment shows in the table within this and a page's own latency
@@ -41,6 +44,9 @@ class Feed:
         self.series = metrics.Series(keep=int(WINDOW_S / TICK_S))
         self.latest: dict[str, str] = {}  # event name -> its last data, what a new page starts from
         self.payments = Payments(cluster)
+        # A channel per node kept while it answers: a health check a second on a new channel would be a
+        # TLS handshake a second at every node, which a loaded gateway feels.
+        self._health: dict[str, grpc.aio.Channel] = {}
         self._pages: set[asyncio.Queue[tuple[str, str]]] = set()
         self._poke = asyncio.Event()
         self._page_opened = asyncio.Event()
@@ -93,6 +99,7 @@ class Feed:
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
             await self.payments.forget()
+            await self._close_health()
 
     async def _watch_payments(self) -> None:
         while True:
@@ -116,6 +123,7 @@ class Feed:
                     self.publish("nodes", nodes)
             else:  # nobody watches: spare the nodes the health checks, and the next page a stale view
                 self.latest.pop("nodes", None)
+                await self._close_health()
             if time.monotonic() >= next_metrics:
                 next_metrics += TICK_S
                 await self._metrics()
@@ -160,11 +168,27 @@ class Feed:
         return next((n for n in self.cluster.nodes if n.name == name), None)
 
     async def _serving(self, node: NodeConfig) -> str:
+        channel = self._health.get(node.name)
+        if channel is None:
+            try:
+                channel = self._health[node.name] = dial(node.cluster.certs_dir, "admin", node.identity,
+                                                         node.address)
+            except CertsMissing:
+                return "NO ADMIN CERTIFICATE"
         try:
-            ok = await asyncio.to_thread(is_serving, node, HEALTH_TIMEOUT_S)
-        except CertsMissing:
-            return "NO ADMIN CERTIFICATE"
-        return "SERVING" if ok else "NOT SERVING"
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                                    timeout=HEALTH_TIMEOUT_S)
+        except grpc.RpcError:
+            # It may be restarting: dial afresh next time rather than wait out the channel's reconnect backoff.
+            del self._health[node.name]
+            await channel.close()
+            return "NOT SERVING"
+        return "SERVING" if reply.status == health_pb2.HealthCheckResponse.SERVING else "NOT SERVING"
+
+    async def _close_health(self) -> None:
+        channels, self._health = self._health, {}
+        for channel in channels.values():
+            await channel.close()
 
     async def _metrics(self) -> None:
         gateways = metrics.scraped(self.cluster)

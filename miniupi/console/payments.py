@@ -26,7 +26,7 @@ from miniupi.config import ClusterConfig, NodeConfig
 from miniupi.tls import CertsMissing, dial
 from miniupi.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
-KEEP = 100  # payments kept and shown: a screenful or two of the table
+KEEP = 50  # payments kept and shown: a few screenfuls of the table, and a reply a poll costs the gateway little
 CALL_TIMEOUT_S = 1.0
 FINAL = ("COMMITTED", "ABORTED")
 
