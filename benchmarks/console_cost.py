@@ -11,7 +11,8 @@ live payments table all update. Without: the console is stopped, so nothing
 polls. The sides alternate, the first of each pair taking turns, so a
 neighbour slowing the machine down slows both alike. Prints each run (with
 the 1-minute load average before it, and the cores the console and the
-browser kept busy over the whole bench, account opening included), then each side's median and the ratio of the medians: the
+browser kept busy, and the gateway's CPU per payment, each over the whole
+bench, account opening included), then each side's median and the ratio of the medians: the
 figures in docs/BENCHMARKS.md. The audit runs once at the end.
 """
 from __future__ import annotations
@@ -92,11 +93,12 @@ def one_run(cluster: LocalCluster, browser: Browser, console_on: bool, args: arg
         page.locator("#live").filter(has_text="live").wait_for(timeout=15_000)
         page.locator("#payments .empty").wait_for(state="attached", timeout=15_000)
         console, chromium = [cluster.supervisor.pid(CONSOLE) or 0], browser_pids()
-    before = cpu_s(console), cpu_s(chromium)
+    gateway = [cluster.supervisor.pid("gateway") or 0]
+    before = cpu_s(console), cpu_s(chromium), cpu_s(gateway)
     t = time.monotonic()
     result = bench(cluster, args)
     wall = time.monotonic() - t
-    used = cpu_s(console) - before[0], cpu_s(chromium) - before[1]
+    used = cpu_s(console) - before[0], cpu_s(chromium) - before[1], cpu_s(gateway) - before[2]
     if context is not None:
         rows = context.pages[0].locator("#payments tbody tr").count()
         context.close()
@@ -105,6 +107,7 @@ def one_run(cluster: LocalCluster, browser: Browser, console_on: bool, args: arg
     return {"console": "open" if console_on else "stopped", "payments_per_s": result["throughput_per_s"],
             "p50_ms": result["latency_ms"]["p50"], "p99_ms": result["latency_ms"]["p99"],
             "failed": result["failed"], "load_1m_before": round(load, 2),
+            "gateway_cpu_ms_per_payment": round(used[2] * 1000 / max(1, result["ok"]), 3),
             "console_cores": round(used[0] / wall, 3), "browser_cores": round(used[1] / wall, 3)}
 
 
