@@ -106,8 +106,8 @@ class Feed:
             self._page_opened.clear()
             if self._pages:
                 changed = await self.payments.poll()
-                if changed is not None:
-                    self.publish("payments", changed, keep=self.payments.whole())
+                if changed is not None:  # under load every poll is the whole table: it is sent as it is kept
+                    self.publish("payments", changed, keep=None if changed["whole"] else self.payments.whole())
             elif "payments" in self.latest:  # nobody watches: ask the gateways nothing, hold nothing
                 self.latest.pop("payments")
                 await self.payments.forget()
