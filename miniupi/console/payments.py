@@ -37,10 +37,18 @@ def trace_dict(t: gateway_pb2.PaymentTrace) -> Row:
     """A gateway's trace as plain data: the row, and its steps oldest first."""
     return {
         "txn_id": t.txn_id, "from": t.from_account, "to": t.to_account, "amount_minor": t.amount.minor,
-        "currency": t.amount.currency, "state": common_pb2.TxnState.Name(t.state), "reason": t.reason,
+        "currency": t.amount.currency, "state": _state(t.state), "reason": t.reason,
         "kind": t.kind, "created_at": t.created_at,
         "steps": [{"at": s.at, "step": s.step, "bank": s.bank, "detail": s.detail} for s in t.steps],
     }
+
+
+def _state(state: int) -> str:
+    """The state's name; a number this console does not know (a newer gateway's) as itself."""
+    try:
+        return common_pb2.TxnState.Name(state)
+    except ValueError:
+        return str(state)
 
 
 def merge(traces: list[Row]) -> Row:
@@ -144,7 +152,12 @@ class Payments:
             return False
         except grpc.RpcError as e:
             g.problem = f"no payments from {g.node.name} ({e.code().name.lower()})"
-            g.after = None  # it may be restarting: ask again for everything it keeps when it answers
+            # It may be restarting: ask again for everything it keeps when it answers, on a channel
+            # dialled afresh rather than one waiting out its reconnect backoff.
+            g.after = None
+            channel, g.channel = g.channel, None
+            if channel is not None:
+                await channel.close()
             return False
         g.problem = None
         replace = g.after is None or reply.seq < g.after or len(reply.payments) >= self.keep
