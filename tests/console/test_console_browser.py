@@ -188,6 +188,10 @@ def test_clicking_a_payment_shows_both_banks_votes_and_acknowledgements(
     order = page.locator("#timeline tbody tr").evaluate_all("rows => rows.map((r) => r.dataset.step)")
     assert order[0] == "recorded" and order[-2:] == ["ack", "ack"], order
     assert order.index("durable") > max(i for i, s in enumerate(order) if s == "vote"), order
+    expect(payment(page, txn_id)).to_have_class("selected")
+    page.locator("#timeline .close").click()
+    expect(page.locator("#timeline")).to_be_hidden()
+    expect(page.locator("#payments tr.selected")).to_have_count(0)
 
 
 def test_a_control_request_without_the_console_key_is_refused(page: Page, cluster: LocalCluster) -> None:

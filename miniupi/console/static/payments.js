@@ -45,11 +45,14 @@ function row(p) {
 
 let selected = null;
 
+// Mark the payment whose timeline is open (null: none), and open it.
 function select(txnId) {
   selected = txnId;
-  for (const tr of body.children) tr.classList.toggle('selected', tr.dataset.txn === txnId);
-  open(rows.get(txnId));
+  for (const {tr} of drawn.values()) tr.classList.toggle('selected', tr.dataset.txn === txnId);
+  if (txnId !== null) open(rows.get(txnId));
 }
+
+document.querySelector('#timeline .close').addEventListener('click', () => select(null));
 
 function draw() {
   stale = false;
