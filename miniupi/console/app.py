@@ -1,7 +1,8 @@
 """The console's web app (Starlette): the page, its live feed, and the few things it may do.
 
 Routes: `/` the page (or the sign-in page), `/api/feed` the server-sent
-events of feed.py, `POST /api/nodes/NAME/ACTION` to stop, start or restart
+events of feed.py, `/api/payments/ID` one recent payment's steps (its
+timeline; payments.py), `POST /api/nodes/NAME/ACTION` to stop, start or restart
 a program, `POST /api/audit` to run the audit, `/static/` the scripts,
 styles and the vendored uPlot. Every route but the static files and the
 sign-in page needs the console key (access.py); the POSTs need a change's
@@ -102,6 +103,14 @@ def create_app(cluster: ClusterConfig, access: Access) -> Starlette:
                 yield {"event": name, "data": data}
         return EventSourceResponse(stream(), ping=PING_S)
 
+    async def payment(request: Request) -> Response:
+        if not access.may_read(request):
+            return JSONResponse({"error": "sign in first"}, 401)
+        found = feed.payments.timeline(request.path_params["txn_id"])
+        if found is None:
+            return JSONResponse({"error": "no longer among the recent payments"}, 404)
+        return JSONResponse(found)
+
     async def control(request: Request) -> Response:
         refused = _refused(request)
         if refused is not None:
@@ -154,6 +163,7 @@ def create_app(cluster: ClusterConfig, access: Access) -> Starlette:
     app = Starlette(routes=[
         Route("/", index),
         Route("/api/feed", events),
+        Route("/api/payments/{txn_id}", payment),
         Route("/api/nodes/{name}/{action}", control, methods=["POST"]),
         Route("/api/audit", audit, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),

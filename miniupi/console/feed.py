@@ -2,12 +2,13 @@
 
 One loop polls for all pages, however many are open: the supervisor for each
 program's state and pid (as `miniupi status` does) and each node's health
-service over mTLS as the admin, while a page is open; the gateways' metrics
+service over mTLS as the admin, and every gateway's recent payments
+(payments.py) twice a tick, while a page is open; the gateways' metrics
 always, so that a page opened later finds the last minutes drawn. Each page's
 subscription is a short queue; a page too slow to keep up is dropped and
 its browser reconnects to a fresh snapshot, so no page can make the others
 or the cluster wait. Events are named for the panel that shows them
-("nodes", "metrics"); a new panel is one more event name.
+("nodes", "metrics", "payments"); a new panel is one more event name.
 """
 from __future__ import annotations
 
@@ -18,12 +19,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from miniupi.config import CONSOLE, ClusterConfig, NodeConfig
 from miniupi.console import metrics
-from miniupi.ops.supervision import POSTGRES, NodeStatus, Supervisor, SupervisionError, is_serving
-from miniupi.tls import CertsMissing
+from miniupi.console.payments import Payments
+from miniupi.ops.supervision import POSTGRES, NodeStatus, Supervisor, SupervisionError
+from miniupi.tls import CertsMissing, dial
 
 TICK_S = 1.0
+PAYMENTS_TICK_S = 0.5  # a payment shows in the table within this and a page's own latency
 HEALTH_TIMEOUT_S = 0.8
 WINDOW_S = 300  # the charts' span: the last five minutes
 QUEUE = 64  # events a page may lag behind before it is dropped
@@ -37,8 +43,13 @@ class Feed:
         self.supervisor = Supervisor(cluster)
         self.series = metrics.Series(keep=int(WINDOW_S / TICK_S))
         self.latest: dict[str, str] = {}  # event name -> its last data, what a new page starts from
+        self.payments = Payments(cluster)
+        # A channel per node kept while it answers: a health check a second on a new channel would be a
+        # TLS handshake a second at every node, which a loaded gateway feels.
+        self._health: dict[str, grpc.aio.Channel] = {}
         self._pages: set[asyncio.Queue[tuple[str, str]]] = set()
         self._poke = asyncio.Event()
+        self._page_opened = asyncio.Event()
 
     # -- the pages ------------------------------------------------------------------------------
 
@@ -47,6 +58,7 @@ class Feed:
         queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(QUEUE)
         self._pages.add(queue)
         self.poke()  # the nodes are watched only while a page is open: look now
+        self._page_opened.set()  # and the payments
         try:
             for name, data in list(self.latest.items()):
                 yield name, data
@@ -78,7 +90,31 @@ class Feed:
     # -- the loop -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Gather and publish once a tick until cancelled."""
+        """Gather and publish until cancelled: the nodes and the metrics once a tick, the payments twice."""
+        watching = asyncio.create_task(self._watch_payments())
+        try:
+            await self._watch_nodes()
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+            await self.payments.forget()
+            await self._close_health()
+
+    async def _watch_payments(self) -> None:
+        while True:
+            self._page_opened.clear()
+            if self._pages:
+                changed = await self.payments.poll()
+                if changed is not None:  # under load every poll is the whole table: it is sent as it is kept
+                    self.publish("payments", changed, keep=None if changed["whole"] else self.payments.whole())
+            elif "payments" in self.latest:  # nobody watches: ask the gateways nothing, hold nothing
+                self.latest.pop("payments")
+                await self.payments.forget()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._page_opened.wait(), PAYMENTS_TICK_S)
+
+    async def _watch_nodes(self) -> None:
         next_metrics = time.monotonic()
         while True:
             if self._pages:
@@ -87,6 +123,7 @@ class Feed:
                     self.publish("nodes", nodes)
             else:  # nobody watches: spare the nodes the health checks, and the next page a stale view
                 self.latest.pop("nodes", None)
+                await self._close_health()
             if time.monotonic() >= next_metrics:
                 next_metrics += TICK_S
                 await self._metrics()
@@ -131,11 +168,27 @@ class Feed:
         return next((n for n in self.cluster.nodes if n.name == name), None)
 
     async def _serving(self, node: NodeConfig) -> str:
+        channel = self._health.get(node.name)
+        if channel is None:
+            try:
+                channel = self._health[node.name] = dial(node.cluster.certs_dir, "admin", node.identity,
+                                                         node.address)
+            except CertsMissing:
+                return "NO ADMIN CERTIFICATE"
         try:
-            ok = await asyncio.to_thread(is_serving, node, HEALTH_TIMEOUT_S)
-        except CertsMissing:
-            return "NO ADMIN CERTIFICATE"
-        return "SERVING" if ok else "NOT SERVING"
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                                    timeout=HEALTH_TIMEOUT_S)
+        except grpc.RpcError:
+            # It may be restarting: dial afresh next time rather than wait out the channel's reconnect backoff.
+            del self._health[node.name]
+            await channel.close()
+            return "NOT SERVING"
+        return "SERVING" if reply.status == health_pb2.HealthCheckResponse.SERVING else "NOT SERVING"
+
+    async def _close_health(self) -> None:
+        channels, self._health = self._health, {}
+        for channel in channels.values():
+            await channel.close()
 
     async def _metrics(self) -> None:
         gateways = metrics.scraped(self.cluster)

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -20,11 +21,12 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from miniupi.config import NodeConfig
 from miniupi.ops.testing import LocalCluster, free_port
 from miniupi.ops.verdicts import INVARIANTS
-from conftest import PASSWORD, ROOT, cli_login
+from conftest import PASSWORD, ROOT, cli_login, cli_ok
 
 SCREENSHOT = ROOT / "docs" / "console.png"
 WAIT_MS = 15_000  # a node's stop or start shown on the page (each bounded by the supervisor's own waits)
 AUDIT_MS = 60_000
+SHOWN_MS = 2_000  # the bound: a payment made at the command line is in the table within 2 s
 # The gateway's metrics endpoint, where this version of the cluster file knows the key: the charts then
 # draw the payments this module makes, and the screenshot shows them.
 HAS_METRICS = "metrics_port" in {f.name for f in fields(NodeConfig)}
@@ -86,8 +88,22 @@ def alice(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return home
 
 
-def pay(cluster: LocalCluster, home: Path, to: str, amount: str) -> subprocess.CompletedProcess[str]:
-    return cluster.cli("pay", to, amount, home=home)
+def pay(cluster: LocalCluster, home: Path, to: str, amount: str, *more: str) -> subprocess.CompletedProcess[str]:
+    return cluster.cli("pay", to, amount, *more, home=home)
+
+
+def payment(page: Page, txn_id: str):
+    return page.locator(f'#payments tr[data-txn="{txn_id}"]')
+
+
+def step(page: Page, what: str, bank: str = ""):
+    return page.locator(f'#timeline tr[data-step="{what}"][data-bank="{bank}"]')
+
+
+def open_timeline(page: Page, txn_id: str) -> None:
+    payment(page, txn_id).click()
+    expect(page.locator("#timeline")).to_be_visible()
+    expect(page.locator("#timeline .title")).to_contain_text(txn_id)
 
 
 def test_the_console_lists_every_node_with_its_state_pid_address_and_health(page: Page,
@@ -122,14 +138,60 @@ def test_a_bank_stopped_from_the_console_shows_stopped_and_a_payment_to_it_abort
     expect(bank_b.locator(".health")).to_have_text("—")
     expect(page.locator("#nodes .note")).to_have_text("bank_b: stop done")
     assert cluster.supervisor.pid("bank_b") is None
-    r = pay(cluster, alice, "bob@bank_b", "1.00")
+    aborted = str(uuid.uuid4())
+    r = pay(cluster, alice, "bob@bank_b", "1.00", "--id", aborted)
     assert r.returncode != 0 and r.stderr.startswith("miniupi: payment aborted: bank bank_b"), r.stderr
+    # The table shows it aborted, and its timeline the stopped bank's missing vote.
+    expect(payment(page, aborted).locator(".state")).to_have_text("ABORTED")
+    open_timeline(page, aborted)
+    expect(step(page, "vote", "bank_b")).to_contain_text("voted no answer: ")
+    expect(step(page, "vote", "bank_a")).to_contain_text("voted yes")
+    expect(step(page, "durable")).to_contain_text("ABORTED durable")
 
     bank_b.locator("button.start").click()
     dialog.locator("button.ok").click()
     expect(bank_b.locator(".state")).to_have_text("RUNNING", timeout=30_000)
     expect(bank_b.locator(".health")).to_have_text("SERVING")
     assert pay(cluster, alice, "bob@bank_b", "1.00").returncode == 0  # it serves again
+
+
+def test_a_payment_made_at_the_command_line_shows_in_the_table_within_two_seconds(
+        page: Page, cluster: LocalCluster, alice: Path) -> None:
+    txn_id = str(uuid.uuid4())
+    cli_ok(cluster, "pay", "bob@bank_b", "12.34", "--id", txn_id, home=alice)
+    row = payment(page, txn_id)
+    expect(row).to_be_visible(timeout=SHOWN_MS)  # counted from the command's return
+    expect(row.locator(".id")).to_have_text(txn_id[:8])
+    expect(row.locator(".from")).to_have_text("alice@bank_a")
+    expect(row.locator(".to")).to_have_text("bob@bank_b")
+    expect(row.locator(".amount")).to_have_text(f"12.34 {cluster.config.currency}")
+    expect(row.locator(".kind")).to_have_text("payment")
+    expect(row.locator(".state")).to_have_text("COMMITTED")
+    expect(page.locator("#payments tbody tr").first).to_have_attribute("data-txn", txn_id)  # newest first
+
+
+def test_clicking_a_payment_shows_both_banks_votes_and_acknowledgements(
+        page: Page, cluster: LocalCluster, alice: Path) -> None:
+    txn_id = str(uuid.uuid4())
+    cli_ok(cluster, "pay", "bob@bank_b", "3.00", "--id", txn_id, home=alice)
+    open_timeline(page, txn_id)
+    for what in ("recorded", "decided", "durable"):
+        expect(step(page, what)).to_have_count(1)
+    for bank in ("bank_a", "bank_b"):
+        expect(step(page, "prepare", bank)).to_contain_text("prepare sent")
+        expect(step(page, "vote", bank)).to_contain_text("voted yes")
+        expect(step(page, "ack", bank)).to_contain_text("acknowledged COMMITTED")  # drawn as they come
+    expect(step(page, "recorded").locator(".at")).to_have_text("+0.0 ms")
+    expect(step(page, "durable")).to_contain_text("COMMITTED durable")
+    expect(page.locator("#timeline thead th")).to_have_text(["after record", "gateway", "bank_a", "bank_b"])
+    # The steps in the order they happened: the record, the prepares, ..., the acknowledgements last.
+    order = page.locator("#timeline tbody tr").evaluate_all("rows => rows.map((r) => r.dataset.step)")
+    assert order[0] == "recorded" and order[-2:] == ["ack", "ack"], order
+    assert order.index("durable") > max(i for i, s in enumerate(order) if s == "vote"), order
+    expect(payment(page, txn_id)).to_have_class("selected")
+    page.locator("#timeline .close").click()
+    expect(page.locator("#timeline")).to_be_hidden()
+    expect(page.locator("#payments tr.selected")).to_have_count(0)
 
 
 def test_a_control_request_without_the_console_key_is_refused(page: Page, cluster: LocalCluster) -> None:
@@ -180,6 +242,10 @@ def test_the_audit_button_shows_every_invariant_holding(page: Page, cluster: Loc
     else:
         expect(page.locator("#traffic .note")).to_contain_text("no gateway has a metrics_port")
     expect(page.locator("#nodes .note")).to_be_hidden()  # the last control's success has faded
+    # The newest payment's timeline open under the table, for the screenshot.
+    newest = page.locator("#payments tbody tr").first
+    open_timeline(page, newest.get_attribute("data-txn"))
+    expect(step(page, "ack", "bank_b")).to_be_visible()
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000

@@ -1,16 +1,10 @@
 // The audit panel: run the audit on demand, and show each invariant with its verdict.
-import {change, el} from './feed.js';
+import {amount, change, el} from './feed.js';
 
 const panel = document.getElementById('audit');
 const button = panel.querySelector('#run-audit');
 const summary = panel.querySelector('.summary');
 const list = panel.querySelector('.invariants');
-
-// Minor units as a decimal string, without floating point: money is never a float here.
-function amount(minor) {
-  const digits = String(Math.abs(minor)).padStart(3, '0');
-  return `${minor < 0 ? '-' : ''}${digits.slice(0, -2)}.${digits.slice(-2)}`;
-}
 
 function show(report) {
   summary.hidden = false;

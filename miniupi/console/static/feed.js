@@ -68,3 +68,14 @@ export function el(tag, props = {}, ...children) {
   }
   return node;
 }
+
+// Minor units as a decimal string, without floating point: money is never a float here.
+export function amount(minor) {
+  const digits = String(Math.abs(minor)).padStart(3, '0');
+  return `${minor < 0 ? '-' : ''}${digits.slice(0, -2)}.${digits.slice(-2)}`;
+}
+
+// A badge's colour for a payment's state.
+export function stateKind(state) {
+  return {COMMITTED: 'good', ABORTED: 'bad', INITIATED: 'busy'}[state] ?? 'idle';
+}
