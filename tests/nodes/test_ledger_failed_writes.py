@@ -1,0 +1,116 @@
+"""A bank's memory after failed store writes is what a restart would load: the ledger over a store that fails
+on demand, its failing write interleaved with other writers' batches of the same account.
+
+A failed write is one of two things to the ledger: nothing reached the disk
+(a refused connection), or everything did and only the answer was lost (the
+connection dropped after COMMIT, as when PostgreSQL restarts under load).
+Either way no hold may be released twice, and no later batch may carry a
+change the failed one made in memory to the disk.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from miniupi.contract.store import Expect, Put
+from miniupi.errors import StoreUnavailable
+from miniupi.nodes.bank_store import LIVE_TABLES, load_live
+from miniupi.nodes.group_commit import GroupCommit
+from miniupi.nodes.ledger import Ledger
+from miniupi.nodes.participants import Leg
+from miniupi.plugins.storage_json import JsonStore
+
+
+class FailingStore:
+    """A JsonStore whose next write fails on demand: before applying anything, or after applying all of it
+    (its answer lost); `gate`, when set, keeps that write waiting until it is opened."""
+
+    def __init__(self, path: Path) -> None:
+        self.inner = JsonStore(path)
+        self.after_applying: bool | None = None  # None: writes go through
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()  # the failing write has begun
+
+    def fail_next(self, after_applying: bool = False, gate: threading.Event | None = None) -> None:
+        self.after_applying, self.gate = after_applying, gate
+
+    def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
+        after_applying, self.after_applying = self.after_applying, None
+        if after_applying is None:
+            return self.inner.write(batch, expect)
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait()
+        if after_applying:
+            self.inner.write(batch, expect)
+        raise OSError("server closed the connection unexpectedly")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _open(path: Path, inline: bool = True) -> tuple[Ledger, GroupCommit, FailingStore]:
+    store = FailingStore(path)
+    commit = GroupCommit(store) if inline else GroupCommit(store, inline_after_quiet_s=None)
+    return Ledger("bank_a", "INR", commit, load_live(store.inner, store.inner.load(LIVE_TABLES))), commit, store
+
+
+def _debit(amount: int) -> tuple[Leg, ...]:
+    return (Leg("alice", -amount, "bob@bank_b"),)
+
+
+def _state(ledger: Ledger) -> tuple[Any, ...]:
+    """What a restart must find again: every account's numbers and the prepared transactions."""
+    accounts = {name: (a.balance, a.held, a.incoming) for name, a in ledger.accounts.items()}
+    prepared = {t: ledger.txns[t].legs for t in ledger.prepared}
+    return accounts, prepared, ledger.meta.get("deposits", 0)
+
+
+async def _as_a_restart_finds_it(ledger: Ledger, commit: GroupCommit, path: Path) -> None:
+    await commit.close()
+    reopened, again, _ = _open(path)
+    assert _state(ledger) == _state(reopened)
+    await again.close()
+
+
+async def _until(event: threading.Event) -> None:
+    while not event.is_set():
+        await asyncio.sleep(0.001)
+
+
+def test_an_abort_after_a_prepare_whose_write_landed_but_was_reported_failed_releases_one_hold(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ledger, commit, store = _open(tmp_path)
+        await ledger.open_account("alice", "pw", 1000)
+        txn = str(uuid.uuid4())
+        store.fail_next(after_applying=True)
+        [vote] = await ledger.prepare_many([(txn, "INR", _debit(1))])
+        assert isinstance(vote, StoreUnavailable)
+        assert await ledger.abort(txn)  # the gateway aborts what got no vote
+        assert ledger.account("alice").held == 0
+        await _as_a_restart_finds_it(ledger, commit, tmp_path)
+
+    asyncio.run(scenario())
+
+
+def test_a_repeated_prepare_whose_first_write_landed_but_was_reported_failed_is_held_once_and_commits(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ledger, commit, store = _open(tmp_path)
+        await ledger.open_account("alice", "pw", 1000)
+        txn = str(uuid.uuid4())
+        store.fail_next(after_applying=True)
+        [vote] = await ledger.prepare_many([(txn, "INR", _debit(5))])
+        assert isinstance(vote, StoreUnavailable)
+        assert (await ledger.prepare(txn, "INR", _debit(5))).yes
+        assert (ledger.account("alice").held, ledger.prepared) == (5, {txn})
+        assert await ledger.commit(txn)
+        assert (ledger.account("alice").balance, ledger.account("alice").held) == (995, 0)
+        await _as_a_restart_finds_it(ledger, commit, tmp_path)
+
+    asyncio.run(scenario())
