@@ -10,11 +10,15 @@ change the failed one made in memory to the disk.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from miniupi.contract.store import Expect, Put
 from miniupi.errors import StoreUnavailable
@@ -112,5 +116,109 @@ def test_a_repeated_prepare_whose_first_write_landed_but_was_reported_failed_is_
         assert await ledger.commit(txn)
         assert (ledger.account("alice").balance, ledger.account("alice").held) == (995, 0)
         await _as_a_restart_finds_it(ledger, commit, tmp_path)
+
+    asyncio.run(scenario())
+
+
+def test_an_abort_made_while_the_prepare_is_being_written_survives_that_write_failing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ledger, commit, store = _open(tmp_path, inline=False)
+        await ledger.open_account("alice", "pw", 1000)
+        txn, gate = str(uuid.uuid4()), threading.Event()
+        store.fail_next(gate=gate)
+        prepare = asyncio.ensure_future(ledger.prepare_many([(txn, "INR", _debit(1))]))
+        await _until(store.entered)
+        abort = asyncio.ensure_future(ledger.decide_many([(txn, False)]))
+        await asyncio.sleep(0)  # the abort is applied in memory and queued behind the failing write
+        gate.set()
+        [vote], [known] = await prepare, await abort
+        assert isinstance(vote, StoreUnavailable)
+        assert known is True or isinstance(known, StoreUnavailable)
+        assert ledger.account("alice").held == 0 and not ledger.prepared
+        await _as_a_restart_finds_it(ledger, commit, tmp_path)
+
+    asyncio.run(scenario())
+
+
+class SteppedStore(FailingStore):
+    """Each write waits for the test to say how it ends: True goes down, False fails before applying."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.stepped = False
+        self.outcomes: queue.Queue[bool] = queue.Queue()
+        self.waiting = threading.Event()  # a write waits for its outcome
+        self.written = 0  # writes ended, either way
+
+    def write(self, batch: Sequence[Put], expect: Sequence[Expect] = ()) -> None:
+        if not self.stepped:
+            return self.inner.write(batch, expect)
+        self.waiting.set()
+        ok = self.outcomes.get()
+        self.waiting.clear()
+        try:
+            if not ok:
+                raise OSError("server closed the connection unexpectedly")
+            self.inner.write(batch, expect)
+        finally:
+            self.written += 1
+
+
+async def _quiet(commit: GroupCommit, store: SteppedStore) -> None:
+    """Until every task waits on a write the store holds, or nothing is being written."""
+    calm = 0
+    while calm < 2:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        idle = not commit._pending and (commit._flusher is None or commit._flusher.done())
+        calm = calm + 1 if store.waiting.is_set() or idle else 0
+        if not calm:
+            await asyncio.sleep(0.001)
+
+
+ACCOUNTS = ("alice", "bob")
+STEPS = st.one_of(
+    st.tuples(st.just("prepare"), st.sampled_from(ACCOUNTS), st.integers(-400, 400).filter(bool)),
+    st.tuples(st.just("decide"), st.integers(0, 12), st.booleans()),
+    st.tuples(st.just("deposit"), st.sampled_from(ACCOUNTS), st.integers(1, 300)),
+    st.tuples(st.just("write"), st.booleans(), st.just(0)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(STEPS, max_size=25))
+def test_memory_after_failing_writes_interleaved_with_other_batches_is_what_a_restart_loads(
+        tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, Any, Any]]) -> None:
+    path = tmp_path_factory.mktemp("ledger")
+
+    async def scenario() -> None:
+        store = SteppedStore(path)
+        commit = GroupCommit(store, inline_after_quiet_s=None)
+        ledger = Ledger("bank_a", "INR", commit, load_live(store.inner, store.inner.load(LIVE_TABLES)))
+        await ledger.open_accounts(ACCOUNTS, "hash", 500)
+        store.stepped = True
+        ids: list[str] = []
+        tasks: list[asyncio.Future[Any]] = []
+        for step in steps:
+            if step[0] == "prepare":
+                _, name, delta = step
+                ids.append(str(uuid.uuid4()))
+                tasks.append(asyncio.ensure_future(ledger.prepare_many([(ids[-1], "INR", (Leg(name, delta, "x@b"),))])))
+            elif step[0] == "decide" and ids:
+                tasks.append(asyncio.ensure_future(ledger.decide_many([(ids[step[1] % len(ids)], step[2])])))
+            elif step[0] == "deposit":
+                tasks.append(asyncio.ensure_future(ledger.deposit(str(uuid.uuid4()), step[1], step[2])))
+            elif step[0] == "write" and store.waiting.is_set():
+                written = store.written
+                store.outcomes.put(step[1])
+                while store.written == written:
+                    await asyncio.sleep(0.001)
+            await _quiet(commit, store)
+            assert all(a.held >= 0 and a.incoming >= 0 for a in ledger.accounts.values())
+        while not all(t.done() for t in tasks):  # the store is well again: everything queued goes down
+            store.outcomes.put(True)
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await _as_a_restart_finds_it(ledger, commit, path)
 
     asyncio.run(scenario())
