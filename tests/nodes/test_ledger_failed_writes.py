@@ -86,15 +86,21 @@ async def _until(event: threading.Event) -> None:
         await asyncio.sleep(0.001)
 
 
+async def _prepare_landing_unanswered(ledger: Ledger, store: FailingStore, amount: int) -> str:
+    """Open alice and prepare a debit of hers whose write reaches the disk but is reported failed: its id."""
+    await ledger.open_account("alice", "pw", 1000)
+    txn = str(uuid.uuid4())
+    store.fail_next(after_applying=True)
+    [vote] = await ledger.prepare_many([(txn, "INR", _debit(amount))])
+    assert isinstance(vote, StoreUnavailable)
+    return txn
+
+
 def test_an_abort_after_a_prepare_whose_write_landed_but_was_reported_failed_releases_one_hold(
         tmp_path: Path) -> None:
     async def scenario() -> None:
         ledger, commit, store = _open(tmp_path)
-        await ledger.open_account("alice", "pw", 1000)
-        txn = str(uuid.uuid4())
-        store.fail_next(after_applying=True)
-        [vote] = await ledger.prepare_many([(txn, "INR", _debit(1))])
-        assert isinstance(vote, StoreUnavailable)
+        txn = await _prepare_landing_unanswered(ledger, store, 1)
         assert await ledger.abort(txn)  # the gateway aborts what got no vote
         assert ledger.account("alice").held == 0
         await _as_a_restart_finds_it(ledger, commit, tmp_path)
@@ -106,11 +112,7 @@ def test_a_repeated_prepare_whose_first_write_landed_but_was_reported_failed_is_
         tmp_path: Path) -> None:
     async def scenario() -> None:
         ledger, commit, store = _open(tmp_path)
-        await ledger.open_account("alice", "pw", 1000)
-        txn = str(uuid.uuid4())
-        store.fail_next(after_applying=True)
-        [vote] = await ledger.prepare_many([(txn, "INR", _debit(5))])
-        assert isinstance(vote, StoreUnavailable)
+        txn = await _prepare_landing_unanswered(ledger, store, 5)
         assert (await ledger.prepare(txn, "INR", _debit(5))).yes
         assert (ledger.account("alice").held, ledger.prepared) == (5, {txn})
         assert await ledger.commit(txn)
