@@ -338,17 +338,15 @@ def test_a_decision_the_store_refused_is_never_told_and_becomes_an_abort_once_it
 def test_a_record_whose_write_landed_but_was_reported_failed_is_removed_and_its_id_is_free(
         tmp_path: Path) -> None:
     async def scenario() -> None:
-        banks = Banks()
-        gateway = Gateway(tmp_path, banks)
-        p = payment()
+        gateway, p = Gateway(tmp_path, Banks()), payment()
         gateway.store.answer_lost = True
-        answer = await outcome(gateway.coordinator.pay(p))
-        assert isinstance(answer, Unavailable) and "could not record" in answer.message
+        with pytest.raises(Unavailable, match="could not record"):
+            await gateway.coordinator.pay(p)
         deadline = time.monotonic() + 5
         while gateway.store.get("txns", p.txn_id) is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert gateway.store.get("txns", p.txn_id) is None and gateway.store.get("unfinished", p.txn_id) is None
-        assert banks.prepares == []
+        assert gateway.banks.prepares == []
         assert await gateway.coordinator.pay(p) == TxnState.COMMITTED  # the id was free: it runs now
         await gateway.close()
 
