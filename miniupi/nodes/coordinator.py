@@ -349,6 +349,8 @@ class Coordinator:
             txn.finished.set_result(None)
             if isinstance(e, MiniupiError) and not isinstance(e, StoreUnavailable):
                 raise  # a guard's refusal, met on a retry (shared store)
+            if not self.owner:
+                self._spawn(self._unrecord(payment.txn_id))
             raise StoreUnavailable(f"gateway could not record the payment: {e}") from e
         if not recorded:  # another gateway recorded the id first: its answer is this one's
             self.txns.discard(payment.txn_id)
@@ -603,6 +605,28 @@ class Coordinator:
         if since:
             self._timed(txn.payment.txn_id, "phase2", since)
         self._mark_acked(txn)
+
+    async def _unrecord(self, txn_id: str) -> None:
+        """Delete the record of a payment whose write was reported failed, in case it reached the store.
+
+        A connection lost after COMMIT (PostgreSQL restarting) leaves it
+        there, INITIATED and indexed unfinished, while this gateway has
+        forgotten it and told the client its id is free: nothing but a
+        restart's presumed abort would ever decide it. No bank heard of it.
+        Written once the store writes again, unless the id is being paid
+        again by then: that payment's own record replaces this one.
+        """
+        failures = 0
+        while True:
+            failures += 1
+            await asyncio.sleep(RETRY.delay(failures, _rng))
+            if self.txns.is_live(txn_id):
+                return
+            try:
+                await self._commit.write([Put("txns", txn_id, None), finished(txn_id)])
+                return
+            except Exception as e:
+                logger.error("removing the unanswered record of {} failed ({!r}); trying again", txn_id, e)
 
     async def _abort_undecided(self, txn: Txn) -> None:
         """Presumed abort without a restart, for a payment whose decision write failed.

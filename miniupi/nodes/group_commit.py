@@ -59,7 +59,8 @@ class GroupCommit:
     batch is durable only after every batch submitted before it. A write
     to a quiet store goes down at once on the loop (INLINE_AFTER_QUIET_S;
     None writes everything from the writer thread). A failed write raises
-    Unavailable in every writer of its batch.
+    Unavailable in every writer of its batch and of every batch queued
+    behind it (_fail says why).
     """
 
     def __init__(self, store: Store, inline_after_quiet_s: float | None = INLINE_AFTER_QUIET_S,
@@ -74,6 +75,8 @@ class GroupCommit:
         self._idle_since = 0.0  # when the last write finished
         self._in_thread = False  # the writer thread is in store.write (even if its flusher was cancelled)
         self._failing = False  # the last write failed: the loop leaves the disk alone until one succeeds
+        self._undoing: set[asyncio.Future[None]] = set()  # writers told of a failed write, not yet resumed
+        self._failure = ""  # why the last write failed
 
     @property
     def store(self) -> Store:
@@ -106,9 +109,14 @@ class GroupCommit:
             if batch and self._observe is not None:
                 self._observe(time.perf_counter() - started, 1)
             return
+        if self._undoing:
+            raise StoreUnavailable(self._failure)
         future = self._running_loop().create_future()
         self._submit(batch, future, expect)
-        await future
+        try:
+            await future
+        finally:  # its writer undoes the batch's changes as soon as this returns, before anything else runs
+            self._undoing.discard(future)
 
     async def barrier(self) -> None:
         """Return once everything submitted so far is durable.
@@ -132,6 +140,10 @@ class GroupCommit:
     def write_later(self, batch: Sequence[Put], failed: Callable[[], None] | None = None) -> None:
         """Queue `batch` without waiting; it still goes down in order. If its write fails, `failed()`
         is called (on the loop): it is not retried here, as a later batch may have changed its rows."""
+        if self._undoing:
+            if failed is not None:
+                self._running_loop().call_soon(failed)
+            return
         self._submit(batch, failed)
 
     def _submit(self, batch: Sequence[Put], future: Waiter, expect: Sequence[Expect] = ()) -> None:
@@ -197,13 +209,12 @@ class GroupCommit:
                     started = time.perf_counter()
                     answers = await loop.run_in_executor(self._executor, write)
                     took = time.perf_counter() - started
-            except BaseException as e:  # nothing was written: every waiter must learn of it
-                self._failing = self._failing or isinstance(e, Exception)  # not for a cancelled flusher
-                failed = _unavailable(e, puts) if isinstance(e, Exception) else e
-                for group in waiters:
-                    _answer(group, failed, store_failed=isinstance(e, Exception))
-                if not isinstance(e, Exception):
+            except BaseException as e:  # not written (as far as the store could tell): every waiter must learn of it
+                if not isinstance(e, Exception):  # a cancelled flusher
+                    for group in waiters:
+                        _answer(group, e)
                     raise
+                self._fail(waiters, _unavailable(e, puts))
             else:
                 self._failing = self._failing and not puts  # a barrier alone proves nothing
                 for answer, group in zip(answers, waiters):
@@ -212,6 +223,22 @@ class GroupCommit:
                     self._observe(took, sum(len(group) for group in waiters))
             finally:
                 self._idle_since = time.monotonic()
+
+    def _fail(self, waiters: list[list[Waiter]], failed: StoreUnavailable) -> None:
+        """Fail a batch that did not go down, and with it every batch queued behind it.
+
+        Those were computed from memory that still held the failed batch's
+        changes (a balance, a hold), which its writers undo only once told:
+        written now, they would carry an undone change to the disk. Writers
+        are told newest first, so each undoes its changes on top of the older
+        ones before those are undone; and until all of them have, a new
+        batch is refused too, as it may have been computed from that memory.
+        """
+        self._failing, self._failure = True, str(failed)
+        queued, self._pending = self._pending, []
+        for group in reversed([*waiters, *([future] for _, _, future in queued)]):
+            self._undoing.update(w for w in group if isinstance(w, asyncio.Future) and not w.done())
+            _answer(group[::-1], failed, store_failed=True)
 
     async def close(self) -> None:
         """Write what is queued, then close the store."""

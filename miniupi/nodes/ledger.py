@@ -570,7 +570,23 @@ class Ledger:
             record = self._read("txns", txn_id)
             if record is not None:
                 txn = BankTxn.from_record(txn_id, record)
+                if txn.state == TxnState.PREPARED:
+                    self._adopt(txn)
         return txn
+
+    def _adopt(self, txn: BankTxn) -> None:
+        """Make live, hold and all, a prepared transaction the store holds and memory does not.
+
+        Its prepare's write reached the disk but was reported failed (the
+        connection to the store dropped after COMMIT), so memory undid it.
+        A restart would load it prepared; so does this, or its decision
+        would release a hold memory never placed.
+        """
+        logger.warning("bank {}: {} is prepared in the store though its write was reported failed; "
+                       "holding it again", self.bank, txn.txn_id)
+        self._hold(txn, +1)
+        self._new_txn(txn)
+        self.prepared.add(txn.txn_id)
 
     def _read(self, table: str, key: str) -> Any | None:
         try:

@@ -79,12 +79,16 @@ class FlakyStore(SqliteStore):
     """The real SQLite store, whose writes of decisions fail while `failing` is set (a full disk)."""
 
     failing = False
+    answer_lost = False  # the next write of a new payment's record goes down, then fails (a connection lost)
 
     def write(self, batch: Sequence[Put]) -> None:
         if self.failing and any(put.value["state"] != TxnState.INITIATED
                                 for put in batch if put.table == "txns" and put.value):
             raise OSError(28, "No space left on device")
         super().write(batch)
+        if self.answer_lost and any(put.table == "txns" and put.value for put in batch):
+            self.answer_lost = False
+            raise OSError("server closed the connection unexpectedly")
 
 
 class Gateway:
@@ -326,6 +330,24 @@ def test_a_decision_the_store_refused_is_never_told_and_becomes_an_abort_once_it
         assert gateway.on_disk(p.txn_id)["state"] == "ABORTED"
         assert banks.decided(p.txn_id) == [("bank_a", False), ("bank_b", False)]
         assert isinstance(await outcome(gateway.coordinator.pay(p)), Aborted)
+        await gateway.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_record_whose_write_landed_but_was_reported_failed_is_removed_and_its_id_is_free(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        gateway, p = Gateway(tmp_path, Banks()), payment()
+        gateway.store.answer_lost = True
+        with pytest.raises(Unavailable, match="could not record"):
+            await gateway.coordinator.pay(p)
+        deadline = time.monotonic() + 5
+        while gateway.store.get("txns", p.txn_id) is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert gateway.store.get("txns", p.txn_id) is None and gateway.store.get("unfinished", p.txn_id) is None
+        assert gateway.banks.prepares == []
+        assert await gateway.coordinator.pay(p) == TxnState.COMMITTED  # the id was free: it runs now
         await gateway.close()
 
     asyncio.run(scenario())
