@@ -103,8 +103,9 @@ class SessionStore:
     and memory only its copy: each use reads the row (awaited: the store is
     across the network, and the loop serves other calls meanwhile), so a
     session started at one gateway works at every other, and a logout at one
-    is refused at all from its answer on. Each gateway writes the last use it sees; a
-    session is idle only when neither its row nor this gateway saw a use.
+    is refused at all from its answer on. Each gateway writes the last use it
+    sees; a session is idle only when neither its row nor this gateway saw a
+    use.
     """
 
     tables = (TABLE,)
