@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= config/cluster.toml
 
-.PHONY: run run-replicated test proto clean postgres-server
+.PHONY: run run-replicated test proto clean postgres-server chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,15 @@ run: $(STAMP)
 run-replicated: $(STAMP) postgres-server
 	$(BIN)/miniupi run config/cluster-replicated.toml
 
-# The tests boot real PostgreSQL servers; the demo cluster (make run) needs none.
-test: $(STAMP) postgres-server
+# The tests boot real PostgreSQL servers and drive the console in Chromium; the demo cluster (make run) needs neither.
+test: $(STAMP) postgres-server chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 postgres-server:
 	@scripts/ensure_postgres.sh
+
+chromium:
+	@scripts/ensure_chromium.sh
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py

@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         add(verb, f"{verb} one node of the running cluster").add_argument(
             "node", metavar="NODE", help="the node's name: a gateway's or a bank's")
 
+    p = add("console", "serve the live web console of a cluster (loopback unless told)")
+    p.add_argument("cluster_file", nargs="?", metavar="CONFIG", help=f"cluster file (default {DEFAULT_CONFIG})")
+    p.add_argument("--host", help="listen on this address (default: the cluster file's [console], or 127.0.0.1)")
+    p.add_argument("--port", type=count(65535), help="listen on this port (default: [console]'s, or 8700)")
+    p.add_argument("--public", action="store_true", help="allow a --host beyond loopback")
+    p.add_argument("--url", action="store_true", help="print the URL that signs a browser in, and exit")
+
     certs = add("certs", "cluster CA and certificates")
     certs.add_argument("action", choices=["init"], help="init: make whatever is missing")
     certs.add_argument("--force", action="store_true", help="make a new CA and re-issue every certificate")
@@ -105,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=count(64), default=1, help="load processes (default 1)")
     p.add_argument("--seed", type=int, help="random seed (printed; default random)")
     p.add_argument("--no-audit", action="store_true", help="skip the invariant check at the end")
+    p.add_argument("--metrics", action="store_true",
+                   help="every node of the throw-away cluster serves its Prometheus metrics (to measure their cost)")
 
     p = add("bank", "run one bank node in the foreground")
     p.add_argument("--name", required=True, help="the bank's name in the cluster file")
@@ -155,12 +164,19 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_control(args: argparse.Namespace) -> None:
     from miniupi.ops.supervision import Supervisor
 
-    supervisor = Supervisor(load_config(args.config))
-    control = {"stop": supervisor.stop, "start": supervisor.start, "restart": supervisor.restart}
-    control[args.command](args.node)
-    if args.command != "stop":
-        supervisor.wait_serving(args.node)  # "done" means the node answers, as the next command expects
+    Supervisor(load_config(args.config)).control(args.command, args.node)
     print(f"{args.node}: {args.command} done")
+
+
+def cmd_console(args: argparse.Namespace) -> None:
+    from miniupi.console.server import console_settings, serve, sign_in_url
+
+    cluster = load_config(args.cluster_file or args.config)
+    settings = console_settings(cluster, args.host, args.port, args.public)
+    if args.url:
+        print(sign_in_url(cluster, settings))
+        return
+    serve(cluster, settings)
 
 
 def cmd_certs(args: argparse.Namespace) -> None:
@@ -225,8 +241,9 @@ def _bench_conflict(args: argparse.Namespace) -> str | None:
         return "--payments (closed loop) cannot go with --rate or --duration (open loop)"
     if args.duration is not None and args.rate is None:
         return "--duration needs --rate (open loop); a closed loop runs --payments"
-    if args.live and any(v is not None for v in (args.banks, args.storage, args.bank_storage, args.gateways)):
-        return ("--banks, --gateways, --storage and --bank-storage shape a throw-away cluster; "
+    if args.live and (args.metrics or any(v is not None for v in (args.banks, args.storage, args.bank_storage,
+                                                                  args.gateways))):
+        return ("--banks, --gateways, --storage, --bank-storage and --metrics shape a throw-away cluster; "
                 "with --live the cluster file does")
     if (args.gateways or 1) > 1 and args.storage != SHARED_STORE:
         return (f"--gateways {args.gateways} needs --storage {SHARED_STORE}: several gateways share one store, "
@@ -257,7 +274,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         accounts=args.accounts, concurrency=args.concurrency, payments=payments if args.rate is None else 0,
         rate=args.rate or 0.0, duration=BENCH_DURATION if args.duration is None else args.duration,
         processes=args.processes, seed=args.seed if args.seed is not None else default_seed(),
-        audit=not args.no_audit), args.json)
+        audit=not args.no_audit, metrics=args.metrics), args.json)
     if result.get("audit_ok") is False:
         raise SystemExit(1)
 
@@ -327,6 +344,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "stop": cmd_control,
     "start": cmd_control,
     "restart": cmd_control,
+    "console": cmd_console,
     "certs": cmd_certs,
     "audit": cmd_audit,
     "bench": cmd_bench,

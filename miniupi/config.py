@@ -7,6 +7,7 @@ in `data_dir = "var/data"` run from the project root.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -53,6 +54,8 @@ class NodeConfig:
     auth: str
     cluster: ClusterConfig = field(repr=False, compare=False)
     accounts: Path | None = None
+    # Where the node serves its Prometheus metrics (on `host`, path /metrics); None: it serves none.
+    metrics_port: int | None = None
     # Sub-tables named after the node's storage or auth kind, such as [banks.bank_b.json]:
     # that plugin's own settings, checked against what it declares by miniupi.contract.registry.
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
@@ -88,6 +91,41 @@ class PostgresConfig:
     bin_dir: Path | None  # where `postgres` and `initdb` are; None: found on the machine
 
 
+# The web console's port when the cluster file gives none (or has no [console] table at all).
+CONSOLE_PORT = 8700
+# The console's supervised program, a name no node may take when the file has a [console] table.
+CONSOLE = "console"
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The cluster file's [console] table: the web console `miniupi run` runs beside the nodes."""
+
+    host: str  # loopback unless public
+    port: int
+    public: bool  # the operator's explicit consent to listen beyond loopback
+
+    @property
+    def url(self) -> str:
+        """Where its page is (with no key: `miniupi console --url` gives the one that signs in)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+
+def console_bind_problem(host: str, public: bool) -> str | None:
+    """Why the console may not listen on `host`, or None: it controls the cluster, so only loopback
+    unless the operator said public."""
+    if public or host == LOCALHOST:
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (f"a loopback address (127.0.0.1, ::1 or localhost), not {host!r}: the console controls the cluster; "
+            "set public = true to listen beyond this machine")
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     path: Path
@@ -118,6 +156,7 @@ class ClusterConfig:
     # so they are made from it once, on first use: a cached_property writes no frozen field.
     node_fields: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
     postgres: PostgresConfig | None = None  # the [postgres] table, if there is one
+    console: ConsoleConfig | None = None  # the [console] table, if there is one
 
     @cached_property
     def _nodes(self) -> tuple[NodeConfig, ...]:
@@ -201,8 +240,10 @@ class _Section:
             raise self.error(key, expected or _kind_name(kind))
         return value
 
-    def port(self, key: str = "port") -> int:
-        value = self.get(key, int, expected="a port number from 1 to 65535")
+    def port(self, key: str = "port", default: Any = ...) -> Any:
+        value = self.get(key, int, default, expected="a port number from 1 to 65535")
+        if value is None:
+            return None
         if not 0 < value < 65536:
             raise self.error(key, "a port number from 1 to 65535")
         return value
@@ -333,6 +374,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     if postgres is not None and postgres.managed and "postgres" in (n["name"] for n in nodes):
         raise banks_table.error("postgres", "a bank name other than postgres (the managed PostgreSQL's program)")
 
+    console = _console(path, top.get("console", dict, None, expected="a [console] table"))
+    if console is not None and CONSOLE in (n["name"] for n in nodes):
+        raise banks_table.error(CONSOLE, "a node name other than console (the web console's program)")
+
     p = _Section(path, "plugins", top.get("plugins", dict, {}))
     load = p.get("load", list, [], expected="a list of module names")
     if not all(isinstance(m, str) and m for m in load):
@@ -341,7 +386,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     top.done()
 
     cluster = ClusterConfig(**settings, daily_limits=daily_limits, plugins=tuple(load), node_fields=tuple(nodes),
-                            postgres=postgres)
+                            postgres=postgres, console=console)
     for account in daily_limits:
         if split_address(account)[1] not in cluster.banks:
             raise limits.error(account, f"an account at one of this cluster's banks ({', '.join(cluster.banks)})")
@@ -352,10 +397,18 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     ports: dict[tuple[str, int], str] = {}
     if postgres is not None and postgres.managed:
         ports["127.0.0.1", postgres.port] = "postgres"
+    if console is not None:
+        ports.setdefault((console.host, console.port), CONSOLE)
     for node in cluster.nodes:
         other = ports.setdefault((node.host, node.port), node.name)
         if other != node.name:
             raise ConfigError(f"{path}: {node.name} and {other} both use {node.address}")
+    for node in cluster.nodes:  # after every node's own port, so a clash names the metrics port
+        if node.metrics_port is not None:
+            mine = f"{node.where}.metrics_port"
+            other = ports.setdefault((node.host, node.metrics_port), mine)
+            if other != mine:
+                raise ConfigError(f"{path}: key '{mine}': {node.host}:{node.metrics_port} is taken by {other}")
     return cluster
 
 
@@ -370,6 +423,20 @@ def _postgres(path: Path, table: dict[str, Any] | None) -> PostgresConfig | None
     return config
 
 
+def _console(path: Path, table: dict[str, Any] | None) -> ConsoleConfig | None:
+    if table is None:
+        return None
+    t = _Section(path, CONSOLE, table)
+    host = t.get("host", str, "127.0.0.1", expected="the address the console listens on")
+    public = t.get("public", bool, False, expected="true or false (true: the console may listen beyond loopback)")
+    port = t.port() if "port" in t.table else t.get("port", int, CONSOLE_PORT)
+    problem = console_bind_problem(host, public)
+    if problem:
+        raise t.error("host", problem)
+    t.done()
+    return ConsoleConfig(host=host, port=port, public=public)
+
+
 def _check_node_name(table: _Section, name: str, what: str) -> None:
     """A node's name is its supervised program's, its data directory's and, for a bank, its identity's."""
     if not NAME_RE.match(name) or name in RESERVED_NAMES or name == LOCALHOST:
@@ -380,7 +447,8 @@ def _node_fields(section: _Section, name: str, role: str) -> dict[str, Any]:
     """What a gateway's or a bank's table says of the node itself."""
     storage, auth = section.get("storage", str, "sqlite"), section.get("auth", str, "session")
     return dict(name=name, role=role, host=section.get("host", str, "127.0.0.1"), port=section.port(),
-                storage=storage, auth=auth, plugin_settings=section.plugin_tables(storage, auth))
+                metrics_port=section.port("metrics_port", None), storage=storage, auth=auth,
+                plugin_settings=section.plugin_tables(storage, auth))
 
 
 def _gateways(path: Path, top: _Section, c: _Section, settings: dict[str, Any]) -> list[dict[str, Any]]:

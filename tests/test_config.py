@@ -22,6 +22,19 @@ def test_demo_cluster_file_loads_with_its_topology() -> None:
         assert bank.accounts is not None and read_setup_file(bank.accounts)
 
 
+def test_the_demo_serves_metrics_on_loopback_from_every_node_on_ports_of_their_own() -> None:
+    cluster = load_config(ROOT / "config" / "cluster.toml")
+    assert {n.name: n.metrics_port for n in cluster.nodes} == {"gateway": 9150, "bank_a": 9151, "bank_b": 9152}
+    assert all(n.host == "127.0.0.1" for n in cluster.nodes)  # the endpoint listens on the node's host
+    replicated = load_config(ROOT / "config" / "cluster-replicated.toml")
+    assert {n.name: n.metrics_port for n in replicated.nodes} == {"gw1": 9150, "gw2": 9160, "bank_a": 9151,
+                                                                   "bank_b": 9152}
+
+
+def test_a_node_without_metrics_port_serves_no_metrics() -> None:
+    assert all(n.metrics_port is None for n in parse_config(MINIMAL, Path("c.toml")).nodes)
+
+
 def test_defaults_fill_what_the_file_leaves_out() -> None:
     cluster = parse_config(MINIMAL, Path("c.toml"))
     assert cluster.currency == "INR"
@@ -55,6 +68,14 @@ def test_defaults_fill_what_the_file_leaves_out() -> None:
     ({"daily_limits": {"alice@bank_z": "5.00"}}, ["daily_limits.alice@bank_z", "bank_a"]),
     ({"daily_limits": {"alice@bank_a": "-5"}}, ["daily_limits.alice@bank_a", "amount"]),
     ({"daily_limits": []}, ["daily_limits"]),
+    ({"gateway": {"port": 1, "metrics_port": "9150"}}, ["c.toml", "gateway.metrics_port", "port number"]),
+    ({"gateway": {"port": 1, "metrics_port": 70000}}, ["c.toml", "gateway.metrics_port", "port number"]),
+    ({"gateway": {"port": 1, "metrics_port": True}}, ["c.toml", "gateway.metrics_port", "port number"]),
+    # A metrics port on another node's gRPC port, or on another node's metrics port, of the same host.
+    ({"gateway": {"port": 1, "metrics_port": 2}}, ["c.toml", "key 'gateway.metrics_port'", "127.0.0.1:2",
+                                                   "taken by bank_a"]),
+    ({"gateway": {"port": 1, "metrics_port": 3}, "banks": {"bank_a": {"port": 2, "metrics_port": 3}}},
+     ["key 'banks.bank_a.metrics_port'", "127.0.0.1:3 is taken by gateway.metrics_port"]),
 ])
 def test_a_wrong_key_names_the_file_the_key_and_what_was_expected(change: dict, words: list[str]) -> None:
     with pytest.raises(ConfigError) as e:

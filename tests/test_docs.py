@@ -98,14 +98,23 @@ def test_the_cluster_file_in_the_operations_guide_shows_every_default_as_the_cod
               "log_json", "daily_limit", "time_zone", "gateway_lease_s", "daily_limits", "plugins"]
     from dataclasses import fields as dataclass_fields
 
-    from miniupi.config import ClusterConfig, PostgresConfig
-    # [postgres] has no default (absent: no managed server): the guide shows one as an example.
-    assert set(fields) == {f.name for f in dataclass_fields(ClusterConfig)} - {"path", "raw", "node_fields", "postgres"}
+    from miniupi.config import ClusterConfig, ConsoleConfig, PostgresConfig
+    # [postgres] and [console] have no default (absent: no managed server, no console): the guide shows
+    # one of each, [console] with every key at its default.
+    assert set(fields) == {f.name for f in dataclass_fields(ClusterConfig)} - {"path", "raw", "node_fields", "postgres",
+                                                                               "console"}
     assert minimal.postgres is None and documented.postgres == PostgresConfig(managed=True, port=5440, bin_dir=None)
+    with_console = parse_config({**tomllib.loads(block.group(1)), "console": {}}, tmp_path / "c.toml")
+    assert minimal.console is None and documented.console == with_console.console == ConsoleConfig(
+        host="127.0.0.1", port=8700, public=False)
     assert {f: getattr(documented, f) for f in fields} == {f: getattr(minimal, f) for f in fields}
     for name in ("gateway", "bank_a", "bank_b"):
         a, b = documented.node(name), minimal.node(name)
-        assert (a.host, a.port, a.storage, a.auth) == (b.host, b.port, b.storage, b.auth)
+        assert (a.host, a.port, a.storage, a.auth, a.metrics_port) == (b.host, b.port, b.storage, b.auth, None)
+    from miniupi.config import NodeConfig
+    # Every key of a node's table is shown, the ones without a default as a comment.
+    for key in {f.name for f in dataclass_fields(NodeConfig)} - {"name", "role", "cluster", "plugin_settings"}:
+        assert re.search(rf"^#? ?{key} = ", block.group(1), re.MULTILINE), f"the guide's cluster file lacks {key}"
     json_kind = plugins.kinds.storage["json"]
     assert plugins.settings["bank_b", "json"] == {s.name: s.default for s in json_kind.settings}
 

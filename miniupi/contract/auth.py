@@ -31,6 +31,8 @@ class SessionLog(Protocol):
 class Authenticator(Protocol):
     # The tables of the gateway's store it keeps, loaded whole at start and handed to `load`
     # (the gateway loads only its live tables; one without this attribute gets "sessions").
+    # One that also has a len(), the sessions it keeps live, callable from any thread, gives
+    # the gateway's "sessions_live" reading (miniupi_node_loaded; the metric miniupi_sessions_live).
     tables: Collection[str]
 
     async def load(self, tables: Mapping[str, Mapping[str, Any]], log: SessionLog) -> None:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import grpc
 
     from miniupi.config import NodeConfig
@@ -40,8 +42,31 @@ def miniupi_server_interceptors(node: NodeConfig) -> list[grpc.aio.ServerInterce
 
 
 @hookspec
+def miniupi_node_loaded(node: NodeConfig, readings: dict[str, Callable[[], int]]) -> None:
+    """The node has loaded its state and does not serve yet; raising stops it from starting.
+
+    `readings` names counts of the node's live state, each a function that
+    returns it now, cheap and safe to call from any thread (the gateway's:
+    payments_in_flight, decisions_unacknowledged, sessions_live).
+    """
+
+
+@hookspec
 def miniupi_node_started(node: NodeConfig, address: str) -> None:
     """The node serves on `address`."""
+
+
+@hookspec
+def miniupi_node_stopped(node: NodeConfig) -> None:
+    """The node has stopped serving and closed its store; the process is about to end."""
+
+
+@hookspec
+def miniupi_after_store_write(node: NodeConfig, seconds: float, items: int) -> None:
+    """One durable write of the node's group commit took `seconds` and held `items` writers' batches.
+
+    An observer, on every node: exceptions are logged.
+    """
 
 
 # Two-phase commit, step by step. Observers watch these; fault-injection
@@ -73,10 +98,37 @@ def miniupi_before_decision(node: NodeConfig, txn_id: str, decision: str) -> Non
 
 
 @hookspec
-def miniupi_after_decision(node: NodeConfig, txn_id: str, decision: str) -> None:
+def miniupi_repeated_id(node: NodeConfig, txn_id: str) -> None:
+    """A payment came for an id the gateway already knows (an outbox resend, a retry): it is answered
+    from that id's record, never run again. An observer: exceptions are logged."""
+
+
+@hookspec
+def miniupi_after_prepare(node: NodeConfig, txn_id: str, bank: str, seconds: float) -> None:
+    """`bank` answered the prepare (a vote, a failure or a timeout) `seconds` after it was asked.
+
+    An observer: exceptions are logged.
+    """
+
+
+@hookspec
+def miniupi_after_decision(node: NodeConfig, txn_id: str, decision: str, reason: str, kind: str) -> None:
     """The decision (COMMITTED or ABORTED) is durable; no bank has been told yet.
 
+    `reason` is the refusal's machine-readable reason (errors.py; empty when
+    committed), `kind` "payment", "refund" or "request" (a collect request's).
     An observer: an exception is logged and ignored; the client gets the decision and phase 2 runs.
+    """
+
+
+@hookspec
+def miniupi_after_phase(node: NodeConfig, txn_id: str, phase: str, seconds: float) -> None:
+    """A step of a new payment at the gateway ended, `seconds` after it began (a monotonic clock).
+
+    `phase` is "payment" (its record to its durable decision), "prepare"
+    (the prepares sent to every vote in), "decision_write" (the commit
+    point's write) or "phase2" (the decision sent to every bank's ack).
+    An observer: exceptions are logged.
     """
 
 

@@ -156,3 +156,28 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
             bidi, request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer)
     raise TypeError("miniupi serves no client-streaming methods")
+
+
+class MethodInterceptor(grpc.aio.ServerInterceptor):
+    """Runs an `around` of its own on the methods it picks: `around_for` is asked once per method, so
+    wrap_handler's cache serves every later call of it without wrapping anew."""
+
+    def __init__(self) -> None:
+        self._arounds: dict[str, Around | None] = {}
+
+    def around_for(self, method: str) -> Around | None:
+        """The `around` for calls of `method` (its full name, /package.Service/Method); None leaves them alone."""
+        raise NotImplementedError
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        try:
+            around = self._arounds[details.method]
+        except KeyError:
+            around = self._arounds[details.method] = self.around_for(details.method)
+        return handler if around is None else wrap_handler(handler, around)

@@ -30,6 +30,7 @@ DEFAULT_PLUGINS = {
     "storage_postgres": "miniupi.plugins.storage_postgres",
     "auth_session": "miniupi.plugins.auth_session",
     "call_log": "miniupi.plugins.call_log",
+    "metrics": "miniupi.plugins.metrics",
 }
 
 

@@ -42,6 +42,7 @@ from miniupi.nodes.collect import (
     _request,
     _row,
 )
+from miniupi.nodes import ids
 from miniupi.nodes.coordinator import Payment, Txn
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.nodes.txn_index import TxnIndex
@@ -160,8 +161,9 @@ class SharedCollectBook(CollectBook):
                 raise TooManyRequests(f"{request.payer} has too many requests waiting for an answer; "
                                       "ask again later")
             puts, expects = await self._inboxes(request, now, add=True)
-            return ([Put(TABLE, request.request_id, _row(request, 1)), *puts],
-                    [Expect(TABLE, request.request_id, None), *expects]), request
+            put, taken = ids.take(request.request_id, ids.REQUEST)  # a Conflict here: the next compute refuses
+            return ([Put(TABLE, request.request_id, _row(request, 1)), put, *puts],
+                    [Expect(TABLE, request.request_id, None), taken, *expects]), request
 
         return await self._write((request.payer, request.payee), compute)
 

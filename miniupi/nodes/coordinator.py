@@ -36,6 +36,7 @@ from miniupi.nodes.participants import Ack, Leg, Participants, Refusal, Vote
 from miniupi.nodes.patience import PreparePatience
 from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after, fire_before
 from miniupi.contract.store import Conflict, Expect, Put, read
+from miniupi.nodes import ids
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.nodes.txn_index import UNFINISHED, TxnIndex, finished, unfinished
 from miniupi.states import TxnState
@@ -68,6 +69,11 @@ class Payment:
     def details(self) -> tuple[str, str, int, str, str, str]:
         """What must match for a repeated id to be the same payment."""
         return self.payer, self.payee, self.amount, self.currency, self.refund_of, self.request_id
+
+    @property
+    def kind(self) -> str:
+        """"refund", "request" (a collect request's payment) or "payment", for observers."""
+        return "refund" if self.refund_of else "request" if self.request_id else "payment"
 
 
 @dataclass(slots=True)
@@ -220,18 +226,31 @@ class Coordinator:
     # -- recovery -------------------------------------------------------
 
     async def recover(self) -> tuple[int, int]:
-        """Presumed abort for undecided ids; resend every unacknowledged decision. Run once, before serving.
+        """Settle what the last run left: how many payments were undecided, how many decisions are resent.
 
-        Reads only what is unfinished: the live payments the index loaded, never the history.
+        Run once, before serving; it reads only the live payments the index
+        loaded, never the history. Alone, a gateway presumes every undecided
+        payment aborted (DESIGN.md). Where gateways share the store, a restart
+        is a takeover of its own payments, and runs them on (take_over).
         """
         stale = [finished(txn_id) for txn_id in self.txns.stale]
         if stale:
             await self._commit.write(stale)
         self.txns.stale.clear()
-        return await self._finish(self.txns.live(), "payment aborted: the gateway restarted before deciding")
+        if self.owner:
+            return self._carry_on(self.txns.live())
+        return await self._presume_aborted(self.txns.live())
 
     async def take_over(self, txn_ids: Sequence[str]) -> tuple[int, int]:
-        """Finish payments claimed from a gateway whose lease lapsed (replicas.py), as its restart would."""
+        """Finish payments claimed from a gateway whose lease lapsed (replicas.py): how many were undecided,
+        how many decisions are resent.
+
+        A decided payment is resent, as a restart would. An undecided one is not
+        presumed aborted: its record holds every detail, so it runs on from phase
+        1 here, and the client resending its id to this gateway gets the answer
+        the lost one would have given. A bank that voted answers the same vote
+        again; one that never heard of the payment votes now.
+        """
         adopted, done = [], []
         for txn_id in txn_ids:
             txn = self.txns.get(txn_id)
@@ -242,24 +261,30 @@ class Coordinator:
                 adopted.append(txn)
         if done:
             await self._commit.write(done)
-        return await self._finish(adopted, "payment aborted: its gateway stopped before deciding")
+        return self._carry_on(adopted)
 
-    async def _finish(self, txns: Sequence[Txn], message: str) -> tuple[int, int]:
-        """Presumed abort for the undecided of `txns`, then phase 2 for every one not acknowledged."""
+    def _carry_on(self, txns: Sequence[Txn]) -> tuple[int, int]:
+        """Run the undecided of `txns` on from phase 1, and resend the others' decisions."""
+        undecided = [t for t in txns if t.state == TxnState.INITIATED]
+        for txn in undecided:
+            txn.finished = asyncio.get_running_loop().create_future()  # repeats wait for it, as in pay
+            self._spawn(self._run_on(txn))
+        return len(undecided), self._resend(txns)
+
+    async def _run_on(self, txn: Txn) -> None:
+        """Run a recorded, undecided payment to its decision; only its repeats wait for the outcome."""
+        try:
+            await self._run(txn)
+        except MiniupiError as e:  # its decision could not be written: _two_phase aborts it when it can
+            logger.error("payment {} run on after a takeover could not be decided: {}", txn.payment.txn_id,
+                         e.message)
+
+    async def _presume_aborted(self, txns: Sequence[Txn]) -> tuple[int, int]:
+        """Abort the undecided of `txns` in one write, then resend every decision not acknowledged."""
+        message = "payment aborted: the gateway restarted before deciding"
         undecided = [t for t in txns if t.state == TxnState.INITIATED]
         now = time.time()
-
-        if self.owner:  # each only while this gateway owns it, so one at a time
-            for txn in list(undecided):
-                try:
-                    written = await self._write_decision(txn, _aborted(txn, message, now), TxnState.ABORTED)
-                except Exception:
-                    self._decided(txn, TxnState.ABORTED, False)
-                    raise
-                if not written:
-                    self._taken_over(txn, TxnState.ABORTED)
-                    undecided.remove(txn)
-        elif undecided:
+        if undecided:
             try:
                 await self._commit.write([put for txn in undecided
                                           for put in (Put("txns", txn.payment.txn_id, _aborted(txn, message, now)),
@@ -272,10 +297,15 @@ class Coordinator:
             txn.state, txn.code, txn.message, txn.reason, txn.decided_at = (
                 TxnState.ABORTED, Aborted.code, message, Aborted.reason, now)
             self._decided(txn, TxnState.ABORTED, True)
-        pending = [t for t in txns if not t.acked and self.txns.is_live(t.payment.txn_id)]
+        return len(undecided), self._resend(txns)
+
+    def _resend(self, txns: Sequence[Txn]) -> int:
+        """Phase 2 again for every decided one of `txns` that is live and not acknowledged; how many."""
+        pending = [t for t in txns if t.state != TxnState.INITIATED and not t.acked
+                   and self.txns.is_live(t.payment.txn_id)]
         for txn in pending:
             self._spawn(self._resend_decision(txn))
-        return len(undecided), len(pending)
+        return len(pending)
 
     # -- payments -------------------------------------------------------
 
@@ -286,6 +316,7 @@ class Coordinator:
         # (docs/BENCHMARKS.md), and a gateway alone reads the store far less often.
         txn = await self.txns.aget(payment.txn_id) if self.owner else self.txns.get(payment.txn_id)
         if txn is not None:
+            fire_after(self._hooks.miniupi_repeated_id, txn_id=payment.txn_id)
             return await self._repeat(txn, payment)
         txn = Txn(payment, TxnState.INITIATED)
         if not self.owner:  # alone: admitted in memory; sharing the store: by the store (_record)
@@ -301,6 +332,7 @@ class Coordinator:
                 raise
         txn.finished = asyncio.get_running_loop().create_future()
         self.txns.add(payment.txn_id, txn)  # in the same step as the admissions: see Guard
+        started = time.perf_counter()
         try:
             recorded = await self._record(txn)
         except Exception as e:
@@ -314,15 +346,20 @@ class Coordinator:
             self.txns.discard(payment.txn_id)
             txn.finished.set_result(None)
             return await self._repeat(self.txns.get(payment.txn_id) or txn, payment)
-        vetoed = fire_before(self._hooks.miniupi_before_prepare, txn_id=payment.txn_id)
+        await self._run(txn, started)
+        return txn.outcome()
+
+    async def _run(self, txn: Txn, started: float = 0.0) -> None:
+        """2PC for a recorded payment, its `finished` future set when it is over (`started`: see _two_phase)."""
+        assert txn.finished is not None
+        vetoed = fire_before(self._hooks.miniupi_before_prepare, txn_id=txn.payment.txn_id)
         self._in_flight += 1
         try:
-            await self._two_phase(txn, vetoed)
+            await self._two_phase(txn, vetoed, started)
         finally:
             self._in_flight -= 1
             txn.finished.set_result(None)
             txn.finished = None  # repeats already waiting hold it; kept, it cost every payment a future
-        return txn.outcome()
 
     async def _repeat(self, txn: Txn, payment: Payment) -> TxnState:
         if txn.payment.details != payment.details:
@@ -350,14 +387,22 @@ class Coordinator:
             txn = await self.txns.aget(txn.payment.txn_id) or txn
         return txn
 
-    async def _two_phase(self, txn: Txn, refusal: MiniupiError | None = None) -> None:
-        """Prepare, decide, tell the banks; a `refusal` (a plugin's veto) skips the prepares and aborts."""
+    async def _two_phase(self, txn: Txn, refusal: MiniupiError | None = None, started: float = 0.0) -> None:
+        """Prepare, decide, tell the banks; a `refusal` (a plugin's veto) skips the prepares and aborts.
+
+        `started` is when the payment's record began (perf_counter), for miniupi_after_phase.
+        """
         p = txn.payment
         if refusal is None:
-            sent = [(bank, self._banks.prepare(bank, p.txn_id, p.currency, legs,
-                                               self._patience(bank, self._in_flight)))
-                    for bank, legs in banks_and_legs(p).items()]  # all banks at once, then collect
+            asked = time.perf_counter()
+            # All banks at once, then collect; as futures (gather would make them so), to time each.
+            sent = [(bank, asyncio.ensure_future(self._banks.prepare(bank, p.txn_id, p.currency, legs,
+                                                                     self._patience(bank, self._in_flight))))
+                    for bank, legs in banks_and_legs(p).items()]
+            for bank, vote in sent:
+                self._time_vote(vote, p.txn_id, bank, asked)
             votes = await asyncio.gather(*(vote for _, vote in sent), return_exceptions=True)  # futures: no tasks
+            self._timed(p.txn_id, "prepare", asked)
             refusals = [self._refusal(p.txn_id, bank, vote) for (bank, _), vote in zip(sent, votes)]
             refusal = next((r for r in refusals if r is not None), None)
         decision = TxnState.COMMITTED if refusal is None else TxnState.ABORTED
@@ -368,6 +413,7 @@ class Coordinator:
         decided_at = time.time()
         decided = {**txn.record(), "state": decision, "code": code, "message": message, "reason": reason,
                    "decided_at": decided_at}
+        writing = time.perf_counter()
         try:
             # The commit point; the guards' rows go down with it.
             written = await self._write_decision(txn, decided, decision)
@@ -386,8 +432,23 @@ class Coordinator:
         # Only now, with the decision on disk, may GetDecision or a repeated id see it.
         txn.state, txn.code, txn.message, txn.reason, txn.decided_at = decision, code, message, reason, decided_at
         self._decided(txn, decision, True)
-        fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=txn.state)
+        self._timed(p.txn_id, "decision_write", writing)
+        if started:
+            self._timed(p.txn_id, "payment", started)
+        fire_after(self._hooks.miniupi_after_decision, txn_id=p.txn_id, decision=txn.state, reason=reason,
+                   kind=p.kind)
         self._start_phase_two(txn)
+
+    def _timed(self, txn_id: str, phase: str, since: float) -> None:
+        """Tell observers that `phase` of `txn_id` took from `since` (perf_counter) until now."""
+        fire_after(self._hooks.miniupi_after_phase, txn_id=txn_id, phase=phase, seconds=time.perf_counter() - since)
+
+    def _time_vote(self, vote: asyncio.Future[Vote], txn_id: str, bank: str, asked: float) -> None:
+        """Tell observers how long `bank` took to answer the prepare, when it answers."""
+        def answered(_: Any) -> None:
+            fire_after(self._hooks.miniupi_after_prepare, txn_id=txn_id, bank=bank,
+                       seconds=time.perf_counter() - asked)
+        vote.add_done_callback(answered)
 
     async def _record(self, txn: Txn) -> bool:
         """Write the INITIATED record; False if another gateway sharing the store took the id first.
@@ -403,10 +464,23 @@ class Coordinator:
         if not self.owner:
             await self._commit.write(puts)
             return True
-        return await self._shared_write(puts, [Expect("txns", p.txn_id, None)],
-                                        lambda guard: guard.reserve(p, txn.created_at),
-                                        lambda: self._stored("txns", p.txn_id),
-                                        f"payment {p.txn_id}")
+        expect = [Expect("txns", p.txn_id, None)]
+        if not p.request_id:  # a request's payment bears the id its request took (ids.py)
+            put, taken = ids.take(p.txn_id, ids.PAYMENT)
+            puts.append(put)
+            expect.append(taken)
+        return await self._shared_write(puts, expect, lambda guard: guard.reserve(p, txn.created_at),
+                                        lambda: self._id_lost(p), f"payment {p.txn_id}")
+
+    async def _id_lost(self, p: Payment) -> bool:
+        """After a Conflict on a new id: True if another gateway recorded a payment of it first; raises
+        AlreadyExists if a deposit or a collect request took it; False if the conflict was elsewhere."""
+        if await self._stored("txns", p.txn_id) is not None:
+            return True
+        kind = ids.taken_as(self._commit.store, p.txn_id)
+        if kind is not None and kind != ids.PAYMENT and not p.request_id:
+            raise ids.already_used(p.txn_id, kind)
+        return False
 
     async def _write_decision(self, txn: Txn, record: dict[str, Any], decision: TxnState) -> bool:
         """Write a decision with the guards' rows; False if another gateway took the payment over.
@@ -495,6 +569,7 @@ class Coordinator:
         client hears of it, so anything the client does next through the
         gateway reaches that bank after it (Balance and History wait for it).
         """
+        since = time.perf_counter()
         sent = self._decide_at_banks(txn)
 
         def first_try_done(answers: asyncio.Future[list[Any]]) -> None:
@@ -505,18 +580,22 @@ class Coordinator:
                     self._mark_acked(txn)
                 return
             if self._all_acked(txn, answers.result()):
+                self._timed(txn.payment.txn_id, "phase2", since)
                 self._mark_acked(txn)
             else:
-                self._spawn(self._resend_decision(txn))
+                self._spawn(self._resend_decision(txn, since))
 
         sent.add_done_callback(first_try_done)
 
-    async def _resend_decision(self, txn: Txn) -> None:
-        """Keep telling the banks until every one has acknowledged, backing off."""
+    async def _resend_decision(self, txn: Txn, since: float = 0.0) -> None:
+        """Keep telling the banks until every one has acknowledged, backing off; `since`: when phase 2
+        began in this process (perf_counter), 0 for a decision resent after a restart."""
         failures = 0
         while not self._all_acked(txn, await self._decide_at_banks(txn)):
             failures += 1
             await asyncio.sleep(RETRY.delay(failures, _rng))
+        if since:
+            self._timed(txn.payment.txn_id, "phase2", since)
         self._mark_acked(txn)
 
     async def _abort_undecided(self, txn: Txn) -> None:
@@ -547,7 +626,8 @@ class Coordinator:
         txn.decided_at = decided_at
         self._decided(txn, TxnState.ABORTED, True)
         logger.warning("{} aborted: its decision could not be recorded", txn.payment.txn_id)
-        fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=TxnState.ABORTED)
+        fire_after(self._hooks.miniupi_after_decision, txn_id=txn.payment.txn_id, decision=TxnState.ABORTED,
+                   reason=Aborted.reason, kind=txn.payment.kind)
         self._start_phase_two(txn)
 
     def _decide_at_banks(self, txn: Txn) -> asyncio.Future[list[Ack | BaseException]]:

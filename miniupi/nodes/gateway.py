@@ -7,7 +7,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sized
 from typing import TypeVar
 
 import grpc
@@ -413,9 +413,10 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
     replica = Replica(node.name, commit, coordinator, cluster.gateway_lease_s) if shared else None
     if replica is not None:
         await replica.start()  # the lease first: no other gateway takes over what this one now finishes
-    aborted, resent = await coordinator.recover()
-    logger.info("recovery: {} undecided payments aborted, {} decisions being resent, {} open requests in memory; "
-                "a cache of {} settled payments", aborted, resent, requests.open_count, txns.cache_limit)
+    undecided, resent = await coordinator.recover()
+    logger.info("recovery: {} undecided payments {}, {} decisions being resent, {} open requests in memory; "
+                "a cache of {} settled payments", undecided, "run again from phase 1" if shared else "aborted",
+                resent, requests.open_count, txns.cache_limit)
 
     def add_services(server: grpc.aio.Server) -> list[str]:
         gateway_pb2_grpc.add_GatewayServicer_to_server(
@@ -429,4 +430,16 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
         await links.close()
         await commit.close()
 
-    await serve(node, plugins, auth, add_services, on_stop)
+    await serve(node, plugins, auth, add_services, on_stop, readings=readings(txns, sessions))
+
+
+def readings(txns: TxnIndex[Txn], sessions: Authenticator) -> dict[str, Callable[[], int]]:
+    """The gateway's live counts for plugins (miniupi_node_loaded), read from any thread: the live
+    payments are copied in one step, and an authenticator that counts its sessions has a len()."""
+    def live(decided: bool) -> Callable[[], int]:
+        return lambda: sum((txn.state != TxnState.INITIATED) == decided for txn in txns.live())
+
+    counts = {"payments_in_flight": live(False), "decisions_unacknowledged": live(True)}
+    if isinstance(sessions, Sized):
+        counts["sessions_live"] = lambda: len(sessions)
+    return counts

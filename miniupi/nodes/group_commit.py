@@ -22,6 +22,8 @@ from miniupi.nodes.running_loop import RunningLoop
 
 # Who waits for a queued batch: a writer's future, a write_later's `failed`, or nobody.
 Waiter = asyncio.Future[None] | Callable[[], None] | None
+# Told of each durable write, on the loop: how long it took and how many writers' batches it held.
+Observer = Callable[[float, int], None]
 
 # A store that finished its last write this long ago, with nothing queued,
 # writes the next batch on the event loop itself. Handing a write to the
@@ -60,8 +62,10 @@ class GroupCommit:
     Unavailable in every writer of its batch.
     """
 
-    def __init__(self, store: Store, inline_after_quiet_s: float | None = INLINE_AFTER_QUIET_S) -> None:
+    def __init__(self, store: Store, inline_after_quiet_s: float | None = INLINE_AFTER_QUIET_S,
+                 observe: Observer | None = None) -> None:
         self._store = store
+        self._observe = observe
         self._inline_after = float("inf") if inline_after_quiet_s is None else inline_after_quiet_s
         self._pending: list[tuple[Sequence[Put], Sequence[Expect], Waiter]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -87,6 +91,7 @@ class GroupCommit:
         """
         if (not self._pending and not self._in_thread and (self._flusher is None or self._flusher.done())
                 and not self._failing and time.monotonic() - self._idle_since > self._inline_after):
+            started = time.perf_counter()
             try:  # nothing is queued or being written, so order holds
                 if batch:
                     self._store.write(batch, expect) if expect else self._store.write(batch)
@@ -98,6 +103,8 @@ class GroupCommit:
             finally:
                 # From the end of the write: a slow disk must not make every write look quiet.
                 self._idle_since = time.monotonic()
+            if batch and self._observe is not None:
+                self._observe(time.perf_counter() - started, 1)
             return
         future = self._running_loop().create_future()
         self._submit(batch, future, expect)
@@ -187,7 +194,9 @@ class GroupCommit:
                 answers: list[Conflict | None] = [None] * len(groups)
                 if puts:
                     self._in_thread = True
+                    started = time.perf_counter()
                     answers = await loop.run_in_executor(self._executor, write)
+                    took = time.perf_counter() - started
             except BaseException as e:  # nothing was written: every waiter must learn of it
                 self._failing = self._failing or isinstance(e, Exception)  # not for a cancelled flusher
                 failed = _unavailable(e, puts) if isinstance(e, Exception) else e
@@ -199,6 +208,8 @@ class GroupCommit:
                 self._failing = self._failing and not puts  # a barrier alone proves nothing
                 for answer, group in zip(answers, waiters):
                     _answer(group, answer)
+                if puts and self._observe is not None:
+                    self._observe(took, sum(len(group) for group in waiters))
             finally:
                 self._idle_since = time.monotonic()
 

@@ -16,6 +16,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from miniupi.errors import AlreadyExists, StoreUnavailable
 from miniupi.contract.store import Conflict, Expect, Put
+from miniupi.nodes import ids
 from miniupi.nodes.group_commit import GroupCommit
 
 TABLE = "deposits"
@@ -61,13 +62,22 @@ class Issuer:
             return
         # Memory first, so a repeat arriving during the write finds the id taken.
         self._writing[order.txn_id] = (order.account, order.amount)
+        puts = [Put(TABLE, order.txn_id, {"account": order.account, "amount": order.amount,
+                                          "created_at": time.time()})]
+        expect: list[Expect] = []
+        if self._shared:
+            put, taken = ids.take(order.txn_id, ids.DEPOSIT)
+            puts.append(put)
+            expect += [Expect(TABLE, order.txn_id, None), taken]
         try:
-            await self._commit.write([Put(TABLE, order.txn_id, {
-                "account": order.account, "amount": order.amount, "created_at": time.time()})],
-                [Expect(TABLE, order.txn_id, None)] if self._shared else ())
-        except Conflict:  # bound at another gateway first: a repeat, or another deposit
+            await self._commit.write(puts, expect)
+        except Conflict:  # bound at another gateway first: a repeat, another deposit, or another kind
             del self._writing[order.txn_id]
-            if self._known(order.txn_id) != (order.account, order.amount):
+            known = self._known(order.txn_id)
+            if known is None:
+                raise ids.already_used(order.txn_id, ids.taken_as(self._commit.store, order.txn_id)
+                                       or ids.PAYMENT) from None
+            if known != (order.account, order.amount):
                 raise AlreadyExists(f"deposit {order.txn_id} was made with other details") from None
             return
         except BaseException:

@@ -17,15 +17,18 @@ store's row locks decide everything that two of them could do at once:
   which it is alive, renewed every lease_s / 3. Every gateway looks every
   lease_s / 3 for leases that lapsed and claims their unfinished payments
   (Store.claim: FOR UPDATE SKIP LOCKED, so two survivors never claim one),
-  then finishes them as a restart would: presumed abort for the undecided,
-  the decision resent to the banks until acknowledged for the decided. A
-  gateway stopping cleanly ends its lease at once, so the others take over
-  without waiting for it to lapse.
+  then finishes them: the decision resent to the banks until acknowledged
+  for the decided, as a restart would; phase 1 run again from the record
+  for the undecided, where a restart presumes abort, so that a client
+  resending its id to a survivor gets the payment it asked for. A gateway
+  stopping cleanly ends its lease at once, so the others take over without
+  waiting for it to lapse.
 - **A bank's GetDecision is answered by any gateway**, from the store.
 
 Clocks only decide how soon a payment is taken over, never whether money
-moves twice: taking over a payment whose owner is still alive aborts it
-only if it is undecided, and then the owner's own decision write fails.
+moves twice: a payment taken over from an owner still alive (paused, or
+cut off from the store) is decided by the taker alone, because the owner's
+own decision write then fails.
 """
 from __future__ import annotations
 
@@ -86,10 +89,10 @@ class Replica:
             return 0
         total = 0
         while rows := await self._commit.claim(UNFINISHED, "owner", gone, self.name, CLAIM_AT_ONCE):
-            aborted, resent = await self._coordinator.take_over([txn_id for txn_id, _ in rows])
+            undecided, resent = await self._coordinator.take_over([txn_id for txn_id, _ in rows])
             total += len(rows)
-            logger.warning("took over {} payments of {} (lease lapsed): {} undecided aborted, {} decisions "
-                           "being resent", len(rows), ", ".join(gone), aborted, resent)
+            logger.warning("took over {} payments of {} (lease lapsed): {} undecided run again from phase 1, "
+                           "{} decisions being resent", len(rows), ", ".join(gone), undecided, resent)
             if len(rows) < CLAIM_AT_ONCE:
                 break
         self.taken_over += total

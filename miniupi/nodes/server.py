@@ -18,7 +18,8 @@ from miniupi.nodes.callers import core_interceptors
 from miniupi.nodes.error_door import ErrorDoor
 from miniupi.contract.registry import Auth, Plugins
 from miniupi.contract.store import Store, StoreDamaged
-from miniupi.nodes.group_commit import GroupCommit
+from miniupi.contract.manager import NodeHooks, fire_after
+from miniupi.nodes.group_commit import GroupCommit, Observer
 from miniupi.tls import server_credentials
 
 MAX_MESSAGE_BYTES = 1 << 20
@@ -65,7 +66,14 @@ async def open_store(plugins: Plugins, node: NodeConfig,
         if store is not None:
             store.close()
         raise NodeStartError(f"{node.name}: refusing to start: {e}") from None
-    return GroupCommit(store), tables
+    return GroupCommit(store, observe=_store_writes(NodeHooks(plugins.pm, node))), tables
+
+
+def _store_writes(hooks: NodeHooks) -> Observer:
+    """The group commit's observer: miniupi_after_store_write, which never raises into the write."""
+    def observe(seconds: float, items: int) -> None:
+        fire_after(hooks.miniupi_after_store_write, seconds=seconds, items=items)
+    return observe
 
 
 def node_interceptors(node: NodeConfig, plugins: Plugins, auth: Auth) -> list[grpc.aio.ServerInterceptor]:
@@ -87,13 +95,19 @@ async def serve(
     add_services: Callable[[grpc.aio.Server], Iterable[str]],
     on_stop: Callable[[], Awaitable[None]],
     on_stopping: Callable[[], None] = lambda: None,
+    readings: dict[str, Callable[[], int]] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain calls and run `on_stop`.
 
     `on_stopping` runs once the server refuses new calls and calls in
     progress have their grace: the moment to end calls that would
     otherwise sit out the whole grace, such as a stream between rounds.
+    `readings` are the node's live counts, for miniupi_node_loaded.
     """
+    try:  # a plugin that cannot do its part (a metrics port in use) stops the node before it serves
+        plugins.pm.hook.miniupi_node_loaded(node=node, readings=dict(readings or {}))
+    except Exception as e:
+        raise NodeStartError(f"{node.name}: {e}") from None
     server = grpc.aio.server(interceptors=node_interceptors(node, plugins, auth), options=SERVER_OPTIONS)
     names = list(add_services(server))
     health_servicer = health.aio.HealthServicer()
@@ -128,6 +142,7 @@ async def serve(
     on_stopping()
     await stopped
     await on_stop()
+    fire_after(NodeHooks(plugins.pm, node).miniupi_node_stopped)
     flusher.cancel()
     await asyncio.gather(flusher, return_exceptions=True)
     await logger.complete()

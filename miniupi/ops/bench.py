@@ -266,15 +266,23 @@ async def open_bench_accounts(cluster: ClusterConfig, per_bank: int, opening: in
     return {bank: names for bank in cluster.banks}
 
 
-def bench_spec(banks: int, storage: str, gateways: int = 1, bank_storage: str | None = None) -> dict[str, Any]:
+def bench_spec(banks: int, storage: str, gateways: int = 1, bank_storage: str | None = None,
+               metrics: bool = False) -> dict[str, Any]:
     """The throw-away cluster: one [gateway] on `storage`, or [gateways.gw1..gwN] sharing it; banks on
-    `bank_storage` (default `storage`)."""
+    `bank_storage` (default `storage`); with `metrics`, every node serving them on a free port."""
     spec: dict[str, Any] = {"cluster": {"name": "bench"}}
     if gateways == 1:
         spec["gateway"] = {"storage": storage}
     else:
         spec["gateways"] = {f"gw{i}": {"storage": storage} for i in range(1, gateways + 1)}
     spec["banks"] = {f"bank_{i}": {"storage": bank_storage or storage} for i in range(banks)}
+    if metrics:
+        from miniupi.ops.testing import free_ports
+
+        nodes = [spec["gateway"]] if gateways == 1 else list(spec["gateways"].values())
+        nodes += spec["banks"].values()
+        for node, port in zip(nodes, free_ports(len(nodes))):
+            node["metrics_port"] = port
     return spec
 
 
@@ -294,6 +302,7 @@ class BenchOptions:
     processes: int
     seed: int
     audit: bool
+    metrics: bool = False  # every node of the throw-away cluster serves its metrics: what they cost
 
 
 def planned_payments(opts: BenchOptions) -> int:
@@ -341,7 +350,7 @@ def run_bench(opts: BenchOptions, json_output: bool) -> dict[str, Any]:
             if "postgres" in (opts.storage, opts.bank_storage):
                 postgres = stack.enter_context(local_postgres())
                 meters["postgres"] = postgres.pid
-            spec = bench_spec(opts.banks, opts.storage, opts.gateways, opts.bank_storage)
+            spec = bench_spec(opts.banks, opts.storage, opts.gateways, opts.bank_storage, opts.metrics)
             local = LocalCluster(root, spec, postgres=postgres).start()
             stack.callback(local.stop)
             cluster, prefix = local.config, "a"

@@ -26,7 +26,8 @@ def miniupi_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
                 c.login("alice@bank_a", "pw")
 
     Ports, data_dir and certs_dir are filled in (free ports on 127.0.0.1,
-    a temporary directory). The cluster runs through `miniupi run`, under
+    a temporary directory; a `"console": {}` table gets a port too, and
+    `miniupi run` serves the web console there). The cluster runs through `miniupi run`, under
     supervisord; `cluster.stop_node`, `start_node`, `restart_node` and
     `kill_node` control single nodes, and `cluster.cli(...)` runs the
     command line against it. With no spec, a gateway and two banks; a

@@ -32,7 +32,7 @@ from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnect
 
 from miniupi.ops.certs import write_file
 from miniupi.ops.postgres_server import LocalPostgres
-from miniupi.config import GATEWAY, ClusterConfig, ConfigError, NodeConfig
+from miniupi.config import CONSOLE, GATEWAY, ClusterConfig, ConfigError, NodeConfig
 from miniupi.nodes.server import NodeStartError
 from miniupi.tls import dial
 
@@ -69,6 +69,11 @@ POSTGRES_PRIORITY = 50
 # (a port taken, a damaged data directory), is FATAL, and `run` stops with its last line.
 POSTGRES_STARTSECS = 3
 POSTGRES_START_RETRIES = 2
+
+
+# The web console's program, when the cluster file has a [console] table: started after every node (it
+# shows them) and stopped first. Like a node it is restarted if it dies, and `run` stops if it cannot start.
+CONSOLE_PRIORITY = 300
 
 
 # How long `miniupi start`/`restart` wait for a node to answer after supervisord started it.
@@ -149,6 +154,11 @@ def node_command(cluster: ClusterConfig, node: NodeConfig) -> list[str]:
     return [*base, "bank", "--name", node.name, *config]
 
 
+def console_command(cluster: ClusterConfig) -> list[str]:
+    """The argv of the cluster's web console; it reads its [console] table from the same file."""
+    return [sys.executable, "-m", "miniupi", "console", str(cluster.path)]
+
+
 def managed_postgres(cluster: ClusterConfig) -> LocalPostgres | None:
     """The PostgreSQL server `miniupi run` runs for this cluster, if its file asks for one."""
     pg = cluster.postgres
@@ -158,9 +168,11 @@ def managed_postgres(cluster: ClusterConfig) -> LocalPostgres | None:
 
 
 def program_names(cluster: ClusterConfig) -> list[str]:
-    """Every program supervisord runs for the cluster: the managed PostgreSQL first, then the nodes."""
+    """Every program supervisord runs for the cluster: the managed PostgreSQL first, then the nodes, then the
+    console."""
     managed = cluster.postgres is not None and cluster.postgres.managed
-    return [*([POSTGRES] if managed else []), *(n.name for n in cluster.nodes)]
+    return [*([POSTGRES] if managed else []), *(n.name for n in cluster.nodes),
+            *([CONSOLE] if cluster.console is not None else [])]
 
 
 def conf_path(cluster: ClusterConfig) -> Path:
@@ -236,38 +248,44 @@ def write_supervisord_conf(cluster: ClusterConfig, postgres: LocalPostgres | Non
     lines += ["", f"[group:{GROUP}]", f"programs = {','.join(program_names(cluster))}"]
     if postgres is not None:
         lines += _postgres_program(cluster, postgres)
-    cwd = Path.cwd()
     for node in cluster.nodes:
-        lines += [
-            "",
-            f"[program:{node.name}]",
-            f"command = {_ini(shlex.join(node_command(cluster, node)))}",
-            f"directory = {_ini(cwd)}",
-            # Banks are spawned first and the gateways are signalled first.
-            f"priority = {200 if node.role == 'gateway' else 100}",
-            "autostart = true",
-            # Every exit but a refusal to start is restarted, however often: a node
-            # killed under load must come back.
-            "autorestart = unexpected",
-            f"exitcodes = {','.join(map(str, REFUSED_EXIT_CODES))}",
-            f"startsecs = {STARTSECS}",
-            f"startretries = {START_RETRIES}",
-            "stopsignal = TERM",
-            "stopwaitsecs = 10",
-            "stopasgroup = true",
-            "killasgroup = true",
-            "stdout_logfile = /dev/stdout",
-            "stdout_logfile_maxbytes = 0",
-            # A file `run` copies to its own stderr, so it also knows each node's last error line.
-            # supervisord %-expands a program's log file names twice.
-            f"stderr_logfile = {_ini(stderr_path(cluster, node)).replace('%', '%%')}",
-            "stderr_logfile_maxbytes = 1MB",
-            "stderr_logfile_backups = 0",
-            'environment = PYTHONUNBUFFERED="1"',
-        ]
+        # Banks are spawned first and the gateways are signalled first.
+        lines += _program(cluster, node.name, node_command(cluster, node), 200 if node.role == "gateway" else 100)
+    if cluster.console is not None:
+        lines += _program(cluster, CONSOLE, console_command(cluster), CONSOLE_PRIORITY)
     path = conf_path(cluster)
     write_file(path, ("\n".join(lines) + "\n").encode(), 0o600)
     return path
+
+
+def _program(cluster: ClusterConfig, name: str, command: list[str], priority: int) -> list[str]:
+    """A node's program, or the console's: restarted on every exit but a refusal to start."""
+    return [
+        "",
+        f"[program:{name}]",
+        f"command = {_ini(shlex.join(command))}",
+        f"directory = {_ini(Path.cwd())}",
+        f"priority = {priority}",
+        "autostart = true",
+        # Every exit but a refusal to start is restarted, however often: a node
+        # killed under load must come back.
+        "autorestart = unexpected",
+        f"exitcodes = {','.join(map(str, REFUSED_EXIT_CODES))}",
+        f"startsecs = {STARTSECS}",
+        f"startretries = {START_RETRIES}",
+        "stopsignal = TERM",
+        "stopwaitsecs = 10",
+        "stopasgroup = true",
+        "killasgroup = true",
+        "stdout_logfile = /dev/stdout",
+        "stdout_logfile_maxbytes = 0",
+        # A file `run` copies to its own stderr, so it also knows each node's last error line.
+        # supervisord %-expands a program's log file names twice.
+        f"stderr_logfile = {_ini(stderr_path(cluster, name)).replace('%', '%%')}",
+        "stderr_logfile_maxbytes = 1MB",
+        "stderr_logfile_backups = 0",
+        'environment = PYTHONUNBUFFERED="1"',
+    ]
 
 
 def _postgres_program(cluster: ClusterConfig, postgres: LocalPostgres) -> list[str]:
@@ -382,6 +400,13 @@ class Supervisor:
         self.stop(name)
         self.start(name)
 
+    def control(self, action: str, name: str) -> None:
+        """stop, start or restart `name`; a start or restart is done once the node answers, as whatever
+        comes next (the next command, a console page) expects."""
+        {"stop": self.stop, "start": self.start, "restart": self.restart}[action](name)
+        if action != "stop":
+            self.wait_serving(name)
+
     def wait_serving(self, name: str, timeout_s: float = SERVING_TIMEOUT_S) -> None:
         """Return once `name` answers its health check, so the next command finds it listening.
 
@@ -390,7 +415,10 @@ class Supervisor:
         would otherwise meet a gateway still opening its store.
         """
         if name == POSTGRES and self.cluster.postgres is not None:
-            self._wait_postgres(self.cluster.postgres.port, timeout_s)
+            self._wait_listening(name, "127.0.0.1", self.cluster.postgres.port, timeout_s)
+            return
+        if name == CONSOLE and self.cluster.console is not None:
+            self._wait_listening(name, self.cluster.console.host, self.cluster.console.port, timeout_s)
             return
         node = self.cluster.node(name)
         deadline = time.monotonic() + timeout_s
@@ -402,17 +430,18 @@ class Supervisor:
                                        f"see {node.data_dir / (name + '.log')}")
             time.sleep(0.05)
 
-    def _wait_postgres(self, port: int, timeout_s: float) -> None:
-        """Until the managed PostgreSQL takes TCP connections (it answers the nodes' logins once it does)."""
+    def _wait_listening(self, name: str, host: str, port: int, timeout_s: float) -> None:
+        """Until the program takes TCP connections: the managed PostgreSQL answers the nodes' logins once it
+        does, the console its pages."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                socket.create_connection((host, port), timeout=0.5).close()
                 return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SupervisionError(f"postgres is running but did not take connections within {timeout_s:g} s; "
-                                           f"see {stderr_path(self.cluster, POSTGRES)}") from None
+                    raise SupervisionError(f"{name} is running but did not take connections within {timeout_s:g} s; "
+                                           f"see {stderr_path(self.cluster, name)}") from None
                 time.sleep(0.05)
 
     def status(self) -> list[NodeStatus]:
@@ -421,6 +450,8 @@ class Supervisor:
         addresses = {n.name: n.address for n in self.cluster.nodes}
         if self.cluster.postgres is not None:
             addresses[POSTGRES] = f"127.0.0.1:{self.cluster.postgres.port}"
+        if self.cluster.console is not None:
+            addresses[CONSOLE] = self.cluster.console.url
         infos = sorted(self._call("getAllProcessInfo"), key=lambda i: (order.get(i["name"], len(order)), i["name"]))
         return [
             NodeStatus(
@@ -494,7 +525,8 @@ def run(cluster: ClusterConfig) -> int:
     if postgres is not None:
         postgres.initialise()  # initdb on the first run only
     write_supervisord_conf(cluster, postgres)
-    shown = [*([(POSTGRES, f"127.0.0.1:{postgres.port}")] if postgres else []), *((n.name, n.address) for n in cluster.nodes)]
+    shown = [*([(POSTGRES, f"127.0.0.1:{postgres.port}")] if postgres else []), *((n.name, n.address) for n in cluster.nodes),
+             *([(CONSOLE, f"{cluster.console.url}  (sign in: miniupi console --url)")] if cluster.console else [])]
     width = max(len(name) for name, _ in shown)
     for name, address in shown:
         print(f"{name:<{width}}  {address}")

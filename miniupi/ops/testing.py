@@ -84,8 +84,9 @@ class LocalCluster:
         cluster["data_dir"] = str(self.root / "data")
         cluster["certs_dir"] = str(self.root / "certs")
         nodes = self._node_specs()
-        managed = self.spec.get("postgres")
-        portless = [node for node in [*nodes, *([managed] if managed else [])] if "port" not in node]
+        managed, console = self.spec.get("postgres"), self.spec.get("console")
+        portless = [table for table in [*nodes, *([managed] if managed else []), *([console] if console is not None else [])]
+                    if "port" not in table]
         for node, port in zip(portless, free_ports(len(portless))):
             node["port"] = port
         for name, bank in self.spec["banks"].items():

@@ -117,6 +117,10 @@ class SessionStore:
         self._log: SessionLog = _NotLoaded()
         self._write_use_after = idle_s * LAST_USE_WRITE_FRACTION
 
+    def __len__(self) -> int:
+        """Sessions in memory: those used within idle_s, and expired ones the next login sweeps."""
+        return len(self._sessions)
+
     def _expired(self, session: _Session, now: float) -> bool:
         return now - session.last_used > self.idle_s or now - session.started > self.max_s
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from miniupi.contract.identity import current_account, current_peer
 from miniupi.config import NodeConfig
-from miniupi.contract.interceptors import Malformed, wrap_handler
+from miniupi.contract.interceptors import Malformed, MethodInterceptor
 from miniupi.nodes.error_door import status_name
 from miniupi.nodes.logs import log_call
 from miniupi.contract.hookspecs import hookimpl
@@ -50,22 +49,13 @@ def _logged_fields(descriptor: Any) -> tuple[tuple[str, ...], bool]:
     return tuple(n for n in ("txn_id", "account", "from_account", "to_account") if n in present), "amount" in present
 
 
-class CallLogInterceptor(grpc.aio.ServerInterceptor):
+class CallLogInterceptor(MethodInterceptor):
     def __init__(self, node: NodeConfig) -> None:
+        super().__init__()
         self.node = node
-        self._arounds: dict[str, _LogCalls] = {}
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(QUIET_PREFIXES):
-            return handler
-        around = self._arounds.get(details.method)
-        if around is None:  # one per method, so wrap_handler's cache serves every later call
-            around = self._arounds[details.method] = _LogCalls(details.method.rsplit("/", 1)[-1])
-        return wrap_handler(handler, around)
+    def around_for(self, method: str) -> _LogCalls | None:
+        return None if method.startswith(QUIET_PREFIXES) else _LogCalls(method.rsplit("/", 1)[-1])
 
 
 class _LogCalls:

@@ -66,7 +66,7 @@ def test_hooks_of_a_committed_payment_fire_in_the_order_of_two_phase_commit(clus
         txn = c.pay("bob@bank_b", 100).txn_id
     prepare, decide, decided = wait_calls(cluster, ("gateway", "miniupi_before_prepare", txn),
                                           ("gateway", "miniupi_before_decision", txn, "COMMITTED"),
-                                          ("gateway", "miniupi_after_decision", txn, "COMMITTED"))
+                                          ("gateway", "miniupi_after_decision", txn, "COMMITTED", "payment"))
     assert prepare < decide < decided
     for bank in ("bank_a", "bank_b"):
         vote, voted, apply, applied, sent = wait_calls(
@@ -84,7 +84,7 @@ def test_hooks_of_a_refused_vote_say_no_and_the_decision_is_aborted(cluster: Loc
             c.pay("alice@bank_a", 1_000_000)
     [txn] = [call[2] for call in calls(cluster) if call[:2] == ("bank_b", "miniupi_before_vote") and call[3] == "False"]
     wait_calls(cluster, ("gateway", "miniupi_before_decision", txn, "ABORTED"),
-               ("gateway", "miniupi_after_decision", txn, "ABORTED"))
+               ("gateway", "miniupi_after_decision", txn, "ABORTED", "INSUFFICIENT_FUNDS", "payment"))
     assert not [call for call in calls(cluster) if call[:3] == ("bank_b", "miniupi_after_vote", txn)]
 
 
@@ -111,3 +111,68 @@ def test_hook_miniupi_after_session_written_fires_for_a_login_and_its_logout_not
     written = [call for call in calls(cluster)[before:] if call[1] == "miniupi_after_session_written"]
     assert written == [("gateway", "miniupi_after_session_written", "alice@bank_a", "login"),
                        ("gateway", "miniupi_after_session_written", "alice@bank_a", "logout")]
+
+
+def timed(cluster: LocalCluster, hook: str, *args: str) -> list[tuple[int, float]]:
+    """Where each call of `hook` with these leading arguments is, and the seconds it gives last."""
+    return [(i, float(call[-1])) for i, call in enumerate(calls(cluster))
+            if call[1] == hook and call[2:2 + len(args)] == args]
+
+
+def test_hook_miniupi_after_prepare_and_miniupi_after_phase_time_each_step_of_a_payment(
+        cluster: LocalCluster) -> None:
+    """Each bank's answer and all votes in before the decision; the decision's write and the whole
+    payment between it and miniupi_after_decision; phase 2 after every bank's acknowledgement."""
+    with cluster.client() as c:
+        c.login("alice@bank_a", "pw")
+        txn = c.pay("bob@bank_b", 100).txn_id
+    decide, decided, *sent = wait_calls(cluster, ("gateway", "miniupi_before_decision", txn, "COMMITTED"),
+                                        ("gateway", "miniupi_after_decision", txn, "COMMITTED", "payment"),
+                                        *(("gateway", "miniupi_after_decision_sent", txn, bank, "COMMITTED")
+                                          for bank in ("bank_a", "bank_b")))
+    wait_for("phase 2's time", lambda: timed(cluster, "miniupi_after_phase", txn, "phase2"))
+    for bank in ("bank_a", "bank_b"):
+        [(at, seconds)] = timed(cluster, "miniupi_after_prepare", txn, bank)
+        assert at < decide and 0 < seconds < 10
+    [(votes_in, prepare_s)] = timed(cluster, "miniupi_after_phase", txn, "prepare")
+    [(written, write_s)] = timed(cluster, "miniupi_after_phase", txn, "decision_write")
+    [(answered, payment_s)] = timed(cluster, "miniupi_after_phase", txn, "payment")
+    [(acked, phase2_s)] = timed(cluster, "miniupi_after_phase", txn, "phase2")
+    assert votes_in < decide < written < answered < decided and acked > max(sent)
+    assert 0 < write_s < payment_s and prepare_s < payment_s < 10 and 0 < phase2_s < 10
+
+
+def test_hook_miniupi_repeated_id_fires_for_a_resent_id_only(cluster: LocalCluster) -> None:
+    with cluster.client() as c:
+        c.login("alice@bank_a", "pw")
+        txn = c.pay("bob@bank_b", 1).txn_id
+        c.pay("bob@bank_b", 1, txn_id=txn)
+    wait_calls(cluster, ("gateway", "miniupi_repeated_id", txn))
+    assert len(positions(cluster, "gateway", "miniupi_repeated_id", txn)) == 1
+
+
+def test_hook_miniupi_after_store_write_fires_on_every_node_with_its_time_and_writers(
+        cluster: LocalCluster) -> None:
+    with cluster.client() as c:
+        c.login("alice@bank_a", "pw")
+        c.pay("bob@bank_b", 1)
+    for node in cluster.config.nodes:
+        writes = [call for call in calls(cluster) if call[:2] == (node.name, "miniupi_after_store_write")]
+        assert writes and all(float(s) > 0 and int(items) >= 1 for _, _, s, items in writes)
+
+
+def test_hook_miniupi_node_loaded_fires_before_serving_with_the_gateways_live_counts(cluster: LocalCluster) -> None:
+    for node in cluster.config.nodes:
+        loaded = [i for i, call in enumerate(calls(cluster)) if call[:2] == (node.name, "miniupi_node_loaded")]
+        assert loaded and loaded[0] < positions(cluster, node.name, "miniupi_node_started", node.address)[0]
+    [gateway] = [call for call in calls(cluster) if call[:2] == ("gateway", "miniupi_node_loaded")]
+    for reading in ("payments_in_flight", "decisions_unacknowledged", "sessions_live"):
+        assert f"'{reading}':" in " ".join(gateway)
+
+
+def test_hook_miniupi_node_stopped_fires_when_a_node_is_stopped(cluster: LocalCluster) -> None:
+    assert not positions(cluster, "bank_b", "miniupi_node_stopped")
+    cluster.restart_node("bank_b")
+    assert len(positions(cluster, "bank_b", "miniupi_node_stopped")) == 1
+    assert positions(cluster, "bank_b", "miniupi_node_stopped")[0] < positions(
+        cluster, "bank_b", "miniupi_node_started", cluster.config.banks["bank_b"].address)[-1]

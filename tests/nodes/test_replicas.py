@@ -29,13 +29,16 @@ from miniupi.errors import (
     RefundExceedsPayment,
     RequestClosed,
     TooManyRequests,
+    UnknownAccount,
 )
 from miniupi.config import parse_config
 from miniupi.nodes.collect import MAX_PENDING_PER_REQUESTER, Request, RequestState
 from miniupi.nodes.collect_shared import SharedCollectBook
 from miniupi.nodes.coordinator import Coordinator, Payment, Txn
 from miniupi.nodes.group_commit import GroupCommit
+from miniupi.nodes.issuance import DepositOrder, Issuer
 from miniupi.nodes.limits import DailyLimit
+from miniupi.nodes.participants import Refusal, Vote
 from miniupi.nodes.refunds import RefundBook
 from miniupi.nodes.replicas import LEASES, Replica, lapsed, owned
 from miniupi.nodes.txn_index import UNFINISHED, TxnIndex
@@ -106,13 +109,15 @@ class Replicas:
         self.banks, self.store, self.guards = banks, store or STORE(), guards
         self.gateways: dict[str, tuple[GroupCommit, Coordinator, Replica]] = {}
         self.books: dict[str, SharedCollectBook] = {}
+        self.issuers: dict[str, Issuer] = {}
 
     async def start(self, name: str) -> Coordinator:
         commit = GroupCommit(self.store)
         unfinished = self.store.tables.get(UNFINISHED, {})
         txns = TxnIndex(self.store, Txn.from_record, owned(unfinished, name), cache=0)
-        book = SharedCollectBook(commit, txns, ())
-        self.books[name] = book
+        issuer = Issuer(commit, txns, shared=True)
+        book = SharedCollectBook(commit, txns, issuer)
+        self.books[name], self.issuers[name] = book, issuer
         guards = (RefundBook(txns, 0, shared=True), DailyLimit(LIMITED, self.store, 0, shared=True)) if self.guards else ()
         coordinator = Coordinator(self.banks, commit, {}, PREPARE_TIMEOUT_S, CALL_TIMEOUT_S, owner=name,
                                   txns=txns, guards=(*guards, book))
@@ -159,6 +164,15 @@ async def eventually(check: Any, within_s: float = 5.0) -> bool:
 
 def prepares_of(banks: Banks, txn_id: str) -> list[str]:
     return sorted(bank for bank, t, _, _ in banks.prepares if t == txn_id)
+
+
+async def held_at_bank_b(cluster: Replicas, gateway: Coordinator, p: Payment) -> asyncio.Future[TxnState]:
+    """`p` paid through `gateway`, now prepared at both banks with bank_b's vote held back until
+    cluster.banks.hold["bank_b"] is set (a test pops it first to let later prepares through)."""
+    cluster.banks.hold["bank_b"] = asyncio.Event()
+    paying = asyncio.ensure_future(gateway.pay(p))
+    assert await eventually(lambda: prepares_of(cluster.banks, p.txn_id) == ["bank_a", "bank_b"])
+    return paying
 
 
 def test_one_id_sent_to_two_gateways_at_once_runs_one_2pc_and_both_answer_its_result() -> None:
@@ -212,23 +226,48 @@ def test_a_repeat_at_the_other_gateway_waits_for_the_decision_of_the_one_running
     asyncio.run(scenario())
 
 
-def test_a_lapsed_gateways_undecided_payment_is_aborted_by_a_survivor_and_the_paused_one_cannot_commit_it() -> None:
+def test_a_lapsed_gateways_undecided_payment_is_run_on_by_a_survivor_and_committed_once() -> None:
     async def scenario() -> None:
         banks = Banks()
-        banks.hold["bank_b"] = asyncio.Event()
+        cluster = Replicas(banks, guards=True)
+        gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
+        p = payment(amount=DAILY_LIMIT)
+        paused = await held_at_bank_b(cluster, gw1, p)
+        await cluster.freeze("gw1")
+        held = banks.hold.pop("bank_b")  # gw1's prepare stays held; the survivor's is answered
+        resent = asyncio.ensure_future(gw2.pay(p))  # the client, failing over with the same id, waits for it
+        assert await outcome(resent) == TxnState.COMMITTED
+        assert cluster.replica("gw2").taken_over == 1
+        assert prepares_of(banks, p.txn_id) == ["bank_a", "bank_a", "bank_b", "bank_b"]  # once each, again
+        assert await eventually(lambda: banks.decided(p.txn_id) == [("bank_a", True), ("bank_b", True)])
+        held.set()  # gw1 wakes up with YES from both banks and tries to commit: taken over, the commit stands
+        assert await outcome(paused) == TxnState.COMMITTED
+        assert {c for _, t, c in banks.decisions if t == p.txn_id} == {True}
+        row = next(iter(cluster.store.tables["daily"].values()))  # the survivor settled gw1's hold
+        assert row["committed"] == DAILY_LIMIT and row["held"] == {}
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_paused_gateway_cannot_decide_otherwise_a_payment_a_survivor_took_over() -> None:
+    async def scenario() -> None:
+        banks = Banks()
         cluster = Replicas(banks)
         gw1, _ = await cluster.start("gw1"), await cluster.start("gw2")
         p = payment()
-        paused = asyncio.ensure_future(gw1.pay(p))  # prepared at both, the vote of bank_b held back
-        assert await eventually(lambda: prepares_of(banks, p.txn_id) == ["bank_a", "bank_b"])
+        paused = await held_at_bank_b(cluster, gw1, p)
         assert cluster.owner(p.txn_id) == "gw1"
         await cluster.freeze("gw1")
+        held = banks.hold.pop("bank_b")
+        banks.votes["bank_b"] = Vote(False, Refusal.UNKNOWN_ACCOUNT, "no such account")  # the survivor hears NO
         assert await eventually(lambda: cluster.record(p.txn_id)["state"] == TxnState.ABORTED, LEASE_S * 4)
         assert cluster.replica("gw2").taken_over == 1
         assert await eventually(lambda: banks.decided(p.txn_id) == [("bank_a", False), ("bank_b", False)])
-        banks.hold["bank_b"].set()  # gw1 wakes up with YES from both banks, and tries to commit
+        del banks.votes["bank_b"]
+        held.set()  # gw1 wakes up with YES from both banks, and tries to commit
         answer = await outcome(paused)
-        assert isinstance(answer, Aborted), answer  # the survivor's decision, not its own
+        assert isinstance(answer, UnknownAccount), answer  # the survivor's decision, not its own
         assert [c for _, t, c in banks.decisions if t == p.txn_id and c] == []  # no bank ever heard COMMIT
         assert cluster.record(p.txn_id)["state"] == TxnState.ABORTED
         await cluster.close()
@@ -266,15 +305,17 @@ def test_two_survivors_never_take_one_payment_over_twice() -> None:
         running = [asyncio.ensure_future(gw1.pay(p)) for p in payments]
         assert await eventually(lambda: all(prepares_of(banks, p.txn_id) for p in payments))
         await cluster.freeze("gw1")
+        held = banks.hold.pop("bank_b")
         await cluster.start("gw2")
         await cluster.start("gw3")
-        assert await eventually(lambda: all(cluster.record(p.txn_id)["state"] == TxnState.ABORTED
+        assert await eventually(lambda: all(cluster.record(p.txn_id)["state"] == TxnState.COMMITTED
                                             for p in payments), LEASE_S * 6)
         assert cluster.replica("gw2").taken_over + cluster.replica("gw3").taken_over == len(payments)
-        banks.hold["bank_b"].set()
-        assert all(isinstance(r, Aborted) for r in await asyncio.gather(*(outcome(r) for r in running)))
-        for p in payments:
-            assert {c for _, t, c in banks.decisions if t == p.txn_id} == {False}
+        held.set()
+        assert await asyncio.gather(*(outcome(r) for r in running)) == [TxnState.COMMITTED] * len(payments)
+        for p in payments:  # gw1's prepares, then one taker's: never a third
+            assert prepares_of(banks, p.txn_id) == ["bank_a", "bank_a", "bank_b", "bank_b"]
+            assert {c for _, t, c in banks.decisions if t == p.txn_id} == {True}
         await cluster.close()
 
     asyncio.run(scenario())
@@ -401,17 +442,18 @@ def test_refunds_at_two_gateways_at_once_never_give_back_more_than_the_payment()
 def test_a_taken_over_payment_gives_back_its_hold_on_the_limit() -> None:
     async def scenario() -> None:
         banks = Banks()
-        banks.hold["bank_b"] = asyncio.Event()
         cluster = Replicas(banks, guards=True)
         gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
         p = payment(amount=DAILY_LIMIT)
-        paused = asyncio.ensure_future(gw1.pay(p))
-        assert await eventually(lambda: prepares_of(banks, p.txn_id) == ["bank_a", "bank_b"])
+        paused = await held_at_bank_b(cluster, gw1, p)
         assert isinstance(await outcome(gw2.pay(payment(amount=1))), DailyLimitReached)  # held by gw1's payment
         await cluster.freeze("gw1")
+        held = banks.hold.pop("bank_b")
+        banks.votes["bank_b"] = Vote(False, Refusal.UNKNOWN_ACCOUNT, "no such account")  # the survivor aborts it
         assert await eventually(lambda: cluster.record(p.txn_id)["state"] == TxnState.ABORTED, LEASE_S * 4)
-        banks.hold["bank_b"].set()
-        assert isinstance(await outcome(paused), Aborted)
+        del banks.votes["bank_b"]
+        held.set()
+        assert isinstance(await outcome(paused), UnknownAccount)
         assert await gw2.pay(payment(amount=DAILY_LIMIT)) == TxnState.COMMITTED
         row = next(iter(cluster.store.tables["daily"].values()))
         assert row["committed"] == DAILY_LIMIT and row["held"] == {}
@@ -478,6 +520,61 @@ def test_the_cap_on_pending_requests_counts_those_asked_at_every_gateway() -> No
                                          for i in range(MAX_PENDING_PER_REQUESTER + 10)))
         assert sum(isinstance(a, Request) for a in answers) == MAX_PENDING_PER_REQUESTER
         assert all(isinstance(a, (Request, TooManyRequests)) for a in answers), answers
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_one_id_raced_as_a_payment_a_deposit_and_a_request_at_three_gateways_is_taken_once() -> None:
+    """Each kind's own table decides only among its own kind; the ids table decides across them."""
+    async def scenario() -> None:
+        banks = Banks()
+        cluster = Replicas(banks)
+        gw1 = await cluster.start("gw1")
+        await cluster.start("gw2")
+        await cluster.start("gw3")
+        payments_won = 0
+        for _ in range(20):
+            p = payment()
+            asked = Request(p.txn_id, "bob@bank_b", "alice@bank_a", 3_00, "INR", "", time.time(), time.time() + 600)
+            answers = await asyncio.gather(
+                outcome(gw1.pay(p)),
+                outcome(cluster.issuers["gw2"].record(DepositOrder(p.txn_id, "carol@bank_a", 7_00))),
+                outcome(cluster.books["gw3"].ask(asked)))
+            won = [a for a in answers if not isinstance(a, AlreadyExists)]
+            assert len(won) == 1, answers
+            kind = cluster.store.tables["ids"][p.txn_id]["kind"]
+            assert kind == ("payment" if answers[0] == TxnState.COMMITTED else
+                            "deposit" if answers[1] is None else "request"), (kind, answers)
+            if answers[0] != TxnState.COMMITTED:
+                assert prepares_of(banks, p.txn_id) == []  # a refused payment sent nothing
+                assert p.txn_id not in cluster.store.tables.get("txns", {})  # none yet, if it lost the first race
+            payments_won += answers[0] == TxnState.COMMITTED
+        assert 0 < payments_won < 20  # both orders of the race were met
+        await cluster.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_gateway_restarted_within_its_lease_runs_its_undecided_payment_on() -> None:
+    """Where gateways share the store a restart is a takeover of its own payments: no presumed abort, so a
+    client whose gateway crashed mid-payment gets the payment it asked for from whichever gateway it asks."""
+    async def scenario() -> None:
+        banks = Banks()
+        cluster = Replicas(banks)
+        gw1 = await cluster.start("gw1")
+        p = payment()
+        crashed = await held_at_bank_b(cluster, gw1, p)
+        await cluster.freeze("gw1")
+        commit, coordinator, _ = cluster.gateways.pop("gw1")  # gone without ending its lease: a crash
+        banks.hold.pop("bank_b")
+        again = await cluster.start("gw1")
+        assert await outcome(again.pay(p)) == TxnState.COMMITTED
+        assert prepares_of(banks, p.txn_id) == ["bank_a", "bank_a", "bank_b", "bank_b"]
+        assert await eventually(lambda: cluster.owner(p.txn_id) is None)  # acknowledged by both banks
+        crashed.cancel()
+        await coordinator.close()
+        await commit.close()
         await cluster.close()
 
     asyncio.run(scenario())

@@ -99,11 +99,13 @@ def test_bench_refuses_a_single_bank_in_one_line(tmp_path) -> None:
     (["--payments", "10", "--rate", "5"], "--payments (closed loop) cannot go with --rate or --duration"),
     (["--payments", "10", "--duration", "5"], "--payments (closed loop) cannot go with --rate or --duration"),
     (["--duration", "5"], "--duration needs --rate"),
-    (["--live", "--banks", "3"], "--banks, --gateways, --storage and --bank-storage shape a throw-away cluster"),
+    (["--live", "--banks", "3"],
+     "--banks, --gateways, --storage, --bank-storage and --metrics shape a throw-away cluster"),
     (["--live", "--gateways", "2"], "shape a throw-away cluster; with --live the cluster file does"),
     (["--gateways", "2"], "--gateways 2 needs --storage postgres: several gateways share one store"),
     (["--gateways", "2", "--storage", "json"], "--gateways 2 needs --storage postgres"),
     (["--live", "--storage", "json"], "shape a throw-away cluster"),
+    (["--live", "--metrics"], "shape a throw-away cluster"),
     (["--config", "elsewhere.toml"], "drives only with --live"),
     # float() and int() would take these; nan once reached the accounts' funding and raised there.
     (["--rate", "5", "--duration", "nan"], "--duration: not a number above 0"),
@@ -184,3 +186,12 @@ def test_bench_drives_a_running_cluster_only_with_live_and_says_what_it_leaves_t
         # The figure in the warning is exactly what the treasury issued: 6 accounts, 20 paise each.
         assert opened.group(4) == "1.20" and after["issued_minor"] - before["issued_minor"] == 120
         assert left_behind(tmp) == []  # nothing was booted
+
+
+def test_bench_with_metrics_gives_every_node_a_metrics_port_of_its_own() -> None:
+    from miniupi.ops.bench import bench_spec
+
+    spec = bench_spec(3, "sqlite", metrics=True)
+    ports = [spec["gateway"]["metrics_port"], *(bank["metrics_port"] for bank in spec["banks"].values())]
+    assert len(set(ports)) == 4 and all(0 < port < 65536 for port in ports)
+    assert "metrics_port" not in bench_spec(2, "sqlite")["gateway"]
