@@ -104,9 +104,10 @@ def miniupi_repeated_id(node: NodeConfig, txn_id: str) -> None:
 
 
 @hookspec
-def miniupi_after_prepare(node: NodeConfig, txn_id: str, bank: str, seconds: float) -> None:
+def miniupi_after_prepare(node: NodeConfig, txn_id: str, bank: str, seconds: float, answer: str) -> None:
     """`bank` answered the prepare (a vote, a failure or a timeout) `seconds` after it was asked.
 
+    `answer` says what it was, for people: "yes", "no: why" or "no answer: why".
     An observer: exceptions are logged.
     """
 
@@ -130,6 +131,13 @@ def miniupi_after_phase(node: NodeConfig, txn_id: str, phase: str, seconds: floa
     point's write) or "phase2" (the decision sent to every bank's ack).
     An observer: exceptions are logged.
     """
+
+
+@hookspec
+def miniupi_decision_resent(node: NodeConfig, txn_id: str, decision: str, attempt: int) -> None:
+    """The gateway sends the durable decision to the banks again (`attempt` 1, 2, ...): a bank had not
+    acknowledged the first try, or the gateway restarted or took the payment over. An observer:
+    exceptions are logged."""
 
 
 @hookspec

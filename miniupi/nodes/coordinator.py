@@ -134,6 +134,19 @@ def _aborted(txn: Txn, message: str, decided_at: float) -> dict[str, Any]:
     return {**txn.record(), "state": TxnState.ABORTED, "code": Aborted.code, "message": message,
             "reason": Aborted.reason, "decided_at": decided_at}
 
+def _answer(vote: asyncio.Future[Vote]) -> str:
+    """A bank's answer to a prepare, for people (miniupi_after_prepare)."""
+    if vote.cancelled():
+        return "no answer: cancelled"
+    error = vote.exception()
+    if error is None:
+        v = vote.result()
+        return "yes" if v.yes else f"no: {v.detail or v.refusal}"
+    if isinstance(error, TimeoutError):
+        return "no answer: timed out"
+    return f"no answer: {error.message if isinstance(error, MiniupiError) else error!r}"
+
+
 # What the client hears for a bank's NO; a reason not listed here aborts.
 _REFUSALS: dict[Refusal | None, Callable[[str], MiniupiError]] = {
     Refusal.INSUFFICIENT_FUNDS: InsufficientFunds,
@@ -350,7 +363,8 @@ class Coordinator:
         return txn.outcome()
 
     async def _run(self, txn: Txn, started: float = 0.0) -> None:
-        """2PC for a recorded payment, its `finished` future set when it is over (`started`: see _two_phase)."""
+        """2PC for a recorded payment, its `finished` future set when it is over; `started`: when its
+        record began (perf_counter), 0 for one run on after a takeover or a restart."""
         assert txn.finished is not None
         vetoed = fire_before(self._hooks.miniupi_before_prepare, txn_id=txn.payment.txn_id)
         self._in_flight += 1
@@ -445,9 +459,9 @@ class Coordinator:
 
     def _time_vote(self, vote: asyncio.Future[Vote], txn_id: str, bank: str, asked: float) -> None:
         """Tell observers how long `bank` took to answer the prepare, when it answers."""
-        def answered(_: Any) -> None:
+        def answered(done: asyncio.Future[Vote]) -> None:
             fire_after(self._hooks.miniupi_after_prepare, txn_id=txn_id, bank=bank,
-                       seconds=time.perf_counter() - asked)
+                       seconds=time.perf_counter() - asked, answer=_answer(done))
         vote.add_done_callback(answered)
 
     async def _record(self, txn: Txn) -> bool:
@@ -591,7 +605,11 @@ class Coordinator:
         """Keep telling the banks until every one has acknowledged, backing off; `since`: when phase 2
         began in this process (perf_counter), 0 for a decision resent after a restart."""
         failures = 0
-        while not self._all_acked(txn, await self._decide_at_banks(txn)):
+        while True:
+            fire_after(self._hooks.miniupi_decision_resent, txn_id=txn.payment.txn_id, decision=txn.state,
+                       attempt=failures + 1)
+            if self._all_acked(txn, await self._decide_at_banks(txn)):
+                break
             failures += 1
             await asyncio.sleep(RETRY.delay(failures, _rng))
         if since:

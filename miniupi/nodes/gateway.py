@@ -15,7 +15,7 @@ from loguru import logger
 
 from miniupi.contract.auth import Authenticator
 from miniupi.contract.identity import ADMIN, TREASURY, current_account, current_peer, session_key
-from miniupi.config import ClusterConfig
+from miniupi.config import GATEWAY, ClusterConfig
 from miniupi.errors import (
     AccountLocked,
     AlreadyExists,
@@ -45,6 +45,7 @@ from miniupi.nodes.refunds import RefundBook
 from miniupi.nodes.replicas import Replica, owned
 from miniupi.nodes.gateway_store import live_tables, upgrade
 from miniupi.nodes.settlement import Settler
+from miniupi.nodes import timeline
 from miniupi.nodes.passwords import MAX_PASSWORD
 from miniupi.nodes.server import NodeStartError, open_store, serve
 from miniupi.nodes.txn_index import UNFINISHED, TxnIndex, cache_size
@@ -70,9 +71,11 @@ class Books:
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, cluster: ClusterConfig, coordinator: Coordinator, links: BankLinks,
-                 sessions: Authenticator, books: Books, hooks: NodeHooks = NO_HOOKS) -> None:
+                 sessions: Authenticator, books: Books, hooks: NodeHooks = NO_HOOKS,
+                 recent: timeline.Timeline | None = None, name: str = GATEWAY) -> None:
         self.cluster, self.coordinator, self.links, self.sessions = cluster, coordinator, links, sessions
-        self.books, self.hooks = books, hooks
+        self.books, self.hooks, self.name = books, hooks, name
+        self.timeline = recent or timeline.Timeline(lambda txn_id: None)
         self.timeout = cluster.call_timeout_s
 
     def _bank_of(self, account: str) -> tuple[str, str]:
@@ -303,6 +306,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             net=[gateway_pb2.NetPosition(bank=bank, net=common_pb2.Money(minor=net, currency=currency))
                  for bank, net in report.net.items()])
 
+    async def RecentPayments(self, request: gateway_pb2.RecentPaymentsRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.RecentPaymentsReply:
+        if current_peer.get() != ADMIN:
+            raise PermissionDenied("only the admin may watch recent payments")
+        limit = min(request.limit or 100, timeline.RECENT)
+        return gateway_pb2.RecentPaymentsReply(
+            payments=[_trace(t) for t in self.timeline.changed_after(request.after, limit)],
+            seq=self.timeline.seq, gateway=self.name)
+
     async def ListTransactions(self, request: gateway_pb2.ListTransactionsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[gateway_pb2.TransactionChunk]:
         if current_peer.get() != ADMIN:
             raise PermissionDenied("only the admin may list transactions")
@@ -367,6 +378,14 @@ def _gateway_txn(t: Txn) -> gateway_pb2.GatewayTxn:
         decided_at=t.decided_at)
 
 
+def _trace(t: timeline.Trace) -> gateway_pb2.PaymentTrace:
+    return gateway_pb2.PaymentTrace(
+        txn_id=t.txn_id, from_account=t.payer, to_account=t.payee,
+        amount=common_pb2.Money(minor=t.amount, currency=t.currency), state=common_pb2.TxnState.Value(t.state),
+        reason=t.reason, kind=t.kind, created_at=t.started_at, seq=t.seq,
+        steps=[gateway_pb2.PaymentStep(at=s.at, step=s.what, bank=s.bank, detail=s.detail) for s in t.steps])
+
+
 def _only_treasury() -> None:
     """Issuing money is the treasury's alone, whatever auth plugin runs in front of this servicer."""
     if current_peer.get() != TREASURY:
@@ -395,6 +414,9 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
     commit, tables = await open_store(plugins, node, live_tables(getattr(sessions, "tables", ("sessions",))))
     await sessions.load(tables, commit)  # before serving: every live key works from the first call
     tables = await upgrade(commit, tables, cluster)  # a store from before the indexes gets them, once
+    # The console's view of recent payments, fed by the gateway's own hooks like any observer plugin's.
+    recent = timeline.Timeline(lambda txn_id: txns.get(txn_id) if txns.is_live(txn_id) else None)
+    plugins.pm.register(timeline.TimelineHooks(recent), name="miniupi.timeline")
     hooks = NodeHooks(plugins.pm, node)
     links = BankLinks(cluster)
     links.watch()
@@ -420,7 +442,7 @@ async def run_gateway(cluster: ClusterConfig, port: int | None = None, log_json:
 
     def add_services(server: grpc.aio.Server) -> list[str]:
         gateway_pb2_grpc.add_GatewayServicer_to_server(
-            GatewayServicer(cluster, coordinator, links, sessions, books, hooks), server)
+            GatewayServicer(cluster, coordinator, links, sessions, books, hooks, recent, node.name), server)
         return [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name]
 
     async def on_stop() -> None:

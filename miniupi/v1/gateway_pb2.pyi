@@ -364,3 +364,57 @@ class SettlementReply(_message.Message):
     net: _containers.RepeatedCompositeFieldContainer[NetPosition]
     intra_bank: _containers.RepeatedCompositeFieldContainer[BankFlow]
     def __init__(self, since: _Optional[float] = ..., until: _Optional[float] = ..., gross: _Optional[_Iterable[_Union[BankFlow, _Mapping]]] = ..., net: _Optional[_Iterable[_Union[NetPosition, _Mapping]]] = ..., intra_bank: _Optional[_Iterable[_Union[BankFlow, _Mapping]]] = ...) -> None: ...
+
+class RecentPaymentsRequest(_message.Message):
+    __slots__ = ("after", "limit")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after: int
+    limit: int
+    def __init__(self, after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class PaymentStep(_message.Message):
+    __slots__ = ("at", "step", "bank", "detail")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    BANK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    step: str
+    bank: str
+    detail: str
+    def __init__(self, at: _Optional[float] = ..., step: _Optional[str] = ..., bank: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class PaymentTrace(_message.Message):
+    __slots__ = ("txn_id", "from_account", "to_account", "amount", "state", "reason", "kind", "created_at", "steps", "seq")
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    TO_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    txn_id: str
+    from_account: str
+    to_account: str
+    amount: _common_pb2.Money
+    state: _common_pb2.TxnState
+    reason: str
+    kind: str
+    created_at: float
+    steps: _containers.RepeatedCompositeFieldContainer[PaymentStep]
+    seq: int
+    def __init__(self, txn_id: _Optional[str] = ..., from_account: _Optional[str] = ..., to_account: _Optional[str] = ..., amount: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., state: _Optional[_Union[_common_pb2.TxnState, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[str] = ..., created_at: _Optional[float] = ..., steps: _Optional[_Iterable[_Union[PaymentStep, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class RecentPaymentsReply(_message.Message):
+    __slots__ = ("payments", "seq", "gateway")
+    PAYMENTS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    payments: _containers.RepeatedCompositeFieldContainer[PaymentTrace]
+    seq: int
+    gateway: str
+    def __init__(self, payments: _Optional[_Iterable[_Union[PaymentTrace, _Mapping]]] = ..., seq: _Optional[int] = ..., gateway: _Optional[str] = ...) -> None: ...

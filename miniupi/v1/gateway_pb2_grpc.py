@@ -119,6 +119,11 @@ class GatewayStub:
                 request_serializer=miniupi_dot_v1_dot_gateway__pb2.SettlementRequest.SerializeToString,
                 response_deserializer=miniupi_dot_v1_dot_gateway__pb2.SettlementReply.FromString,
                 _registered_method=True)
+        self.RecentPayments = channel.unary_unary(
+                '/miniupi.v1.Gateway/RecentPayments',
+                request_serializer=miniupi_dot_v1_dot_gateway__pb2.RecentPaymentsRequest.SerializeToString,
+                response_deserializer=miniupi_dot_v1_dot_gateway__pb2.RecentPaymentsReply.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -272,6 +277,17 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecentPayments(self, request, context):
+        """The payments this gateway ran or finished lately, each with the steps of
+        its two-phase commit as this gateway saw them, for `miniupi console`:
+        those changed after the sequence number `after` (0: all kept), newest
+        change first. Memory only and bounded (the newest 1,000): a restart
+        starts it empty. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -359,6 +375,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Settlement,
                     request_deserializer=miniupi_dot_v1_dot_gateway__pb2.SettlementRequest.FromString,
                     response_serializer=miniupi_dot_v1_dot_gateway__pb2.SettlementReply.SerializeToString,
+            ),
+            'RecentPayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecentPayments,
+                    request_deserializer=miniupi_dot_v1_dot_gateway__pb2.RecentPaymentsRequest.FromString,
+                    response_serializer=miniupi_dot_v1_dot_gateway__pb2.RecentPaymentsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -820,6 +841,33 @@ class Gateway:
             '/miniupi.v1.Gateway/Settlement',
             miniupi_dot_v1_dot_gateway__pb2.SettlementRequest.SerializeToString,
             miniupi_dot_v1_dot_gateway__pb2.SettlementReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecentPayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/miniupi.v1.Gateway/RecentPayments',
+            miniupi_dot_v1_dot_gateway__pb2.RecentPaymentsRequest.SerializeToString,
+            miniupi_dot_v1_dot_gateway__pb2.RecentPaymentsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -114,8 +114,8 @@ def test_hook_miniupi_after_session_written_fires_for_a_login_and_its_logout_not
 
 
 def timed(cluster: LocalCluster, hook: str, *args: str) -> list[tuple[int, float]]:
-    """Where each call of `hook` with these leading arguments is, and the seconds it gives last."""
-    return [(i, float(call[-1])) for i, call in enumerate(calls(cluster))
+    """Where each call of `hook` with these leading arguments is, and the seconds it gives right after them."""
+    return [(i, float(call[2 + len(args)])) for i, call in enumerate(calls(cluster))
             if call[1] == hook and call[2:2 + len(args)] == args]
 
 
@@ -134,6 +134,7 @@ def test_hook_miniupi_after_prepare_and_miniupi_after_phase_time_each_step_of_a_
     for bank in ("bank_a", "bank_b"):
         [(at, seconds)] = timed(cluster, "miniupi_after_prepare", txn, bank)
         assert at < decide and 0 < seconds < 10
+        assert calls(cluster)[at][-1] == "yes"  # its answer, for people
     [(votes_in, prepare_s)] = timed(cluster, "miniupi_after_phase", txn, "prepare")
     [(written, write_s)] = timed(cluster, "miniupi_after_phase", txn, "decision_write")
     [(answered, payment_s)] = timed(cluster, "miniupi_after_phase", txn, "payment")
