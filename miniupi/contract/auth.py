@@ -41,8 +41,9 @@ class Authenticator(Protocol):
     async def start(self, account: str) -> tuple[str, float]:
         """A new session for `account`, durable before it returns: (key to hand out, expiry in Unix seconds)."""
 
-    def resolve(self, key: str) -> str:
-        """The account a key belongs to; raise Unauthenticated if none. Called on every call: no waiting."""
+    async def resolve(self, key: str) -> str:
+        """The account a key belongs to; raise Unauthenticated if none. Called on every call: no waiting
+        but for a read of the store where gateways share one (contract/store.py, `read`)."""
 
     async def end(self, key: str) -> str | None:
         """Revoke a key, durably before it returns: the account whose session ended, None for an unknown key."""

@@ -13,10 +13,18 @@ one write.
 Reads see every batch whose write has returned, and never part of a batch.
 They come from the node's event loop while the group commit's writer
 thread writes, so a plugin must allow one reader and one writer at once.
+
+A store across a network (PostgreSQL) may also offer its reads as
+coroutines (AsyncReads, optional): a gateway sharing the store reads a row
+on every call and payment, and a synchronous round trip there would stop
+every other call of the node while it waits. The node reads through
+`read`, `read_many` and `read_table`, which await those where the store has
+them and call `get` and `scan` where it has not: a local store (SQLite,
+JSON) answers sooner than a hand-off would cost, so it leaves them out.
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 
@@ -81,3 +89,54 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release files; later calls are errors."""
+
+
+class AsyncReads(Protocol):
+    """Reads a Store may also offer as coroutines, for the node's event loop (see the module's docstring).
+
+    Each sees what its synchronous twin sees, and fails as it does (a server
+    away: StoreUnavailable). `aclose` is awaited at the node's stop, before
+    `close`, on the loop the reads ran on.
+    """
+
+    async def aget(self, table: str, key: str) -> Any | None:
+        """As `get`."""
+
+    async def aget_many(self, table: str, keys: Collection[str]) -> dict[str, Any]:
+        """{key: value} of the `keys` that `table` holds, in one round trip; absent keys left out."""
+
+    def ascan(self, table: str) -> AsyncIterator[tuple[str, Any]]:
+        """As `scan`."""
+
+    async def aclose(self) -> None:
+        """Release what the async reads hold; a later one opens it again."""
+
+
+async def read(store: Store, table: str, key: str) -> Any | None:
+    """store.get(table, key), awaited where the store reads asynchronously (AsyncReads)."""
+    aget = getattr(store, "aget", None)
+    return store.get(table, key) if aget is None else await aget(table, key)
+
+
+async def read_many(store: Store, table: str, keys: Collection[str]) -> dict[str, Any]:
+    """{key: value} of the `keys` that `table` holds: one round trip where the store reads asynchronously."""
+    aget_many = getattr(store, "aget_many", None)
+    if aget_many is not None:
+        return await aget_many(table, keys)
+    found = ((key, store.get(table, key)) for key in keys)
+    return {key: value for key, value in found if value is not None}
+
+
+async def read_table(store: Store, table: str) -> list[tuple[str, Any]]:
+    """Every (key, value) of a small `table` (such as the gateways' leases), in key order."""
+    ascan = getattr(store, "ascan", None)
+    if ascan is None:
+        return list(store.scan(table))
+    return [row async for row in ascan(table)]
+
+
+async def close_reads(store: Store) -> None:
+    """End the store's async reads, if it has them, on the loop they ran on."""
+    aclose = getattr(store, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -207,10 +207,10 @@ class CollectBook:
     def deciding(self, txn: Txn, decision: TxnState) -> list[Put]:
         return [Put(OPEN, txn.payment.request_id, None)] if txn.payment.request_id else []
 
-    def reserve(self, payment: Payment, now: float) -> tuple[list[Put], list[Expect]]:
+    async def reserve(self, payment: Payment, now: float) -> tuple[list[Put], list[Expect]]:
         return [], []
 
-    def settle(self, txn: Txn, decision: TxnState) -> tuple[list[Put], list[Expect]]:
+    async def settle(self, txn: Txn, decision: TxnState) -> tuple[list[Put], list[Expect]]:
         return self.deciding(txn, decision), []
 
     def decided(self, txn: Txn, decision: TxnState, durable: bool) -> None:
@@ -224,6 +224,11 @@ class CollectBook:
         request_id = request.request_id
         # An open request's payment, if any, is live: no need to ask the store.
         txn = self._txns.get(request_id) if request_id not in self._open or self._txns.is_live(request_id) else None
+        return self.state_of(request, txn, now)
+
+    @staticmethod
+    def state_of(request: Request, txn: Txn | None, now: float | None = None) -> tuple[RequestState, str]:
+        """The request's state given its payment's transaction (None: not approved)."""
         if txn is not None:
             if txn.state == TxnState.COMMITTED:
                 return RequestState.PAID, ""
@@ -243,8 +248,9 @@ class CollectBook:
             raise NotFound(f"no collect request {request_id}")
         return request
 
-    def open_for(self, account: str, now: float) -> list[Request]:
-        """The requests to and from `account` that are pending or being paid, oldest first."""
+    async def open_for(self, account: str, now: float) -> list[Request]:
+        """The requests to and from `account` that are pending or being paid, oldest first (async: where
+        gateways share the store, it reads the store)."""
         self._sweep(now)
         return [r for r in self._of(account) if self.state(r, now)[0] in (RequestState.PENDING, RequestState.PAYING)]
 

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from typing import Any
 
 from miniupi.backoff import RetryPolicy
-from miniupi.contract.store import Conflict, Expect, Put
+from miniupi.contract.store import Conflict, Expect, Put, read, read_many
 from miniupi.errors import (
     AlreadyExists,
     NotFound,
@@ -66,9 +66,12 @@ class SharedCollectBook(CollectBook):
 
     # -- reading ------------------------------------------------------------------------------------
 
-    def _versioned(self, table: str, key: str) -> tuple[dict[str, Any] | None, Expect]:
+    # Reads are awaited (contract/store.py, `read`): the store is across the network, and every change
+    # expects the versions it was computed from, so a row changed while a read waited computes it again.
+
+    async def _versioned(self, table: str, key: str) -> tuple[dict[str, Any] | None, Expect]:
         """A row and the expectation that it is still as read (absent, or at its version)."""
-        row = self._store.get(table, key)
+        row = await read(self._store, table, key)
         return row, Expect(table, key, None) if row is None else Expect(table, key, "v", row.get("v"))
 
     def _read(self, request_id: str) -> Request | None:
@@ -78,21 +81,26 @@ class SharedCollectBook(CollectBook):
     def scan(self) -> Iterator[Request]:
         return (_request(request_id, row) for request_id, row in self._store.scan(TABLE))
 
-    def _inbox(self, account: str) -> tuple[list[Request], Expect]:
-        row, expect = self._versioned(INBOX, account)
-        requests = [r for r in map(self._read, row["ids"] if row else ()) if r is not None]
-        return requests, expect
+    async def _inbox(self, account: str) -> tuple[list[Request], Expect]:
+        row, expect = await self._versioned(INBOX, account)
+        ids = row["ids"] if row else []
+        rows = await read_many(self._store, TABLE, ids)
+        return [_request(request_id, rows[request_id]) for request_id in ids if request_id in rows], expect
 
-    def open_for(self, account: str, now: float) -> list[Request]:
-        return [r for r in self._inbox(account)[0] if self.state(r, now)[0] in OPEN_STATES]
+    async def _state(self, request: Request, now: float) -> RequestState:
+        """As `state`, the read of the request's payment awaited."""
+        return self.state_of(request, await self._txns.aget(request.request_id), now)[0]
 
-    def _inboxes(self, request: Request, now: float, add: bool) -> Change:
+    async def open_for(self, account: str, now: float) -> list[Request]:
+        return [r for r in (await self._inbox(account))[0] if await self._state(r, now) in OPEN_STATES]
+
+    async def _inboxes(self, request: Request, now: float, add: bool) -> Change:
         """Both parties' inboxes rewritten without their closed requests, with or without `request`."""
         puts, expects = [], []
         for account in dict.fromkeys((request.payer, request.payee)):
-            held, expect = self._inbox(account)
+            held, expect = await self._inbox(account)
             ids = [r.request_id for r in held
-                   if r.request_id != request.request_id and self.state(r, now)[0] in OPEN_STATES]
+                   if r.request_id != request.request_id and await self._state(r, now) in OPEN_STATES]
             if add:
                 ids.append(request.request_id)
             version = 0 if expect.field is None else int(expect.value or 0)
@@ -112,7 +120,7 @@ class SharedCollectBook(CollectBook):
             for account in sorted(set(accounts)):
                 await stack.enter_async_context(self._lock(account))
             for attempt in range(1, TRIES + 1):
-                (puts, expects), result = compute()
+                (puts, expects), result = await compute()
                 try:
                     await self._commit.write(puts, expects)
                     return result
@@ -133,7 +141,7 @@ class SharedCollectBook(CollectBook):
                 del self._waiting[account], self._locks[account]
 
     async def ask(self, request: Request) -> Request:
-        def compute() -> tuple[Change, Request]:
+        async def compute() -> tuple[Change, Request]:
             known = self._read(request.request_id)
             if known is not None:
                 if known.details != request.details:
@@ -142,17 +150,17 @@ class SharedCollectBook(CollectBook):
             if request.request_id in self._txns or request.request_id in self._taken:
                 raise AlreadyExists(f"id {request.request_id} was already used for a transaction")
             now = request.created_at
-            pending = sum(1 for r in self._inbox(request.payee)[0]
-                          if r.payee == request.payee and self.state(r, now)[0] == RequestState.PENDING)
+            pending = sum([r.payee == request.payee and await self._state(r, now) == RequestState.PENDING
+                           for r in (await self._inbox(request.payee))[0]])
             if pending >= MAX_PENDING_PER_REQUESTER:
                 raise TooManyRequests(f"{request.payee} already has {pending} pending requests; "
                                       "wait for some to be answered or to expire")
-            asked = sum(1 for r in self._inbox(request.payer)[0]
-                        if r.payer == request.payer and self.state(r, now)[0] == RequestState.PENDING)
+            asked = sum([r.payer == request.payer and await self._state(r, now) == RequestState.PENDING
+                         for r in (await self._inbox(request.payer))[0]])
             if asked >= MAX_PENDING_PER_PAYER:
                 raise TooManyRequests(f"{request.payer} has too many requests waiting for an answer; "
                                       "ask again later")
-            puts, expects = self._inboxes(request, now, add=True)
+            puts, expects = await self._inboxes(request, now, add=True)
             put, taken = ids.take(request.request_id, ids.REQUEST)  # a Conflict here: the next compute refuses
             return ([Put(TABLE, request.request_id, _row(request, 1)), put, *puts],
                     [Expect(TABLE, request.request_id, None), taken, *expects]), request
@@ -160,7 +168,7 @@ class SharedCollectBook(CollectBook):
         return await self._write((request.payer, request.payee), compute)
 
     async def decline(self, request_id: str, caller: str, now: float) -> Request:
-        def compute() -> tuple[Change, Request]:
+        async def compute() -> tuple[Change, Request]:
             request = self.find(request_id, caller)
             if caller != request.payer:
                 raise PermissionDenied(f"only {request.payer}, who is asked to pay, may decline request {request_id}")
@@ -170,9 +178,9 @@ class SharedCollectBook(CollectBook):
             if state != RequestState.PENDING:
                 raise RequestClosed(f"request {request_id} is {state.lower()}; only a pending request can be declined")
             declined = Request(**{**asdict(request), "declined_at": now})
-            row, expect = self._versioned(TABLE, request_id)
+            row, expect = await self._versioned(TABLE, request_id)
             assert row is not None
-            puts, expects = self._inboxes(declined, now, add=False)
+            puts, expects = await self._inboxes(declined, now, add=False)
             return ([Put(TABLE, request_id, _row(declined, int(row["v"]) + 1)), *puts],
                     [expect, *expects]), declined
 
@@ -181,12 +189,12 @@ class SharedCollectBook(CollectBook):
 
     # -- a Guard of the coordinator, where the store decides ------------------------------------
 
-    def reserve(self, payment: Payment, now: float) -> Change:
+    async def reserve(self, payment: Payment, now: float) -> Change:
         """An approval: the request is still approvable as the store has it, and its row moves on, so a
         decline written meanwhile at another gateway makes one of the two compute again."""
         if not payment.request_id:
             return [], []
-        row, expect = self._versioned(TABLE, payment.request_id)
+        row, expect = await self._versioned(TABLE, payment.request_id)
         if row is None:
             raise NotFound(f"no collect request {payment.request_id}")
         request = _request(payment.request_id, row)
@@ -196,9 +204,8 @@ class SharedCollectBook(CollectBook):
             raise RequestClosed(f"request {payment.request_id} expired")
         return [Put(TABLE, payment.request_id, {**row, "v": int(row["v"]) + 1})], [expect]
 
-    def settle(self, txn: Txn, decision: TxnState) -> Change:
+    async def settle(self, txn: Txn, decision: TxnState) -> Change:
         """A decided approval: out of both inboxes."""
-        if not txn.payment.request_id:
-            return [], []
-        request = self._read(txn.payment.request_id)
-        return self._inboxes(request, txn.created_at, add=False) if request else ([], [])
+        request_id = txn.payment.request_id
+        row = await read(self._store, TABLE, request_id) if request_id else None
+        return await self._inboxes(_request(request_id, row), txn.created_at, add=False) if row else ([], [])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,7 +35,7 @@ from miniupi.errors import (
 from miniupi.nodes.participants import Ack, Leg, Participants, Refusal, Vote
 from miniupi.nodes.patience import PreparePatience
 from miniupi.contract.manager import NO_HOOKS, NodeHooks, fire_after, fire_before
-from miniupi.contract.store import Conflict, Expect, Put
+from miniupi.contract.store import Conflict, Expect, Put, read
 from miniupi.nodes import ids
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.nodes.txn_index import UNFINISHED, TxnIndex, finished, unfinished
@@ -163,7 +163,7 @@ class Guard(Protocol):
     `admit` runs before a new id is recorded, in the same step of the event
     loop as the record entering memory, so no two payments can both pass a
     bound they pass only together; what it needs from the store it reads
-    there and then (a synchronous `get`). An admitted payment counts until
+    there and then (a synchronous `get`: a gateway alone has a local store). An admitted payment counts until
     it aborts; a committed one counts for good. What a guard keeps of
     decided payments goes into the decision's own batch (`deciding`), so the
     store never holds a decision without it, nor it without the decision.
@@ -189,12 +189,14 @@ class Guard(Protocol):
     # Where gateways share the store (replicas.py) no memory sees every payment in flight, so the
     # guard's rows hold them, and these two take the place of admit and deciding: each returns the
     # puts for the record's (or the decision's) batch and what they expect of the rows they replace.
+    # They await their reads (contract/store.py, `read`): the store is across the network, and a
+    # row changed meanwhile by anyone fails the write's expectation, which computes them again.
 
-    def reserve(self, payment: Payment, now: float) -> tuple[list[Put], list[Expect]]:
+    async def reserve(self, payment: Payment, now: float) -> tuple[list[Put], list[Expect]]:
         """Raise the refusal as the store's rows stand, or the change that counts the payment as in flight."""
         ...
 
-    def settle(self, txn: Txn, decision: TxnState) -> tuple[list[Put], list[Expect]]:
+    async def settle(self, txn: Txn, decision: TxnState) -> tuple[list[Put], list[Expect]]:
         """The change that moves the payment from in flight to `decision`."""
         ...
 
@@ -322,7 +324,10 @@ class Coordinator:
 
     async def pay(self, payment: Payment) -> TxnState:
         """Run the payment once per id and return COMMITTED, or raise its refusal."""
-        txn = self.txns.get(payment.txn_id)
+        # Sharing the store, the read is awaited (nothing else is, from here to txns.add: see aget). Alone,
+        # the gateway reads as it always did: an awaited read costs about twice the CPU of a blocking one
+        # (docs/BENCHMARKS.md), and a gateway alone reads the store far less often.
+        txn = await self.txns.aget(payment.txn_id) if self.owner else self.txns.get(payment.txn_id)
         if txn is not None:
             fire_after(self._hooks.miniupi_repeated_id, txn_id=payment.txn_id)
             return await self._repeat(txn, payment)
@@ -382,7 +387,7 @@ class Coordinator:
             except TimeoutError:
                 raise Unavailable(f"payment {payment.txn_id} is still in progress; ask again") from None
             if self.owner:  # the id may have gone to another gateway after all (pay's Conflict)
-                txn = self.txns.get(payment.txn_id) or txn
+                txn = await self.txns.aget(payment.txn_id) or txn
         if txn.state == TxnState.INITIATED and self.owner and not self.txns.is_live(payment.txn_id):
             txn = await self._decided_elsewhere(txn, wait)
         await self._commit.barrier()
@@ -395,7 +400,7 @@ class Coordinator:
         while txn.state == TxnState.INITIATED and time.monotonic() < deadline:
             failures += 1
             await asyncio.sleep(min(POLL.delay(failures, _rng), max(0.0, deadline - time.monotonic())))
-            txn = self.txns.get(txn.payment.txn_id) or txn
+            txn = await self.txns.aget(txn.payment.txn_id) or txn
         return txn
 
     async def _two_phase(self, txn: Txn, refusal: MiniupiError | None = None, started: float = 0.0) -> None:
@@ -483,10 +488,10 @@ class Coordinator:
         return await self._shared_write(puts, expect, lambda guard: guard.reserve(p, txn.created_at),
                                         lambda: self._id_lost(p), f"payment {p.txn_id}")
 
-    def _id_lost(self, p: Payment) -> bool:
+    async def _id_lost(self, p: Payment) -> bool:
         """After a Conflict on a new id: True if another gateway recorded a payment of it first; raises
         AlreadyExists if a deposit or a collect request took it; False if the conflict was elsewhere."""
-        if self._commit.store.get("txns", p.txn_id) is not None:
+        if await self._stored("txns", p.txn_id) is not None:
             return True
         kind = ids.taken_as(self._commit.store, p.txn_id)
         if kind is not None and kind != ids.PAYMENT and not p.request_id:
@@ -505,33 +510,40 @@ class Coordinator:
             await self._commit.write([Put("txns", p.txn_id, record), *self._deciding(txn, decision)])
             return True
 
-        def lost() -> bool:
-            row = self._commit.store.get(UNFINISHED, p.txn_id)
+        async def lost() -> bool:
+            row = await self._stored(UNFINISHED, p.txn_id)
             return not isinstance(row, dict) or row.get("owner") != self.owner
 
         return await self._shared_write([Put("txns", p.txn_id, record)], self._owned(txn),
                                         lambda guard: guard.settle(txn, decision), lost, f"decision of {p.txn_id}")
 
     async def _shared_write(self, puts: list[Put], expect: Sequence[Expect],
-                            change: Callable[[Guard], tuple[list[Put], list[Expect]]],
-                            lost: Callable[[], bool], what: str) -> bool:
+                            change: Callable[[Guard], Awaitable[tuple[list[Put], list[Expect]]]],
+                            lost: Callable[[], Awaitable[Any]], what: str) -> bool:
         """Write `puts` and each guard's `change`, expecting `expect` and the rows the changes were computed
         from, computed again when another gateway changed such a row first; False once `lost()` says the
-        conflict was the payment's own (its id taken by another gateway, or the payment taken over)."""
+        conflict was the payment's own (its id taken by another gateway, or the payment taken over).
+
+        The guards' reads are awaited, one guard after another: between them another payment may
+        change a row, and the store's expectation then fails this write, as another gateway's would."""
         for attempt in range(1, SHARED_ROW_TRIES + 1):
             batch, expected = list(puts), list(expect)
             for guard in self._guards:
-                more, rows = change(guard)
+                more, rows = await change(guard)
                 batch += more
                 expected += rows
             try:
                 await self._commit.write(batch, expected)
                 return True
             except Conflict:
-                if lost():
+                if await lost():
                     return False
                 await asyncio.sleep(POLL.delay(attempt, _rng))
         raise StoreUnavailable(f"{what} met other gateways' changes {SHARED_ROW_TRIES} times; ask again")
+
+    async def _stored(self, table: str, key: str) -> Any | None:
+        """A row of the store as it stands, its read awaited (gateways sharing a store across the network)."""
+        return await read(self._commit.store, table, key)
 
     def _owned(self, txn: Txn) -> Sequence[Expect]:
         """What a decision's write expects: where gateways share the store, that this one still owns it."""

@@ -267,7 +267,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         account = self._own_account("")
         now = time.time()
         return gateway_pb2.ListRequestsReply(
-            requests=[self._collect_request(r, now) for r in self.books.requests.open_for(account, now)])
+            requests=[self._collect_request(r, now) for r in await self.books.requests.open_for(account, now)])
 
     async def ApproveRequest(self, request: gateway_pb2.ApproveRequestRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.PayReply:
         request_id = validate.txn_id(request.request_id)

@@ -15,7 +15,7 @@ from typing import Any
 
 from loguru import logger
 
-from miniupi.contract.store import Conflict, Expect, Put, Store
+from miniupi.contract.store import Conflict, Expect, Put, Store, close_reads
 from miniupi.errors import StoreUnavailable
 from miniupi.nodes.running_loop import RunningLoop
 
@@ -241,9 +241,10 @@ class GroupCommit:
             _answer(group[::-1], failed, store_failed=True)
 
     async def close(self) -> None:
-        """Write what is queued, then close the store."""
+        """Write what is queued, then close the store (its async reads first, on this loop)."""
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
+        await close_reads(self._store)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._store.close)
         self._executor.shutdown(wait=True)

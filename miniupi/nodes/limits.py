@@ -76,17 +76,17 @@ class DailyLimit:
             self._tallies.count(self.key(payment.payer, now), payment.txn_id, payment.amount,
                                 self._within(payment, now))
 
-    def reserve(self, payment: Payment, now: float) -> Change:
+    async def reserve(self, payment: Payment, now: float) -> Change:
         if not self.counts(payment):
             return [], []
-        return self._tallies.reserve(self.key(payment.payer, now), payment.txn_id, payment.amount,
-                                     self._within(payment, now))
+        return await self._tallies.reserve(self.key(payment.payer, now), payment.txn_id, payment.amount,
+                                           self._within(payment, now))
 
-    def settle(self, txn: Txn, decision: TxnState) -> Change:
+    async def settle(self, txn: Txn, decision: TxnState) -> Change:
         p = txn.payment
         if not self.counts(p):
             return [], []
-        return self._tallies.settle(self.key(p.payer, txn.created_at), p.txn_id, p.amount, decision)
+        return await self._tallies.settle(self.key(p.payer, txn.created_at), p.txn_id, p.amount, decision)
 
     def release(self, txn: Txn) -> None:
         if self.counts(txn.payment):

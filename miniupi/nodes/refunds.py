@@ -72,19 +72,21 @@ class RefundBook:
 
     def admit(self, payment: Payment, now: float) -> None:
         if payment.refund_of:
-            self._tallies.count(payment.refund_of, payment.txn_id, payment.amount, self._within(payment))
+            self._tallies.count(payment.refund_of, payment.txn_id, payment.amount,
+                                self._within(payment, self._txns.get(payment.refund_of)))
 
-    def reserve(self, payment: Payment, now: float) -> Change:
+    async def reserve(self, payment: Payment, now: float) -> Change:
         if not payment.refund_of:
             return [], []
-        return self._tallies.reserve(payment.refund_of, payment.txn_id, payment.amount, self._within(payment))
+        original = await self._txns.aget(payment.refund_of)
+        return await self._tallies.reserve(payment.refund_of, payment.txn_id, payment.amount,
+                                           self._within(payment, original))
 
-    def settle(self, txn: Txn, decision: TxnState) -> Change:
+    async def settle(self, txn: Txn, decision: TxnState) -> Change:
         p = txn.payment
-        return self._tallies.settle(p.refund_of, p.txn_id, p.amount, decision) if p.refund_of else ([], [])
+        return await self._tallies.settle(p.refund_of, p.txn_id, p.amount, decision) if p.refund_of else ([], [])
 
-    def _within(self, payment: Payment) -> Callable[[Tally], None]:
-        original = self._txns.get(payment.refund_of)
+    def _within(self, payment: Payment, original: Txn | None) -> Callable[[Tally], None]:
         if original is None:
             raise NotFound(f"no transaction {payment.refund_of}")
 

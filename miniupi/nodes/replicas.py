@@ -42,7 +42,7 @@ from typing import Any
 
 from loguru import logger
 
-from miniupi.contract.store import Put
+from miniupi.contract.store import Put, read_table
 from miniupi.nodes.coordinator import Coordinator
 from miniupi.nodes.group_commit import GroupCommit
 from miniupi.nodes.txn_index import UNFINISHED
@@ -84,7 +84,7 @@ class Replica:
 
     async def take_over(self) -> int:
         """Claim and finish the unfinished payments of every gateway whose lease lapsed; how many."""
-        gone = lapsed(self._commit.store.scan(LEASES), self.name, self._clock())
+        gone = lapsed(await read_table(self._commit.store, LEASES), self.name, self._clock())
         if not gone:
             return 0
         total = 0

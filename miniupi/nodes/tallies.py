@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from miniupi.contract.store import Expect, Put, Store
+from miniupi.contract.store import Expect, Put, Store, read, read_many
 from miniupi.states import TxnState
 
 TXNS = "txns"
@@ -131,18 +131,19 @@ class Tallies:
 
     # -- gateways sharing the store: the row is the tally ----------------------------------------
 
-    def reserve(self, key: str, txn_id: str, amount: int, check: Callable[[Tally], None] = lambda t: None) -> Change:
+    async def reserve(self, key: str, txn_id: str, amount: int,
+                      check: Callable[[Tally], None] = lambda t: None) -> Change:
         """Run `check` on the row's tally, its held payments counted (it raises a refusal); then the
         change that holds this payment too."""
-        row, tally = self._shared(key)
+        row, tally = await self._ashared(key)
         check(tally)
         tally.in_flight[txn_id] = amount
         self._name(tally, txn_id)
         return self._rewrite(key, row, tally)
 
-    def settle(self, key: str, txn_id: str, amount: int, decision: TxnState) -> Change:
+    async def settle(self, key: str, txn_id: str, amount: int, decision: TxnState) -> Change:
         """The change that ends the hold of a decided payment, counting it if it committed."""
-        row, tally = self._shared(key)
+        row, tally = await self._ashared(key)
         held = tally.in_flight.pop(txn_id, None)
         if decision == TxnState.COMMITTED:
             tally.committed += amount if held is None else held
@@ -151,10 +152,14 @@ class Tallies:
 
     def _shared(self, key: str) -> tuple[dict[str, Any] | None, Tally]:
         row = None if self._store is None else self._store.get(self.table, key)
-        if row is None:
-            return None, Tally()
-        held = {txn_id: int(amount) for txn_id, amount in row.get("held", {}).items()}
-        return row, Tally(self._committed(row), held, ids=list(row.get("ids", ())))
+        return row, _held(row, self._committed(row, self._deciding(row)))
+
+    async def _ashared(self, key: str) -> tuple[dict[str, Any] | None, Tally]:
+        """As _shared, its reads awaited: for reserve and settle, on every payment of a shared store."""
+        row = None if self._store is None else await read(self._store, self.table, key)
+        deciding = {} if row is None or "deciding" not in row else await read_many(
+            self._store, TXNS, list(row["deciding"]))
+        return row, _held(row, self._committed(row, deciding))
 
     def _rewrite(self, key: str, row: dict[str, Any] | None, tally: Tally) -> Change:
         version = 0 if row is None else int(row.get("v", 0))
@@ -173,14 +178,24 @@ class Tallies:
         row = None if self._store is None else self._store.get(self.table, key)
         if row is None:
             return Tally()
-        return Tally(self._committed(row), ids=list(row.get("ids", ())))
+        return Tally(self._committed(row, self._deciding(row)), ids=list(row.get("ids", ())))
 
-    def _committed(self, row: dict[str, Any]) -> int:
-        """The row's committed sum, less the commits it names that never reached the disk."""
+    def _deciding(self, row: dict[str, Any] | None) -> dict[str, Any]:
+        """The records of the commits the row names as being written ({txn id: record}, present ones)."""
+        if row is None or "deciding" not in row:
+            return {}
+        assert self._store is not None
+        found = ((txn_id, self._store.get(TXNS, txn_id)) for txn_id in row["deciding"])
+        return {txn_id: record for txn_id, record in found if record is not None}
+
+    @staticmethod
+    def _committed(row: dict[str, Any] | None, records: dict[str, Any]) -> int:
+        """The row's committed sum, less the commits it names whose `records` do not say COMMITTED."""
+        if row is None:
+            return 0
         committed = int(row["committed"])
         for txn_id, amount in row.get("deciding", {}).items():
-            assert self._store is not None
-            record = self._store.get(TXNS, txn_id)
+            record = records.get(txn_id)
             if record is None or record["state"] != TxnState.COMMITTED:
                 committed -= int(amount)
         return committed
@@ -205,3 +220,11 @@ class Tallies:
         self._idle.move_to_end(key)
         while len(self._idle) > self._cache:
             self._idle.popitem(last=False)
+
+
+def _held(row: dict[str, Any] | None, committed: int) -> Tally:
+    """A shared row's tally: its committed sum (as `_committed` gives it) and the payments it holds."""
+    if row is None:
+        return Tally()
+    held = {txn_id: int(amount) for txn_id, amount in row.get("held", {}).items()}
+    return Tally(committed, held, ids=list(row.get("ids", ())))

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
-from miniupi.contract.store import Put, Store
+from miniupi.contract.store import Put, Store, read
 from miniupi.nodes.overlay import overlay
 
 TABLE = "txns"
@@ -86,14 +86,31 @@ class TxnIndex(Generic[T]):
 
     def get(self, txn_id: str) -> T | None:
         """The transaction: from memory, else the cache, else one read of the store; None if never recorded."""
+        txn = self._in_memory(txn_id)
+        return txn if txn is not None else self._stored(txn_id, self.store.get(TABLE, txn_id))
+
+    async def aget(self, txn_id: str) -> T | None:
+        """As `get`, its read of the store awaited (contract/store.py, `read`): where gateways share
+        a store across the network, the loop serves other calls meanwhile. A transaction added to
+        memory while the read waited is the one returned, so a caller that adds one when this gives
+        None, without awaiting in between, never adds an id twice."""
+        txn = self._in_memory(txn_id)
+        if txn is not None:
+            return txn
+        record = await read(self.store, TABLE, txn_id)
+        txn = self._in_memory(txn_id)
+        return txn if txn is not None else self._stored(txn_id, record)
+
+    def _in_memory(self, txn_id: str) -> T | None:
         txn = self._live.get(txn_id)
         if txn is not None:
             return txn
         txn = self._cache.get(txn_id)
         if txn is not None:
             self._cache.move_to_end(txn_id)
-            return txn
-        record = self.store.get(TABLE, txn_id)
+        return txn
+
+    def _stored(self, txn_id: str, record: dict[str, Any] | None) -> T | None:
         if record is None:
             return None
         txn = self._decode(txn_id, record)

@@ -33,7 +33,7 @@ from miniupi.contract.hookspecs import hookimpl
 from miniupi.nodes.callers import ALWAYS_OPEN_PREFIXES, GATEWAY_FOR_NODES, set_peer
 from miniupi.contract.auth import SessionLog
 from miniupi.contract.registry import Auth, AuthKind, Register
-from miniupi.contract.store import Put, Store
+from miniupi.contract.store import Put, Store, read, read_many
 
 NAME = "session"
 # Methods that run before anyone has a session.
@@ -100,10 +100,12 @@ class SessionStore:
     every one ever started.
 
     Where several gateways share the store (`shared`), the row is the truth
-    and memory only its copy: each use reads the row, so a session started
-    at one gateway works at every other, and a logout at one is refused at
-    all from its answer on. Each gateway writes the last use it sees; a
-    session is idle only when neither its row nor this gateway saw a use.
+    and memory only its copy: each use reads the row (awaited: the store is
+    across the network, and the loop serves other calls meanwhile), so a
+    session started at one gateway works at every other, and a logout at one
+    is refused at all from its answer on. Each gateway writes the last use it
+    sees; a session is idle only when neither its row nor this gateway saw a
+    use.
     """
 
     tables = (TABLE,)
@@ -143,14 +145,14 @@ class SessionStore:
     async def start(self, account: str) -> tuple[str, float]:
         session_id, secret = secrets.token_hex(16), secrets.token_urlsafe(32)
         now = self._clock()
-        self._sweep(now)
+        await self._sweep(now)
         session = _Session(hashlib.sha256(secret.encode()).digest(), account, now, now, now)
         # Durable before anyone holds the key: a key that works is always one the store has.
         await self._log.write([Put(TABLE, session_id, session.row())])
         self._sessions[session_id] = session
         return f"{session_id}.{secret}", now + self.max_s
 
-    def _sweep(self, now: float) -> None:
+    async def _sweep(self, now: float) -> None:
         """Drop the sessions idle too long, from the front; each is dropped once, so a login pays O(1) amortised.
 
         A session past `max_s` but still in use is further back; resolve
@@ -158,28 +160,30 @@ class SessionStore:
         go in the next write: a crash that loses it leaves rows that load()
         finds expired.
         """
-        gone: list[Put] = []
+        gone: list[str] = []
         while self._sessions:
             oldest = next(iter(self._sessions.values()))
             if now - oldest.last_used <= self.idle_s:
                 break
-            session_id = self._sessions.popitem(last=False)[0]
-            if self.shared and self._stored(session_id, now) is not None:
-                continue  # in use at another gateway: out of this one's memory, not out of the store
-            gone.append(Put(TABLE, session_id, None))
+            gone.append(self._sessions.popitem(last=False)[0])
+        if gone and self.shared:  # one in use at another gateway goes out of this one's memory, not the store
+            rows = await read_many(self._log.store, TABLE, gone)
+            gone = [session_id for session_id in gone if not self._in_use(session_id, rows.get(session_id), now)]
         if gone:
-            self._log.write_later(gone)
+            self._log.write_later([Put(TABLE, session_id, None) for session_id in gone])
 
-    def _stored(self, session_id: str, now: float) -> _Session | None:
-        """The session as the shared store holds it, or None if it holds none (or an idle one)."""
-        session = _from_row(session_id, self._log.store.get(TABLE, session_id), now)
-        return None if session is None or now - session.last_used > self.idle_s else session
+    def _in_use(self, session_id: str, row: Any, now: float) -> bool:
+        """Whether the shared store's row shows the session used within idle_s (at any gateway)."""
+        session = _from_row(session_id, row, now)
+        return session is not None and now - session.last_used <= self.idle_s
 
-    def _find(self, key: str) -> tuple[str, _Session] | None:
+    async def _find(self, key: str) -> tuple[str, _Session] | None:
         session_id, _, secret = key.partition(".")
-        session = self._sessions.get(session_id)
         if self.shared:  # the row decides: started or ended at another gateway, or still here
-            stored = _from_row(session_id, self._log.store.get(TABLE, session_id), self._clock())
+            row = await read(self._log.store, TABLE, session_id)  # the loop serves other calls meanwhile
+        session = self._sessions.get(session_id)
+        if self.shared:
+            stored = _from_row(session_id, row, self._clock())
             if stored is None:
                 self._sessions.pop(session_id, None)
                 return None
@@ -191,10 +195,10 @@ class SessionStore:
             return None
         return session_id, session
 
-    def resolve(self, key: str) -> str:
+    async def resolve(self, key: str) -> str:
         if not key:
             raise NotLoggedIn("not logged in: no session key")
-        found = self._find(key)
+        found = await self._find(key)
         if found is None:
             raise SessionExpired("session key not recognised; log in again")
         session_id, session = found
@@ -211,7 +215,7 @@ class SessionStore:
         return session.account
 
     async def end(self, key: str) -> str | None:
-        found = self._find(key)
+        found = await self._find(key)
         if found is None:
             # A logout of this key may still be on its way to the disk: answer only once it is there.
             await self._log.barrier()
@@ -272,7 +276,7 @@ class GatewaySessionInterceptor(grpc.aio.ServerInterceptor):
         peer = await _not_treasury(context)
         if peer == ADMIN:
             return  # the admin certificate is the admin's credential; no session needed
-        current_account.set(self.sessions.resolve(session_key(context)))
+        current_account.set(await self.sessions.resolve(session_key(context)))
 
 
 async def _only_treasury(context: grpc.aio.ServicerContext) -> None:

@@ -7,10 +7,13 @@ of its own (its name, unless `schema` says otherwise), so several nodes,
 and several clusters, can share one database.
 
 The Store contract is synchronous (the group commit calls write() from its
-writer thread; get and scan come from the event loop), so this uses
-psycopg's synchronous API, with two `psycopg_pool.ConnectionPool`s: one
-connection for the writer, a few for readers, so a read never waits behind
-a write and sees only committed batches. Values are stored in a `json`
+writer thread), so writes use psycopg's synchronous API, with two
+`psycopg_pool.ConnectionPool`s: one connection for the writer, a few for
+readers, so a read never waits behind a write and sees only committed
+batches. The event loop's reads are coroutines too (contract/store.py,
+AsyncReads: aget, aget_many, ascan) over an `AsyncConnectionPool` opened on
+the loop at its first read: a gateway sharing the store reads rows on every
+call, and the loop serves other calls while PostgreSQL answers. Values are stored in a `json`
 column, as the exact text written: integers of any size come back exactly,
 and nothing is re-encoded on the way in.
 
@@ -19,19 +22,21 @@ locks, so processes racing on one schema get exactly one winner.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
 from dataclasses import dataclass
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 
 from miniupi.config import ConfigError
@@ -89,6 +94,11 @@ class _Pool(ConnectionPool):
         super()._add_connection(attempt or _SteadyAttempt(timeout=self.reconnect_timeout), growing)
 
 
+class _AsyncPool(AsyncConnectionPool):
+    async def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        await super()._add_connection(attempt or _SteadyAttempt(timeout=self.reconnect_timeout), growing)
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """One batch made ready before any transaction: encoded (a bad value fails with nothing sent) and
@@ -123,6 +133,10 @@ class PostgresStore:
         self.target = f"{where.get('host', 'localhost')}:{where.get('port', 5432)}/{where.get('dbname', '')}"
         _wait_for_server(conninfo, self.target, connect_wait_s)
         pools = dict(kwargs={"autocommit": True}, timeout=ACQUIRE_S, reconnect_timeout=365 * 86400.0, open=False)
+        # The async readers' pool, made on the loop of the first async read (its tasks live on that loop).
+        self._async_pool = functools.partial(_AsyncPool, conninfo, min_size=1, max_size=pool_size,
+                                             name=f"{schema}-async-readers", **pools)
+        self._async_readers: tuple[asyncio.AbstractEventLoop, _AsyncPool] | None = None
         # The writer's connection is checked (one round trip) before each batch goes out on it, so a
         # connection the server dropped, at a restart, is replaced rather than failing a batch.
         self._writers = _Pool(conninfo, min_size=1, max_size=1, name=f"{schema}-writer",
@@ -195,9 +209,36 @@ class PostgresStore:
                 with self._connection(self._readers) as conn:
                     return conn.execute(query, params).fetchall()
             except (psycopg.OperationalError, PoolTimeout) as e:
-                if attempt == 2 or isinstance(e, PoolTimeout):
-                    raise StoreUnavailable(f"PostgreSQL at {self.target} unavailable: {_first_line(e)}") from e
+                self._give_up(e, attempt)
         raise AssertionError("unreachable")
+
+    async def _aread(self, query: sql.Composed, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """As _read, awaited on the event loop: the loop serves other calls while PostgreSQL answers."""
+        for attempt in (1, 2):
+            try:
+                pool = await self._areaders()
+                async with pool.connection(timeout=ACQUIRE_DOWN_S if self._down else ACQUIRE_S) as conn:
+                    cursor = await conn.execute(query, params)
+                    rows = await cursor.fetchall()
+                self._down = False
+                return rows
+            except (psycopg.OperationalError, PoolTimeout) as e:
+                self._down = True
+                self._give_up(e, attempt)
+        raise AssertionError("unreachable")
+
+    def _give_up(self, error: psycopg.OperationalError | PoolTimeout, attempt: int) -> None:
+        """Return to read once more, or raise StoreUnavailable: a second failure, or no connection at all."""
+        if attempt == 2 or isinstance(error, PoolTimeout):
+            raise StoreUnavailable(f"PostgreSQL at {self.target} unavailable: {_first_line(error)}") from error
+
+    async def _areaders(self) -> _AsyncPool:
+        loop = asyncio.get_running_loop()
+        if self._async_readers is None or self._async_readers[0] is not loop:
+            # Opened here, without waiting for a connection: a read waits at most ACQUIRE_S for one.
+            self._async_readers = (loop, self._async_pool())
+            await self._async_readers[1].open()
+        return self._async_readers[1]
 
     # --- reads ---
 
@@ -225,16 +266,45 @@ class PostgresStore:
 
     def scan(self, table: str) -> Iterator[tuple[str, Any]]:
         # Pages by key: no connection or transaction is held across the caller's awaits.
-        after = ""
-        first = True
+        after = None
         while True:
-            page = self._read(self._q["scan_first" if first else "scan_after"],
-                              (table, SCAN_PAGE) if first else (table, after, SCAN_PAGE))
-            first = False
+            page = self._read(*self._scan_page(table, after))
             yield from page
             if len(page) < SCAN_PAGE:
                 return
             after = page[-1][0]
+
+    def _scan_page(self, table: str, after: str | None) -> tuple[sql.Composed, tuple[Any, ...]]:
+        """The query of a scan's first page (after None), or of the page after key `after`."""
+        if after is None:
+            return self._q["scan_first"], (table, SCAN_PAGE)
+        return self._q["scan_after"], (table, after, SCAN_PAGE)
+
+    # --- reads on the event loop (contract/store.py, AsyncReads) ---
+
+    async def aget(self, table: str, key: str) -> Any | None:
+        rows = await self._aread(self._q["get"], (table, key))
+        return rows[0][0] if rows else None
+
+    async def aget_many(self, table: str, keys: Collection[str]) -> dict[str, Any]:
+        if not keys:
+            return {}
+        return dict(await self._aread(self._q["get_many"], (table, list(keys))))
+
+    async def ascan(self, table: str) -> AsyncIterator[tuple[str, Any]]:
+        after = None
+        while True:
+            page = await self._aread(*self._scan_page(table, after))
+            for row in page:
+                yield row
+            if len(page) < SCAN_PAGE:
+                return
+            after = page[-1][0]
+
+    async def aclose(self) -> None:
+        readers, self._async_readers = self._async_readers, None
+        if readers is not None and readers[0] is asyncio.get_running_loop():
+            await readers[1].close()
 
     # --- writes ---
 
@@ -334,6 +404,7 @@ class PostgresStore:
 
 _STATEMENTS = {
     "get": "SELECT value FROM {s}.kv WHERE tbl = %s AND key = %s",
+    "get_many": "SELECT key, value FROM {s}.kv WHERE tbl = %s AND key = ANY(%s::text[])",
     "lock": "SELECT value FROM {s}.kv WHERE tbl = %s AND key = %s FOR UPDATE",
     "scan_first": "SELECT key, value FROM {s}.kv WHERE tbl = %s ORDER BY key LIMIT %s",
     "scan_after": "SELECT key, value FROM {s}.kv WHERE tbl = %s AND key > %s ORDER BY key LIMIT %s",

@@ -1,8 +1,10 @@
-"""A Store in a dict, for the gateway's pieces tested in process: it counts what is read."""
+"""A Store in a dict, for the gateway's pieces tested in process: it counts what is read; AsyncReads adds
+the optional reads on the event loop (contract/store.py) that a store across the network offers."""
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from typing import Any
 
 from miniupi.contract.expectations import inserted_keys, require
@@ -59,3 +61,27 @@ class DictStore:
 
     def gets(self, table: str) -> int:
         return self.reads["get", table]
+
+
+class AsyncReads:
+    """Mixed into a DictStore: its reads as coroutines (contract/store.py, AsyncReads), each answering only
+    after a turn of the event loop, as a read across the network lets the loop's other calls run first."""
+
+    closed_reads = 0  # aclose calls
+
+    async def aget(self, table: str, key: str) -> Any | None:
+        await asyncio.sleep(0)
+        return self.get(table, key)  # type: ignore[attr-defined]
+
+    async def aget_many(self, table: str, keys: Collection[str]) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        found = ((key, self.get(table, key)) for key in keys)  # type: ignore[attr-defined]
+        return {key: value for key, value in found if value is not None}
+
+    async def ascan(self, table: str) -> AsyncIterator[tuple[str, Any]]:
+        await asyncio.sleep(0)
+        for row in list(self.scan(table)):  # type: ignore[attr-defined]
+            yield row
+
+    async def aclose(self) -> None:
+        self.closed_reads += 1

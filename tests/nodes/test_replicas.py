@@ -43,7 +43,7 @@ from miniupi.nodes.refunds import RefundBook
 from miniupi.nodes.replicas import LEASES, Replica, lapsed, owned
 from miniupi.nodes.txn_index import UNFINISHED, TxnIndex
 from miniupi.states import TxnState
-from dict_store import DictStore
+from dict_store import AsyncReads, DictStore
 from test_coordinator import CALL_TIMEOUT_S, PREPARE_TIMEOUT_S, Banks, outcome, payment
 
 pytestmark = pytest.mark.timeout(60)
@@ -72,8 +72,9 @@ class SharedStore(DictStore):
             return super().claim(table, field, owners, owner, limit)
 
 
-class GroupingStore(SharedStore):
-    """A SharedStore that writes many conditional batches at once, as PostgreSQL does (write_each)."""
+class GroupingStore(AsyncReads, SharedStore):
+    """A SharedStore that writes many conditional batches at once (write_each) and reads on the event loop
+    (aget, aget_many, ascan), as PostgreSQL does."""
 
     def write_each(self, batches: Sequence[tuple[Sequence[Put], Sequence[Expect]]]) -> list[Conflict | None]:
         answers: list[Conflict | None] = []
@@ -89,7 +90,8 @@ class GroupingStore(SharedStore):
 
 @pytest.fixture(autouse=True, params=[SharedStore, GroupingStore], ids=["batch by batch", "grouped"])
 def store_kind(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test twice: the group commit writing a conditional batch alone, and many in one write_each."""
+    """Every test twice: the group commit writing a conditional batch alone and reads by `get`, and many
+    batches in one write_each and reads awaited (each after a turn of the loop)."""
     global STORE
     STORE = request.param
     yield
@@ -472,14 +474,14 @@ def test_a_request_asked_at_one_gateway_is_polled_and_paid_once_at_the_other() -
         gw1, gw2 = await cluster.start("gw1"), await cluster.start("gw2")
         asked = await cluster.books["gw1"].ask(request())
         book2 = cluster.books["gw2"]
-        assert [r.request_id for r in book2.open_for("alice@bank_a", time.time())] == [asked.request_id]
+        assert [r.request_id for r in await book2.open_for("alice@bank_a", time.time())] == [asked.request_id]
         approval = book2.approvable(asked.request_id, "alice@bank_a", time.time())
         answers = await asyncio.gather(gw2.pay(approval), gw1.pay(approval), gw2.pay(approval))
         assert answers == [TxnState.COMMITTED] * 3
         assert prepares_of(banks, asked.request_id) == ["bank_a", "bank_b"]
         assert cluster.books["gw1"].state(asked, time.time())[0] == RequestState.PAID
         for account in ("alice@bank_a", "bob@bank_b"):
-            assert cluster.books["gw1"].open_for(account, time.time()) == []
+            assert await cluster.books["gw1"].open_for(account, time.time()) == []
             assert cluster.store.tables["inbox"][account]["ids"] == []
         await cluster.close()
 
@@ -546,7 +548,7 @@ def test_one_id_raced_as_a_payment_a_deposit_and_a_request_at_three_gateways_is_
                             "deposit" if answers[1] is None else "request"), (kind, answers)
             if answers[0] != TxnState.COMMITTED:
                 assert prepares_of(banks, p.txn_id) == []  # a refused payment sent nothing
-                assert p.txn_id not in cluster.store.tables.get("txns", {})
+                assert p.txn_id not in cluster.store.tables.get("txns", {})  # none yet, if it lost the first race
             payments_won += answers[0] == TxnState.COMMITTED
         assert 0 < payments_won < 20  # both orders of the race were met
         await cluster.close()

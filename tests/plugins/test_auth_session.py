@@ -69,6 +69,10 @@ def start(store: SessionStore, account: str) -> str:
     return asyncio.run(store.start(account))[0]
 
 
+def resolve(store: SessionStore, key: str) -> str:
+    return asyncio.run(store.resolve(key))
+
+
 def test_sessions_never_used_again_are_swept_from_memory_and_the_store_by_later_logins() -> None:
     clock, log = Clock(), Log()
     store = loaded(clock, log)
@@ -79,7 +83,7 @@ def test_sessions_never_used_again_are_swept_from_memory_and_the_store_by_later_
     key = start(store, "late@bank_a")
 
     assert len(store._sessions) == 1
-    assert store.resolve(key) == "late@bank_a"
+    assert resolve(store, key) == "late@bank_a"
     assert list(log.tables[TABLE]) == [key.split(".")[0]]
 
 
@@ -89,16 +93,16 @@ def test_a_sweep_keeps_every_session_used_within_the_idle_time() -> None:
     first = start(store, "first@bank_a")
     idle = [start(store, f"idle{i}@bank_a") for i in range(10)]
     clock.now += IDLE_S / 2
-    assert store.resolve(first) == "first@bank_a"  # the oldest session, but used since
+    assert resolve(store, first) == "first@bank_a"  # the oldest session, but used since
     clock.now += IDLE_S / 2 + 1
 
     start(store, "next@bank_a")
 
     assert len(store._sessions) == 2
-    assert store.resolve(first) == "first@bank_a"
+    assert resolve(store, first) == "first@bank_a"
     for key in idle:
         with pytest.raises(Unauthenticated, match="not recognised"):
-            store.resolve(key)
+            resolve(store, key)
 
 
 def test_the_store_keeps_the_secrets_hash_account_and_times_never_the_key() -> None:
@@ -122,16 +126,16 @@ def test_a_restart_keeps_live_sessions_and_purges_expired_and_logged_out_ones() 
     # "old" and "live" stay in use until "old" outlives max_s; "idle" is never used again.
     while clock.now < 1_000_000.0 + MAX_S - 10:
         clock.now += IDLE_S / 2
-        store.resolve(old)
+        resolve(store, old)
     live = start(store, "live@bank_a")
     clock.now += 20  # now "old" is past max_s
 
     again = loaded(clock, log, {t: dict(rows) for t, rows in log.tables.items()})
 
-    assert again.resolve(live) == "live@bank_a"
+    assert resolve(again, live) == "live@bank_a"
     for key in (out, idle, old):
         with pytest.raises(Unauthenticated, match="not recognised"):
-            again.resolve(key)
+            resolve(again, key)
     assert list(log.tables[TABLE]) == [live.split(".")[0]]  # the expired rows purged on load
 
 
@@ -142,7 +146,7 @@ def test_uses_write_the_last_use_seldom_and_a_restart_expires_early_never_late()
     step = IDLE_S * LAST_USE_WRITE_FRACTION / 10
     for _ in range(100):  # ten write-intervals' worth of calls
         clock.now += step
-        store.resolve(key)
+        resolve(store, key)
     assert 9 <= len(log.later) <= 11  # not one write per call
     used, kept = clock.now, {t: {k: dict(v) for k, v in rows.items()} for t, rows in log.tables.items()}
 
@@ -151,10 +155,10 @@ def test_uses_write_the_last_use_seldom_and_a_restart_expires_early_never_late()
         return loaded(clock, Log(), {t: dict(rows) for t, rows in kept.items()})
 
     # Used within the idle time by less than one write interval: still live after a restart.
-    assert restarted_at(used + IDLE_S * (1 - LAST_USE_WRITE_FRACTION) - 1).resolve(key) == "alice@bank_a"
+    assert resolve(restarted_at(used + IDLE_S * (1 - LAST_USE_WRITE_FRACTION) - 1), key) == "alice@bank_a"
     # Idle too long by the real last use: refused after a restart, whatever the store lagged behind.
     with pytest.raises(Unauthenticated):
-        restarted_at(used + IDLE_S + 1).resolve(key)
+        resolve(restarted_at(used + IDLE_S + 1), key)
 
 
 def test_a_logout_the_store_refuses_leaves_the_key_working_and_says_so() -> None:
@@ -166,11 +170,11 @@ def test_a_logout_the_store_refuses_leaves_the_key_working_and_says_so() -> None
     with pytest.raises(StoreUnavailable):
         asyncio.run(store.end(key))
 
-    assert store.resolve(key) == "alice@bank_a"  # memory says what the disk says
+    assert resolve(store, key) == "alice@bank_a"  # memory says what the disk says
     log.fail = False
     assert asyncio.run(store.end(key)) == "alice@bank_a"
     with pytest.raises(Unauthenticated):
-        store.resolve(key)
+        resolve(store, key)
     assert log.tables[TABLE] == {}
 
 
@@ -218,12 +222,12 @@ def replicas(n: int = 2) -> tuple[Clock, SharedLog, list[SessionStore]]:
 def test_a_session_started_at_one_gateway_works_at_the_other_and_a_logout_at_either_ends_it_at_both() -> None:
     _, _, (gw1, gw2) = replicas()
     key, _ = asyncio.run(gw1.start("alice@bank_a"))
-    assert gw2.resolve(key) == "alice@bank_a"
-    assert gw1.resolve(key) == "alice@bank_a"
+    assert resolve(gw2, key) == "alice@bank_a"
+    assert resolve(gw1, key) == "alice@bank_a"
     assert asyncio.run(gw2.end(key)) == "alice@bank_a"
     for gateway in (gw1, gw2):
         with pytest.raises(Unauthenticated):
-            gateway.resolve(key)
+            resolve(gateway, key)
 
 
 def test_a_wrong_secret_is_refused_at_the_gateway_that_did_not_start_the_session() -> None:
@@ -231,21 +235,21 @@ def test_a_wrong_secret_is_refused_at_the_gateway_that_did_not_start_the_session
     key, _ = asyncio.run(gw1.start("alice@bank_a"))
     session_id, _, secret = key.partition(".")
     with pytest.raises(Unauthenticated):
-        gw2.resolve(f"{session_id}.{secret[:-1]}x")
+        resolve(gw2, f"{session_id}.{secret[:-1]}x")
     with pytest.raises(Unauthenticated):
-        gw2.resolve(f"{'0' * 32}.{secret}")
+        resolve(gw2, f"{'0' * 32}.{secret}")
 
 
 def test_a_session_used_at_one_gateway_is_not_swept_as_idle_by_the_other() -> None:
     clock, log, (gw1, gw2) = replicas()
     key, _ = asyncio.run(gw1.start("alice@bank_a"))
-    gw2.resolve(key)
+    resolve(gw2, key)
     for _ in range(8):  # used at gw1 only, for twice the idle time
         clock.now += IDLE_S / 4
-        gw1.resolve(key)
+        resolve(gw1, key)
     asyncio.run(gw2.start("bob@bank_b"))  # gw2's sweep finds the session idle in its own memory
     assert key.partition(".")[0] in log.tables[TABLE]
-    assert gw2.resolve(key) == "alice@bank_a"
+    assert resolve(gw2, key) == "alice@bank_a"
 
 
 def test_a_session_idle_everywhere_is_swept_from_the_shared_store() -> None:
@@ -256,4 +260,4 @@ def test_a_session_idle_everywhere_is_swept_from_the_shared_store() -> None:
     asyncio.run(gw1.start("carol@bank_b"))
     assert key.partition(".")[0] not in log.tables[TABLE]
     with pytest.raises(Unauthenticated):
-        gw2.resolve(key)
+        resolve(gw2, key)

@@ -1,8 +1,9 @@
 """The postgres storage kind against real PostgreSQL servers: races decided by the database, its
-settings, its schema, and a server restarted under writes. (The Store contract itself runs on
+settings, its schema, a server restarted under writes, and reads awaited on the event loop. (The Store contract itself runs on
 postgres in test_storage.py.)"""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -17,9 +18,11 @@ from psycopg_pool import PoolTimeout
 
 from miniupi.config import parse_config
 from miniupi.contract.registry import PluginChoiceError, check_plugins
-from miniupi.contract.store import Conflict, Expect, Put, StoreDamaged
+from miniupi.contract.store import Conflict, Expect, Put, StoreDamaged, read_table
+from miniupi.errors import StoreUnavailable
 from miniupi.ops.postgres_server import LocalPostgres
 from miniupi.ops.testing import local_postgres
+from miniupi.plugins import storage_postgres
 from miniupi.plugins.storage_postgres import PostgresStore, PostgresUnreachable, conninfo, open_postgres
 
 
@@ -291,3 +294,105 @@ def test_groups_from_two_processes_changing_shared_rows_in_opposite_orders_lose_
     assert not errors, errors
     final = stores[0].load()["c"]
     assert final["a"]["v"] + final["b"]["v"] == sum(landed) > 0
+
+
+# --- reads on the event loop (contract/store.py, AsyncReads) ---
+
+
+def test_async_reads_see_what_the_sync_reads_see_and_scan_page_by_page(
+        dsn: str, schema: str, stores: list[PostgresStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage_postgres, "SCAN_PAGE", 3)  # several pages from a few rows
+    stores.append(PostgresStore(dsn, schema))
+    store = stores[0]
+    rows = {f"k{n}": {"n": n, "big": 10**30 + n} for n in range(8)}
+    store.write([Put("t", key, value) for key, value in rows.items()] + [Put("other", "k1", 1)])
+
+    async def scenario() -> None:
+        assert await store.aget("t", "k1") == store.get("t", "k1") == rows["k1"]
+        assert await store.aget("t", "absent") is None
+        assert await store.aget_many("t", ["k2", "absent", "k7"]) == {"k2": rows["k2"], "k7": rows["k7"]}
+        assert await store.aget_many("t", []) == {}
+        assert [row async for row in store.ascan("t")] == list(store.scan("t")) == sorted(rows.items())
+        assert await read_table(store, "other") == [("k1", 1)]
+        await store.aclose()
+        assert await store.aget("t", "k3") == rows["k3"]  # a read after aclose opens the pool again
+        await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_an_async_read_while_postgresql_is_down_is_store_unavailable_as_a_sync_one_then_reads_again() -> None:
+    with local_postgres() as server:
+        store = PostgresStore(make_conninfo(**server.connection()), "down")
+        store.write([Put("t", "k", 1)])
+
+        async def reads_again() -> bool:
+            for _ in range(100):  # the pool reconnects within a second or so of the server's return
+                try:
+                    return await store.aget("t", "k") == 1
+                except StoreUnavailable:
+                    await asyncio.sleep(0.1)
+            return False
+
+        async def scenario() -> None:
+            try:
+                assert await store.aget("t", "k") == 1  # the async pool holds a connection now
+                server.stop()  # a fast shutdown: every connection is cut
+                with pytest.raises(StoreUnavailable, match="unavailable"):
+                    await store.aget("t", "k")
+                with pytest.raises(StoreUnavailable, match="unavailable"):
+                    await store.aget_many("t", ["k"])
+                with pytest.raises(StoreUnavailable, match="unavailable"):
+                    store.get("t", "k")
+                server.start()
+                assert await reads_again(), "async reads did not resume after PostgreSQL came back"
+            finally:
+                await store.aclose()
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            store.close()
+
+
+def test_a_read_waiting_on_postgresql_leaves_the_event_loop_serving_other_coroutines(
+        dsn: str, schema: str, stores: list[PostgresStore]) -> None:
+    """A table lock (as a migration or VACUUM FULL takes) makes PostgreSQL hold the read's SELECT; the
+    loop meanwhile runs this test's own queries. A read blocking the loop would return only once the
+    lock is let go (after 15 s at most), and the test would find it done before the lock was."""
+    stores.append(PostgresStore(dsn, schema))
+    store = stores[0]
+    store.write([Put("t", "k", "value")])
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with psycopg.connect(dsn) as conn, conn.transaction():
+            conn.execute(f"LOCK TABLE {schema}.kv IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(15)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+
+    async def scenario() -> None:
+        assert await asyncio.to_thread(locked.wait, 15)
+        reading = asyncio.ensure_future(store.aget("t", "k"))
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as watcher:
+            for _ in range(500):  # until PostgreSQL shows the read waiting for the lock
+                cursor = await watcher.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass", (f"{schema}.kv",))
+                if (await cursor.fetchone())[0]:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the read never waited on the lock")
+        assert not reading.done()  # this coroutine ran while the read waited
+        release.set()
+        assert await asyncio.wait_for(reading, 15) == "value"
+        await store.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        holder.join(20)
