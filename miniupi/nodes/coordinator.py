@@ -493,7 +493,7 @@ class Coordinator:
         AlreadyExists if a deposit or a collect request took it; False if the conflict was elsewhere."""
         if await self._stored("txns", p.txn_id) is not None:
             return True
-        kind = ids.taken_as(self._commit.store, p.txn_id)
+        kind = await ids.taken_as(self._commit.store, p.txn_id)
         if kind is not None and kind != ids.PAYMENT and not p.request_id:
             raise ids.already_used(p.txn_id, kind)
         return False

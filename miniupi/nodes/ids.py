@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from miniupi.contract.store import Expect, Put, Store
+from miniupi.contract.store import Expect, Put, Store, read
 from miniupi.errors import AlreadyExists
 
 TABLE = "ids"
@@ -29,9 +29,9 @@ def take(txn_id: str, kind: str) -> tuple[Put, Expect]:
     return Put(TABLE, txn_id, {"kind": kind}), Expect(TABLE, txn_id, None)
 
 
-def taken_as(store: Store, txn_id: str) -> str | None:
-    """The kind that holds `txn_id`, or None."""
-    row: Any = store.get(TABLE, txn_id)
+async def taken_as(store: Store, txn_id: str) -> str | None:
+    """The kind that holds `txn_id`, or None (read off the event loop where the store can: store.read)."""
+    row: Any = await read(store, TABLE, txn_id)
     return row.get("kind") if isinstance(row, dict) else None
 
 

@@ -75,7 +75,7 @@ class Issuer:
             del self._writing[order.txn_id]
             known = self._known(order.txn_id)
             if known is None:
-                raise ids.already_used(order.txn_id, ids.taken_as(self._commit.store, order.txn_id)
+                raise ids.already_used(order.txn_id, await ids.taken_as(self._commit.store, order.txn_id)
                                        or ids.PAYMENT) from None
             if known != (order.account, order.amount):
                 raise AlreadyExists(f"deposit {order.txn_id} was made with other details") from None
