@@ -94,11 +94,13 @@ class SharedCollectBook(CollectBook):
     async def open_for(self, account: str, now: float) -> list[Request]:
         return [r for r in (await self._inbox(account))[0] if await self._state(r, now) in OPEN_STATES]
 
-    async def _inboxes(self, request: Request, now: float, add: bool) -> Change:
-        """Both parties' inboxes rewritten without their closed requests, with or without `request`."""
+    async def _inboxes(self, request: Request, now: float, add: bool,
+                       boxes: dict[str, tuple[list[Request], Expect]] | None = None) -> Change:
+        """Both parties' inboxes rewritten without their closed requests, with or without `request`;
+        from `boxes` where the caller already read them (and decided on what it read)."""
         puts, expects = [], []
         for account in dict.fromkeys((request.payer, request.payee)):
-            held, expect = await self._inbox(account)
+            held, expect = boxes[account] if boxes and account in boxes else await self._inbox(account)
             ids = [r.request_id for r in held
                    if r.request_id != request.request_id and await self._state(r, now) in OPEN_STATES]
             if add:
@@ -150,17 +152,20 @@ class SharedCollectBook(CollectBook):
             if request.request_id in self._txns or request.request_id in self._taken:
                 raise AlreadyExists(f"id {request.request_id} was already used for a transaction")
             now = request.created_at
+            # Counted from the very rows whose versions the write expects: an inbox read again for the
+            # write could hold a request another gateway added after the count.
+            boxes = {account: await self._inbox(account) for account in dict.fromkeys((request.payee, request.payer))}
             pending = sum([r.payee == request.payee and await self._state(r, now) == RequestState.PENDING
-                           for r in (await self._inbox(request.payee))[0]])
+                           for r in boxes[request.payee][0]])
             if pending >= MAX_PENDING_PER_REQUESTER:
                 raise TooManyRequests(f"{request.payee} already has {pending} pending requests; "
                                       "wait for some to be answered or to expire")
             asked = sum([r.payer == request.payer and await self._state(r, now) == RequestState.PENDING
-                         for r in (await self._inbox(request.payer))[0]])
+                         for r in boxes[request.payer][0]])
             if asked >= MAX_PENDING_PER_PAYER:
                 raise TooManyRequests(f"{request.payer} has too many requests waiting for an answer; "
                                       "ask again later")
-            puts, expects = await self._inboxes(request, now, add=True)
+            puts, expects = await self._inboxes(request, now, add=True, boxes=boxes)
             put, taken = ids.take(request.request_id, ids.REQUEST)  # a Conflict here: the next compute refuses
             return ([Put(TABLE, request.request_id, _row(request, 1)), put, *puts],
                     [Expect(TABLE, request.request_id, None), taken, *expects]), request
