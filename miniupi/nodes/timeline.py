@@ -68,7 +68,7 @@ class Timeline:
         if txn is None:
             return None
         p = txn.payment
-        trace = Trace(txn_id, p.payer, p.payee, p.amount, p.currency, _kind(p), txn.created_at, txn.state,
+        trace = Trace(txn_id, p.payer, p.payee, p.amount, p.currency, p.kind, txn.created_at, txn.state,
                       txn.reason)
         self._traces[txn_id] = trace
         while len(self._traces) > self._recent:
@@ -103,10 +103,6 @@ class Timeline:
 
     def get(self, txn_id: str) -> Trace | None:
         return self._traces.get(txn_id)
-
-
-def _kind(payment: Any) -> str:
-    return "refund" if payment.refund_of else "request" if payment.request_id else "payment"
 
 
 class TimelineHooks:
